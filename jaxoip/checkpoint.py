@@ -1,0 +1,136 @@
+"""Orbax checkpoints of trained models: parameters plus a JSON of config, standardization and provenance.
+
+A checkpoint is a folder `<path>/` with `state/` (Orbax) and `metadata.json`. It is written under a
+temporary name and renamed into place, so an interrupted save never leaves a folder that loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxoip._io import atomic_directory
+from jaxoip.data import Standardization
+from jaxoip.errors import CheckpointError
+from jaxoip.model import ModelConfig, TrainedModel, init_model
+
+FORMAT = "jaxoip-checkpoint/1"
+REFERENCE_NAME = "reference_model"
+
+
+def _flat_params(tree) -> dict[str, np.ndarray]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def params_checksum(params) -> str:
+    """SHA-256 over parameter names, shapes and bytes, in a fixed order."""
+    h = hashlib.sha256()
+    for name, a in sorted(_flat_params(params).items()):
+        h.update(name.encode())
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # Slow import; only where checkpoints are touched.
+
+    return ocp.StandardCheckpointer()
+
+
+def save_model(path: str | os.PathLike, trained: TrainedModel) -> Path:
+    """Writes `trained` to folder `path` atomically (replacing an existing checkpoint there)."""
+    path = Path(path).absolute()
+    with atomic_directory(path) as tmp:
+        params = jax.tree.map(np.asarray, nnx.state(trained.model, nnx.Param).to_pure_dict())
+        ckptr = _checkpointer()
+        ckptr.save(tmp / "state", params)
+        ckptr.wait_until_finished()
+        meta = {
+            "format": FORMAT,
+            "model_config": trained.config.to_dict(),
+            "standardization": {"mean": trained.standardization.mean, "std": trained.standardization.std},
+            "train_config": trained.train_config,
+            "history": trained.history,
+            "metrics": trained.metrics,
+            "data_checksum": trained.data_checksum,
+            "params_checksum": params_checksum(params),
+        }
+        # metadata.json is written last: a folder without it is never taken for a checkpoint.
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def _read_metadata(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder (expected a folder with metadata.json and state/)")
+    meta_file = path / "metadata.json"
+    if not meta_file.is_file() or not (path / "state").is_dir():
+        raise CheckpointError(f"{path} is not a complete checkpoint (metadata.json or state/ missing)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_file} is corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_file} is not a {FORMAT} file")
+    return meta
+
+
+def load_model(path: str | os.PathLike) -> TrainedModel:
+    """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum."""
+    path = Path(path).absolute()
+    meta = _read_metadata(path)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+        std = Standardization(**meta["standardization"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
+
+    model = nnx.eval_shape(lambda: init_model(config, 0))
+    abstract = nnx.state(model, nnx.Param).to_pure_dict()
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    try:
+        params = _checkpointer().restore(path / "state", target)
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged or mismatched files.
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot restore parameters from {path}/state: {msg[:300]}") from None
+    if params_checksum(params) != meta.get("params_checksum"):
+        raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
+
+    graphdef, state = nnx.split(model)
+    state.replace_by_pure_dict(jax.tree.map(jax.numpy.asarray, params))
+    return TrainedModel(
+        model=nnx.merge(graphdef, state),
+        standardization=std,
+        history=meta.get("history", {}),
+        train_config=meta.get("train_config", {}),
+        data_checksum=meta.get("data_checksum", ""),
+        metrics=meta.get("metrics", {}),
+    )
+
+
+def reference_model_path() -> Path:
+    return Path(str(resources.files("jaxoip") / REFERENCE_NAME))
+
+
+def load_reference_model() -> TrainedModel:
+    """The CNN shipped with the package (trained with the study's recipe on the full MNIST)."""
+    path = reference_model_path()
+    if not path.exists():
+        raise CheckpointError(f"the reference model is missing from the installed package ({path})")
+    return load_model(path)
+
+
+def resolve_model(path: str | os.PathLike | None) -> TrainedModel:
+    """`path`'s checkpoint, or the reference model when `path` is None or 'reference'."""
+    return load_reference_model() if path in (None, "reference") else load_model(path)

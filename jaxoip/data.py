@@ -1,0 +1,186 @@
+"""MNIST loading (IDX files or tensorflow-datasets) and the study's standardization."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxoip.errors import DataError
+
+DATA_DIR_ENV = "JAXOIP_DATA_DIR"
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# Magic numbers of the IDX format: 0x0000 0x08 (uint8) then the number of dimensions.
+_MAGIC = {3: 2051, 1: 2049}
+
+
+@dataclasses.dataclass(frozen=True)
+class MNIST:
+    """MNIST in raw pixel units (0-255), images float32 (N, 28, 28, 1), labels int32 (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of the split `train` or `test`."""
+        if name not in ("train", "test"):
+            raise DataError(f"unknown image set {name!r}: use 'train' or 'test'")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
+    def checksum(self) -> str:
+        """SHA-256 over all pixels and labels: identifies the data a model was trained on."""
+        h = hashlib.sha256()
+        for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardization:
+    """Pixel mean and standard deviation of the training set; maps pixels <-> network inputs."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, train_images: np.ndarray) -> "Standardization":
+        x = np.asarray(train_images, np.float64)
+        return cls(mean=float(x.mean()), std=float(x.std()))
+
+    def __call__(self, pixels):
+        return (pixels - self.mean) / self.std
+
+    def to_pixels(self, standardized):
+        return standardized * self.std + self.mean
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than the IDX header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != _MAGIC[ndim]:
+        raise DataError(
+            f"{path} has magic number {magic}, expected {_MAGIC[ndim]} "
+            f"(an IDX file of uint8 with {ndim} dimension(s))"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} is truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise DataError(f"missing MNIST file {stem}[.gz] in {data_dir}")
+
+
+def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
+    """Reads the four standard IDX files (optionally gzipped) from `data_dir`."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"MNIST data directory {data_dir} does not exist")
+    arrays = {}
+    for key, stem in _IDX_FILES.items():
+        arrays[key] = _read_idx(_find_idx(data_dir, stem), 3 if key.endswith("images") else 1)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{split} set in {data_dir}: {images.shape[0]} images but {labels.shape[0]} labels"
+            )
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{split} images in {data_dir} are {images.shape[1:]}, expected (28, 28)")
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{split} labels in {data_dir} contain {labels.max()}, expected 0..9")
+    return _to_mnist(arrays, source=f"idx:{data_dir.resolve()}")
+
+
+def _to_mnist(arrays: dict, source: str) -> MNIST:
+    def frozen(a, dtype, shape):
+        a = np.asarray(a).astype(dtype).reshape(shape)
+        a.setflags(write=False)  # Cached and shared between callers.
+        return a
+
+    return MNIST(
+        train_images=frozen(arrays["train_images"], np.float32, (-1, 28, 28, 1)),
+        train_labels=frozen(arrays["train_labels"], np.int32, (-1,)),
+        test_images=frozen(arrays["test_images"], np.float32, (-1, 28, 28, 1)),
+        test_labels=frozen(arrays["test_labels"], np.int32, (-1,)),
+        source=source,
+    )
+
+
+def _load_tfds() -> MNIST:
+    import tensorflow_datasets as tfds  # Heavy import: only on the fallback path.
+
+    arrays = {}
+    for split in ("train", "test"):
+        images, labels = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1, as_supervised=True))
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    return _to_mnist(arrays, source="tensorflow-datasets:mnist")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(data_dir: str | None) -> MNIST:
+    if data_dir:
+        return load_idx_dir(data_dir)
+    try:
+        return _load_tfds()
+    except Exception as e:  # noqa: BLE001 - any failure of the fallback means "no data".
+        raise DataError(
+            "no MNIST data: pass data_dir=... (or --data-dir) or set "
+            f"{DATA_DIR_ENV} to a folder with the four IDX files, or make "
+            f"tensorflow-datasets able to download 'mnist' ({type(e).__name__}: {e})"
+        ) from None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
+    """The explicit `data_dir`, else `$JAXOIP_DATA_DIR`, else None (tensorflow-datasets)."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    return str(Path(chosen).expanduser().resolve()) if chosen else None
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None) -> MNIST:
+    """Loads MNIST from `data_dir`, `$JAXOIP_DATA_DIR`, or tensorflow-datasets, in that order.
+
+    Arrays are read-only and cached: repeated calls in one process cost nothing.
+    """
+    return _load_cached(resolve_data_dir(data_dir))
+
+
+def data_available(data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether IDX data is configured and loads (does not try the network)."""
+    chosen = resolve_data_dir(data_dir)
+    if not chosen:
+        return False
+    try:
+        load_mnist(chosen)
+    except DataError:
+        return False
+    return True

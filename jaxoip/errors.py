@@ -1,0 +1,17 @@
+"""Errors a user can cause and fix; commands print them as one line and exit non-zero."""
+
+
+class JaxoipError(ValueError):
+    """Base class: bad input, not a bug."""
+
+
+class DataError(JaxoipError):
+    """MNIST cannot be found, or a data file is malformed."""
+
+
+class LayerError(JaxoipError):
+    """An unknown layer name, an index out of range, or a layer unfit for the request."""
+
+
+class CheckpointError(JaxoipError):
+    """A checkpoint is missing, incomplete, corrupt or of another architecture."""

@@ -1,0 +1,236 @@
+"""Optimal input patterns (OIPs): gradient ascent on the input image of one feature map, batched.
+
+One compiled program runs the whole search for a batch of (map, start) images: a `lax.while_loop`
+over the steps, every image of the batch updated at once. Large sweeps are cut into equal chunks
+(the last one padded) that reuse the same compiled program, with the batch axis sharded over all
+visible devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.model import CNN, ModelConfig, get_layer, layer_output, layer_shapes
+from jaxoip.noise import standardize_image
+
+STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
+
+
+@dataclasses.dataclass(frozen=True)
+class OIPConfig:
+    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image."""
+
+    steps: int = 600
+    epsilon: float = 0.01
+    conv_criterion: float = 2e-4
+    snapshot_steps: tuple[int, ...] = STUDY_SNAPSHOT_STEPS  # The last step is always added.
+    early_stop: bool = False  # Stop when every image of a chunk has converged (then results depend on the chunk).
+    grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise JaxoipError("steps must be at least 1")
+        if self.epsilon <= 0:
+            raise JaxoipError("epsilon must be positive")
+
+    @property
+    def snapshots(self) -> tuple[int, ...]:
+        """0-based steps after which the image is kept: the requested ones below `steps`, and the last."""
+        return tuple(sorted({s for s in self.snapshot_steps if 0 <= s < self.steps - 1} | {self.steps - 1}))
+
+
+@dataclasses.dataclass
+class OIPResult:
+    """Search results for N images; arrays are NumPy, images standardized (N, 28, 28, 1)."""
+
+    images: np.ndarray
+    objective: np.ndarray  # (N,) after the last step
+    traces: np.ndarray  # (N, steps): objective after each step
+    snapshots: np.ndarray  # (N, len(snapshot_steps), 28, 28, 1)
+    snapshot_steps: tuple[int, ...]
+    converged_step: np.ndarray  # (N,) first step with relative change < conv_criterion; -1 if never
+    stayed_zero: np.ndarray  # (N,) the map never left zero (dead ReLU for this start)
+    seconds: float = 0.0
+    steps_run: int = 0
+
+
+def check_target(config: ModelConfig, layer_name: str, map_indices, node: tuple[int, int] | None = None):
+    """Validates an OIP target: a conv or pool layer, map indices in range, the node inside the map."""
+    get_layer(config, layer_name, ("conv", "pool"))
+    h, w, c = layer_shapes(config)[layer_name]
+    maps = np.asarray(map_indices)
+    if maps.size == 0:
+        raise LayerError("no map index given")
+    if maps.min() < 0 or maps.max() >= c:
+        bad = int(maps[(maps < 0) | (maps >= c)][0])
+        raise LayerError(f"map index {bad} out of range: {layer_name} has maps 0..{c - 1}")
+    if node is not None:
+        i, j = node
+        if not (0 <= i < h and 0 <= j < w):
+            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
+
+
+def map_objective(activations: jax.Array, map_index: jax.Array, node: tuple[int, int] | None = None) -> jax.Array:
+    """Objective of one image: mean of map `map_index` of activations (H, W, C), or its node (i, j)."""
+    fmap = jnp.take(activations, map_index, axis=-1)
+    return fmap[node] if node is not None else fmap.mean()
+
+
+def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: tuple[int, int] | None = None):
+    """Pure (params, images (N,H,W,1), map_indices (N,)) -> dict of results, for one chunk."""
+    snaps = jnp.asarray(cfg.snapshots)
+
+    def objectives(params, x, maps):
+        acts = layer_output(graphdef, params, x, layer_name)
+        return jax.vmap(lambda a, m: map_objective(a, m, node))(acts, maps)
+
+    # Images are independent, so the gradient of the sum is each image's own gradient.
+    value_and_grad = jax.value_and_grad(lambda p, x, m: objectives(p, x, m).sum(), argnums=1, has_aux=False)
+
+    def rms_normalize(g):
+        return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
+
+    def search(params, x0, maps):
+        n = x0.shape[0]
+
+        def step_images(x):
+            _, g = value_and_grad(params, x, maps)
+            x = x + cfg.epsilon * jax.vmap(rms_normalize)(g)
+            return jax.vmap(standardize_image)(x)
+
+        def body(state):
+            t, x, prev, trace, snapshots, conv_step, ever_active = state
+            x = step_images(x)
+            obj = objectives(params, x, maps)
+            rel = jnp.abs(obj - prev) / jnp.maximum(jnp.abs(obj), 1e-12)
+            newly = (conv_step < 0) & (obj > 0) & (rel < cfg.conv_criterion)
+            conv_step = jnp.where(newly, t, conv_step)
+            trace = jax.lax.dynamic_update_slice(trace, obj[:, None], (0, t))
+            snapshots = jnp.where((snaps == t)[None, :, None, None, None], x[:, None], snapshots)
+            return t + 1, x, obj, trace, snapshots, conv_step, ever_active | (obj > 0)
+
+        def cond(state):
+            t, conv_step = state[0], state[5]
+            go = t < cfg.steps
+            return go & ~jnp.all(conv_step >= 0) if cfg.early_stop else go
+
+        obj0 = objectives(params, x0, maps)
+        init = (
+            jnp.asarray(0),
+            x0,
+            obj0,
+            jnp.zeros((n, cfg.steps), jnp.float32),
+            jnp.broadcast_to(x0[:, None], (n, len(cfg.snapshots), *x0.shape[1:])),
+            jnp.full((n,), -1, jnp.int32),
+            obj0 > 0,
+        )
+        t, x, obj, trace, snapshots, conv_step, ever_active = jax.lax.while_loop(cond, body, init)
+        # After an early stop, the unfilled trace and snapshots hold the last values.
+        filled = jnp.arange(cfg.steps)[None, :] < t
+        trace = jnp.where(filled, trace, obj[:, None])
+        snapshots = jnp.where((snaps >= t)[None, :, None, None, None], x[:, None], snapshots)
+        return dict(
+            images=x,
+            objective=obj,
+            traces=trace,
+            snapshots=snapshots,
+            converged_step=conv_step,
+            stayed_zero=~ever_active,
+            steps_run=t,
+        )
+
+    return search
+
+
+def _devices_mesh():
+    devices = jax.devices()
+    return jax.make_mesh((len(devices),), ("batch",), devices=devices)
+
+
+def default_chunk_size(n_devices: int | None = None) -> int:
+    """Images per compiled call: 1024 on CPU (cache-friendly), memory-bound elsewhere."""
+    devices = jax.devices()
+    n_devices = n_devices or len(devices)
+    if devices[0].platform == "cpu":
+        return 1024
+    stats = devices[0].memory_stats() or {}
+    limit = stats.get("bytes_limit", 16 * 2**30)
+    # About 2 MB of live buffers per image for the LeNet-sized layers, with a wide margin.
+    return int(min(65536, max(256, limit // (2 * 2**20))) // n_devices * n_devices)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_search(graphdef, layer_name, cfg, node, sharding):
+    search = make_search(graphdef, layer_name, cfg, node)
+    return jax.jit(search, in_shardings=(None, sharding, sharding)) if sharding is not None else jax.jit(search)
+
+
+def search_oips(
+    model: CNN,
+    layer_name: str,
+    map_indices,
+    init_images,
+    cfg: OIPConfig = OIPConfig(),
+    node: tuple[int, int] | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> OIPResult:
+    """Runs the OIP search for images `init_images` (N, H, W, 1), image i driving map `map_indices[i]`.
+
+    Results do not depend on `chunk_size` or the device count (up to float rounding), except with
+    `cfg.early_stop`.
+    """
+    model_config = model.config
+    graphdef, params = nnx.split(model)
+    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
+    check_target(model_config, layer_name, map_indices, node)
+    init_images = np.asarray(init_images, np.float32)
+    n = init_images.shape[0]
+    if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
+        raise JaxoipError(
+            f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
+        )
+    n_dev = len(jax.devices())
+    chunk = chunk_size or default_chunk_size(n_dev)
+    chunk = max(n_dev, min(chunk, math.ceil(n / n_dev) * n_dev))
+    chunk = math.ceil(chunk / n_dev) * n_dev  # Equal shards.
+    sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
+    fn = _compiled_search(graphdef, layer_name, cfg, tuple(node) if node is not None else None, sharding)
+
+    n_chunks = math.ceil(n / chunk)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"OIP search {layer_name}", unit="img")
+    parts, steps_run = [], 0
+    t0 = time.perf_counter()
+    for c in range(n_chunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, n)
+        pad = chunk - (hi - lo)
+        x = np.concatenate([init_images[lo:hi], np.repeat(init_images[lo:lo + 1], pad, 0)])
+        m = np.concatenate([map_indices[lo:hi], np.repeat(map_indices[lo:lo + 1], pad)])
+        if sharding is not None:
+            x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
+        out = jax.device_get(fn(params, x, m))
+        steps_run = max(steps_run, int(out.pop("steps_run")))
+        parts.append({k: v[: hi - lo] for k, v in out.items()})
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return OIPResult(
+        snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res
+    )

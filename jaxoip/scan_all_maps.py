@@ -1,0 +1,99 @@
+"""`python -m jaxoip.scan_all_maps`: precursor scan and OIP search for every map of a layer.
+
+With no arguments: the shipped reference model, all 128 maps of Conv2D_3, 600 steps, 16 starts per
+map on an accelerator (8 on a CPU). Writes a gallery, per-map tables and arrays to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from jaxoip import cli
+from jaxoip.errors import JaxoipError
+from jaxoip.noise import DEFAULT_RECIPES
+from jaxoip.oip import OIPConfig
+
+
+def _node(text: str) -> tuple[int, int]:
+    try:
+        i, j = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected --node i,j; got {text!r}") from None
+    return i, j
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = OIPConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m jaxoip.scan_all_maps",
+        description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
+    )
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped reference model)")
+    p.add_argument("--layer", default="Conv2D_3", help="conv or pool layer (default: %(default)s)")
+    p.add_argument("--maps", type=cli.int_list, default=None, help="map indices, e.g. 0-15,120 (default: all)")
+    p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
+    p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--epsilon", type=float, default=d.epsilon, help="step size")
+    p.add_argument("--conv-criterion", type=float, default=d.conv_criterion)
+    p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
+    p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
+    p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
+    p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
+    p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true")
+    cli.add_data_dir(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from jaxoip import activations, checkpoint, scan
+    from jaxoip.data import load_mnist
+
+    if args.restarts is not None and args.restarts < 1:
+        raise JaxoipError("--restarts must be at least 1")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise JaxoipError("--chunk-size must be at least 1")
+    cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
+    trained = checkpoint.resolve_model(args.model)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    data = load_mnist(args.data_dir)
+    result = scan.scan_maps(
+        trained,
+        layer_name=args.layer,
+        map_indices=args.maps,
+        restarts=args.restarts,
+        config=cfg,
+        recipes=recipes,
+        precursor_starts=args.precursor_starts,
+        seed=args.seed,
+        node=args.node,
+        data=data,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+    )
+    exemplars = None
+    if args.exemplars > 0 and args.node is None:
+        ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
+        exemplars = {int(m): ex.patches[m] for m in result.map_indices}
+    out = scan.write_scan(result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
+    s = result.summary()
+    live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
+    print(
+        f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
+        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}\n"
+        f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
+        f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
+        f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s)\n"
+        f"wrote {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))

@@ -1,0 +1,282 @@
+"""Training with Optax: one compiled program per epoch (`lax.scan` over batches).
+
+`python -m jaxoip.train` trains a model and writes an Orbax checkpoint, its history as JSON and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxoip import cli
+from jaxoip.data import MNIST, Standardization, load_mnist
+from jaxoip.errors import JaxoipError
+from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
+
+OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
+SCHEDULES = ("none", "power", "exponential")
+REGULARIZERS = ("none", "l2", "l1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The study's reference recipe: rmsprop (momentum 0.5), powerSched lr0 1e-3 rate 1e-3, L2 1e-3, batch 64."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "rmsprop"
+    learning_rate: float = 1e-3
+    momentum: float = 0.5
+    schedule: str = "power"
+    decay_rate: float = 1e-3
+    decay_steps: int = 1
+    regularizer: str = "l2"
+    reg_param: float = 1e-3
+    seed: int = 0
+    train_subset: int | None = None  # Use the first N training images (tests, quick runs).
+
+    def __post_init__(self):
+        for name, value, options in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("regularizer", self.regularizer, REGULARIZERS),
+        ):
+            if value not in options:
+                raise JaxoipError(f"unknown {name} {value!r}; choose from {', '.join(options)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise JaxoipError("epochs and batch size must be at least 1")
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """none, the study's powerSched (inverse-time decay) or exponential decay, per step."""
+    if cfg.schedule == "none":
+        return optax.constant_schedule(cfg.learning_rate)
+    if cfg.schedule == "exponential":
+        return optax.exponential_decay(cfg.learning_rate, cfg.decay_steps, cfg.decay_rate)
+    # Keras InverseTimeDecay: lr0 / (1 + rate * step / decay_steps). Optax has no such schedule.
+    return lambda step: cfg.learning_rate / (1.0 + cfg.decay_rate * step / cfg.decay_steps)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    lr = learning_rate_schedule(cfg)
+    momentum = cfg.momentum or None
+    # eps=1e-7 as in Keras, whose defaults the study used.
+    return {
+        "rmsprop": lambda: optax.rmsprop(lr, decay=0.9, eps=1e-7, momentum=momentum),
+        "adam": lambda: optax.adam(lr, eps=1e-7),
+        "nadam": lambda: optax.nadam(lr, eps=1e-7),
+        "adamax": lambda: optax.adamax(lr, eps=1e-7),
+        "sgd": lambda: optax.sgd(lr, momentum=momentum),
+    }[cfg.optimizer]()
+
+
+def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> jax.Array:
+    """L2 (sum of squares) or L1 penalty on the dense kernels, as Keras' kernel_regularizer."""
+    if cfg.regularizer == "none":
+        return jnp.zeros(())
+    dense = [s.name for s in layer_specs(model_config) if s.kind == "dense"]
+    kernels = [params[name]["kernel"][...] for name in dense]
+    if cfg.regularizer == "l2":
+        return cfg.reg_param * sum(jnp.sum(k**2) for k in kernels)
+    return cfg.reg_param * sum(jnp.sum(jnp.abs(k)) for k in kernels)
+
+
+def batch_loss(graphdef, params, images, labels, weights, cfg: TrainConfig):
+    """Weighted mean categorical cross-entropy plus regularization; also returns the weighted accuracy."""
+    model = nnx.merge(graphdef, params)
+    logits = model(images, pre_activation=True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    n = jnp.maximum(weights.sum(), 1.0)
+    data_loss = jnp.sum(ce * weights) / n
+    acc = jnp.sum((jnp.argmax(logits, -1) == labels) * weights) / n
+    return data_loss + regularization(params, model.config, cfg), (data_loss, acc)
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """A shuffled epoch as (num_batches, batch) indices and weights; the last batch is padded with weight 0.
+
+    Keras keeps the last partial batch, so an epoch of 60,000 images at batch 64 has 938 steps.
+    """
+    steps = -(-n // batch_size)
+    perm = jax.random.permutation(key, n)
+    pad = steps * batch_size - n
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, batch_size)
+    weights = (jnp.arange(steps * batch_size) < n).astype(jnp.float32).reshape(steps, batch_size)
+    return idx, weights
+
+
+def make_train_epoch(graphdef: nnx.GraphDef, cfg: TrainConfig):
+    """Pure (params, opt_state, images, labels, idx, weights) -> (params, opt_state, per-step metrics)."""
+    tx = make_optimizer(cfg)
+    grad_fn = jax.grad(lambda p, x, y, w: batch_loss(graphdef, p, x, y, w, cfg), has_aux=True)
+
+    def train_epoch(params, opt_state, images, labels, idx, weights):
+        def step(carry, batch):
+            params, opt_state = carry
+            b_idx, b_w = batch
+            grads, (loss, acc) = grad_fn(params, images[b_idx], labels[b_idx], b_w)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), (loss, acc, b_w.sum())
+
+        (params, opt_state), metrics = jax.lax.scan(step, (params, opt_state), (idx, weights))
+        return params, opt_state, metrics
+
+    return tx, train_epoch
+
+
+def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000):
+    """Pure (params, images, labels) -> (mean cross-entropy, accuracy), batched with `lax.map`."""
+
+    def evaluate(params, images, labels):
+        n = images.shape[0]
+        steps = -(-n // batch_size)
+        pad = steps * batch_size - n
+        xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(steps, batch_size, *images.shape[1:])
+        ys = jnp.pad(labels, (0, pad)).reshape(steps, batch_size)
+        ws = (jnp.arange(steps * batch_size) < n).astype(jnp.float32).reshape(steps, batch_size)
+
+        def one(batch):
+            x, y, w = batch
+            logits = nnx.merge(graphdef, params)(x, pre_activation=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.sum(ce * w), jnp.sum((jnp.argmax(logits, -1) == y) * w)
+
+        ce, correct = jax.lax.map(one, (xs, ys, ws))
+        return ce.sum() / n, correct.sum() / n
+
+    return evaluate
+
+
+def _summarize(metrics) -> tuple[float, float]:
+    loss, acc, n = (np.asarray(m, np.float64) for m in metrics)
+    return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
+
+
+def train(
+    cfg: TrainConfig = TrainConfig(),
+    model_config: ModelConfig = ModelConfig(),
+    data: MNIST | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Trains one CNN from `cfg.seed`; returns it with its standardization and per-epoch history."""
+    data = data if data is not None else load_mnist(data_dir)
+    train_x, train_y = data.train_images, data.train_labels
+    if cfg.train_subset:
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    std = Standardization.fit(train_x)
+    train_x, test_x = jnp.asarray(std(train_x)), jnp.asarray(std(data.test_images))
+    train_y, test_y = jnp.asarray(train_y), jnp.asarray(data.test_labels)
+
+    init_key, shuffle_key = jax.random.split(jax.random.key(cfg.seed))
+    model = init_model(model_config, init_key)
+    graphdef, params = nnx.split(model)
+    tx, train_epoch = make_train_epoch(graphdef, cfg)
+    opt_state = tx.init(params)
+    train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
+    evaluate = jax.jit(make_evaluate(graphdef))
+    schedule = learning_rate_schedule(cfg)
+
+    history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")}
+    steps = 0
+    epochs = range(cfg.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc="training", unit="epoch")
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], cfg.batch_size)
+        params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
+        loss, acc = _summarize(metrics)
+        val_loss, val_acc = (float(v) for v in evaluate(params, test_x, test_y))
+        steps += idx.shape[0]
+        for k, v in zip(history, (loss, acc, val_loss, val_acc, float(schedule(steps)), time.perf_counter() - t0)):
+            history[k].append(v)
+        if progress:
+            epochs.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", val_acc=f"{val_acc:.4f}")
+
+    return TrainedModel(
+        model=nnx.merge(graphdef, params),
+        standardization=std,
+        history=history,
+        train_config=dataclasses.asdict(cfg),
+        data_checksum=data.checksum(),
+        metrics={"test_accuracy": history["val_accuracy"][-1], "test_loss": history["val_loss"][-1]},
+    )
+
+
+def evaluate_model(trained: TrainedModel, data: MNIST, split: str = "test") -> dict[str, float]:
+    """Cross-entropy and accuracy of a trained model on a split of `data`."""
+    images, labels = data.split(split)
+    graphdef, params = nnx.split(trained.model)
+    loss, acc = jax.jit(make_evaluate(graphdef))(
+        params, jnp.asarray(trained.standardization(images)), jnp.asarray(labels)
+    )
+    return {"loss": float(loss), "accuracy": float(acc)}
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m jaxoip.train", description="Train the study's CNN on MNIST.")
+    p.add_argument("--out", default="runs/model", help="checkpoint folder to write (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="initial learning rate")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="momentum of rmsprop and sgd (0: none)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="'power' is the study's powerSched")
+    p.add_argument("--decay-rate", type=float, default=d.decay_rate)
+    p.add_argument("--decay-steps", type=int, default=d.decay_steps)
+    p.add_argument("--regularizer", choices=REGULARIZERS, default=d.regularizer, help="on the dense kernels")
+    p.add_argument("--reg-param", type=float, default=d.reg_param)
+    p.add_argument("--seed", type=int, default=d.seed, help="controls initialization and shuffling")
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--no-progress", action="store_true")
+    cli.add_data_dir(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from jaxoip import checkpoint, plots
+
+    args = _parser().parse_args(argv)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        momentum=args.momentum,
+        schedule=args.schedule,
+        decay_rate=args.decay_rate,
+        decay_steps=args.decay_steps,
+        regularizer=args.regularizer,
+        reg_param=args.reg_param,
+        seed=args.seed,
+        train_subset=args.train_subset,
+    )
+    trained = train(cfg, data_dir=args.data_dir, progress=not args.no_progress)
+    out = Path(args.out)
+    checkpoint.save_model(out, trained)
+    (out.parent / f"{out.name}_history.json").write_text(json.dumps(trained.history, indent=1))
+    plots.plot_history(trained.history, out.parent / f"{out.name}_history.png")
+    h = trained.history
+    print(
+        f"test accuracy {h['val_accuracy'][-1]:.4%}, test loss {h['val_loss'][-1]:.4f} after {cfg.epochs} epochs "
+        f"({sum(h['seconds']):.0f} s); checkpoint {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
