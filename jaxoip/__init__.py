@@ -8,6 +8,7 @@ from jaxoip.noise import RECIPES, Recipe, initial_images
 from jaxoip.oip import OIPConfig, OIPResult, search_oips
 from jaxoip.precursor import PrecursorResult, precursor_scan
 from jaxoip.scan import ScanResult, scan_maps, write_scan
-from jaxoip.train import TrainConfig, evaluate_model, train
+from jaxoip.train import TrainConfig, evaluate_model
+from jaxoip.train import train as train_model  # The module `jaxoip.train` keeps its name.
 
 __version__ = "0.1.0"

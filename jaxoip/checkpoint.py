@@ -30,6 +30,11 @@ def _flat_params(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
 def params_checksum(params) -> str:
     """SHA-256 over parameter names, shapes and bytes, in a fixed order."""
     h = hashlib.sha256()
@@ -104,6 +109,13 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
     except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged or mismatched files.
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot restore parameters from {path}/state: {msg[:300]}") from None
+    expected, got = _shapes(target), _shapes(params)
+    if got != expected:
+        diff = sorted(k for k in expected if got.get(k) != expected[k])
+        raise CheckpointError(
+            f"cannot restore parameters from {path}/state: they do not fit the model config in metadata.json "
+            f"({', '.join(f'{k}: {got.get(k)} vs {expected[k]}' for k in diff[:3])})"
+        )
     if params_checksum(params) != meta.get("params_checksum"):
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
 

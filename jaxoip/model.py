@@ -164,7 +164,7 @@ class Conv(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv2d(x, self.kernel[...]) + self.bias[...]
+        return conv2d(x, self.kernel[...]) + self.bias[...][None, None, None, :]
 
 
 def max_pool(x: jax.Array, size: int) -> jax.Array:

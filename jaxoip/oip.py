@@ -155,7 +155,8 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
 def _devices_mesh():
     devices = jax.devices()
-    return jax.make_mesh((len(devices),), ("batch",), devices=devices)
+    # Auto axes: XLA propagates the batch sharding through the model (no per-op annotations needed).
+    return jax.make_mesh((len(devices),), ("batch",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def default_chunk_size(n_devices: int | None = None) -> int:

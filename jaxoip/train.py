@@ -226,6 +226,95 @@ def evaluate_model(trained: TrainedModel, data: MNIST, split: str = "test") -> d
     return {"loss": float(loss), "accuracy": float(acc)}
 
 
+def train_seeds(
+    seeds: Sequence[int],
+    cfg: TrainConfig = TrainConfig(),
+    model_config: ModelConfig = ModelConfig(),
+    data: MNIST | None = None,
+    data_dir: str | None = None,
+    max_parallel: int | None = None,
+    progress: bool = True,
+) -> list[TrainedModel]:
+    """Trains one CNN per seed as `train(replace(cfg, seed=s))` would, batched over seeds with `jax.vmap`.
+
+    Each seed keeps its own initialization, batch order and optimizer state; the data is shared. Up to
+    `max_parallel` seeds (default: all) run in one compiled epoch program, the rest in further groups
+    that reuse it. `history["seconds"]` is the wall time of the whole group's epoch.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise JaxoipError("no seed given")
+    if max_parallel is not None and max_parallel < 1:
+        raise JaxoipError("max_parallel must be at least 1")
+    data = data if data is not None else load_mnist(data_dir)
+    train_x, train_y = data.train_images, data.train_labels
+    if cfg.train_subset:
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    std = Standardization.fit(train_x)
+    train_x, test_x = jnp.asarray(std(train_x)), jnp.asarray(std(data.test_images))
+    train_y, test_y = jnp.asarray(train_y), jnp.asarray(data.test_labels)
+    n = train_x.shape[0]
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
+    tx, train_epoch = make_train_epoch(graphdef, cfg)
+    # Data shared (None), everything per seed on axis 0.
+    train_epoch = jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None, 0, 0)), donate_argnums=(0, 1))
+    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef), in_axes=(0, None, None)))
+    init_opt = jax.jit(jax.vmap(tx.init))
+    batches = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, cfg.batch_size), (0, None))
+    )
+    schedule = learning_rate_schedule(cfg)
+
+    group = max_parallel or len(seeds)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
+    out = []
+    for lo in range(0, len(seeds), group):
+        chunk = seeds[lo : lo + group]
+        keys = [jax.random.split(jax.random.key(s)) for s in chunk]
+        params = [nnx.split(init_model(model_config, init_key))[1] for init_key, _ in keys]
+        params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+        shuffle_keys = jnp.stack([shuffle_key for _, shuffle_key in keys])
+        opt_state = init_opt(params)
+        histories = [{k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")} for _ in chunk]
+        steps = 0
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            idx, weights = batches(shuffle_keys, epoch)
+            params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
+            val_loss, val_acc = (np.asarray(v) for v in evaluate(params, test_x, test_y))
+            metrics = [np.asarray(m) for m in metrics]
+            steps += idx.shape[1]
+            seconds = time.perf_counter() - t0
+            for i, h in enumerate(histories):
+                loss, acc = _summarize([m[i] for m in metrics])
+                values = (loss, acc, float(val_loss[i]), float(val_acc[i]), float(schedule(steps)), seconds)
+                for k, v in zip(h, values):
+                    h[k].append(v)
+            if bar is not None:
+                bar.update(len(chunk))
+                bar.set_postfix(val_acc=" ".join(f"{h['val_accuracy'][-1]:.4f}" for h in histories))
+        for i, (seed, h) in enumerate(zip(chunk, histories)):
+            one = jax.tree.map(lambda a: a[i], params)
+            out.append(
+                TrainedModel(
+                    model=nnx.merge(graphdef, one),
+                    standardization=std,
+                    history=h,
+                    train_config=dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
+                    data_checksum=data.checksum(),
+                    metrics={"test_accuracy": h["val_accuracy"][-1], "test_loss": h["val_loss"][-1]},
+                )
+            )
+    if bar is not None:
+        bar.close()
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m jaxoip.train", description="Train the study's CNN on MNIST.")

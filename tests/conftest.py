@@ -1,0 +1,31 @@
+"""Shared fixtures: real MNIST when available, and one tiny trained model per test session."""
+
+import jax
+import pytest
+
+from jaxoip import data as data_lib
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST from $JAXOIP_DATA_DIR (CI points it at ../shared/data/mnist)."""
+    if not data_lib.data_available():
+        pytest.skip(f"no MNIST: set {data_lib.DATA_DIR_ENV} to a folder with the four IDX files")
+    return data_lib.load_mnist()
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(mnist):
+    """The default CNN after two epochs on 4,000 real images (about 95% test accuracy), seconds on CPU."""
+    from jaxoip.train import TrainConfig, train
+
+    return train(TrainConfig(epochs=2, train_subset=4000, seed=0), data=mnist, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_trained, tmp_path_factory):
+    from jaxoip.checkpoint import save_model
+
+    return save_model(tmp_path_factory.mktemp("ckpt") / "model", tiny_trained)

@@ -1,0 +1,334 @@
+"""Layer grids, comparisons, predictions, confusion matrix, exemplars and the activations command."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxoip import activations as act
+from jaxoip import cli
+from jaxoip.data import MNIST
+from jaxoip.errors import DataError, JaxoipError, LayerError
+from jaxoip.model import ModelConfig, init_model, layer_output, receptive_field
+from flax import nnx
+
+# --- Grids on hand-made activations -------------------------------------------------------------------------
+
+
+def test_grid_puts_each_map_in_its_cell():
+    h, w, c, per_row = 3, 2, 11, 4
+    acts = np.arange(h * w * c, dtype=np.float32).reshape(h, w, c)
+    grid = act.activation_grid(acts, per_row)
+    assert grid.shape == (3 * h, per_row * w)
+    for m in range(c):
+        r, col = divmod(m, per_row)
+        np.testing.assert_array_equal(grid[r * h : (r + 1) * h, col * w : (col + 1) * w], acts[..., m])
+    assert np.isnan(grid[2 * h :, 3 * w :]).all()  # cell 11 does not exist
+    assert not np.isnan(grid[2 * h :, : 3 * w]).any()
+
+
+def test_dense_grid_has_one_cell_per_node():
+    nodes = np.linspace(-1.0, 1.0, 10, dtype=np.float32)
+    grid = act.activation_grid(nodes, per_row=8)
+    assert grid.shape == (2, 8)
+    np.testing.assert_array_equal(grid[0], nodes[:8])
+    np.testing.assert_array_equal(grid[1, :2], nodes[8:])
+    assert np.isnan(grid[1, 2:]).all()
+
+
+def test_standardize_maps_follows_the_study():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(4, 4, 3)).astype(np.float32)
+    acts[..., 1] = 5.0  # a constant map
+    out = act.standardize_maps(acts)
+    m = acts[..., 0]
+    expected = np.clip((m - m.mean()) / m.std() * 64 + 128, 0, 255)
+    np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
+    np.testing.assert_array_equal(out[..., 1], 0.0)
+    assert out.min() >= 0 and out.max() <= 255
+    spiky = np.zeros((5, 5, 1), np.float32)
+    spiky[0, 0, 0] = 100.0  # 4.9 standard deviations above the mean: clipped at 255
+    assert act.standardize_maps(spiky)[0, 0, 0] == 255.0
+    dense = act.standardize_maps(np.array([0.0, 1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(dense.mean(), 128.0, rtol=1e-5)  # nodes are scaled together
+
+
+def test_map_summary_on_hand_made_groups():
+    a = np.zeros((2, 2, 2, 4), np.float32)
+    b = np.zeros((3, 2, 2, 4), np.float32)
+    a[:, 0, 0, 0] = 4.0  # map 0: only group A
+    b[:, 1, 1, 2] = 2.0  # map 2: only group B
+    a[:, :, :, 1] = 1.0  # map 1: both
+    b[:, :, :, 1] = 3.0
+    a[0, 0, 0, 3] = 0.2  # map 3: below 10% of the largest activation (4.0): inactive
+    s = act.map_summary(a, b)
+    assert list(s.index) == [0, 1, 2, 3]
+    np.testing.assert_allclose(s["mean_a"], [1.0, 1.0, 0.0, 0.025])
+    np.testing.assert_allclose(s["mean_b"], [0.0, 3.0, 0.5, 0.0])
+    np.testing.assert_allclose(s["difference"], s["mean_a"] - s["mean_b"])
+    np.testing.assert_allclose(s["active_a"], [1, 1, 0, 0])
+    np.testing.assert_allclose(s["active_b"], [0, 1, 1, 0])
+    assert s.index[s["only_a"]].tolist() == [0]
+    assert s.index[s["only_b"]].tolist() == [2]
+    dense = act.map_summary(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 0.5]]))
+    assert dense["only_a"].tolist() == [True, False] and dense["only_b"].tolist() == [False, True]
+    with pytest.raises(JaxoipError):
+        act.map_summary(a, b[..., :3])
+
+
+def test_confusion_matrix_matches_a_count():
+    rng = np.random.default_rng(1)
+    labels, predicted = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    expected = np.zeros((10, 10), np.int64)
+    for t, p in zip(labels, predicted):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(act.confusion_matrix(labels, predicted), expected)
+    cm = np.diag([50, 50, 50]) + np.array([[0, 1, 0], [7, 0, 0], [0, 3, 0]])
+    top = act.most_confused(cm, n=5)
+    assert list(zip(top["true"], top["predicted"], top["count"])) == [(1, 0, 7), (2, 1, 3), (0, 1, 1)]
+    assert top["pair_count"].tolist() == [8, 3, 8]
+    np.testing.assert_allclose(top["share"].iloc[0], 7 / 57)
+
+
+# --- Image specs and bad input ------------------------------------------------------------------------------
+
+
+def test_image_specs(mnist):
+    img = act.get_image("test:19", mnist)
+    np.testing.assert_array_equal(img.pixels, mnist.test_images[19])
+    assert (img.name, img.label) == ("test:19", int(mnist.test_labels[19]))
+    assert act.get_image("train:7", mnist).label == int(mnist.train_labels[7])
+    for pixels in (mnist.test_images[3][..., 0], mnist.test_images[3], mnist.test_images[3:4]):
+        np.testing.assert_array_equal(act.get_image(pixels).pixels, mnist.test_images[3])
+    assert [i.name for i in act.get_images("test:1, train:2", mnist)] == ["test:1", "train:2"]
+
+
+@pytest.mark.parametrize("spec", ["test19", "val:3", "test:abc", "test:-1", "test:", ":5", ""])
+def test_malformed_image_spec(spec, mnist):
+    with pytest.raises(JaxoipError, match="SET:INDEX"):
+        act.get_image(spec, mnist)
+
+
+def test_bad_images(mnist):
+    with pytest.raises(DataError, match=r"out of range.*10000 images"):
+        act.get_image("test:10000", mnist)
+    with pytest.raises(JaxoipError, match="shape"):
+        act.get_image(np.zeros((27, 28)))
+    with pytest.raises(JaxoipError, match="shape"):
+        act.get_image(np.zeros((2, 28, 28, 1)))
+    with pytest.raises(JaxoipError, match="NaN"):
+        act.get_image(np.full((28, 28), np.nan))
+    with pytest.raises(JaxoipError, match="no images"):
+        act.get_images("", mnist)
+
+
+# --- With a trained model -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer, cell, n_maps, grid_shape",
+    [("Conv2D_3", (3, 3), 128, (48, 24)), ("Max_Pool_1", (13, 13), 32, (52, 104)), ("Dense_1", (1, 1), 100, (13, 8))],
+)
+def test_layer_grid_of_a_real_image(tiny_trained, mnist, layer, cell, n_maps, grid_shape):
+    g = act.layer_grid(tiny_trained, layer, "test:19", mnist)
+    expected = np.asarray(tiny_trained.layer_output(mnist.test_images[19:20], layer))[0]
+    np.testing.assert_allclose(g.activations, expected, rtol=1e-4, atol=1e-5)
+    assert (g.cell_shape, g.n_maps, g.grid.shape) == (cell, n_maps, grid_shape)
+    last = n_maps - 1
+    np.testing.assert_allclose(g.cell(last), expected[..., last].reshape(cell), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g.probabilities.sum(), 1.0, rtol=1e-5)
+
+
+def test_standardized_grid_of_an_array(tiny_trained, mnist):
+    g = act.layer_grid(tiny_trained, "Conv2D_3", mnist.test_images[19], per_row=16, standardize=True)
+    assert (g.grid.shape, g.image.name, g.image.label) == ((24, 48), "array", None)
+    raw = np.asarray(tiny_trained.layer_output(mnist.test_images[19:20], "Conv2D_3"))[0]
+    np.testing.assert_allclose(g.activations, raw, rtol=1e-4, atol=1e-5)  # raw values are kept
+    np.testing.assert_allclose(g.cell(21), act.standardize_maps(raw)[..., 21], atol=1e-2)
+    assert np.nanmin(g.grid) >= 0 and np.nanmax(g.grid) <= 255
+    compiled = act._layer_and_output._cache_size()
+    act.layer_grid(tiny_trained, "Conv2D_3", "test:20", mnist)  # another image: no new compilation
+    assert act._layer_and_output._cache_size() == compiled
+
+
+def test_bad_layer_and_per_row(tiny_trained, mnist):
+    with pytest.raises(LayerError, match="valid names: Conv2D_1"):
+        act.layer_grid(tiny_trained, "Conv2D_9", "test:0", mnist)
+    with pytest.raises(JaxoipError, match="at least 1"):
+        act.layer_grid(tiny_trained, "Conv2D_3", "test:0", mnist, per_row=0)
+    with pytest.raises(LayerError, match="conv/pool layer"):
+        act.find_exemplars(tiny_trained, mnist, "Dense_1")
+
+
+def test_compare_fours_and_nines(tiny_trained, mnist):
+    fours = [int(i) for i in np.flatnonzero(mnist.test_labels == 4)[:3]]
+    nines = [int(i) for i in np.flatnonzero(mnist.test_labels == 9)[:2]]
+    c = act.compare_images(
+        tiny_trained,
+        "Conv2D_3",
+        ",".join(f"test:{i}" for i in fours),
+        [f"test:{i}" for i in nines],
+        mnist,
+        ("4s", "9s"),
+    )
+    assert (len(c.grids_a), len(c.grids_b), c.names) == (3, 2, ("4s", "9s"))
+    assert [g.image.label for g in c.grids_a + c.grids_b] == [4, 4, 4, 9, 9]
+    for g in c.grids_a + c.grids_b:
+        assert c.vmin <= np.nanmin(g.grid) and np.nanmax(g.grid) <= c.vmax
+    acts_a = np.asarray(tiny_trained.layer_output(mnist.test_images[fours], "Conv2D_3"))
+    acts_b = np.asarray(tiny_trained.layer_output(mnist.test_images[nines], "Conv2D_3"))
+    np.testing.assert_allclose(c.summary["mean_a"], acts_a.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(c.summary["mean_b"], acts_b.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        c.difference_grid, act.activation_grid(acts_a.mean(0) - acts_b.mean(0)), rtol=1e-3, atol=1e-4
+    )
+    assert len(c.summary) == 128
+
+
+def test_predictions_of_the_test_set(tiny_trained, mnist):
+    pred = act.predict_split(tiny_trained, mnist)
+    assert pred.probabilities.shape == (10000, 10)
+    np.testing.assert_allclose(pred.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(pred.accuracy, tiny_trained.metrics["test_accuracy"], atol=1e-3)
+    direct = np.asarray(tiny_trained.layer_output(mnist.test_images[:50], "Dense_2"))
+    np.testing.assert_allclose(pred.probabilities[:50], direct, rtol=1e-4, atol=1e-6)
+    wrong = act.misclassified(pred)
+    assert len(wrong) == int((pred.predicted != pred.labels).sum()) > 0
+    assert (wrong["label"] != wrong["predicted"]).all()
+    assert wrong["p_predicted"].is_monotonic_decreasing
+    unsure = act.least_confident(pred, 20)
+    assert unsure["p_predicted"].is_monotonic_increasing and len(unsure) == 20
+    assert unsure["p_predicted"].iloc[-1] <= np.sort(pred.confidence)[20]
+    np.testing.assert_array_equal(pred.confusion(), act.confusion_matrix(pred.labels, pred.predicted))
+    assert pred.confusion().sum() == 10000
+
+
+def test_whole_test_set_in_one_pass(tiny_trained, mnist):
+    acts = act.dataset_activations(tiny_trained, mnist, "Conv2D_3")
+    assert acts.shape == (10000, 3, 3, 128)
+    some = [0, 4321, 9999]
+    direct = np.asarray(tiny_trained.layer_output(mnist.test_images[some], "Conv2D_3"))
+    np.testing.assert_allclose(np.asarray(acts)[some], direct, rtol=1e-4, atol=1e-5)
+    small = _subset(mnist, 700)
+    means = act.dataset_activations(tiny_trained, small, "Conv2D_1", fn=lambda a: a.mean(axis=(1, 2)), batch_size=300)
+    assert means.shape == (700, 32)
+    direct = np.asarray(tiny_trained.layer_output(small.test_images[-2:], "Conv2D_1")).mean(axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(means)[-2:], direct, rtol=1e-4, atol=1e-5)
+
+
+# --- Exemplars and receptive fields -------------------------------------------------------------------------
+
+
+def _subset(mnist, n):
+    return MNIST(mnist.train_images[:1], mnist.train_labels[:1], mnist.test_images[:n], mnist.test_labels[:n], "subset")
+
+
+def test_exemplars_agree_with_brute_force(tiny_trained, mnist):
+    data, k = _subset(mnist, 150), 4
+    ex = act.find_exemplars(tiny_trained, data, "Conv2D_3", k=k)
+    acts = np.asarray(tiny_trained.layer_output(data.test_images, "Conv2D_3"))
+    for m in range(0, 128, 7):
+        best = np.array([acts[i, :, :, m].max() for i in range(len(acts))])
+        expected = np.sort(best)[::-1][:k]
+        np.testing.assert_allclose(ex.values[m], expected, rtol=1e-4, atol=1e-5)
+        for n in range(k):
+            i, (r, c) = ex.image_indices[m, n], ex.nodes[m, n]
+            np.testing.assert_allclose(best[i], ex.values[m, n], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(acts[i, r, c, m], ex.values[m, n], rtol=1e-4, atol=1e-5)
+            # Conv2D_3 node (r, c) sees input rows 4r..4r+17 and columns 4c..4c+17.
+            np.testing.assert_array_equal(
+                ex.patches[m][n], data.test_images[i, 4 * r : 4 * r + 18, 4 * c : 4 * c + 18, 0]
+            )
+    assert [p.shape for p in ex.patches[:2]] == [(k, 18, 18)] * 2
+
+
+@pytest.mark.parametrize(
+    "layer, size, stride",
+    [("Conv2D_1", 3, 1), ("Max_Pool_1", 4, 2), ("Conv2D_2", 8, 2), ("Max_Pool_2", 10, 4), ("Conv2D_3", 18, 4)],
+)
+def test_receptive_field_is_the_set_of_pixels_a_node_sees(layer, size, stride):
+    config = ModelConfig()
+    h = {"Conv2D_1": 26, "Max_Pool_1": 13, "Conv2D_2": 11, "Max_Pool_2": 5, "Conv2D_3": 3}[layer]
+    for i, j in [(0, 0), (1, h - 1), (h - 1, h - 1)]:
+        r0, r1, c0, c1 = receptive_field(config, layer, i, j)
+        assert (r0, r1, c0, c1) == (stride * i, stride * i + size, stride * j, stride * j + size)
+        assert 0 <= r0 < r1 <= 28 and 0 <= c0 < c1 <= 28  # inside the image: valid convolutions never cross it
+    # The pixels whose gradient reaches node (i, j) of a random network, over random images, are its field.
+    model = init_model(config, 0)
+    graphdef, params = nnx.split(model)
+    i, j = h // 2, h - 1
+    def node(x):
+        out = layer_output(graphdef, params, x[None], layer, pre_activation=layer.startswith("Conv"))
+        return out[0, i, j].sum()
+
+    images = jax.random.normal(jax.random.key(3), (16, 28, 28, 1))
+    seen = np.asarray(jnp.abs(jax.vmap(jax.grad(node))(images)).max(axis=(0, 3)) > 0)
+    r0, r1, c0, c1 = receptive_field(config, layer, i, j)
+    field = np.zeros((28, 28), bool)
+    field[r0:r1, c0:c1] = True
+    np.testing.assert_array_equal(seen, field)
+    with pytest.raises(LayerError, match="outside"):
+        receptive_field(config, layer, h, 0)
+
+
+# --- The command --------------------------------------------------------------------------------------------
+
+
+def test_command_writes_its_figures(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_checkpoint), "--out", str(out), "--layer", "Conv2D_3"]
+    rc = cli.run(
+        act.main,
+        argv
+        + ["--image", "test:19", "--cmap", "magma", "--standardize", "--compare", "test:4,test:6", "--versus", "test:7"]
+        + ["--confusion", "--misclassified", "6", "--uncertain", "3", "--exemplars", "2"],
+    )
+    assert rc == 0, capsys.readouterr().err
+    names = ["Conv2D_3_test19.png", "compare_Conv2D_3.png", "confusion.png", "misclassified.png", "uncertain.png"]
+    for name in names + ["exemplars_Conv2D_3.png"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (out / "compare_Conv2D_3.csv").read_text().startswith("map,mean_a,mean_b,difference")
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "test:10000"], "out of range"),
+        (["--image", "test19"], "SET:INDEX"),
+        (["--layer", "Conv9", "--image", "test:1"], "unknown layer 'Conv9'"),
+        (["--compare", "test:1"], "--versus"),
+        (["--image", "test:1", "--cmap", "nocmap"], "unknown colormap"),
+        ([], "nothing to do"),
+    ],
+)
+def test_command_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys, args, message):
+    rc = cli.run(act.main, ["--model", str(tiny_checkpoint), "--out", str(tmp_path)] + args)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_module_runs_and_fails_cleanly(tiny_checkpoint, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxoip.activations",
+            "--model",
+            str(tiny_checkpoint),
+            "--image",
+            "test:10000",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "out of range" in proc.stderr

@@ -1,0 +1,110 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxoip.data import DATA_DIR_ENV, MNIST, Standardization, load_idx_dir, load_mnist, resolve_data_dir
+from jaxoip.errors import DataError
+
+
+def test_real_mnist_shapes_and_range(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28, 1)
+    assert mnist.test_images.shape == (10000, 28, 28, 1)
+    assert mnist.train_images.dtype == np.float32 and mnist.train_labels.dtype == np.int32
+    assert mnist.train_images.min() == 0 and mnist.train_images.max() == 255
+    assert sorted(np.unique(mnist.test_labels)) == list(range(10))
+    assert np.bincount(mnist.test_labels)[0] == 980  # Known count of zeros in the test set.
+
+
+def test_standardization_round_trip(mnist):
+    std = Standardization.fit(mnist.train_images)
+    assert 33.0 < std.mean < 34.0 and 78.0 < std.std < 79.5
+    z = std(mnist.test_images[:10])
+    np.testing.assert_allclose(std.to_pixels(z), mnist.test_images[:10], atol=1e-3)
+
+
+def _write_idx(path, arr, magic, compress=True):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    raw = header + arr.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def _fake_dir(tmp_path, n_train=20, n_test=10, compress=True):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), 2051, compress)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, (n_train,)), 2049, compress)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), 2051, compress)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, (n_test,)), 2049, compress)
+    return tmp_path
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_small_idx_dir_loads(tmp_path, compress):
+    d = load_idx_dir(_fake_dir(tmp_path, compress=compress))
+    assert isinstance(d, MNIST)
+    assert d.train_images.shape == (20, 28, 28, 1) and d.test_labels.shape == (10,)
+
+
+def test_wrong_magic(tmp_path):
+    _fake_dir(tmp_path)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(10), 2051)
+    with pytest.raises(DataError, match="magic number 2051"):
+        load_idx_dir(tmp_path)
+
+
+def test_truncated_file(tmp_path):
+    _fake_dir(tmp_path, compress=False)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        load_idx_dir(tmp_path)
+
+
+def test_corrupt_gzip(tmp_path):
+    _fake_dir(tmp_path)
+    p = tmp_path / "train-labels-idx1-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:15])
+    with pytest.raises(DataError, match="train-labels"):
+        load_idx_dir(tmp_path)
+
+
+def test_count_mismatch(tmp_path):
+    _fake_dir(tmp_path)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(19), 2049)
+    with pytest.raises(DataError, match="20 images but 19 labels"):
+        load_idx_dir(tmp_path)
+
+
+def test_missing_file(tmp_path):
+    _fake_dir(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing MNIST file t10k-images"):
+        load_idx_dir(tmp_path)
+
+
+def test_missing_dir(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_mnist(tmp_path / "nope")
+
+
+def test_env_variable_is_used(tmp_path, monkeypatch):
+    _fake_dir(tmp_path)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    assert resolve_data_dir() == str(tmp_path.resolve())
+    assert load_mnist().train_images.shape[0] == 20
+
+
+def test_real_files_uncompressed_match(mnist, tmp_path):
+    # The loader reads the same data from plain and gzipped files.
+    src = resolve_data_dir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        with gzip.open(f"{src}/{name}.gz") as f, open(tmp_path / name, "wb") as g:
+            shutil.copyfileobj(f, g)
+    plain = load_idx_dir(tmp_path)
+    np.testing.assert_array_equal(plain.test_images, mnist.test_images)
+    assert plain.checksum() == mnist.checksum()

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxoip import cli, scan_all_maps
+from jaxoip.oip import OIPConfig
+from jaxoip.scan import scan_maps
+
+ARGS = ["--steps", "12", "--restarts", "2", "--precursor-starts", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def scan_out(tiny_checkpoint, mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan") / "out"
+    rc = cli.run(scan_all_maps.main, ["--model", str(tiny_checkpoint), "--maps", "0-2,7", "--out", str(out), *ARGS])
+    assert rc == 0
+    return out
+
+
+def test_outputs_exist_and_parse(scan_out):
+    names = {p.name for p in scan_out.iterdir()}
+    assert {"gallery.png", "maps.csv", "maps.json", "summary.json", "oips.npz"} <= names
+    assert {f"snapshots_map{m:03d}.png" for m in (0, 1, 2, 7)} <= names
+    table = pd.read_csv(scan_out / "maps.csv")
+    assert table["map"].tolist() == [0, 1, 2, 7]
+    for col in ("data_mean", "data_max", "pre_fine_frac", "pre_study_max", "recipe", "best_objective",
+                "mean_objective", "std_objective", "converged_step", "frac_stayed_zero", "found",
+                "silent_on_noise", "dead_on_data"):
+        assert col in table, col
+    assert len(json.loads((scan_out / "maps.json").read_text())) == 4
+    summary = json.loads((scan_out / "summary.json").read_text())
+    assert summary["maps"] == 4 and summary["restarts"] == 2 and summary["steps"] == 12
+    arrays = np.load(scan_out / "oips.npz")
+    assert arrays["best_images"].shape == (4, 28, 28, 1)
+    assert arrays["best_pixels"].shape == (4, 28, 28, 1)
+    np.testing.assert_allclose(arrays["best_objective"], table["best_objective"], rtol=1e-5)
+
+
+def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
+    res = scan_maps(tiny_trained, "Conv2D_3", [0, 1, 2, 7], restarts=2, config=OIPConfig(steps=12),
+                    precursor_starts=8, data=mnist)
+    table = res.table()
+    np.testing.assert_allclose(table["best_objective"], pd.read_csv(scan_out / "maps.csv")["best_objective"], rtol=1e-4)
+    assert res.images.shape == (4, 2, 28, 28, 1) and res.traces.shape == (4, 2, 12)
+    # A found map's best start has a positive objective; the data columns come from the test set.
+    assert ((table["best_objective"] > 0) == table["found"]).all()
+    assert (table["data_max"] >= table["data_mean"]).all()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layer", "Conv2D_7"], "unknown conv/pool layer 'Conv2D_7'"),
+        (["--maps", "0,200"], "map index 200 out of range"),
+        (["--node", "5,5"], "outside the 3x3 maps"),
+        (["--recipes", "fine,pink"], "unknown noise recipe 'pink'"),
+        (["--restarts", "0"], "--restarts must be at least 1"),
+    ],
+)
+def test_bad_arguments_one_line_no_output(tiny_checkpoint, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    rc = cli.run(scan_all_maps.main, ["--model", str(tiny_checkpoint), "--out", str(out), *ARGS, *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_that_does_not_load(tmp_path, capsys):
+    rc = cli.run(scan_all_maps.main, ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help():
+    with pytest.raises(SystemExit) as e:
+        scan_all_maps.main(["--help"])
+    assert e.value.code == 0
