@@ -9,6 +9,7 @@ Both are measured side by side in one run on the same data. Defaults are small (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -47,7 +48,7 @@ def main():
 
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
-    sequential = [train(TrainConfig(epochs=args.epochs, train_subset=subset, seed=s), data=data, progress=False) for s in seeds]
+    sequential = [train(dataclasses.replace(cfg, seed=s), data=data, progress=False) for s in seeds]
     t_seq = time.perf_counter() - t0
     t0 = time.perf_counter()
     batched = train_seeds(seeds, cfg, data=data, max_parallel=args.max_parallel, progress=False)
@@ -62,7 +63,8 @@ def main():
           f"{seq_epoch:.2f} s per epoch of all seeds")
     print(f"train_seeds, {args.seeds} seeds: {t_bat:.1f} s wall ({args.seeds / t_bat:.3f} seeds/s), "
           f"{bat_epoch:.2f} s per epoch of all seeds")
-    print(f"seeds-per-second ratio batched/sequential: {t_seq / t_bat:.2f}x wall, {seq_epoch / bat_epoch:.2f}x steady state")
+    print(f"seeds-per-second ratio batched/sequential: {t_seq / t_bat:.2f}x wall, "
+          f"{seq_epoch / bat_epoch:.2f}x steady state")
     acc = [m.metrics["test_accuracy"] for m in batched]
     print("test accuracy per seed (batched): " + ", ".join(f"{a:.4f}" for a in acc))
 

@@ -1,14 +1,47 @@
-"""jaxoip: what the feature maps of a CNN react to, by batched optimal-input-pattern search in JAX."""
+"""jaxoip: what the feature maps of a CNN react to, by batched optimal-input-pattern search in JAX.
 
-from jaxoip.checkpoint import load_model, load_reference_model, save_model
-from jaxoip.data import MNIST, Standardization, load_mnist
-from jaxoip.errors import CheckpointError, DataError, JaxoipError, LayerError
-from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_names, layer_output, layer_shapes
-from jaxoip.noise import RECIPES, Recipe, initial_images
-from jaxoip.oip import OIPConfig, OIPResult, search_oips
-from jaxoip.precursor import PrecursorResult, precursor_scan
-from jaxoip.scan import ScanResult, scan_maps, write_scan
-from jaxoip.train import TrainConfig, evaluate_model
-from jaxoip.train import train as train_model  # The module `jaxoip.train` keeps its name.
+The public API is re-exported here and imported lazily, so `import jaxoip` is quick and
+`python -m jaxoip.<command>` does not import its own module twice.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "jaxoip.errors": ("JaxoipError", "DataError", "LayerError", "CheckpointError"),
+    "jaxoip.data": ("MNIST", "Standardization", "load_mnist"),
+    "jaxoip.model": (
+        "CNN", "ModelConfig", "TrainedModel", "init_model", "layer_names", "layer_output", "layer_shapes",
+        "batched_layer_map", "receptive_field",
+    ),
+    "jaxoip.train": ("TrainConfig", "evaluate_model", "train_seeds"),
+    "jaxoip.checkpoint": ("load_model", "load_reference_model", "save_model"),
+    "jaxoip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
+    "jaxoip.oip": ("OIPConfig", "OIPResult", "search_oips"),
+    "jaxoip.precursor": ("PrecursorResult", "precursor_scan", "data_activation"),
+    "jaxoip.scan": ("ScanResult", "scan_maps", "write_scan"),
+    "jaxoip.activations": (
+        "layer_grid", "LayerGrid", "compare_images", "Comparison", "map_summary", "predict_split", "Predictions",
+        "misclassified", "least_confident", "confusion_matrix", "most_confused", "find_exemplars", "Exemplars",
+        "dataset_activations", "get_image",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+# `jaxoip.train` is the training module; its main function is exported as `train_model`.
+_WHERE["train_model"] = "jaxoip.train"
+_RENAMED = {"train_model": "train"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxoip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

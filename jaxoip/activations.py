@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = out / f"exemplars_{args.layer}.png"
         plots.plot_exemplars(ex, path)
         print(
-            f"{args.layer}: top-{args.exemplars} test images for {len(ex.patches)} maps in {seconds:.1f} s; wrote {path}"
+            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s; wrote {path}"
         )
     return 0
 

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from flax import nnx
@@ -464,13 +463,17 @@ class SeedComparison:
             same = "no"
         live = (g("live_a") + g("live_b")) / 2
         in_place, chance = g("in_place"), g("in_place_chance")
-        order = "yes" if in_place > 0.5 * live else ("partly" if in_place > chance + 3 * math.sqrt(max(chance, 1)) else "no")
+        if in_place > 0.5 * live:
+            order = "yes"
+        else:
+            order = "partly" if in_place > chance + 3 * math.sqrt(max(chance, 1)) else "no"
         text = (
             f"{layer}: same features? {same} - matched r = {g('matched_corr'):.2f} "
             f"[{lo:.2f}, {g('matched_corr', 'ci_images_hi'):.2f}] vs null {g('matched_corr', 'null_shuffled'):.2f} "
             f"(shuffled images) / {g('matched_corr', 'null_untrained'):.2f} (untrained); "
             f"{frac:.0%} of matched channels above the null's 95th percentile ({self.null95[layer]:.2f}); "
-            f"CKA {g('cka_linear'):.2f} (debiased {g('cka_debiased'):.2f}, untrained {g('cka_debiased', 'null_untrained'):.2f}).\n"
+            f"CKA {g('cka_linear'):.2f} (debiased {g('cka_debiased'):.2f}, "
+            f"untrained {g('cka_debiased', 'null_untrained'):.2f}).\n"
             f"  same order? {order} - {in_place:.1f} of {live:.0f} live channels stay in place "
             f"({chance:.1f} by chance); diagonal r = {g('diagonal_corr'):.2f} vs matched {g('matched_corr'):.2f}."
         )
@@ -550,7 +553,9 @@ def untrained_models(template: TrainedModel, count: int, seed: int) -> list[Trai
     """`count` freshly initialized networks of `template`'s architecture, keys disjoint from training seeds."""
     root = jax.random.fold_in(jax.random.key(seed), 0x0A7)
     return [
-        TrainedModel(model=init_model(template.config, jax.random.fold_in(root, i)), standardization=template.standardization)
+        TrainedModel(
+            model=init_model(template.config, jax.random.fold_in(root, i)), standardization=template.standardization
+        )
         for i in range(count)
     ]
 
@@ -627,7 +632,9 @@ def compare_models(
             kernels = [kernel_vectors(m, layer) for m in models], [kernel_vectors(m, layer) for m in untrained]
 
         def features_of(c, b):
-            return {"real": lambda: feats[b], "shuffled": lambda: feats[b][shuffle], "untrained": lambda: ufeats[b]}[c]()
+            if c == "untrained":
+                return ufeats[b]
+            return feats[b][shuffle] if c == "shuffled" else feats[b]
 
         def side(c, b):
             """Second model's self moments, live mask and kernels for comparison c."""
@@ -653,7 +660,10 @@ def compare_models(
         for c in COMPARISONS:
             per_pair_boot = []
             for a, b in pairs:
-                cross = shuffled_cross.pop((a, b)) if c == "shuffled" else block_moments(feats[a], features_of(c, b), bounds)
+                if c == "shuffled":
+                    cross = shuffled_cross.pop((a, b))
+                else:
+                    cross = block_moments(feats[a], features_of(c, b), bounds)
                 met, det, corr = evaluate(a, b, c, cross, ones, threshold)
                 details[(layer, c, (a, b))] = det
                 correlations[(layer, c, (a, b))] = corr.astype(np.float32)
@@ -669,12 +679,9 @@ def compare_models(
         oip, oip_images, oip_objective = _compare_oips(models, pairs, details, config, oip_key, progress)
         extra = []
         for (a, b), o in oip.items():
-            for k_ in ("cross", "ceiling", "floor", "same_start"):
-                extra.append(dict(layer=config.oip_layer, comparison="real", a=a, b=b, metric=f"oip_{k_}", value=float(np.mean(o[k_]))))
-            extra.append(
-                dict(layer=config.oip_layer, comparison="real", a=a, b=b, metric="oip_found",
-                     value=float(np.mean(o["found"])))
-            )
+            for k_ in ("cross", "ceiling", "floor", "same_start", "found"):
+                row = dict(layer=config.oip_layer, comparison="real", a=a, b=b)
+                extra.append(dict(row, metric=f"oip_{k_}", value=float(np.mean(o[k_]))))
         table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
         log(f"OIPs of {config.oip_layer}: {time.perf_counter() - t0:.1f} s")
 
@@ -860,10 +867,12 @@ def markdown_report(result: SeedComparison, command: str | None = None) -> str:
         ]
         for _, r in result.table(layer).iterrows():
             name = METRIC_TEXT.get(r["metric"], r["metric"].replace("frac_above_", "fraction matched r > "))
-            ci_i = f"[{_fmt(r['ci_images_lo'])}, {_fmt(r['ci_images_hi'])}]" if math.isfinite(r["ci_images_lo"]) else "n/a"
+            ci_i = f"[{_fmt(r['ci_images_lo'])}, {_fmt(r['ci_images_hi'])}]"
+            ci_i = ci_i if math.isfinite(r["ci_images_lo"]) else "n/a"
             ci_p = f"[{_fmt(r['ci_pairs_lo'])}, {_fmt(r['ci_pairs_hi'])}]"
             lines.append(
-                f"| {name} | {_fmt(r['mean'])} | {ci_i} | {ci_p} | {_fmt(r['null_shuffled'])} | {_fmt(r['null_untrained'])} |"
+                f"| {name} | {_fmt(r['mean'])} | {ci_i} | {ci_p} | "
+                f"{_fmt(r['null_shuffled'])} | {_fmt(r['null_untrained'])} |"
             )
         lines += ["", f"![{layer} correlation before and after matching](corr_{layer}.png)", ""]
     if result.oip:

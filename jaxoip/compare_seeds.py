@@ -1,4 +1,4 @@
-"""`python -m jaxoip.compare_seeds`: do independently trained copies of the CNN learn the same filters, in the same order?
+"""`python -m jaxoip.compare_seeds`: do independently trained copies of the CNN learn the same filters, in order?
 
 Trains `--seeds` copies of the default CNN with the study's recipe, differing only in seed (batched over
 seeds in one compiled program), or loads `--models` checkpoints; compares every pair layer by layer
@@ -34,16 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first training seed (seeds S..S+N-1) and analysis seed")
     p.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default: %(default)s)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default: all)")
-    p.add_argument("--models-out", default=None, help="where to save trained checkpoints (default: <out>_models)")
+    p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default all)")
+    p.add_argument("--models-out", default=None, help="where to save trained checkpoints (default <out>_models)")
     p.add_argument("--layers", default=",".join(CONV_LAYERS), help="conv layers to compare (default: %(default)s)")
     p.add_argument("--test-subset", type=int, default=None, help="compare on the first N test images only")
-    p.add_argument("--max-samples", type=int, default=d.max_samples, help="spatial samples per layer (default: %(default)s)")
+    p.add_argument("--max-samples", type=int, default=d.max_samples, help="spatial samples per layer (%(default)s)")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap replicates (default: %(default)s)")
-    p.add_argument("--oip-layer", default=d.oip_layer, help="layer whose matched maps' OIPs are compared ('none': skip)")
+    p.add_argument("--oip-layer", default=d.oip_layer, help="layer of the OIP comparison ('none': skip)")
     p.add_argument("--oip-maps", type=int, default=d.oip_maps, help="matched maps per pair (default: %(default)s)")
     p.add_argument("--oip-steps", type=int, default=o.steps, help="OIP search steps (default: %(default)s)")
-    p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="shared starts per map (default: %(default)s)")
+    p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="shared starts per map (%(default)s)")
     p.add_argument("--out", default="compare_out", help="report folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     cli.add_data_dir(p)

@@ -81,7 +81,7 @@ def oip_gallery(result, path=None, per_row: int = 8, exemplars=None):
         + (", beside the test images' most active patches" if k else ""),
         fontsize=9,
     )
-    fig.subplots_adjust(wspace=0.05, hspace=0.35)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35, top=1 - 0.45 / fig.get_figheight())
     if path is not None:
         save_figure(fig, path, dpi=110)
     return fig

@@ -19,7 +19,8 @@ import pandas as pd
 
 from jaxoip._io import atomic_directory
 from jaxoip.data import MNIST, Standardization
-from jaxoip.model import TrainedModel, layer_shapes
+from jaxoip.errors import JaxoipError
+from jaxoip.model import TrainedModel, get_layer, layer_shapes
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images, start_keys
 from jaxoip.oip import OIPConfig, OIPResult, check_target, search_oips
 from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
@@ -50,6 +51,7 @@ class ScanResult:
     data_max: np.ndarray | None
     standardization: Standardization
     seed: int
+    screen: int = 1
     seconds: float = 0.0
     search_seconds: float = 0.0
 
@@ -129,6 +131,7 @@ class ScanResult:
             "backend": jax.default_backend(),
             "devices": len(jax.devices()),
             "seed": self.seed,
+            "screen": self.screen,
         }
         if "dead_on_data" in t:
             out["dead_on_data"] = int(t["dead_on_data"].sum())
@@ -146,6 +149,7 @@ def scan_maps(
     config: OIPConfig = OIPConfig(),
     recipes=DEFAULT_RECIPES,
     precursor_starts: int = 64,
+    screen: int = 8,
     seed: int = 0,
     node: tuple[int, int] | None = None,
     data: MNIST | None = None,
@@ -155,16 +159,19 @@ def scan_maps(
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
-    gets its starts from the recipes in turn. `data` adds each map's activation on the test images.
+    gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
+    drawn that way (forward passes only), so maps that few random images wake still get live starts.
+    `data` adds each map's activation on the test images.
     """
     t0 = time.perf_counter()
     recipes = get_recipes(recipes)
-    n_maps = layer_shapes(trained.config)[layer_name][-1] if layer_name in layer_shapes(trained.config) else 0
+    get_layer(trained.config, layer_name, ("conv", "pool"))
+    n_maps = layer_shapes(trained.config)[layer_name][-1]
     maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices, np.int32).reshape(-1)
     check_target(trained.config, layer_name, maps, node)
     restarts = restarts or default_restarts()
     if restarts < 1:
-        raise ValueError("restarts must be at least 1")
+        raise JaxoipError("restarts must be at least 1")
     precursor_key, oip_key = jax.random.split(jax.random.key(seed))
 
     pre = precursor_scan(trained.model, layer_name, recipes, precursor_starts, precursor_key, node)
@@ -173,12 +180,9 @@ def scan_maps(
         acts = data_activation(trained.model, trained.standardization(data.test_images), layer_name, node)
         data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
 
-    cycle = np.arange(restarts) % len(recipes)
-    best = pre.best_recipe[maps]
-    silent = pre.silent_on_noise[maps]
-    start_recipe = np.where(silent[:, None], cycle[None, :], best[:, None]).astype(np.int32)
-    keys = start_keys(oip_key, maps, restarts).reshape(-1)
-    x0 = initial_images(keys, recipes, jnp.asarray(start_recipe.reshape(-1)))
+    if screen < 1:
+        raise JaxoipError("screen must be at least 1")
+    start_recipe, x0 = screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, oip_key, node)
     res = search_oips(
         trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk_size, progress
     )
@@ -196,9 +200,32 @@ def scan_maps(
         data_max=data_max,
         standardization=trained.standardization,
         seed=seed,
+        screen=screen,
         seconds=time.perf_counter() - t0,
         search_seconds=res.seconds,
     )
+
+
+def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, key, node=None):
+    """Start images (M * R, 28, 28, 1) and their recipe indices (M, R).
+
+    Candidate c of map m comes from fold_in(fold_in(key, m), c), with the map's best recipe (or the
+    recipes in turn for a silent map); each group of `screen` candidates gives its most active one.
+    """
+    n_cand = restarts * screen
+    cycle = np.arange(n_cand) % len(recipes)
+    silent = pre.silent_on_noise[maps]
+    cand_recipe = np.where(silent[:, None], cycle[None, :], pre.best_recipe[maps][:, None]).astype(np.int32)
+    x = initial_images(start_keys(key, maps, n_cand).reshape(-1), recipes, jnp.asarray(cand_recipe.reshape(-1)))
+    if screen == 1:
+        return cand_recipe, x
+    obj = data_activation(trained.model, x, layer_name, node)  # (M * n_cand, C), forward only
+    obj = obj[np.arange(len(obj)), np.repeat(maps, n_cand)].reshape(len(maps), restarts, screen)
+    # Within each group, the most active candidate; the first one when none is active.
+    pick = np.argmax(obj, axis=2)
+    flat = (np.arange(len(maps))[:, None] * n_cand + np.arange(restarts)[None, :] * screen + pick).reshape(-1)
+    cand_recipe = cand_recipe.reshape(len(maps), restarts, screen)
+    return np.take_along_axis(cand_recipe, pick[..., None], axis=2)[..., 0], x[flat]
 
 
 def write_scan(

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
     p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
+    p.add_argument(
+        "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
     p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
@@ -71,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=cfg,
         recipes=recipes,
         precursor_starts=args.precursor_starts,
+        screen=args.screen,
         seed=args.seed,
         node=args.node,
         data=data,

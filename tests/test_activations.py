@@ -7,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxoip import activations as act
 from jaxoip import cli
 from jaxoip.data import MNIST
 from jaxoip.errors import DataError, JaxoipError, LayerError
 from jaxoip.model import ModelConfig, init_model, layer_output, receptive_field
-from flax import nnx
 
 # --- Grids on hand-made activations -------------------------------------------------------------------------
 
@@ -260,6 +260,7 @@ def test_receptive_field_is_the_set_of_pixels_a_node_sees(layer, size, stride):
     model = init_model(config, 0)
     graphdef, params = nnx.split(model)
     i, j = h // 2, h - 1
+
     def node(x):
         out = layer_output(graphdef, params, x[None], layer, pre_activation=layer.startswith("Conv"))
         return out[0, i, j].sum()
@@ -277,16 +278,44 @@ def test_receptive_field_is_the_set_of_pixels_a_node_sees(layer, size, stride):
 # --- The command --------------------------------------------------------------------------------------------
 
 
-def test_command_writes_its_figures(tiny_checkpoint, tmp_path, capsys):
+def _write_idx(path, array):
+    array = np.asarray(array, np.uint8)
+    header = (2051 if array.ndim == 3 else 2049).to_bytes(4, "big")
+    path.write_bytes(header + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_data_dir(mnist, tmp_path_factory):
+    """The first 400 test images as IDX files: the command's test-set passes stay quick."""
+    folder = tmp_path_factory.mktemp("small_mnist")
+    _write_idx(folder / "train-images-idx3-ubyte", mnist.train_images[:100, ..., 0])
+    _write_idx(folder / "train-labels-idx1-ubyte", mnist.train_labels[:100])
+    _write_idx(folder / "t10k-images-idx3-ubyte", mnist.test_images[:400, ..., 0])
+    _write_idx(folder / "t10k-labels-idx1-ubyte", mnist.test_labels[:400])
+    return folder
+
+
+def test_command_writes_its_figures(tiny_checkpoint, small_data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_checkpoint), "--out", str(out), "--layer", "Conv2D_3"]
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--data-dir",
+        str(small_data_dir),
+        "--out",
+        str(out),
+        "--layer",
+        "Conv2D_3",
+    ]
     rc = cli.run(
         act.main,
         argv
         + ["--image", "test:19", "--cmap", "magma", "--standardize", "--compare", "test:4,test:6", "--versus", "test:7"]
         + ["--confusion", "--misclassified", "6", "--uncertain", "3", "--exemplars", "2"],
     )
-    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "test:19 (label 4): predicted" in printed.out and "test accuracy" in printed.out
     names = ["Conv2D_3_test19.png", "compare_Conv2D_3.png", "confusion.png", "misclassified.png", "uncertain.png"]
     for name in names + ["exemplars_Conv2D_3.png"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
