@@ -782,7 +782,7 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
     a, b = pair
     o = result.oip[pair]
     n = min(max_maps, len(o["maps_a"]))
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.5, 4.4), squeeze=False)
     for j in range(n):
         for row, (model, m) in enumerate(((a, o["maps_a"][j]), (b, o["maps_b"][j]))):
             imgs, obj = result.oip_images[(model, int(m))], result.oip_objective[(model, int(m))]
