@@ -215,6 +215,28 @@ class CNN(nnx.Module):
         raise AssertionError("unreachable")
 
 
+def map_activation(model: CNN, images, layer_name: str, map_indices) -> jax.Array:
+    """Map `map_indices[i]` of conv or pool layer `layer_name` for image i: (N, H, W).
+
+    Computes only the selected channel of the layer's convolution (a per-image kernel), so the
+    last convolution costs 1/C of the full layer; equal to `model(images, until=layer_name)[i, ..., m]`.
+    """
+    specs = layer_specs(model.config)
+    target = [s.name for s in specs].index(get_layer(model.config, layer_name, ("conv", "pool")).name)
+    c = target
+    while specs[c].kind == "pool":
+        c -= 1
+    below = images if c == 0 else model(images, until=specs[c - 1].name)
+    conv = getattr(model, specs[c].name)
+    maps = jnp.asarray(map_indices)
+    kernels = jnp.moveaxis(conv.kernel[...][..., maps], -1, 0)[..., None]  # (N, kh, kw, C_in, 1)
+    out = jax.vmap(lambda h, k: conv2d(h[None], k)[0, ..., 0])(below, kernels)
+    out = _ACTIVATIONS[specs[c].activation](out + conv.bias[...][maps][:, None, None])
+    for s in specs[c + 1 : target + 1]:
+        out = max_pool(out[..., None], s.size)[..., 0]
+    return out
+
+
 def init_model(config: ModelConfig = ModelConfig(), seed: int | jax.Array = 0) -> CNN:
     """A freshly initialized CNN; `seed` is an int or a PRNG key."""
     key = jax.random.key(seed) if isinstance(seed, int) else seed

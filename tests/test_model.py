@@ -100,3 +100,14 @@ def test_custom_config():
     assert layer_shapes(cfg)["Flatten"] == (13 * 13 * 4,)
     assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("layer", ["Conv2D_1", "Max_Pool_1", "Conv2D_2", "Max_Pool_2", "Conv2D_3"])
+def test_map_activation_equals_full_layer(layer):
+    from jaxoip.model import map_activation
+
+    model = init_model(seed=4)
+    x = jax.random.normal(jax.random.key(0), (5, 28, 28, 1))
+    maps = jnp.array([0, 3, 1, 7, 3])
+    full = model(x, until=layer)
+    np.testing.assert_allclose(map_activation(model, x, layer, maps), full[jnp.arange(5), ..., maps], rtol=1e-5, atol=1e-5)
