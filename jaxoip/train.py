@@ -157,6 +157,30 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000):
     return evaluate
 
 
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+def _device_data(data: MNIST, cfg: TrainConfig):
+    """Standardization fitted on the (subset of the) training images, and both splits standardized on device."""
+    train_x, train_y = data.train_images, data.train_labels
+    if cfg.train_subset:
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    std = Standardization.fit(train_x)
+    train = jnp.asarray(std(train_x)), jnp.asarray(train_y)
+    return std, train, (jnp.asarray(std(data.test_images)), jnp.asarray(data.test_labels))
+
+
+def _trained(model, std, history, cfg: TrainConfig, data: MNIST) -> TrainedModel:
+    return TrainedModel(
+        model=model,
+        standardization=std,
+        history=history,
+        train_config=dataclasses.asdict(cfg),
+        data_checksum=data.checksum(),
+        metrics={"test_accuracy": history["val_accuracy"][-1], "test_loss": history["val_loss"][-1]},
+    )
+
+
 def _summarize(metrics) -> tuple[float, float]:
     loss, acc, n = (np.asarray(m, np.float64) for m in metrics)
     return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
@@ -171,12 +195,7 @@ def train(
 ) -> TrainedModel:
     """Trains one CNN from `cfg.seed`; returns it with its standardization and per-epoch history."""
     data = data if data is not None else load_mnist(data_dir)
-    train_x, train_y = data.train_images, data.train_labels
-    if cfg.train_subset:
-        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
-    std = Standardization.fit(train_x)
-    train_x, test_x = jnp.asarray(std(train_x)), jnp.asarray(std(data.test_images))
-    train_y, test_y = jnp.asarray(train_y), jnp.asarray(data.test_labels)
+    std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
 
     init_key, shuffle_key = jax.random.split(jax.random.key(cfg.seed))
     model = init_model(model_config, init_key)
@@ -187,7 +206,7 @@ def train(
     evaluate = jax.jit(make_evaluate(graphdef))
     schedule = learning_rate_schedule(cfg)
 
-    history = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")}
+    history = {k: [] for k in HISTORY_KEYS}
     steps = 0
     epochs = range(cfg.epochs)
     if progress:
@@ -206,14 +225,7 @@ def train(
         if progress:
             epochs.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", val_acc=f"{val_acc:.4f}")
 
-    return TrainedModel(
-        model=nnx.merge(graphdef, params),
-        standardization=std,
-        history=history,
-        train_config=dataclasses.asdict(cfg),
-        data_checksum=data.checksum(),
-        metrics={"test_accuracy": history["val_accuracy"][-1], "test_loss": history["val_loss"][-1]},
-    )
+    return _trained(nnx.merge(graphdef, params), std, history, cfg, data)
 
 
 def evaluate_model(trained: TrainedModel, data: MNIST, split: str = "test") -> dict[str, float]:
@@ -247,12 +259,7 @@ def train_seeds(
     if max_parallel is not None and max_parallel < 1:
         raise JaxoipError("max_parallel must be at least 1")
     data = data if data is not None else load_mnist(data_dir)
-    train_x, train_y = data.train_images, data.train_labels
-    if cfg.train_subset:
-        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
-    std = Standardization.fit(train_x)
-    train_x, test_x = jnp.asarray(std(train_x)), jnp.asarray(std(data.test_images))
-    train_y, test_y = jnp.asarray(train_y), jnp.asarray(data.test_labels)
+    std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
     n = train_x.shape[0]
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
@@ -280,7 +287,7 @@ def train_seeds(
         params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
         shuffle_keys = jnp.stack([shuffle_key for _, shuffle_key in keys])
         opt_state = init_opt(params)
-        histories = [{k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")} for _ in chunk]
+        histories = [{k: [] for k in HISTORY_KEYS} for _ in chunk]
         steps = 0
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
@@ -300,16 +307,7 @@ def train_seeds(
                 bar.set_postfix(val_acc=" ".join(f"{h['val_accuracy'][-1]:.4f}" for h in histories))
         for i, (seed, h) in enumerate(zip(chunk, histories)):
             one = jax.tree.map(lambda a: a[i], params)
-            out.append(
-                TrainedModel(
-                    model=nnx.merge(graphdef, one),
-                    standardization=std,
-                    history=h,
-                    train_config=dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
-                    data_checksum=data.checksum(),
-                    metrics={"test_accuracy": h["val_accuracy"][-1], "test_loss": h["val_loss"][-1]},
-                )
-            )
+            out.append(_trained(nnx.merge(graphdef, one), std, h, dataclasses.replace(cfg, seed=seed), data))
     if bar is not None:
         bar.close()
     return out
