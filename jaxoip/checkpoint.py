@@ -55,7 +55,7 @@ def save_model(path: str | os.PathLike, trained: TrainedModel) -> Path:
     """Writes `trained` to folder `path` atomically (replacing an existing checkpoint there)."""
     path = Path(path).absolute()
     with atomic_directory(path) as tmp:
-        params = jax.tree.map(np.asarray, nnx.state(trained.model, nnx.Param).to_pure_dict())
+        params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))
         ckptr = _checkpointer()
         ckptr.save(tmp / "state", params)
         ckptr.wait_until_finished()
@@ -102,7 +102,7 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
         raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
 
     model = nnx.eval_shape(lambda: init_model(config, 0))
-    abstract = nnx.state(model, nnx.Param).to_pure_dict()
+    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     try:
         params = _checkpointer().restore(path / "state", target)
@@ -120,7 +120,7 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
 
     graphdef, state = nnx.split(model)
-    state.replace_by_pure_dict(jax.tree.map(jax.numpy.asarray, params))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
     return TrainedModel(
         model=nnx.merge(graphdef, state),
         standardization=std,

@@ -74,7 +74,7 @@ def oip_gallery(result, path=None, per_row: int = 8, exemplars=None):
         a_plain.set_title(f"map {m}: {status}", fontsize=6, loc="left")
         for e, patch in enumerate((exemplars or {}).get(int(m), [])):
             axes[r, c * panels + 2 + e].imshow(patch, cmap="gray_r")
-        if k and int(m) in (exemplars or {}):
+        if k and len((exemplars or {}).get(int(m), [])):
             axes[r, c * panels + 2].set_title("data", fontsize=5, loc="left")
     fig.suptitle(
         f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exemplars = None
     if args.exemplars > 0 and args.node is None:
         ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
-        exemplars = {int(m): ex.patches[m] for m in result.map_indices}
+        # Only patches that really activate the map: a map dead on data shows none.
+        exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
     out = scan.write_scan(result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
     s = result.summary()
     live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""

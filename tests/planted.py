@@ -18,10 +18,10 @@ def planted_model(threshold: float = 80.0) -> TrainedModel:
     """
     model = init_model(PLANTED_CONFIG, 0)
     state = nnx.state(model, nnx.Param)
-    state["Conv2D_1"]["kernel"].value = jnp.ones((3, 3, 1, 1))
-    state["Conv2D_1"]["bias"].value = jnp.zeros((1,))
+    state["Conv2D_1"]["kernel"][...] = jnp.ones((3, 3, 1, 1))
+    state["Conv2D_1"]["bias"][...] = jnp.zeros((1,))
     k2 = jnp.zeros((3, 3, 1, 2)).at[..., COARSE].set(1.0)
-    state["Conv2D_2"]["kernel"].value = k2
-    state["Conv2D_2"]["bias"].value = jnp.array([-1.0, -threshold])
+    state["Conv2D_2"]["kernel"][...] = k2
+    state["Conv2D_2"]["bias"][...] = jnp.array([-1.0, -threshold])
     nnx.update(model, state)
     return TrainedModel(model=model, standardization=Standardization(0.0, 1.0))
