@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip.errors import JaxoipError
-from jaxoip.noise import DEFAULT_RECIPES
-from jaxoip.oip import OIPConfig
+from jaxoip.noise import DEFAULT_RECIPES, get_recipes
+from jaxoip.oip import OIPConfig, check_target
 
 
 def _node(text: str) -> tuple[int, int]:
@@ -64,8 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError("--chunk-size must be at least 1")
     cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
     trained = checkpoint.resolve_model(args.model)
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    data = load_mnist(args.data_dir)
+    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
+    data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
     result = scan.scan_maps(
         trained,
         layer_name=args.layer,
