@@ -118,7 +118,7 @@ def _permuted_copy(model, conv_layer: str, perm: np.ndarray):
     The next layer's input weights are permuted to match, so the network computes the same function.
     """
     graphdef, state = nnx.split(model)
-    p = jax.tree.map(lambda a: a, state.to_pure_dict())
+    p = jax.tree.map(lambda a: a, nnx.to_pure_dict(state))
     p[conv_layer]["kernel"] = p[conv_layer]["kernel"][..., perm]
     p[conv_layer]["bias"] = p[conv_layer]["bias"][perm]
     nxt = {"Conv2D_1": "Conv2D_2", "Conv2D_2": "Conv2D_3"}.get(conv_layer)
@@ -128,7 +128,7 @@ def _permuted_copy(model, conv_layer: str, perm: np.ndarray):
         k = p["Dense_1"]["kernel"]
         c = len(perm)
         p["Dense_1"]["kernel"] = k.reshape(-1, c, k.shape[-1])[:, perm, :].reshape(k.shape)
-    state.replace_by_pure_dict(p)
+    nnx.replace_by_pure_dict(state, p)
     return nnx.merge(graphdef, state)
 
 
