@@ -21,7 +21,7 @@ from flax import nnx
 from jaxoip import cli
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
 SCHEDULES = ("none", "power", "exponential")
