@@ -124,8 +124,9 @@ def sample_positions(seed: int, rows: int, hw: int, k: int) -> np.ndarray:
 def _feature_pass(graphdef: nnx.GraphDef, layer_name: str, hwc: tuple[int, int, int]):
     """Jitted (params, image batches (steps, B, H, W, 1), positions (B, k)) -> (steps, B, k, C).
 
-    The pass of `batched_layer_map`, compiled once per architecture and layer and reused for every
-    model compared (`batched_layer_map` compiles anew on each call).
+    Like `batched_layer_map`, but it gathers sampled positions (a per-batch input) inside the compiled
+    pass, so the full activations of large layers are never gathered; compiled once per architecture
+    and layer and reused for every model compared.
     """
     h, w, c = hwc
 

@@ -8,6 +8,7 @@ are only silent on noise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,10 @@ class PrecursorResult:
         return df
 
 
+@functools.lru_cache(maxsize=32)
 def _objectives_fn(layer_name: str, node):
+    """Per image, the objective of every map; one function object per (layer, node) so compiles are reused."""
+
     def fn(acts):
         return jax.vmap(lambda a: jax.vmap(lambda m: map_objective(a, m, node))(jnp.arange(a.shape[-1])))(acts)
 
@@ -77,7 +81,8 @@ def precursor_scan(
     keys = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), starts))(jnp.arange(len(recipes)))
     idx = jnp.repeat(jnp.arange(len(recipes)), starts)
     images = initial_images(keys.reshape(-1), recipes, idx)
-    obj = batched_layer_map(model, images, layer_name, _objectives_fn(layer_name, node))  # (R*K, C)
+    objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
+    obj = batched_layer_map(model, images, layer_name, objectives)  # (R*K, C)
     obj = np.asarray(obj).reshape(len(recipes), starts, -1)
     return PrecursorResult(
         layer_name=layer_name,
@@ -94,4 +99,5 @@ def data_activation(
 ) -> np.ndarray:
     """The objective (map mean, or node) of every map for every standardized image: (N, C)."""
     check_target(model.config, layer_name, [0], node)
-    return np.asarray(batched_layer_map(model, images_std, layer_name, _objectives_fn(layer_name, node)))
+    objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
+    return np.asarray(batched_layer_map(model, images_std, layer_name, objectives))
