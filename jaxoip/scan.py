@@ -253,6 +253,7 @@ def write_scan(
     snapshot_maps=None,
     all_starts: bool = False,
     exemplars=None,
+    extra_summary: dict | None = None,
 ) -> Path:
     """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `out`.
 
@@ -266,7 +267,7 @@ def write_scan(
         table = result.table()
         table.to_csv(tmp / "maps.csv", index=False)
         (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
-        (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+        (tmp / "summary.json").write_text(json.dumps({**result.summary(), **(extra_summary or {})}, indent=1))
         std = result.standardization
         arrays = {
             "map_indices": result.map_indices,

@@ -7,12 +7,14 @@ map on an accelerator (8 on a CPU). Writes a gallery, per-map tables and arrays 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip.errors import JaxoipError
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
+from jaxoip.compiles import count_compiles
 from jaxoip.progress import Progress
 
 
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     from jaxoip import activations, checkpoint, scan
     from jaxoip.data import load_mnist
@@ -70,12 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         early_stop=args.early_stop,
         precision=args.precision,
     )
+    cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
     data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
-    cli.enable_compilation_cache(not args.no_cache)
-    with Progress(not args.no_progress, f"scan {args.layer}") as bar:
+    with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
         result = scan.scan_maps(
             trained,
             layer_name=args.layer,
@@ -98,8 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Only patches that really activate the map: a map dead on data shows none.
                 exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
         with bar.phase("figures and tables"):
+            extra = {
+                "compilation_cache": str(cache) if cache else None,
+                "compiled_programs": compiles.compiled,
+                "cached_programs": compiles.cache_hits,
+                "command_seconds": round(time.perf_counter() - t_start, 2),
+            }
             out = scan.write_scan(
-                result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars
+                result,
+                args.out,
+                snapshot_maps=args.maps,
+                all_starts=args.all_starts,
+                exemplars=exemplars,
+                extra_summary=extra,
             )
     s = result.summary()
     live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
@@ -109,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
         f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
         f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s), "
-        f"precision {s['precision']}\n"
+        f"precision {s['precision']}; {compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
         f"wrote {out}"
     )
     return 0

@@ -29,3 +29,11 @@ def tiny_checkpoint(tiny_trained, tmp_path_factory):
     from jaxoip.checkpoint import save_model
 
     return save_model(tmp_path_factory.mktemp("ckpt") / "model", tiny_trained)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The shipped reference model (40 epochs, 99.37% test accuracy)."""
+    from jaxoip.checkpoint import load_reference_model
+
+    return load_reference_model()
