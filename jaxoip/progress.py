@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 
 class Progress:
@@ -15,6 +16,7 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=0, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+        self.seconds: dict[str, float] = {}  # Wall time of every phase, by name.
 
     def add_work(self, n: int):
         self.bar.total = (self.bar.total or 0) + n
@@ -25,7 +27,9 @@ class Progress:
         """Names the phase and adds `work` units; with `auto`, the phase counts its work done on exit."""
         self.bar.set_description_str(name)
         self.add_work(work)
+        t0 = time.perf_counter()
         yield self
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
         if auto:
             self.update(work)
 

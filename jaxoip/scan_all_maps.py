@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compiled_programs": compiles.compiled,
                 "cached_programs": compiles.cache_hits,
                 "command_seconds": round(time.perf_counter() - t_start, 2),
+                "phase_seconds": bar.seconds,
             }
             out = scan.write_scan(
                 result,
