@@ -67,7 +67,11 @@ def test_unknown_layer_lists_valid_names():
 def test_conv_matches_xla_convolution():
     x = jax.random.normal(jax.random.key(0), (2, 13, 13, 5))
     k = jax.random.normal(jax.random.key(1), (3, 3, 5, 7))
-    ref = jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # Both at true float32 (a GPU's default would be TF32 for the reference): they differ only in the
+    # order of a 45-term sum, so by float32 rounding (~1e-6 relative, 1e-5 allowed).
+    ref = jax.lax.conv_general_dilated(
+        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST
+    )
     np.testing.assert_allclose(conv2d(x, k), ref, rtol=1e-5, atol=1e-5)
 
 
