@@ -7,6 +7,7 @@ map on an accelerator (8 on a CPU). Writes a gallery, per-map tables and arrays 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from jaxoip import cli
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m jaxoip.scan_all_maps",
         description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
-    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped reference model)")
+    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
     p.add_argument("--layer", default="Conv2D_3", help="conv or pool layer (default: %(default)s)")
     p.add_argument("--maps", type=cli.int_list, default=None, help="map indices, e.g. 0-15,120 (default: all)")
     p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
@@ -56,17 +57,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxoip import activations, checkpoint, scan
-    from jaxoip.data import load_mnist
+    from jaxoip.data import HOW_TO_ADD, optional_mnist
 
     if args.restarts is not None and args.restarts < 1:
         raise JaxoipError("--restarts must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise JaxoipError("--chunk-size must be at least 1")
     cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
-    trained = checkpoint.resolve_model(args.model)
+    trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
-    data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+    data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+    if data is None:
+        print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
     result = scan.scan_maps(
         trained,
         layer_name=args.layer,
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     exemplars = None
-    if args.exemplars > 0 and args.node is None:
+    if args.exemplars > 0 and args.node is None and data is not None:
         ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
         # Only patches that really activate the map: a map dead on data shows none.
         exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
