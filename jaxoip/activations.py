@@ -461,18 +461,26 @@ def _max_node(acts: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def find_exemplars(
-    trained: TrainedModel, data: MNIST, layer_name: str = "Conv2D_3", k: int = 5, split: str = "test"
+    trained: TrainedModel,
+    data: MNIST,
+    layer_name: str = "Conv2D_3",
+    k: int = 5,
+    split: str = "test",
+    precision: str = "highest",
 ) -> Exemplars:
     """For every map of `layer_name`, the `k` images of `split` whose most active node is highest."""
     spec = get_layer(trained.config, layer_name, ("conv", "pool"))
     images, _ = data.split(split)
     k = max(1, min(k, images.shape[0]))
-    best, where = batched_layer_map(trained.model, trained.standardization(images), spec.name, _max_node)
-    values, idx = jax.lax.top_k(best.T, k)  # (C, k) over images
-    flat_node = np.asarray(jnp.take_along_axis(where.T, idx, axis=1))
+    best, where = batched_layer_map(
+        trained.model, trained.standardization(images), spec.name, _max_node, precision=precision
+    )
+    # Top k over images per map, on the host (stable: ties keep the lower image index).
+    idx = np.argsort(-best.T, axis=1, kind="stable")[:, :k]  # (C, k)
+    values = np.take_along_axis(best.T, idx, axis=1)
+    flat_node = np.take_along_axis(where.T, idx, axis=1)
     width = layer_shapes(trained.config)[spec.name][1]
     nodes = np.stack([flat_node // width, flat_node % width], axis=-1)
-    idx = np.asarray(idx)
     patches = []
     for m in range(idx.shape[0]):
         crops = []
@@ -485,7 +493,7 @@ def find_exemplars(
             ragged = np.empty(len(crops), dtype=object)
             ragged[:] = crops
             patches.append(ragged)
-    return Exemplars(spec.name, split, idx, np.asarray(values), nodes, patches)
+    return Exemplars(spec.name, split, idx, values, nodes, patches)
 
 
 # --- Command -----------------------------------------------------------------------------------------------

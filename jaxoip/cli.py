@@ -1,12 +1,81 @@
-"""Shared plumbing of the `python -m jaxoip.NAME` commands."""
+"""Shared plumbing of the `python -m jaxoip.NAME` commands.
+
+Importing this module (every command does so first) makes GPU results bit-for-bit repeatable: it adds
+`--xla_gpu_deterministic_ops=true` to XLA_FLAGS before JAX starts. Library users who need the same
+on a GPU set that flag themselves (see the README).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from jaxoip.errors import JaxoipError
+
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def _deterministic_xla():
+    if "jax" in sys.modules:  # Too late to change XLA's flags; the caller decided.
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_FLAG}".strip()
+
+
+_deterministic_xla()
+
+
+def cache_dir() -> Path:
+    """The persistent compilation cache: $JAXOIP_CACHE_DIR, else the user's cache folder."""
+    if os.environ.get("JAXOIP_CACHE_DIR"):
+        return Path(os.environ["JAXOIP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxoip" / "xla"
+
+
+def enable_compilation_cache(enabled: bool = True) -> Path | None:
+    """Turns on JAX's persistent compilation cache for this process, so a second run skips compiling.
+
+    Every program is cached, however fast it compiled. Returns the folder, or None when disabled or
+    when the folder cannot be created (then the command runs uncached).
+    """
+    if not enabled:
+        return None
+    import jax
+
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"warning: compilation cache disabled ({path}: {e.strerror})", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def add_engine_flags(parser: argparse.ArgumentParser):
+    """--precision, --no-cache and --no-progress, the same on every command."""
+    from jaxoip.numerics import DEFAULT_PRECISION, PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="matmul precision of every compiled pass: highest (true float32, same results on CPU and GPU), "
+        "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache ($JAXOIP_CACHE_DIR, default ~/.cache/jaxoip/xla)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -28,8 +97,10 @@ def int_list(text: str) -> list[int]:
         for part in text.split(","):
             part = part.strip()
             if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise argparse.ArgumentTypeError(f"reversed range {part!r}: write {hi}-{lo}")
+                out.extend(range(lo, hi + 1))
             elif part:
                 out.append(int(part))
     except ValueError:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxoip.errors import JaxoipError
+from jaxoip.numerics import as_key, check_seed
 
 DEFAULT_GRIDS = ((3, 3), (7, 7), (14, 14), (28, 28))
 
@@ -96,23 +99,60 @@ def initial_image(
     return standardize_image(img)[..., None]
 
 
-def initial_images(keys: jax.Array, recipes, recipe_index: jax.Array | None = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("recipes",))
+def _initial_images(keys, recipe_index, *, recipes):
+    table = jnp.asarray([r.factors for r in recipes], jnp.float32)
+    grids, sigma = recipes[0].grids, recipes[0].smoothing_sigma
+    return jax.vmap(lambda k, i: initial_image(k, table[i], grids, smoothing_sigma=sigma))(keys, recipe_index)
+
+
+def initial_images(keys: jax.Array, recipes, recipe_index=None) -> np.ndarray:
     """A batch (N, 28, 28, 1) of starts, one per key; image i uses recipe `recipes[recipe_index[i]]`.
 
-    Each image depends only on its own key and recipe, never on the rest of the batch.
+    Each image depends only on its own key and recipe, never on the rest of the batch. One compiled
+    program per recipe set and batch size.
     """
     recipes = get_recipes(recipes)
-    table = jnp.asarray([r.factors for r in recipes], jnp.float32)
-    idx = jnp.zeros(keys.shape[0], jnp.int32) if recipe_index is None else jnp.asarray(recipe_index)
-    grids, sigma = recipes[0].grids, recipes[0].smoothing_sigma
-    return jax.vmap(lambda k, i: initial_image(k, table[i], grids, smoothing_sigma=sigma))(keys, idx)
+    idx = np.zeros(keys.shape[0], np.int32) if recipe_index is None else np.asarray(recipe_index, np.int32)
+    return np.asarray(_initial_images(keys, idx, recipes=recipes))
 
 
-def start_keys(seed: int | jax.Array, map_indices, restarts: int) -> jax.Array:
-    """Keys (maps, restarts): start r of map m always gets fold_in(fold_in(root, m), r)."""
-    root = jax.random.key(seed) if isinstance(seed, int) else seed
-    maps = jnp.asarray(map_indices, jnp.uint32)
+@functools.partial(jax.jit, static_argnames=("restarts",))
+def _start_keys(root, maps, *, restarts):
     per_map = jax.vmap(lambda m: jax.random.fold_in(root, m))(maps)
     return jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(restarts, dtype=jnp.uint32)))(
         per_map
+    )
+
+
+def start_keys(seed, map_indices, restarts: int) -> jax.Array:
+    """Keys (maps, restarts): start r of map m always gets fold_in(fold_in(root, m), r).
+
+    `seed` is an integer or a PRNG key (the root).
+    """
+    if int(restarts) < 1:
+        raise JaxoipError(f"restarts must be at least 1, got {restarts}")
+    return _start_keys(as_key(seed), np.asarray(map_indices, np.uint32).reshape(-1), restarts=int(restarts))
+
+
+@functools.partial(jax.jit, static_argnames=("recipes", "restarts", "stream"))
+def _seeded_starts(seed, maps, recipe_index, *, recipes, restarts, stream):
+    root = jax.random.fold_in(jax.random.key(seed), stream)
+    keys = _start_keys(root, maps, restarts=restarts).reshape(-1)
+    return _initial_images(keys, recipe_index, recipes=recipes)
+
+
+def seeded_starts(seed: int, stream: int, map_indices, restarts: int, recipes, recipe_index) -> np.ndarray:
+    """Start images (M * restarts, 28, 28, 1) from an integer seed in one compiled call.
+
+    Start r of map m comes from fold_in(fold_in(fold_in(key(seed), stream), m), r), so it is the
+    same whichever other maps are drawn; `stream` separates independent uses of one seed.
+    """
+    recipes = get_recipes(recipes)
+    maps = np.asarray(map_indices, np.uint32).reshape(-1)
+    idx = np.asarray(recipe_index, np.int32).reshape(-1)
+    if idx.shape[0] != maps.shape[0] * restarts:
+        raise JaxoipError(f"need {maps.shape[0] * restarts} recipe indices, got {idx.shape[0]}")
+    return np.asarray(
+        _seeded_starts(np.uint32(check_seed(seed)), maps, idx, recipes=recipes, restarts=int(restarts), stream=int(stream))
     )

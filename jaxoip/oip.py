@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 from jaxoip.model import CNN, ModelConfig, get_layer, layer_shapes, map_activation
 from jaxoip.noise import standardize_image
 
@@ -37,8 +38,10 @@ class OIPConfig:
     snapshot_steps: tuple[int, ...] = STUDY_SNAPSHOT_STEPS  # The last step is always added.
     early_stop: bool = False  # Stop when every image of a chunk has converged (then results depend on the chunk).
     grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
+    precision: Precision = DEFAULT_PRECISION  # Matmul precision of the search: highest, tf32 or bf16.
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.steps < 1:
             raise JaxoipError("steps must be at least 1")
         if self.epsilon <= 0:
@@ -186,10 +189,28 @@ def default_chunk_size(n_devices: int | None = None) -> int:
     return int(min(65536, max(256, limit // (2 * 2**20))) // n_devices * n_devices)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_search(graphdef, layer_name, cfg, node, sharding):
-    search = make_search(graphdef, layer_name, cfg, node)
-    return jax.jit(search, in_shardings=(None, sharding, sharding)) if sharding is not None else jax.jit(search)
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "cfg", "node"))
+def _search_chunk(params, x0, maps, *, graphdef, layer_name, cfg, node):
+    """The whole search for one chunk, one compiled program per (architecture, layer, config, node, shape).
+
+    Inputs placed with a sharding (`jax.device_put`) carry it into the program, so one jitted function
+    serves one device and many.
+    """
+    with precision_scope(cfg.precision):
+        return make_search(graphdef, layer_name, cfg, node)(params, x0, maps)
+
+
+def chunk_layout(n: int, chunk_size: int | None, n_devices: int) -> tuple[int, int]:
+    """(chunk, number of chunks) for n images: chunks of equal size, a multiple of the device count.
+
+    Below the default chunk size the chunk is the next power of two at or above n, so batches of
+    similar size share one compiled program instead of compiling one each.
+    """
+    chunk = chunk_size or default_chunk_size(n_devices)
+    if n < chunk:
+        chunk = 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    chunk = max(n_devices, math.ceil(chunk / n_devices) * n_devices)
+    return chunk, math.ceil(n / chunk)
 
 
 def search_oips(
@@ -200,16 +221,23 @@ def search_oips(
     cfg: OIPConfig = OIPConfig(),
     node: tuple[int, int] | None = None,
     chunk_size: int | None = None,
-    progress: bool = False,
+    progress=False,
 ) -> OIPResult:
     """Runs the OIP search for images `init_images` (N, H, W, 1), image i driving map `map_indices[i]`.
 
-    Results do not depend on `chunk_size` or the device count (up to float rounding), except with
-    `cfg.early_stop`.
+    All chunks are dispatched before any result is fetched. Results do not depend on `chunk_size` or
+    the device count (up to float rounding), except with `cfg.early_stop`. `progress`: True for a
+    progress bar, or a `jaxoip.progress.Progress` to report into.
     """
+    from jaxoip.progress import as_progress
+
     model_config = model.config
     graphdef, params = nnx.split(model)
-    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
+    raw_maps = np.asarray(map_indices).reshape(-1)
+    if raw_maps.size and not np.issubdtype(raw_maps.dtype, np.integer):
+        if not np.all(np.isfinite(raw_maps)) or np.any(raw_maps != np.round(raw_maps)):
+            raise JaxoipError("map indices must be integers")
+    map_indices = raw_maps.astype(np.int32)
     check_target(model_config, layer_name, map_indices, node)
     init_images = np.asarray(init_images, np.float32)
     n = init_images.shape[0]
@@ -217,36 +245,29 @@ def search_oips(
         raise JaxoipError(
             f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
         )
+    if not np.isfinite(init_images).all():
+        raise JaxoipError("start images contain NaN or infinite values")
     n_dev = len(jax.devices())
-    chunk = chunk_size or default_chunk_size(n_dev)
-    chunk = max(n_dev, min(chunk, math.ceil(n / n_dev) * n_dev))
-    chunk = math.ceil(chunk / n_dev) * n_dev  # Equal shards.
+    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
-    fn = _compiled_search(graphdef, layer_name, cfg, tuple(node) if node is not None else None, sharding)
+    node = tuple(int(v) for v in node) if node is not None else None
 
-    n_chunks = math.ceil(n / chunk)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=f"OIP search {layer_name}", unit="img")
-    parts, steps_run = [], 0
+    pad = n_chunks * chunk - n
+    x_all = np.concatenate([init_images, np.repeat(init_images[:1], pad, 0)])
+    m_all = np.concatenate([map_indices, np.repeat(map_indices[:1], pad)])
     t0 = time.perf_counter()
+    pending = []
     for c in range(n_chunks):
-        lo, hi = c * chunk, min((c + 1) * chunk, n)
-        pad = chunk - (hi - lo)
-        x = np.concatenate([init_images[lo:hi], np.repeat(init_images[lo:lo + 1], pad, 0)])
-        m = np.concatenate([map_indices[lo:hi], np.repeat(map_indices[lo:lo + 1], pad)])
+        x, m = x_all[c * chunk : (c + 1) * chunk], m_all[c * chunk : (c + 1) * chunk]
         if sharding is not None:
             x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
-        out = jax.device_get(fn(params, x, m))
-        steps_run = max(steps_run, int(out.pop("steps_run")))
-        parts.append({k: v[: hi - lo] for k, v in out.items()})
-        if bar is not None:
-            bar.update(hi - lo)
-    if bar is not None:
-        bar.close()
-    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return OIPResult(
-        snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res
-    )
+        pending.append(_search_chunk(params, x, m, graphdef=graphdef, layer_name=layer_name, cfg=cfg, node=node))
+    parts, steps_run = [], 0
+    with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:
+        for out in pending:
+            out = jax.device_get(out)
+            steps_run = max(steps_run, int(out.pop("steps_run")))
+            parts.append(out)
+            bar.update(1)
+    res = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    return OIPResult(snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res)

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxoip.errors import JaxoipError
 from jaxoip.model import CNN, batched_layer_map
-from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images
-from jaxoip.oip import check_target, map_objective
+from jaxoip.noise import DEFAULT_RECIPES, _initial_images, get_recipes
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
+from jaxoip.oip import check_target
 
 
 @dataclasses.dataclass
@@ -55,14 +57,35 @@ class PrecursorResult:
         return df
 
 
-@functools.lru_cache(maxsize=32)
-def _objectives_fn(layer_name: str, node):
-    """Per image, the objective of every map; one function object per (layer, node) so compiles are reused."""
+PRECURSOR_STREAM = 0  # fold_in(key(seed), stream) separates the precursor's draws from the search's.
 
-    def fn(acts):
-        return jax.vmap(lambda a: jax.vmap(lambda m: map_objective(a, m, node))(jnp.arange(a.shape[-1])))(acts)
 
-    return fn
+@dataclasses.dataclass(frozen=True)
+class MapObjectives:
+    """Per-batch reduction (B, H, W, C) -> (B, C): every map's objective (its mean, or node (i, j)).
+
+    Hashable by value, so it serves as a static argument of the compiled layer pass.
+    """
+
+    node: tuple[int, int] | None = None
+
+    def __call__(self, acts: jax.Array) -> jax.Array:
+        return acts[:, self.node[0], self.node[1], :] if self.node is not None else acts.mean(axis=(1, 2))
+
+
+def _recipe_keys(root, n_recipes: int, starts: int):
+    # Start k of recipe r: split(fold_in(root, r), starts)[k], whatever the other recipes are.
+    return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(root, r), starts))(jnp.arange(n_recipes)).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("recipes", "starts"))
+def _precursor_images(seed_or_key, *, recipes, starts):
+    root = seed_or_key
+    if not jnp.issubdtype(root.dtype, jax.dtypes.prng_key):
+        root = jax.random.fold_in(jax.random.key(root), PRECURSOR_STREAM)
+    keys = _recipe_keys(root, len(recipes), starts)
+    idx = jnp.repeat(jnp.arange(len(recipes), dtype=jnp.int32), starts)
+    return _initial_images(keys, idx, recipes=recipes)
 
 
 def precursor_scan(
@@ -72,18 +95,21 @@ def precursor_scan(
     starts: int = 64,
     key: jax.Array | int = 0,
     node: tuple[int, int] | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> PrecursorResult:
-    """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps)."""
+    """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps).
+
+    `key`: an integer seed (the draws come from fold_in(key(seed), PRECURSOR_STREAM), as in `scan_maps`)
+    or a PRNG key used as the root directly.
+    """
     recipes = get_recipes(recipes)
     check_target(model.config, layer_name, [0], node)
-    key = jax.random.key(key) if isinstance(key, int) else key
-    # Start k of recipe r: fold_in(fold_in(key, r), k), whatever the other recipes are.
-    keys = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), starts))(jnp.arange(len(recipes)))
-    idx = jnp.repeat(jnp.arange(len(recipes)), starts)
-    images = initial_images(keys.reshape(-1), recipes, idx)
-    objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
-    obj = batched_layer_map(model, images, layer_name, objectives)  # (R*K, C)
-    obj = np.asarray(obj).reshape(len(recipes), starts, -1)
+    if int(starts) < 1:
+        raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
+    root = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
+    images = _precursor_images(root, recipes=recipes, starts=int(starts))
+    obj = data_activation(model, np.asarray(images), layer_name, node, precision)  # (R*K, C)
+    obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(
         layer_name=layer_name,
         recipes=tuple(r.name for r in recipes),
@@ -95,9 +121,13 @@ def precursor_scan(
 
 
 def data_activation(
-    model: CNN, images_std, layer_name: str = "Conv2D_3", node: tuple[int, int] | None = None
+    model: CNN,
+    images_std,
+    layer_name: str = "Conv2D_3",
+    node: tuple[int, int] | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> np.ndarray:
     """The objective (map mean, or node) of every map for every standardized image: (N, C)."""
     check_target(model.config, layer_name, [0], node)
-    objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
-    return np.asarray(batched_layer_map(model, images_std, layer_name, objectives))
+    reduce = MapObjectives(None if node is None else (int(node[0]), int(node[1])))
+    return np.asarray(batched_layer_map(model, images_std, layer_name, reduce, precision=precision))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -21,9 +20,11 @@ from jaxoip._io import atomic_directory
 from jaxoip.data import MNIST, Standardization
 from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
-from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images, start_keys
+from jaxoip.noise import DEFAULT_RECIPES, get_recipes, seeded_starts
+from jaxoip.numerics import check_seed
 from jaxoip.oip import OIPConfig, OIPResult, check_target, search_oips
 from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
+from jaxoip.progress import Progress
 
 
 def default_restarts() -> int:
@@ -132,6 +133,8 @@ class ScanResult:
             "devices": len(jax.devices()),
             "seed": self.seed,
             "screen": self.screen,
+            "precision": self.config.precision,
+            "jax_version": jax.__version__,
         }
         if "dead_on_data" in t:
             out["dead_on_data"] = int(t["dead_on_data"].sum())
@@ -139,6 +142,9 @@ class ScanResult:
             out["live_maps"] = int(live.sum())
             out["found_of_live"] = int((t["found"] & live).sum())
         return out
+
+
+SEARCH_STREAM = 1  # fold_in(key(seed), stream): the search's starts, apart from the precursor's draws.
 
 
 def scan_maps(
@@ -154,14 +160,16 @@ def scan_maps(
     node: tuple[int, int] | None = None,
     data: MNIST | None = None,
     chunk_size: int | None = None,
-    progress: bool = False,
+    progress=True,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
-    `data` adds each map's activation on the test images.
+    `data` adds each map's activation on the test images. Every compiled pass runs at
+    `config.precision`. `progress`: True (default) for one progress display over all phases, False for
+    none, or a `jaxoip.progress.Progress` to report into.
     """
     t0 = time.perf_counter()
     recipes = get_recipes(recipes)
@@ -169,23 +177,33 @@ def scan_maps(
     n_maps = layer_shapes(trained.config)[layer_name][-1]
     maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices, np.int32).reshape(-1)
     check_target(trained.config, layer_name, maps, node)
-    restarts = restarts or default_restarts()
+    restarts = default_restarts() if restarts is None else int(restarts)
     if restarts < 1:
-        raise JaxoipError("restarts must be at least 1")
-    precursor_key, oip_key = jax.random.split(jax.random.key(seed))
-
-    pre = precursor_scan(trained.model, layer_name, recipes, precursor_starts, precursor_key, node)
-    data_mean = data_max = None
-    if data is not None:
-        acts = data_activation(trained.model, trained.standardization(data.test_images), layer_name, node)
-        data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
-
+        raise JaxoipError(f"restarts must be at least 1, got {restarts}")
     if screen < 1:
-        raise JaxoipError("screen must be at least 1")
-    start_recipe, x0 = screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, oip_key, node)
-    res = search_oips(
-        trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk_size, progress
-    )
+        raise JaxoipError(f"screen must be at least 1, got {screen}")
+    if precursor_starts < 1:
+        raise JaxoipError(f"precursor starts must be at least 1, got {precursor_starts}")
+    seed = check_seed(seed)
+    precision = config.precision
+
+    own = not isinstance(progress, Progress)
+    bar = Progress(bool(progress), f"scan {layer_name}") if own else progress
+    try:
+        with bar.phase("precursor scan"):
+            pre = precursor_scan(trained.model, layer_name, recipes, precursor_starts, seed, node, precision)
+        data_mean = data_max = None
+        if data is not None:
+            with bar.phase("data pass"):
+                x = trained.standardization(data.test_images)
+                acts = data_activation(trained.model, x, layer_name, node, precision)
+                data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
+        with bar.phase("screening starts"):
+            start_recipe, x0 = screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, precision)
+        res = search_oips(trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk_size, bar)
+    finally:
+        if own:
+            bar.close()
     return ScanResult(
         layer_name=layer_name,
         map_indices=maps,
@@ -206,20 +224,21 @@ def scan_maps(
     )
 
 
-def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, key, node=None):
+def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, precision="highest"):
     """Start images (M * R, 28, 28, 1) and their recipe indices (M, R).
 
-    Candidate c of map m comes from fold_in(fold_in(key, m), c), with the map's best recipe (or the
-    recipes in turn for a silent map); each group of `screen` candidates gives its most active one.
+    Candidate c of map m comes from fold_in(fold_in(fold_in(key(seed), SEARCH_STREAM), m), c), with the
+    map's best recipe (or the recipes in turn for a silent map); each group of `screen` candidates gives
+    its most active one.
     """
     n_cand = restarts * screen
     cycle = np.arange(n_cand) % len(recipes)
     silent = pre.silent_on_noise[maps]
     cand_recipe = np.where(silent[:, None], cycle[None, :], pre.best_recipe[maps][:, None]).astype(np.int32)
-    x = initial_images(start_keys(key, maps, n_cand).reshape(-1), recipes, jnp.asarray(cand_recipe.reshape(-1)))
+    x = seeded_starts(seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1))
     if screen == 1:
         return cand_recipe, x
-    obj = data_activation(trained.model, x, layer_name, node)  # (M * n_cand, C), forward only
+    obj = data_activation(trained.model, x, layer_name, node, precision)  # (M * n_cand, C), forward only
     obj = obj[np.arange(len(obj)), np.repeat(maps, n_cand)].reshape(len(maps), restarts, screen)
     # Within each group, the most active candidate; the first one when none is active.
     pick = np.argmax(obj, axis=2)

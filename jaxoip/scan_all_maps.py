@@ -14,6 +14,7 @@ from jaxoip import cli
 from jaxoip.errors import JaxoipError
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
+from jaxoip.progress import Progress
 
 
 def _node(text: str) -> tuple[int, int]:
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_engine_flags(p)
     cli.add_data_dir(p)
     return p
 
@@ -63,34 +64,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError("--restarts must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise JaxoipError("--chunk-size must be at least 1")
-    cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
+    cfg = OIPConfig(
+        steps=args.steps,
+        epsilon=args.epsilon,
+        conv_criterion=args.conv_criterion,
+        early_stop=args.early_stop,
+        precision=args.precision,
+    )
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
     data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
     if data is None:
         print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
-    result = scan.scan_maps(
-        trained,
-        layer_name=args.layer,
-        map_indices=args.maps,
-        restarts=args.restarts,
-        config=cfg,
-        recipes=recipes,
-        precursor_starts=args.precursor_starts,
-        screen=args.screen,
-        seed=args.seed,
-        node=args.node,
-        data=data,
-        chunk_size=args.chunk_size,
-        progress=not args.no_progress,
-    )
-    exemplars = None
-    if args.exemplars > 0 and args.node is None and data is not None:
-        ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
-        # Only patches that really activate the map: a map dead on data shows none.
-        exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
-    out = scan.write_scan(result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
+    cli.enable_compilation_cache(not args.no_cache)
+    with Progress(not args.no_progress, f"scan {args.layer}") as bar:
+        result = scan.scan_maps(
+            trained,
+            layer_name=args.layer,
+            map_indices=args.maps,
+            restarts=args.restarts,
+            config=cfg,
+            recipes=recipes,
+            precursor_starts=args.precursor_starts,
+            screen=args.screen,
+            seed=args.seed,
+            node=args.node,
+            data=data,
+            chunk_size=args.chunk_size,
+            progress=bar,
+        )
+        exemplars = None
+        if args.exemplars > 0 and args.node is None and data is not None:
+            with bar.phase("exemplars"):
+                ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
+                # Only patches that really activate the map: a map dead on data shows none.
+                exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
+        with bar.phase("figures and tables"):
+            out = scan.write_scan(
+                result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars
+            )
     s = result.summary()
     live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
     print(
@@ -98,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}\n"
         f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
         f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
-        f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s)\n"
+        f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s), "
+        f"precision {s['precision']}\n"
         f"wrote {out}"
     )
     return 0

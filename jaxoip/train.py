@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from jaxoip import cli
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
 SCHEDULES = ("none", "power", "exponential")
@@ -44,8 +46,10 @@ class TrainConfig:
     reg_param: float = 1e-3
     seed: int = 0
     train_subset: int | None = None  # Use the first N training images (tests, quick runs).
+    precision: Precision = DEFAULT_PRECISION  # Matmul precision of training and evaluation.
 
     def __post_init__(self):
+        check_precision(self.precision)
         for name, value, options in (
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("schedule", self.schedule, SCHEDULES),
@@ -121,6 +125,10 @@ def make_train_epoch(graphdef: nnx.GraphDef, cfg: TrainConfig):
     grad_fn = jax.grad(lambda p, x, y, w: batch_loss(graphdef, p, x, y, w, cfg), has_aux=True)
 
     def train_epoch(params, opt_state, images, labels, idx, weights):
+        with precision_scope(cfg.precision):
+            return _train_epoch(params, opt_state, images, labels, idx, weights)
+
+    def _train_epoch(params, opt_state, images, labels, idx, weights):
         def step(carry, batch):
             params, opt_state = carry
             b_idx, b_w = batch
@@ -134,10 +142,14 @@ def make_train_epoch(graphdef: nnx.GraphDef, cfg: TrainConfig):
     return tx, train_epoch
 
 
-def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000):
+def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000, precision: Precision = DEFAULT_PRECISION):
     """Pure (params, images, labels) -> (mean cross-entropy, accuracy), batched with `lax.map`."""
 
     def evaluate(params, images, labels):
+        with precision_scope(precision):
+            return _evaluate(params, images, labels)
+
+    def _evaluate(params, images, labels):
         n = images.shape[0]
         steps = -(-n // batch_size)
         pad = steps * batch_size - n
@@ -203,7 +215,7 @@ def train(
     tx, train_epoch = make_train_epoch(graphdef, cfg)
     opt_state = tx.init(params)
     train_epoch = jax.jit(train_epoch, donate_argnums=(0, 1))
-    evaluate = jax.jit(make_evaluate(graphdef))
+    evaluate = jax.jit(make_evaluate(graphdef, precision=cfg.precision))
     schedule = learning_rate_schedule(cfg)
 
     history = {k: [] for k in HISTORY_KEYS}
@@ -228,12 +240,23 @@ def train(
     return _trained(nnx.merge(graphdef, params), std, history, cfg, data)
 
 
-def evaluate_model(trained: TrainedModel, data: MNIST, split: str = "test") -> dict[str, float]:
-    """Cross-entropy and accuracy of a trained model on a split of `data`."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "precision"))
+def _evaluate_jit(params, images, labels, *, graphdef, precision):
+    return make_evaluate(graphdef, precision=precision)(params, images, labels)
+
+
+def evaluate_model(
+    trained: TrainedModel, data: MNIST, split: str = "test", precision: Precision = DEFAULT_PRECISION
+) -> dict[str, float]:
+    """Cross-entropy and accuracy of a trained model on a split of `data`; one compiled program per shape."""
     images, labels = data.split(split)
     graphdef, params = nnx.split(trained.model)
-    loss, acc = jax.jit(make_evaluate(graphdef))(
-        params, jnp.asarray(trained.standardization(images)), jnp.asarray(labels)
+    loss, acc = _evaluate_jit(
+        params,
+        np.asarray(trained.standardization(images), np.float32),
+        np.asarray(labels),
+        graphdef=graphdef,
+        precision=check_precision(precision),
     )
     return {"loss": float(loss), "accuracy": float(acc)}
 
@@ -266,7 +289,7 @@ def train_seeds(
     tx, train_epoch = make_train_epoch(graphdef, cfg)
     # Data shared (None), everything per seed on axis 0.
     train_epoch = jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None, 0, 0)), donate_argnums=(0, 1))
-    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef), in_axes=(0, None, None)))
+    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef, precision=cfg.precision), in_axes=(0, None, None)))
     init_opt = jax.jit(jax.vmap(tx.init))
     batches = jax.jit(
         jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, cfg.batch_size), (0, None))

@@ -1,0 +1,84 @@
+"""The numerics contract: one explicit precision for every compiled computation, and one way to make keys.
+
+Precisions:
+- ``highest``: true float32 matmuls (the default); the same results on CPU and GPU up to rounding.
+- ``tf32``: the backend's fast float32 (TF32 tensor cores on NVIDIA GPUs; plain float32 on a CPU).
+- ``bf16``: matmul inputs in bfloat16, accumulation, image state and everything else in float32.
+
+Every jitted function of the package takes ``precision`` as a static argument and traces its body
+inside ``precision_scope(precision)``; the model's matmuls read the precision from that scope at trace
+time. Outside any scope (an eager call from a notebook) the precision is ``highest``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxoip.errors import JaxoipError
+
+Precision = Literal["highest", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
+DEFAULT_PRECISION: Precision = "highest"
+
+_LAX_PRECISION = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "tf32": jax.lax.Precision.DEFAULT,
+    "bf16": jax.lax.Precision.DEFAULT,
+}
+_scope = threading.local()
+
+
+def check_precision(precision: str) -> Precision:
+    """`precision` if it is one of PRECISIONS; a one-line error otherwise."""
+    if precision not in PRECISIONS:
+        raise JaxoipError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return precision  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def precision_scope(precision: Precision):
+    """Matmuls traced inside this block use `precision` (enter it inside the jitted function)."""
+    check_precision(precision)
+    previous = getattr(_scope, "precision", None)
+    _scope.precision = precision
+    try:
+        with jax.default_matmul_precision("highest" if precision == "highest" else "default"):
+            yield
+    finally:
+        _scope.precision = previous
+
+
+def current_precision() -> Precision:
+    return getattr(_scope, "precision", None) or DEFAULT_PRECISION
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` at the current precision; float32 result."""
+    p = current_precision()
+    if p == "bf16":
+        return jnp.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return jnp.matmul(x, w, precision=_LAX_PRECISION[p])
+
+
+def check_seed(seed) -> int:
+    """An integer seed (Python or NumPy) in 0..2**32-1, as a Python int; a one-line error otherwise."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise JaxoipError(f"a seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**32:
+        raise JaxoipError(f"a seed must be an integer in 0..2**32-1, got {int(seed)}")
+    return int(seed)
+
+
+def as_key(seed) -> jax.Array:
+    """A typed PRNG key from an integer seed (Python or NumPy) or an existing key."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return jax.random.key(check_seed(seed))
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return seed
+    raise JaxoipError(f"a seed must be an integer or a PRNG key, got {type(seed).__name__}")
