@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxoip import cli, scan_all_maps
+from jaxoip import activations, cli, scan_all_maps
 from jaxoip import data as data_lib
 from jaxoip.checkpoint import load_model
 from jaxoip.data import Standardization
@@ -100,6 +100,15 @@ def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
     np.testing.assert_allclose(got_hidden, np.asarray(hidden), atol=1e-5, rtol=1e-5)
     assert np.ptp(expected, axis=0).max() > 0.05  # Outputs that tell the images apart, far above the tolerance.
     assert trained.train_config["keras_layers"]["Dense_1"] == keras_model.layers[-2].name
+
+
+@needs_keras
+def test_keras_model_as_command_input(keras_files, idx_dir, tmp_path):
+    _, d = keras_files
+    out = tmp_path / "act"
+    argv = ["--model", str(d / "study.h5"), "--data-dir", str(idx_dir), "--image", "test:0", "--out", str(out)]
+    assert cli.run(activations.main, [*argv, "--layer", "Conv2D_2"]) == 0
+    assert any(p.suffix == ".png" for p in out.iterdir())
 
 
 @needs_keras
