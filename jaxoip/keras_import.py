@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxoip.data import DATA_DIR_ENV, Standardization, load_mnist
+from jaxoip.data import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
 from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
 
@@ -140,23 +140,28 @@ def _read_keras_v3(path: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable .keras file: {e}") from None
     weights: dict[str, list[np.ndarray]] = {}
-    with h5py.File(io.BytesIO(weights_h5), "r") as f:
-        groups = f.get("layers", {})
-        layers = model_json.get("config", {}).get("layers", [])
-        counts: dict[str, int] = {}
-        for layer in layers:
-            # Groups are keyed by class ("conv2d", "conv2d_1", ...) in order; newer Keras also stores the name.
-            key = _snake(layer.get("class_name", ""))
-            n = counts.get(key, 0)
-            counts[key] = n + 1
-            name = layer.get("config", {}).get("name", "")
-            by_name = [
-                g for g in groups if groups[g].get("vars") is not None and groups[g]["vars"].attrs.get("name") == name
-            ]
-            group = by_name[0] if by_name else key if n == 0 else f"{key}_{n}"
-            if group in groups and "vars" in groups[group]:
-                v = groups[group]["vars"]
-                weights[name] = [np.asarray(v[str(i)]) for i in range(len(v))]
+    try:
+        with h5py.File(io.BytesIO(weights_h5), "r") as f:
+            groups = f.get("layers", {})
+            layers = model_json.get("config", {}).get("layers", [])
+            counts: dict[str, int] = {}
+            for layer in layers:
+                # Groups are keyed by class ("conv2d", "conv2d_1", ...) in order; newer Keras also stores the name.
+                key = _snake(layer.get("class_name", ""))
+                n = counts.get(key, 0)
+                counts[key] = n + 1
+                name = layer.get("config", {}).get("name", "")
+                by_name = [
+                    g
+                    for g in groups
+                    if groups[g].get("vars") is not None and groups[g]["vars"].attrs.get("name") == name
+                ]
+                group = by_name[0] if by_name else key if n == 0 else f"{key}_{n}"
+                if group in groups and "vars" in groups[group]:
+                    v = groups[group]["vars"]
+                    weights[name] = [np.asarray(v[str(i)]) for i in range(len(v))]
+    except (OSError, KeyError, ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable .keras file: {e}") from None
     return model_json, weights
 
 
@@ -170,12 +175,15 @@ def _read_legacy_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
         raw = f.attrs.get("model_config")
         if raw is None:
             raise CheckpointError(f"{path} has no model config (a weights-only file?); save the whole model")
-        model_json = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        group = f["model_weights"] if "model_weights" in f else f
-        weights = {}
-        for name in group:
-            names = group[name].attrs.get("weight_names", [])
-            weights[name] = [np.asarray(group[name][n.decode() if isinstance(n, bytes) else n]) for n in names]
+        try:
+            model_json = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            group = f["model_weights"] if "model_weights" in f else f
+            weights = {}
+            for name in group:
+                names = group[name].attrs.get("weight_names", [])
+                weights[name] = [np.asarray(group[name][n.decode() if isinstance(n, bytes) else n]) for n in names]
+        except (OSError, KeyError, ValueError, AttributeError) as e:  # json.JSONDecodeError is a ValueError.
+            raise CheckpointError(f"{path} is not a readable Keras HDF5 model: {e}") from None
     return model_json, weights
 
 
@@ -185,6 +193,8 @@ def read_keras_file(path: str | os.PathLike) -> KerasModel:
     if not path.is_file():
         raise CheckpointError(f"no Keras model file at {path}")
     model_json, weights = (_read_keras_v3 if path.suffix.lower() == ".keras" else _read_legacy_h5)(path)
+    if not isinstance(model_json, dict):
+        raise CheckpointError(f"{path}: the model config is not a Keras model description")
     config, keras_names = parse_config(model_json, str(path))
     params, names = {}, {}
     trainable = [s for s in layer_specs(config) if s.kind in ("conv", "dense")]
@@ -201,13 +211,12 @@ def read_keras_file(path: str | os.PathLike) -> KerasModel:
 
 def keras_standardization(data_dir: str | os.PathLike | None, path: Path) -> tuple[Standardization, str]:
     """MNIST training-set mean and std, as the study standardized its inputs, and the data's source."""
-    try:
-        data = load_mnist(data_dir)
-    except DataError:
+    data = optional_mnist(data_dir)  # A folder that was named but does not load raises its own error.
+    if data is None:
         raise DataError(
             f"{path.name} is a Keras model, whose inputs are standardized with MNIST's training set, and no MNIST "
             f"was found: pass --data-dir DIR (data_dir=...) or set {DATA_DIR_ENV} to a folder with the four IDX files"
-        ) from None
+        )
     return Standardization.fit(data.train_images), data.source
 
 

@@ -181,3 +181,20 @@ def test_parse_config_maps_layers_by_order():
     assert names == ["conv2d", "Max_Pool_1", "conv2d", "d0", "d1"]
     with pytest.raises(CheckpointError, match="only Sequential"):
         parse_config({"class_name": "Functional", "config": {"layers": layers}}, "m.h5")
+
+
+@pytest.mark.parametrize("name", ["broken.keras", "broken.h5"])
+def test_unreadable_keras_files_are_one_line(tmp_path, name):
+    (tmp_path / name).write_bytes(b"not a model")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / name)
+    assert "\n" not in str(e.value) and name in str(e.value)
+    with pytest.raises(CheckpointError, match="no Keras model file"):
+        load_model(tmp_path / "missing.keras")
+
+
+@needs_keras
+def test_named_data_folder_that_does_not_load_says_why(keras_files, tmp_path):
+    _, d = keras_files
+    with pytest.raises(DataError, match="does not exist"):
+        load_model(d / "study.keras", data_dir=tmp_path / "nope")
