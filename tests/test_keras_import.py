@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.util
+import json
 import os
 
 import jax
@@ -198,3 +199,52 @@ def test_named_data_folder_that_does_not_load_says_why(keras_files, tmp_path):
     _, d = keras_files
     with pytest.raises(DataError, match="does not exist"):
         load_model(d / "study.keras", data_dir=tmp_path / "nope")
+
+
+_KERAS2_KEYS = {
+    "name",
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "data_format",
+    "dilation_rate",
+    "activation",
+    "use_bias",
+    "pool_size",
+    "units",
+    "rate",
+}
+
+
+def _write_keras2_h5(path, keras_model):
+    """The layout of a tf.keras 2.x `model.save("x.h5")`: weights named 'layer/kernel:0', input shape on layer 1."""
+    import h5py
+
+    layers, weights = [], {}
+    for i, layer in enumerate(keras_model.layers):
+        config = {k: v for k, v in layer.get_config().items() if k in _KERAS2_KEYS}
+        if i == 0:
+            config["batch_input_shape"] = [None, 28, 28, 1]
+        layers.append({"class_name": type(layer).__name__, "config": config})
+        weights[layer.name] = [(f"{layer.name}/{v.name}:0", np.asarray(v)) for v in layer.weights]
+    model_config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = "2.4.0", "tensorflow"
+        f.attrs["model_config"] = json.dumps(model_config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = [name.encode() for name in weights]
+        for name, named in weights.items():
+            g.create_group(name).attrs["weight_names"] = [n.encode() for n, _ in named]
+            for n, value in named:
+                g[name].create_dataset(n, data=value)
+
+
+@needs_keras
+def test_keras2_h5_layout_loads(keras_files, idx_dir, tmp_path):
+    keras_model, d = keras_files
+    _write_keras2_h5(tmp_path / "keras2.h5", keras_model)
+    old, new = load_model(tmp_path / "keras2.h5", data_dir=idx_dir), load_model(d / "study.keras", data_dir=idx_dir)
+    assert old.config == new.config == ModelConfig()
+    pixels = data_lib.load_mnist(idx_dir).test_images
+    np.testing.assert_array_equal(old.layer_output(pixels, "Dense_2"), new.layer_output(pixels, "Dense_2"))
