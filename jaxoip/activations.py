@@ -526,7 +526,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m jaxoip.activations",
         description="Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
     )
-    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped reference model)")
+    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
     p.add_argument(
         "--layer", default="Conv2D_3", help="layer name, e.g. Conv2D_2, Max_Pool_2, Dense_1 (default: %(default)s)"
     )
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in specs:
         if not s.strip().endswith(".npy"):
             parse_image_spec(s)  # Fail on a malformed spec before loading anything.
-    trained = checkpoint.resolve_model(args.model)
+    trained = checkpoint.resolve_model(args.model, args.data_dir)
     get_layer(trained.config, args.layer)
     data = load_mnist(args.data_dir)
     out = Path(args.out)

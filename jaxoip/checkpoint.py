@@ -22,6 +22,7 @@ from jaxoip.errors import CheckpointError
 from jaxoip.model import ModelConfig, TrainedModel, init_model
 
 FORMAT = "jaxoip-checkpoint/1"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.keras_import.
 REFERENCE_NAME = "reference_model"
 
 
@@ -91,9 +92,17 @@ def _read_metadata(path: Path) -> dict:
     return meta
 
 
-def load_model(path: str | os.PathLike) -> TrainedModel:
-    """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum."""
+def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
+    """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum.
+
+    A Keras file of the study's CNN (`.keras`, legacy `.h5`) loads too; its input standardization comes
+    from MNIST's training set in `data_dir` (default: `$JAXOIP_DATA_DIR`), as in the study.
+    """
     path = Path(path).absolute()
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        from jaxoip.keras_import import load_keras_model
+
+        return load_keras_model(path, data_dir)
     meta = _read_metadata(path)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
@@ -143,6 +152,6 @@ def load_reference_model() -> TrainedModel:
     return load_model(path)
 
 
-def resolve_model(path: str | os.PathLike | None) -> TrainedModel:
-    """`path`'s checkpoint, or the reference model when `path` is None or 'reference'."""
-    return load_reference_model() if path in (None, "reference") else load_model(path)
+def resolve_model(path: str | os.PathLike | None, data_dir: str | os.PathLike | None = None) -> TrainedModel:
+    """`path`'s checkpoint or Keras file, or the reference model when `path` is None or 'reference'."""
+    return load_reference_model() if path in (None, "reference") else load_model(path, data_dir)

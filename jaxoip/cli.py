@@ -114,5 +114,5 @@ def add_data_dir(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="folder with the four MNIST IDX files (default: $JAXOIP_DATA_DIR, else tensorflow-datasets)",
+        help="folder with the four MNIST IDX files (default: $JAXOIP_DATA_DIR, else tensorflow-datasets if installed)",
     )

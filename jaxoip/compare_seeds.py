@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", type=int, default=5, help="train this many copies (default: %(default)s)")
-    src.add_argument("--models", nargs="+", default=None, metavar="DIR", help="compare these checkpoints instead")
+    src.add_argument(
+        "--models", nargs="+", default=None, metavar="PATH", help="compare these checkpoints or .keras/.h5 files"
+    )
     p.add_argument("--seed", type=int, default=0, help="first training seed (seeds S..S+N-1) and analysis seed")
     p.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default: %(default)s)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     if args.models is not None:
-        models = [checkpoint.load_model(m) for m in args.models]
+        models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
         names = [Path(m).name for m in args.models]
         compare.check_models(models, layers)
         data = load_mnist(args.data_dir)

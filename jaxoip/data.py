@@ -1,4 +1,4 @@
-"""MNIST loading (IDX files or tensorflow-datasets) and the study's standardization."""
+"""MNIST loading (IDX files, or tensorflow-datasets from the optional `tfds` extra) and the study's standardization."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Standardization:
     std: float
 
     @classmethod
-    def fit(cls, train_images: np.ndarray) -> "Standardization":
+    def fit(cls, train_images: np.ndarray) -> Standardization:
         x = np.asarray(train_images, np.float64)
         return cls(mean=float(x.mean()), std=float(x.std()))
 
@@ -136,42 +137,69 @@ def _to_mnist(arrays: dict, source: str) -> MNIST:
     )
 
 
-def _load_tfds() -> MNIST:
-    import tensorflow_datasets as tfds  # Heavy import: only on the fallback path.
+HOW_TO_ADD = f"--data-dir DIR (data_dir=...) or {DATA_DIR_ENV}=DIR, a folder with the four MNIST IDX files"
+NO_DATA_HINT = f"pass {HOW_TO_ADD}, or pip install 'jaxoip[tfds]' to download MNIST with tensorflow-datasets"
 
+
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _load_tfds() -> MNIST:
+    """MNIST through tensorflow-datasets (the `tfds` extra), which builds it with TensorFlow."""
+    try:
+        import tensorflow_datasets as tfds  # Heavy import: only on the fallback path.
+    except ImportError:
+        raise DataError(f"no MNIST data: {NO_DATA_HINT}") from None
+    if not _tensorflow_installed():
+        raise DataError(f"no MNIST data: tensorflow-datasets needs TensorFlow to build MNIST; {NO_DATA_HINT}")
     arrays = {}
+    try:
+        for split in ("train", "test"):
+            images, labels = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1, as_supervised=True))
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    except Exception as e:  # noqa: BLE001 - download, build and file errors of many types mean "no data".
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DataError(
+            f"no MNIST data: tensorflow-datasets could not load 'mnist' ({type(e).__name__}: {first}); {NO_DATA_HINT}"
+        ) from None
     for split in ("train", "test"):
-        images, labels = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1, as_supervised=True))
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+        images, labels = np.asarray(arrays[f"{split}_images"]), np.asarray(arrays[f"{split}_labels"])
+        if images.shape[1:] not in ((28, 28), (28, 28, 1)) or images.shape[0] != labels.shape[0]:
+            raise DataError(f"tensorflow-datasets gave {split} images {images.shape} and labels {labels.shape}")
     return _to_mnist(arrays, source="tensorflow-datasets:mnist")
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(data_dir: str | None) -> MNIST:
-    if data_dir:
-        return load_idx_dir(data_dir)
-    try:
-        return _load_tfds()
-    except Exception as e:  # noqa: BLE001 - any failure of the fallback means "no data".
-        raise DataError(
-            "no MNIST data: pass data_dir=... (or --data-dir) or set "
-            f"{DATA_DIR_ENV} to a folder with the four IDX files, or make "
-            f"tensorflow-datasets able to download 'mnist' ({type(e).__name__}: {e})"
-        ) from None
+    return load_idx_dir(data_dir) if data_dir else _load_tfds()
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
-    """The explicit `data_dir`, else `$JAXOIP_DATA_DIR`, else None (tensorflow-datasets)."""
+    """The explicit `data_dir`, else `$JAXOIP_DATA_DIR`, else None (tensorflow-datasets, if installed)."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     return str(Path(chosen).expanduser().resolve()) if chosen else None
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None) -> MNIST:
-    """Loads MNIST from `data_dir`, `$JAXOIP_DATA_DIR`, or tensorflow-datasets, in that order.
+    """Loads MNIST from `data_dir`, `$JAXOIP_DATA_DIR`, or tensorflow-datasets (`pip install 'jaxoip[tfds]'`).
 
     Arrays are read-only and cached: repeated calls in one process cost nothing.
     """
     return _load_cached(resolve_data_dir(data_dir))
+
+
+def optional_mnist(data_dir: str | os.PathLike | None = None) -> MNIST | None:
+    """`load_mnist(data_dir)`, or None when no folder is configured and tensorflow-datasets has no MNIST.
+
+    A folder that was named (`data_dir` or `$JAXOIP_DATA_DIR`) must load: its errors are raised.
+    """
+    if resolve_data_dir(data_dir) is not None:
+        return load_mnist(data_dir)
+    try:
+        return load_mnist(None)
+    except DataError:
+        return None
 
 
 def data_available(data_dir: str | os.PathLike | None = None) -> bool:

@@ -7,6 +7,7 @@ map on an accelerator (8 on a CPU). Writes a gallery, per-map tables and arrays 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m jaxoip.scan_all_maps",
         description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
-    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped reference model)")
+    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
     p.add_argument("--layer", default="Conv2D_3", help="conv or pool layer (default: %(default)s)")
     p.add_argument("--maps", type=cli.int_list, default=None, help="map indices, e.g. 0-15,120 (default: all)")
     p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     from jaxoip import activations, checkpoint, scan
-    from jaxoip.data import load_mnist
+    from jaxoip.data import HOW_TO_ADD, optional_mnist
 
     if args.restarts is not None and args.restarts < 1:
         raise JaxoipError("--restarts must be at least 1")
@@ -74,10 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         precision=args.precision,
     )
     cache = cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model)
+    trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
-    data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+    data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+    if data is None:
+        print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
     with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
         result = scan.scan_maps(
             trained,
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=bar,
         )
         exemplars = None
-        if args.exemplars > 0 and args.node is None:
+        if args.exemplars > 0 and args.node is None and data is not None:
             with bar.phase("exemplars"):
                 ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
                 # Only patches that really activate the map: a map dead on data shows none.

@@ -1,9 +1,13 @@
 import gzip
+import re
 import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
 
+from jaxoip import data as data_lib
 from jaxoip.data import DATA_DIR_ENV, MNIST, Standardization, load_idx_dir, load_mnist, resolve_data_dir
 from jaxoip.errors import DataError
 
@@ -102,9 +106,71 @@ def test_env_variable_is_used(tmp_path, monkeypatch):
 def test_real_files_uncompressed_match(mnist, tmp_path):
     # The loader reads the same data from plain and gzipped files.
     src = resolve_data_dir()
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+    for name in data_lib._IDX_FILES.values():
         with gzip.open(f"{src}/{name}.gz") as f, open(tmp_path / name, "wb") as g:
             shutil.copyfileobj(f, g)
     plain = load_idx_dir(tmp_path)
     np.testing.assert_array_equal(plain.test_images, mnist.test_images)
     assert plain.checksum() == mnist.checksum()
+
+
+class _FakeTfds(types.ModuleType):
+    """tensorflow-datasets as jaxoip calls it: `as_numpy(load("mnist", split=..., batch_size=-1, ...))`."""
+
+    def __init__(self, fail=None):
+        super().__init__("tensorflow_datasets")
+        self.fail, self.calls = fail, []
+
+    def load(self, name, split, batch_size, as_supervised):
+        self.calls.append((name, split, batch_size, as_supervised))
+        if self.fail:
+            raise self.fail
+        n = {"train": 30, "test": 12}[split]
+        rng = np.random.default_rng(len(split))
+        return rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, (n,), dtype=np.int64)
+
+    def as_numpy(self, tree):
+        return tree
+
+
+@pytest.fixture
+def no_data_dir(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    data_lib._load_cached.cache_clear()
+    yield
+    data_lib._load_cached.cache_clear()
+
+
+def test_tfds_path_offline(no_data_dir, monkeypatch):
+    fake = _FakeTfds()
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.setattr(data_lib, "_tensorflow_installed", lambda: True)
+    d = load_mnist()
+    assert d.source == "tensorflow-datasets:mnist"
+    assert d.train_images.shape == (30, 28, 28, 1) and d.train_images.dtype == np.float32
+    assert d.test_labels.shape == (12,) and d.test_labels.dtype == np.int32
+    assert [c[:2] for c in fake.calls] == [("mnist", "train"), ("mnist", "test")]
+    assert data_lib.optional_mnist() is d  # Cached: tensorflow-datasets is asked once.
+
+
+@pytest.mark.parametrize(
+    "tfds, tensorflow, message",
+    [
+        (None, False, "pip install 'jaxoip[tfds]'"),  # tensorflow-datasets not installed
+        (_FakeTfds(), False, "needs TensorFlow"),
+        (_FakeTfds(fail=ConnectionError("cannot resolve host\nretrying")), True, "ConnectionError: cannot"),
+    ],
+)
+def test_tfds_path_failures_are_one_line(no_data_dir, monkeypatch, tfds, tensorflow, message):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", tfds)  # None makes the import fail.
+    monkeypatch.setattr(data_lib, "_tensorflow_installed", lambda: tensorflow)
+    with pytest.raises(DataError, match=re.escape(message)) as e:
+        load_mnist()
+    assert "\n" not in str(e.value) and "--data-dir" in str(e.value) and DATA_DIR_ENV in str(e.value)
+    assert data_lib.optional_mnist() is None
+
+
+def test_optional_mnist_raises_for_a_named_folder(no_data_dir, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data_lib.optional_mnist(tmp_path / "nope")
+    assert data_lib.optional_mnist(_fake_dir(tmp_path)).train_images.shape[0] == 20

@@ -78,3 +78,22 @@ def test_help():
     with pytest.raises(SystemExit) as e:
         scan_all_maps.main(["--help"])
     assert e.value.code == 0
+
+
+def test_runs_without_mnist(tmp_path, monkeypatch, capsys):
+    """A fresh machine: the shipped model, no data folder, no tensorflow-datasets; the search still runs."""
+    from jaxoip import data as data_lib
+    from jaxoip.errors import DataError
+
+    def no_tfds():
+        raise DataError("no MNIST data")
+
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data_lib, "_load_tfds", no_tfds)
+    out = tmp_path / "out"
+    rc = cli.run(scan_all_maps.main, ["--maps", "0-1", "--out", str(out), *ARGS])
+    err = capsys.readouterr().err.strip()
+    assert rc == 0 and err.count("note:") == 1 and "--data-dir" in err and data_lib.DATA_DIR_ENV in err
+    table = pd.read_csv(out / "maps.csv")
+    assert table["map"].tolist() == [0, 1] and "data_mean" not in table and "dead_on_data" not in table
+    assert np.isfinite(table["best_objective"]).all()

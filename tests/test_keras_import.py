@@ -1,0 +1,250 @@
+"""The study's Keras CNN, built and saved by Keras 3 (JAX backend), loads through `load_model` with equal outputs."""
+
+import gzip
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxoip import activations, cli, scan_all_maps
+from jaxoip import data as data_lib
+from jaxoip.checkpoint import load_model
+from jaxoip.data import Standardization
+from jaxoip.errors import CheckpointError, DataError
+from jaxoip.keras_import import parse_config
+from jaxoip.model import ModelConfig
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # Before keras is imported: its default backend is TensorFlow.
+needs_keras = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None, reason="keras is not installed (pip install -e '.[test]')"
+)
+
+
+def _write_idx(path, arr, magic):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(f"{path}.gz", "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """A small MNIST-shaped IDX folder whose training-set mean and std are known."""
+    d = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(1)
+    _write_idx(d / "train-images-idx3-ubyte", rng.integers(0, 256, (50, 28, 28)), 2051)
+    _write_idx(d / "train-labels-idx1-ubyte", rng.integers(0, 10, (50,)), 2049)
+    _write_idx(d / "t10k-images-idx3-ubyte", rng.integers(0, 256, (8, 28, 28)), 2051)
+    _write_idx(d / "t10k-labels-idx1-ubyte", rng.integers(0, 10, (8,)), 2049)
+    return d
+
+
+def _study_cnn(keras, seed=0):
+    """The study's CNN with its layer names (conv and pool named, dense left to Keras), random weights."""
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, activation="relu", name="Conv2D_1"),
+            layers.MaxPooling2D(2, name="Max_Pool_1"),
+            layers.Conv2D(64, 3, activation="relu", name="Conv2D_2"),
+            layers.MaxPooling2D(2, name="Max_Pool_2"),
+            layers.Conv2D(128, 3, activation="relu", name="Conv2D_3"),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(100, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    # Random biases too (Keras initializes them to zero), so a misplaced bias cannot go unnoticed.
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [1.5 * w if w.ndim > 1 else rng.normal(0, 0.1, w.shape).astype(np.float32) for w in model.get_weights()]
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory):
+    keras = pytest.importorskip("keras", reason="keras is not installed (pip install -e '.[test]')")
+    model = _study_cnn(keras)
+    d = tmp_path_factory.mktemp("keras")
+    model.save(d / "study.keras")
+    model.save(d / "study.h5")
+    return model, d
+
+
+@needs_keras
+@pytest.mark.parametrize("name", ["study.keras", "study.h5"])
+def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
+    keras_model, d = keras_files
+    trained = load_model(d / name, data_dir=idx_dir)
+    assert trained.config == ModelConfig()  # The study's architecture, 208,982 parameters.
+    mnist = data_lib.load_mnist(idx_dir)
+    assert trained.standardization == Standardization.fit(mnist.train_images)
+    pixels = mnist.test_images
+    x = trained.standardization(pixels)
+    import keras
+
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(trained.layer_output(pixels, "Dense_2"))
+        got_hidden = np.asarray(trained.layer_output(pixels, "Dense_1"))
+        with jax.numpy_rank_promotion("allow"):  # Keras broadcasts biases by rank promotion.
+            expected = keras_model.predict(x, verbose=0)
+            # The flattened features feed Dense_1: equal hidden units check the NHWC flatten order.
+            hidden = keras.Model(keras_model.inputs[0], keras_model.layers[-2].output)(x)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got_hidden, np.asarray(hidden), atol=1e-5, rtol=1e-5)
+    assert np.ptp(expected, axis=0).max() > 0.05  # Outputs that tell the images apart, far above the tolerance.
+    assert trained.train_config["keras_layers"]["Dense_1"] == keras_model.layers[-2].name
+
+
+@needs_keras
+def test_keras_model_as_command_input(keras_files, idx_dir, tmp_path):
+    _, d = keras_files
+    out = tmp_path / "act"
+    argv = ["--model", str(d / "study.h5"), "--data-dir", str(idx_dir), "--image", "test:0", "--out", str(out)]
+    assert cli.run(activations.main, [*argv, "--layer", "Conv2D_2"]) == 0
+    assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+@needs_keras
+def test_keras_model_without_mnist_is_one_line(keras_files, monkeypatch, capsys):
+    _, d = keras_files
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+
+    def no_tfds():
+        raise DataError("no MNIST data")
+
+    monkeypatch.setattr(data_lib, "_load_tfds", no_tfds)
+    with pytest.raises(DataError, match="--data-dir DIR"):
+        load_model(d / "study.keras")
+    assert cli.run(scan_all_maps.main, ["--model", str(d / "study.keras"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MNIST's training set" in err
+
+
+@needs_keras
+def test_unsupported_keras_model_is_one_line(tmp_path, idx_dir):
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), layers.Conv2D(8, 3, padding="same"), layers.Flatten(), layers.Dense(10)]
+    )
+    model.save(tmp_path / "same.keras")
+    with pytest.raises(CheckpointError, match="only valid, stride-1 convolutions"):
+        load_model(tmp_path / "same.keras", data_dir=idx_dir)
+    model.save_weights(tmp_path / "only.weights.h5")
+    with pytest.raises(CheckpointError, match="no model config"):
+        load_model(tmp_path / "only.weights.h5", data_dir=idx_dir)
+
+
+def _layer(kind, **config):
+    return {"class_name": kind, "config": {"name": config.pop("name", kind.lower()), **config}}
+
+
+_CONV = _layer("Conv2D", filters=4, kernel_size=[3, 3], activation="relu")
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([_CONV, _layer("BatchNormalization"), _layer("Flatten"), _layer("Dense", units=10)], "does not fit"),
+        ([_CONV, _layer("Flatten"), _layer("Dense", units=10, activation="gelu")], "activation 'gelu'"),
+        ([_CONV, _layer("MaxPooling2D", pool_size=[2, 2], strides=[1, 1]), _layer("Flatten")], "non-overlapping"),
+        ([_CONV, _CONV, _layer("MaxPooling2D", pool_size=[2, 2]), _layer("Flatten")], "does not fit"),
+        ([_CONV, _layer("Dense", units=10)], "does not fit"),
+        ([_layer("Flatten"), _layer("Dense", units=10)], "needs conv layers"),
+    ],
+)
+def test_parse_config_rejects_other_architectures(layers, message):
+    with pytest.raises(CheckpointError, match=message):
+        parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.keras")
+
+
+def test_parse_config_maps_layers_by_order():
+    pool = _layer("MaxPooling2D", name="Max_Pool_1", pool_size=[2, 2], strides=None)
+    layers = [
+        _CONV,
+        pool,
+        _CONV,
+        _layer("Flatten"),
+        _layer("Dense", name="d0", units=7),
+        _layer("Dense", name="d1", units=3),
+    ]
+    config, names = parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.h5")
+    assert config == ModelConfig(conv=((4, 3, "relu"), (4, 3, "relu")), pool=(2,), dense=((7, "linear"), (3, "linear")))
+    assert names == ["conv2d", "Max_Pool_1", "conv2d", "d0", "d1"]
+    with pytest.raises(CheckpointError, match="only Sequential"):
+        parse_config({"class_name": "Functional", "config": {"layers": layers}}, "m.h5")
+
+
+@pytest.mark.parametrize("name", ["broken.keras", "broken.h5"])
+def test_unreadable_keras_files_are_one_line(tmp_path, name):
+    (tmp_path / name).write_bytes(b"not a model")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / name)
+    assert "\n" not in str(e.value) and name in str(e.value)
+    with pytest.raises(CheckpointError, match="no Keras model file"):
+        load_model(tmp_path / "missing.keras")
+
+
+@needs_keras
+def test_named_data_folder_that_does_not_load_says_why(keras_files, tmp_path):
+    _, d = keras_files
+    with pytest.raises(DataError, match="does not exist"):
+        load_model(d / "study.keras", data_dir=tmp_path / "nope")
+
+
+_KERAS2_KEYS = {
+    "name",
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "data_format",
+    "dilation_rate",
+    "activation",
+    "use_bias",
+    "pool_size",
+    "units",
+    "rate",
+}
+
+
+def _write_keras2_h5(path, keras_model):
+    """The layout of a tf.keras 2.x `model.save("x.h5")`: weights named 'layer/kernel:0', input shape on layer 1."""
+    import h5py
+
+    layers, weights = [], {}
+    for i, layer in enumerate(keras_model.layers):
+        config = {k: v for k, v in layer.get_config().items() if k in _KERAS2_KEYS}
+        if i == 0:
+            config["batch_input_shape"] = [None, 28, 28, 1]
+        layers.append({"class_name": type(layer).__name__, "config": config})
+        weights[layer.name] = [(f"{layer.name}/{v.name}:0", np.asarray(v)) for v in layer.weights]
+    model_config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = "2.4.0", "tensorflow"
+        f.attrs["model_config"] = json.dumps(model_config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = [name.encode() for name in weights]
+        for name, named in weights.items():
+            g.create_group(name).attrs["weight_names"] = [n.encode() for n, _ in named]
+            for n, value in named:
+                g[name].create_dataset(n, data=value)
+
+
+@needs_keras
+def test_keras2_h5_layout_loads(keras_files, idx_dir, tmp_path):
+    keras_model, d = keras_files
+    _write_keras2_h5(tmp_path / "keras2.h5", keras_model)
+    old, new = load_model(tmp_path / "keras2.h5", data_dir=idx_dir), load_model(d / "study.keras", data_dir=idx_dir)
+    assert old.config == new.config == ModelConfig()
+    pixels = data_lib.load_mnist(idx_dir).test_images
+    np.testing.assert_array_equal(old.layer_output(pixels, "Dense_2"), new.layer_output(pixels, "Dense_2"))
