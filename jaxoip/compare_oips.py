@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from jaxoip.compare import CompareConfig
 
 OIP_SOURCES = ("scan", "shared")
-# scan_maps arguments that the comparison sets itself.
-_SET_BY_COMPARE = ("trained", "layer_name", "map_indices", "restarts", "config", "seed", "progress")
+# scan_maps arguments that the comparison sets itself (node: the measures need the map-mean objective).
+_SET_BY_COMPARE = ("trained", "layer_name", "map_indices", "restarts", "config", "seed", "progress", "node")
 
 
 @dataclasses.dataclass

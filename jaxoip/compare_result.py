@@ -117,13 +117,14 @@ class SeedComparison:
                 f"(untrained {g('kernel_cosine', 'null_untrained'):.2f})."
             )
         if "oip_shift" in tab.index or "oip_xact" in tab.index:
-            text += "\n  OIPs of matched maps (vs ceiling: own restarts / floor: random map pairs):"
+            text += "\n  OIPs of matched maps (ceiling: own restarts / floor: random map pairs):"
             for key, what in (("oip_shift", "shift-invariant r"), ("oip_shift_unsigned", "same, sign-free"),
                               ("oip_xact", "cross-activation"), ("oip_pixel", "pixel r")):
                 if key in tab.index:
-                    ceil = g(f"{key}_ceiling") if f"{key}_ceiling" in tab.index else float("nan")
-                    floor = g(f"{key}_floor") if f"{key}_floor" in tab.index else float("nan")
-                    text += f" {what} {g(key):.2f} ({ceil:.2f} / {floor:.2f});"
+                    ceil, floor = (
+                        f"{g(k):.2f}" if k in tab.index else "n/a" for k in (f"{key}_ceiling", f"{key}_floor")
+                    )
+                    text += f" {what} {g(key):.2f} ({ceil} / {floor});"
             if "oip_silent_starts" in tab.index:
                 text += f" {g('oip_silent_starts'):.1f} silent starts per pair left out."
         return text
