@@ -26,7 +26,7 @@ def test_shifted_copy_scores_one_and_its_negative_only_without_sign():
     a = big[4:32, 4:32]
     shifted = big[7:35, 1:29]  # The same pattern moved by (3, -3) pixels, new content at the edges.
     noise = np.random.default_rng(1).normal(size=(28, 28))
-    imgs = lambda *xs: np.stack(xs)[..., None]  # noqa: E731
+    imgs = lambda *xs: np.stack(xs)[..., None]
     signed, unsigned = shift_similarity(imgs(a, a, a, a), imgs(shifted, 3.0 * shifted - 1.0, -shifted, noise))
     np.testing.assert_allclose(signed[:2], 1.0, atol=1e-4)  # Shift and contrast change.
     np.testing.assert_allclose(unsigned[:3], 1.0, atol=1e-4)  # Contrast inversion too, without the sign.
