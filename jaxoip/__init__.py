@@ -26,10 +26,11 @@ _EXPORTS = {
         "misclassified", "least_confident", "confusion_matrix", "most_confused", "find_exemplars", "Exemplars",
         "dataset_activations", "get_image",
     ),
-    "jaxoip.compare": (
-        "CompareConfig", "compare_models", "SeedComparison", "write_report", "linear_cka", "correlation_matrix",
-        "match_channels", "semi_match",
-    ),
+    "jaxoip.compare": ("CompareConfig", "compare_models"),
+    "jaxoip.compare_result": ("SeedComparison",),
+    "jaxoip.compare_report": ("write_report",),
+    "jaxoip.similarity": ("linear_cka", "correlation_matrix", "match_channels", "semi_match"),
+    "jaxoip.oip_similarity": ("shift_similarity_matrix", "cross_activation"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # `jaxoip.train` is the training module; its main function is exported as `train_model`.

@@ -1,48 +1,57 @@
 """Seed comparison: do independently trained copies of the CNN learn the same filters, in the same order?
 
 Features are the post-ReLU activations of a conv layer on the real test images, with spatial positions
-as samples. For every pair of models and every conv layer: the channel x channel Pearson correlation,
-the Hungarian matching that maximizes it and the semi-matching (each channel's best partner), the
-"same order?" statistics, linear CKA (biased and debiased), the cosine similarity of matched first-layer
-kernels, and for matched maps of one layer (Conv2D_3) the similarity of their optimal input patterns.
+as samples (`features`). For every pair of models and every conv layer: the channel x channel Pearson
+correlation, the Hungarian matching that maximizes it and the semi-matching (each channel's best
+partner), the "same order?" statistics, linear CKA (biased and debiased), the cosine similarity of
+matched first-layer kernels (`similarity`), and for matched maps of one layer (Conv2D_3) the similarity
+of their optimal input patterns: pixel, shift-invariant and cross-activation (`compare_oips`).
 
 Beside every number, two nulls: a trained model against an untrained network of the same architecture,
 and the trained pair with the test images shuffled for the second model. Confidence intervals come from
-a bootstrap over images and one over seed pairs.
-
-Every statistic is a function of per-block sufficient statistics (sums and cross-products of the
-features over blocks of test images), so a bootstrap replicate over images is a weighted sum over
-blocks, not another pass over the data.
+a bootstrap over images and one over seed pairs. `compare_report` writes the report and figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import json
-import math
-import os
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 import pandas as pd
-from flax import nnx
-from scipy.optimize import linear_sum_assignment
 
-from jaxoip._io import atomic_directory
+from jaxoip.compare_oips import OIP_SOURCES, check_scan_options, compare_oips, oip_pair_metrics
+from jaxoip.compare_report import write_report
+from jaxoip.compare_result import COMPARISONS, SeedComparison
 from jaxoip.data import MNIST
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
-from jaxoip.model import TrainedModel, get_layer, init_model, layer_output, layer_shapes, layer_specs
-from jaxoip.noise import initial_images
-from jaxoip.oip import OIPConfig, search_oips
+from jaxoip.features import kernel_vectors, layer_features, positions_per_image, sample_positions
+from jaxoip.model import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
+from jaxoip.oip import OIPConfig
+from jaxoip.similarity import (
+    block_bounds,
+    block_moments,
+    cka_from_totals,
+    correlation_from_totals,
+    correlation_matrix,
+    linear_cka,
+    live_channels,
+    match_channels,
+    pair_metrics,
+    semi_match,
+    weighted,
+)
 
-COMPARISONS = ("real", "shuffled", "untrained")
+# Names that lived here before the module was split, still importable from jaxoip.compare.
+__all__ = [
+    "COMPARISONS", "CONV_LAYERS", "CompareConfig", "SeedComparison", "check_models", "compare_models",
+    "correlation_matrix", "linear_cka", "match_channels", "semi_match", "untrained_models", "write_report",
+]
+
 CONV_LAYERS = ("Conv2D_1", "Conv2D_2", "Conv2D_3")
-_EPS = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,12 @@ class CompareConfig:
     `max_samples` caps the spatial samples per layer: each test image contributes
     min(H*W, ceil(max_samples / images)) positions of the layer's maps, drawn at random without
     replacement (image i of every batch of 500 gets its own draw; all models see the same positions).
+
+    The OIPs of matched maps come from `compare_oips.map_oips`: `oip_source` "scan" is the improved search
+    (`scan.scan_maps`, with `oip_scan_options` as extra keyword arguments, e.g. to wake silent maps),
+    "shared" the plain search from the same `oip_restarts` starts of recipe `oip_recipe` for every map;
+    both run `oip` (an OIPConfig). `oip_max_shift` bounds the translations of the shift-invariant
+    similarity.
     """
 
     layers: tuple[str, ...] = CONV_LAYERS
@@ -65,7 +80,10 @@ class CompareConfig:
     oip_maps: int = 16  # Matched maps per pair, evenly spaced in the ranking of their correlation.
     oip_restarts: int = 8
     oip: OIPConfig = OIPConfig()
-    oip_recipe: str = "study"
+    oip_recipe: str = "study"  # Start recipe of the "shared" source.
+    oip_source: str = "scan"
+    oip_scan_options: Mapping | tuple[tuple[str, object], ...] = ()
+    oip_max_shift: int = 7
     seed: int = 0  # Positions, image shuffle, untrained networks, bootstrap and OIP starts.
 
     def __post_init__(self):
@@ -87,10 +105,11 @@ class CompareConfig:
                 )
             if self.oip_restarts < 2 or self.oip_maps < 2:
                 raise JaxoipError("the OIP comparison needs at least 2 restarts and 2 maps")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Features and their sufficient statistics
+        if self.oip_source not in OIP_SOURCES:
+            raise JaxoipError(f"unknown OIP source {self.oip_source!r}; choose from {', '.join(OIP_SOURCES)}")
+        object.__setattr__(self, "oip_scan_options", check_scan_options(self.oip_scan_options))
+        if not 0 <= self.oip_max_shift < 14:
+            raise JaxoipError(f"oip_max_shift must be in 0..13 pixels, got {self.oip_max_shift}")
 
 
 def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LAYERS) -> None:
@@ -107,447 +126,6 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
     for name in layers:
         get_layer(first, name, ("conv",))
 
-
-def positions_per_image(layer_hw: tuple[int, int], images: int, max_samples: int) -> int:
-    return int(min(layer_hw[0] * layer_hw[1], max(1, math.ceil(max_samples / images))))
-
-
-def sample_positions(seed: int, rows: int, hw: int, k: int) -> np.ndarray:
-    """(rows, k) flat map positions, each row a random draw without replacement from 0..hw-1."""
-    if k >= hw:
-        return np.tile(np.arange(hw, dtype=np.int32), (rows, 1))
-    rng = np.random.default_rng(seed)
-    return rng.permuted(np.tile(np.arange(hw, dtype=np.int32), (rows, 1)), axis=1)[:, :k]
-
-
-@functools.lru_cache(maxsize=16)
-def _feature_pass(graphdef: nnx.GraphDef, layer_name: str, hwc: tuple[int, int, int]):
-    """Jitted (params, image batches (steps, B, H, W, 1), positions (B, k)) -> (steps, B, k, C).
-
-    Like `batched_layer_map`, but it gathers sampled positions (a per-batch input) inside the compiled
-    pass, so the full activations of large layers are never gathered; compiled once per architecture
-    and layer and reused for every model compared.
-    """
-    h, w, c = hwc
-
-    def run(params, xs, pos):
-        def one(x):
-            acts = layer_output(graphdef, params, x, layer_name)
-            return jax.vmap(lambda a, p: a.reshape(h * w, c)[p])(acts, pos)
-
-        return jax.lax.map(one, xs)
-
-    return jax.jit(run)
-
-
-def layer_features(
-    trained: TrainedModel, pixels, layer_name: str, positions: np.ndarray | None = None, batch_size: int = 500
-) -> np.ndarray:
-    """Post-ReLU activations of `layer_name` at sampled positions: (images, k, channels), float32.
-
-    `positions` (B, k) are flat map positions with B = min(batch_size, images); image i uses row
-    i % B. Default: all positions.
-    """
-    hwc = layer_shapes(trained.config)[get_layer(trained.config, layer_name, ("conv",)).name]
-    x = np.asarray(trained.standardization(np.asarray(pixels, np.float32)), np.float32)
-    n = x.shape[0]
-    bs = max(1, min(batch_size, n))
-    if positions is None:
-        positions = np.tile(np.arange(hwc[0] * hwc[1], dtype=np.int32), (bs, 1))
-    positions = np.asarray(positions, np.int32)
-    if positions.shape[0] != bs:
-        raise JaxoipError(f"positions must have {bs} rows (the batch size), got {positions.shape[0]}")
-    steps = -(-n // bs)
-    padded = np.concatenate([x, np.zeros((steps * bs - n, *x.shape[1:]), np.float32)])
-    graphdef, params = nnx.split(trained.model)
-    out = _feature_pass(graphdef, layer_name, hwc)(params, padded.reshape(steps, bs, *x.shape[1:]), positions)
-    return np.asarray(out).reshape(steps * bs, *out.shape[2:])[:n]
-
-
-def live_channels(features: np.ndarray) -> np.ndarray:
-    """Channels that are not constant over the samples (dead ReLUs are constant zero)."""
-    f = features.reshape(-1, features.shape[-1])
-    spread = f.max(axis=0).astype(np.float64) - f.min(axis=0)
-    return spread > 1e-7 * np.maximum(1.0, np.abs(f).max(axis=0))
-
-
-def block_bounds(n_images: int, blocks: int) -> np.ndarray:
-    """Start image of each of `blocks` contiguous, nearly equal blocks, plus the end."""
-    return np.linspace(0, n_images, min(blocks, n_images) + 1).round().astype(int)
-
-
-def block_moments(x: np.ndarray, y: np.ndarray, bounds: np.ndarray) -> dict[str, np.ndarray]:
-    """Per block of images: sums over samples of x, y, x y^T, x |y|^2, y |x|^2, |x|^2 |y|^2, and counts.
-
-    `x` (images, k, dx), `y` (images, k, dy): row i of both is the same sample.
-    """
-    out = {k: [] for k in ("n", "sx", "sy", "Sxy", "uxy", "uyx", "qxy")}
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        xb = x[lo:hi].reshape(-1, x.shape[-1]).astype(np.float64)
-        yb = y[lo:hi].reshape(-1, y.shape[-1]).astype(np.float64)
-        nx, ny = (xb**2).sum(1), (yb**2).sum(1)
-        out["n"].append(float(xb.shape[0]))
-        out["sx"].append(xb.sum(0))
-        out["sy"].append(yb.sum(0))
-        out["Sxy"].append(xb.T @ yb)
-        out["uxy"].append(xb.T @ ny)
-        out["uyx"].append(yb.T @ nx)
-        out["qxy"].append(float(nx @ ny))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def weighted(moments: dict[str, np.ndarray], w: np.ndarray) -> dict[str, np.ndarray]:
-    """Totals over blocks, block b counted w[b] times (w = ones: the data itself)."""
-    return {k: np.tensordot(w, v, axes=1) for k, v in moments.items()}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Statistics from totals
-
-
-def correlation_from_totals(tx: dict, ty: dict, txy: dict) -> np.ndarray:
-    """Pearson correlation (dx, dy); 0 where a channel has no variance."""
-    n = txy["n"]
-    mx, my = txy["sx"] / n, txy["sy"] / n
-    cov = txy["Sxy"] / n - np.outer(mx, my)
-    vx = np.diag(tx["Sxy"]) / n - mx**2
-    vy = np.diag(ty["Sxy"]) / n - my**2
-    denom = np.sqrt(np.clip(np.outer(vx, vy), 0.0, None))
-    return np.where(denom > _EPS, cov / np.where(denom > _EPS, denom, 1.0), 0.0)
-
-
-def _centered_cross_norm2(txy: dict) -> float:
-    n = txy["n"]
-    c = txy["Sxy"] - np.outer(txy["sx"], txy["sy"]) / n
-    return float(np.sum(c**2))
-
-
-def _hsic_unbiased(txy: dict, qx: float, qy: float) -> float:
-    """Song et al.'s unbiased HSIC of linear kernels, in feature space (no n x n Gram matrix).
-
-    With K~, L~ the Gram matrices with zeroed diagonals:
-    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)).
-    """
-    n = txy["n"]
-    sx, sy, S = txy["sx"], txy["sy"], txy["Sxy"]
-    t1 = np.sum(S**2) - txy["qxy"]
-    kx, ly = sx @ sx - qx, sy @ sy - qy
-    t3 = sx @ S @ sy - sx @ txy["uxy"] - sy @ txy["uyx"] + txy["qxy"]
-    return float((t1 + kx * ly / ((n - 1) * (n - 2)) - 2.0 * t3 / (n - 2)) / (n * (n - 3)))
-
-
-def cka_from_totals(tx: dict, ty: dict, txy: dict) -> tuple[float, float]:
-    """(biased, debiased) linear CKA; 0 where a side has no variance."""
-    num = _centered_cross_norm2(txy)
-    den = math.sqrt(_centered_cross_norm2(tx) * _centered_cross_norm2(ty))
-    biased = num / den if den > _EPS else 0.0
-    qx, qy = float(np.trace(tx["Sxy"])), float(np.trace(ty["Sxy"]))
-    hxy = _hsic_unbiased(txy, qx, qy)
-    hxx, hyy = _hsic_unbiased(tx, qx, qx), _hsic_unbiased(ty, qy, qy)
-    debiased = hxy / math.sqrt(hxx * hyy) if hxx > 0 and hyy > 0 else 0.0
-    return biased, debiased
-
-
-def _moments_of(x: np.ndarray, y: np.ndarray) -> dict:
-    xx = x.reshape(-1, 1, x.shape[-1]) if x.ndim == 2 else x
-    yy = y.reshape(-1, 1, y.shape[-1]) if y.ndim == 2 else y
-    return weighted(block_moments(xx, yy, np.asarray([0, xx.shape[0]])), np.ones(1))
-
-
-def linear_cka(x, y, debiased: bool = False) -> float:
-    """Linear CKA of features x (n, dx) and y (n, dy) (samples in rows), biased or debiased."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = x - x.mean(0), y - y.mean(0)
-    b, d = cka_from_totals(_moments_of(x, x), _moments_of(y, y), _moments_of(x, y))
-    return d if debiased else b
-
-
-def correlation_matrix(x, y) -> np.ndarray:
-    """Pearson correlation of the channels of x (n, dx) and y (n, dy); 0 for constant channels."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = x - x.mean(0), y - y.mean(0)
-    return correlation_from_totals(_moments_of(x, x), _moments_of(y, y), _moments_of(x, y))
-
-
-def match_channels(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hungarian matching (rows, cols) maximizing the summed correlation; min(dx, dy) pairs."""
-    rows, cols = linear_sum_assignment(np.asarray(corr), maximize=True)
-    return rows, cols
-
-
-def semi_match(corr: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each row's best column, and how many rows share a best column with another (duplicates)."""
-    best = np.argmax(corr, axis=1)
-    return best, int(len(best) - len(np.unique(best)))
-
-
-def kernel_vectors(trained: TrainedModel, layer_name: str) -> np.ndarray:
-    """(channels, kh*kw*c_in) kernels of a conv layer."""
-    k = np.asarray(getattr(trained.model, layer_name).kernel[...])
-    return k.reshape(-1, k.shape[-1]).T
-
-
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(na * nb, _EPS)
-
-
-def pair_metrics(
-    corr: np.ndarray,
-    live_a: np.ndarray,
-    live_b: np.ndarray,
-    cka: tuple[float, float],
-    thresholds: Sequence[float],
-    null95: float | None = None,
-    kernels: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[dict[str, float], dict]:
-    """Matching metrics of one pair from its full correlation matrix; dead channels are left out.
-
-    Returns (metrics, detail) where detail holds the matched channel indices and correlations.
-    """
-    ia, ib = np.flatnonzero(live_a), np.flatnonzero(live_b)
-    r = corr[np.ix_(ia, ib)]
-    m = {"live_a": float(len(ia)), "live_b": float(len(ib))}
-    m["dead_a"], m["dead_b"] = float(len(live_a) - len(ia)), float(len(live_b) - len(ib))
-    if r.size == 0:
-        rows = cols = np.zeros(0, int)
-    else:
-        rows, cols = match_channels(r)
-    matched = r[rows, cols]
-    m["matched_corr"] = float(matched.mean()) if matched.size else 0.0
-    common = min(len(live_a), len(live_b))
-    both = np.flatnonzero(live_a[:common] & live_b[:common])
-    m["diagonal_corr"] = float(corr[both, both].mean()) if both.size else 0.0
-    m["in_place"] = float(np.sum(ia[rows] == ib[cols]))
-    m["in_place_chance"] = float(len(both) / max(len(ia), len(ib), 1))
-    if r.size:
-        _, dup_ab = semi_match(r)
-        _, dup_ba = semi_match(r.T)
-        m["semi_corr"] = float((r.max(1).mean() + r.max(0).mean()) / 2)
-        m["semi_duplicates"] = float((dup_ab + dup_ba) / 2)
-    else:
-        m["semi_corr"] = m["semi_duplicates"] = 0.0
-    for t in thresholds:
-        m[f"frac_above_{t:g}"] = float(np.mean(matched > t)) if matched.size else 0.0
-    if null95 is not None:
-        m["frac_above_null95"] = float(np.mean(matched > null95)) if matched.size else 0.0
-    m["cka_linear"], m["cka_debiased"] = cka
-    if kernels is not None:
-        cos = _cosine_rows(kernels[0][ia[rows]], kernels[1][ib[cols]])
-        m["kernel_cosine"] = float(cos.mean()) if cos.size else 0.0
-    detail = {"a": ia[rows], "b": ib[cols], "corr": matched}
-    return m, detail
-
-
-# ---------------------------------------------------------------------------------------------------
-# OIP similarity of matched maps
-
-
-def _unit_images(images: np.ndarray) -> np.ndarray:
-    """Flattened images with zero mean and unit norm, so dot products are Pearson correlations."""
-    f = images.reshape(*images.shape[:-3], -1).astype(np.float64)
-    f = f - f.mean(-1, keepdims=True)
-    return f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), _EPS)
-
-
-def oip_similarity(oips_a: np.ndarray, oips_b: np.ndarray) -> dict[str, np.ndarray]:
-    """Similarity of matched maps' OIPs; arrays (maps, restarts, H, W, 1), map i of a matched to map i of b.
-
-    Pixel correlations averaged over pairs of different restarts: `cross` between the matched maps,
-    `ceiling` within each map's own restarts (mean of both models), `floor` between a map and the
-    partners of the other maps; `same_start` between the matched maps' OIPs from the same start.
-    """
-    za, zb = _unit_images(oips_a), _unit_images(oips_b)
-    m, r = za.shape[:2]
-    cross = np.einsum("mrp,msp->mrs", za, zb)
-    within_a = np.einsum("mrp,msp->mrs", za, za)
-    within_b = np.einsum("mrp,msp->mrs", zb, zb)
-    off = ~np.eye(r, dtype=bool)
-    per_map = lambda s: s[:, off].mean(1)  # noqa: E731
-    allpairs = np.einsum("mrp,nsp->mnrs", za, zb)[..., off].mean(-1)  # (m, n)
-    floor = (allpairs.sum(1) - np.diag(allpairs)) / max(m - 1, 1)
-    return {
-        "cross": per_map(cross),
-        "same_start": np.einsum("mrr->mr", cross).mean(1),
-        "ceiling": (per_map(within_a) + per_map(within_b)) / 2,
-        "floor": floor,
-    }
-
-
-def select_oip_maps(detail: dict, k: int) -> np.ndarray:
-    """Positions in the matching of `k` matched pairs evenly spaced in the ranking of their correlation."""
-    order = np.argsort(-detail["corr"])
-    if len(order) <= k:
-        return order
-    return order[np.unique(np.linspace(0, len(order) - 1, k).round().astype(int))]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The comparison
-
-
-@dataclasses.dataclass
-class SeedComparison:
-    """All numbers of a seed comparison.
-
-    `pairs_table`: point estimates, one row per (layer, comparison, pair, metric). `image_bootstrap`:
-    per (layer, comparison) a DataFrame of bootstrap replicates (rows) of the mean over pairs.
-    `details`: per (layer, comparison, pair) the matched channels and correlations; `correlations`:
-    per (layer, comparison, pair) the full correlation matrix. `oip`: per pair the OIP similarities.
-    """
-
-    names: tuple[str, ...]
-    model_info: list[dict]
-    pairs: tuple[tuple[int, int], ...]
-    config: CompareConfig
-    pairs_table: pd.DataFrame
-    image_bootstrap: dict
-    details: dict
-    correlations: dict
-    live: dict  # (layer, model index) -> live mask
-    null95: dict  # layer -> 95th percentile of matched correlations with shuffled images
-    samples: dict  # layer -> (images, positions per image)
-    oip: dict  # pair -> dict with maps and similarity arrays
-    oip_images: dict  # (model index, map) -> (restarts, H, W, 1) images, standardized
-    oip_objective: dict
-    seconds: float = 0.0
-
-    def metric_names(self, layer: str) -> list[str]:
-        t = self.pairs_table
-        return list(dict.fromkeys(t[t["layer"] == layer]["metric"]))
-
-    def _interval(self, values: np.ndarray) -> tuple[float, float]:
-        a = (1 - self.config.ci) / 2
-        return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
-
-    def pair_bootstrap(self, layer: str, comparison: str, metric: str) -> np.ndarray:
-        """Replicates of the mean over seed pairs, resampling pairs with replacement."""
-        t = self.pairs_table
-        v = t[(t["layer"] == layer) & (t["comparison"] == comparison) & (t["metric"] == metric)]["value"].to_numpy()
-        rng = np.random.default_rng(self.config.seed + 1)
-        idx = rng.integers(0, len(v), size=(self.config.bootstrap, len(v)))
-        return v[idx].mean(1)
-
-    def table(self, layer: str) -> pd.DataFrame:
-        """Per metric: mean over pairs, CI over images and over pairs, and the two nulls (means over pairs)."""
-        t = self.pairs_table[self.pairs_table["layer"] == layer]
-        means = t.groupby(["comparison", "metric"], sort=False)["value"].mean()
-        rows = []
-        for metric in self.metric_names(layer):
-            row = {"metric": metric, "mean": means.get(("real", metric), np.nan)}
-            boot = self.image_bootstrap.get((layer, "real"))
-            if boot is not None and metric in boot:
-                row["ci_images_lo"], row["ci_images_hi"] = self._interval(boot[metric].to_numpy())
-            else:
-                row["ci_images_lo"] = row["ci_images_hi"] = np.nan
-            row["ci_pairs_lo"], row["ci_pairs_hi"] = self._interval(self.pair_bootstrap(layer, "real", metric))
-            for c in ("shuffled", "untrained"):
-                row[f"null_{c}"] = means.get((c, metric), np.nan)
-                boot = self.image_bootstrap.get((layer, c))
-                if boot is not None and metric in boot:
-                    row[f"null_{c}_ci_lo"], row[f"null_{c}_ci_hi"] = self._interval(boot[metric].to_numpy())
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    def headline(self, layer: str) -> str:
-        """A few words per layer: the same features? in the same order?"""
-        tab = self.table(layer).set_index("metric")
-        g = lambda metric, col="mean": float(tab.loc[metric, col])  # noqa: E731
-        nulls = max(g("matched_corr", "null_shuffled"), g("matched_corr", "null_untrained"))
-        lo = g("matched_corr", "ci_images_lo")
-        frac = g("frac_above_null95")
-        if lo > nulls and frac >= 0.9:
-            same = "yes"
-        elif lo > nulls:
-            same = "partly"
-        else:
-            same = "no"
-        live = (g("live_a") + g("live_b")) / 2
-        in_place, chance = g("in_place"), g("in_place_chance")
-        if in_place > 0.5 * live:
-            order = "yes"
-        else:
-            order = "partly" if in_place > chance + 3 * math.sqrt(max(chance, 1)) else "no"
-        text = (
-            f"{layer}: same features? {same} - matched r = {g('matched_corr'):.2f} "
-            f"[{lo:.2f}, {g('matched_corr', 'ci_images_hi'):.2f}] vs null {g('matched_corr', 'null_shuffled'):.2f} "
-            f"(shuffled images) / {g('matched_corr', 'null_untrained'):.2f} (untrained); "
-            f"{frac:.0%} of matched channels above the null's 95th percentile ({self.null95[layer]:.2f}); "
-            f"CKA {g('cka_linear'):.2f} (debiased {g('cka_debiased'):.2f}, "
-            f"untrained {g('cka_debiased', 'null_untrained'):.2f}).\n"
-            f"  same order? {order} - {in_place:.1f} of {live:.0f} live channels stay in place "
-            f"({chance:.1f} by chance); diagonal r = {g('diagonal_corr'):.2f} vs matched {g('matched_corr'):.2f}."
-        )
-        if "kernel_cosine" in tab.index:
-            text += (
-                f"\n  matched 3x3 kernels: cosine {g('kernel_cosine'):.2f} "
-                f"(untrained {g('kernel_cosine', 'null_untrained'):.2f})."
-            )
-        if "oip_cross" in tab.index:
-            text += (
-                f"\n  OIPs of matched maps: similarity {g('oip_cross'):.2f} vs ceiling {g('oip_ceiling'):.2f} "
-                f"(own restarts) and floor {g('oip_floor'):.2f} (random map pairs)."
-            )
-        return text
-
-    def to_dict(self) -> dict:
-        """Every number, JSON-ready (no NaN: undefined values are None)."""
-
-        def clean(v):
-            if isinstance(v, dict):
-                return {str(k): clean(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            if isinstance(v, np.ndarray):
-                return clean(v.tolist())
-            if isinstance(v, (np.floating, float)):
-                return float(v) if math.isfinite(v) else None
-            if isinstance(v, np.integer):
-                return int(v)
-            if isinstance(v, np.bool_):
-                return bool(v)
-            return v
-
-        out = {
-            "config": dataclasses.asdict(self.config),
-            "models": self.model_info,
-            "pairs": [list(p) for p in self.pairs],
-            "seconds": self.seconds,
-            "backend": jax.default_backend(),
-            "layers": {},
-        }
-        for layer in self.config.layers:
-            lay = {
-                "samples": {"images": self.samples[layer][0], "positions_per_image": self.samples[layer][1]},
-                "null95_matched_corr": self.null95[layer],
-                "dead_channels": {self.names[i]: int((~self.live[(layer, i)]).sum()) for i in range(len(self.names))},
-                "table": self.table(layer).to_dict(orient="records"),
-                "pairs": {},
-                "image_bootstrap": {
-                    c: self.image_bootstrap[(layer, c)].to_dict(orient="list")
-                    for c in COMPARISONS
-                    if (layer, c) in self.image_bootstrap
-                },
-            }
-            t = self.pairs_table[self.pairs_table["layer"] == layer]
-            for (c, a, b), g in t.groupby(["comparison", "a", "b"], sort=False):
-                key = f"{self.names[a]} vs {self.names[b]}"
-                d = self.details[(layer, c, (a, b))]
-                lay["pairs"].setdefault(key, {})[c] = {
-                    "metrics": dict(zip(g["metric"], g["value"])),
-                    "matched_a": d["a"],
-                    "matched_b": d["b"],
-                    "matched_corr": d["corr"],
-                }
-            out["layers"][layer] = lay
-        if self.oip:
-            out["oip"] = {
-                f"{self.names[a]} vs {self.names[b]}": {
-                    k: v for k, v in o.items() if k not in ("images_a", "images_b")
-                }
-                for (a, b), o in self.oip.items()
-            }
-        return clean(out)
 
 
 def untrained_models(template: TrainedModel, count: int, seed: int) -> list[TrainedModel]:
@@ -588,8 +166,6 @@ def compare_models(
     if n_images < 2:
         raise JaxoipError("need at least two test images")
     pairs = tuple(itertools.combinations(range(len(models)), 2))
-    root = jax.random.key(config.seed)
-    oip_key = jax.random.fold_in(root, 1)
     untrained = untrained_models(models[0], len(models), config.seed)
     rng = np.random.default_rng(config.seed)
     shuffle = rng.permutation(n_images)
@@ -674,17 +250,18 @@ def compare_models(
         log(f"{layer}: {n_images} images x {k} positions, {len(pairs)} pairs, {time.perf_counter() - t0:.1f} s")
 
     table = pd.DataFrame(rows)
-    oip, oip_images, oip_objective = {}, {}, {}
+    oip, searched = {}, {}
     if config.oip_layer is not None:
         t0 = time.perf_counter()
-        oip, oip_images, oip_objective = _compare_oips(models, pairs, details, config, oip_key, progress)
-        extra = []
-        for (a, b), o in oip.items():
-            for k_ in ("cross", "ceiling", "floor", "same_start", "found"):
-                row = dict(layer=config.oip_layer, comparison="real", a=a, b=b)
-                extra.append(dict(row, metric=f"oip_{k_}", value=float(np.mean(o[k_]))))
+        oip, searched = compare_oips(models, pairs, details, config, progress)
+        extra = [
+            dict(layer=config.oip_layer, comparison="real", a=a, b=b, metric=k_, value=v)
+            for (a, b), o in oip.items()
+            for k_, v in oip_pair_metrics(o).items()
+        ]
         table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
         log(f"OIPs of {config.oip_layer}: {time.perf_counter() - t0:.1f} s")
+    per_map = {(i, int(m)): j for i, s in searched.items() for j, m in enumerate(s.maps)}
 
     return SeedComparison(
         names=names,
@@ -699,211 +276,9 @@ def compare_models(
         null95=null95,
         samples=samples,
         oip=oip,
-        oip_images=oip_images,
-        oip_objective=oip_objective,
+        oip_images={k: searched[k[0]].images[j] for k, j in per_map.items()},
+        oip_objective={k: searched[k[0]].objective[j] for k, j in per_map.items()},
+        oip_live={k: searched[k[0]].live[j] for k, j in per_map.items()},
         seconds=time.perf_counter() - t_start,
     )
 
-
-def _compare_oips(models, pairs, details, config: CompareConfig, key, progress):
-    """OIPs of selected matched maps, all maps of all models searched from the same `oip_restarts` starts."""
-    layer, r = config.oip_layer, config.oip_restarts
-    chosen = {}
-    for a, b in pairs:
-        d = details[(layer, "real", (a, b))]
-        sel = select_oip_maps(d, config.oip_maps)
-        chosen[(a, b)] = (d["a"][sel], d["b"][sel], d["corr"][sel])
-    needed = {i: set() for i in range(len(models))}
-    for (a, b), (ma, mb, _) in chosen.items():
-        needed[a].update(int(x) for x in ma)
-        needed[b].update(int(x) for x in mb)
-    starts = np.asarray(initial_images(jax.random.split(key, r), [config.oip_recipe]))
-    images, objective = {}, {}
-    for i, maps in needed.items():
-        maps = np.asarray(sorted(maps), np.int32)
-        if maps.size == 0:
-            continue
-        res = search_oips(
-            models[i].model, layer, np.repeat(maps, r), np.tile(starts, (len(maps), 1, 1, 1)), config.oip,
-            progress=progress,
-        )
-        for j, m in enumerate(maps):
-            images[(i, int(m))] = res.images[j * r : (j + 1) * r]
-            objective[(i, int(m))] = res.objective[j * r : (j + 1) * r]
-    out = {}
-    for (a, b), (ma, mb, corr) in chosen.items():
-        ia = np.stack([images[(a, int(m))] for m in ma])
-        ib = np.stack([images[(b, int(m))] for m in mb])
-        sim = oip_similarity(ia, ib)
-        found = np.asarray(
-            [(objective[(a, int(x))].max() > 0) & (objective[(b, int(y))].max() > 0) for x, y in zip(ma, mb)]
-        )
-        out[(a, b)] = dict(maps_a=ma, maps_b=mb, corr=corr, found=found, **sim)
-    return out, images, objective
-
-
-# ---------------------------------------------------------------------------------------------------
-# Figures and the report
-
-
-def plot_matching(result: SeedComparison, layer: str, pair=None, path=None):
-    """Correlation matrix of one pair (live channels) in the original order and after matching."""
-    from jaxoip import plots
-
-    plt = plots.plt
-    pair = tuple(pair) if pair is not None else result.pairs[0]
-    a, b = pair
-    corr = result.correlations[(layer, "real", pair)]
-    la, lb = result.live[(layer, a)], result.live[(layer, b)]
-    before = corr[np.ix_(np.flatnonzero(la), np.flatnonzero(lb))]
-    d = result.details[(layer, "real", pair)]
-    order = np.argsort(-d["corr"])
-    after = corr[np.ix_(d["a"][order], d["b"][order])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    for ax, m, title in (
-        (axes[0], before, "original channel order"),
-        (axes[1], after, "after Hungarian matching (sorted by matched r)"),
-    ):
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        ax.set(title=title, xlabel=f"{result.names[b]} channel", ylabel=f"{result.names[a]} channel")
-        ax.title.set_fontsize(9)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="Pearson r")
-    fig.suptitle(f"{layer}: {result.names[a]} vs {result.names[b]}, test-set activations", fontsize=10)
-    if path is not None:
-        plots.save_figure(fig, path)
-    return fig
-
-
-def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path=None):
-    """Best OIP (over restarts) of matched maps side by side, with their activation and OIP similarity."""
-    from jaxoip import plots
-
-    plt = plots.plt
-    pair = tuple(pair) if pair is not None else result.pairs[0]
-    a, b = pair
-    o = result.oip[pair]
-    n = min(max_maps, len(o["maps_a"]))
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n + 0.5, 4.4), squeeze=False)
-    for j in range(n):
-        for row, (model, m) in enumerate(((a, o["maps_a"][j]), (b, o["maps_b"][j]))):
-            imgs, obj = result.oip_images[(model, int(m))], result.oip_objective[(model, int(m))]
-            ax = axes[row, j]
-            ax.imshow(plots.enhance_contrast(imgs[int(np.argmax(obj))][..., 0]), cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"map {int(m)}", fontsize=7)
-        axes[1, j].set_xlabel(f"r={o['corr'][j]:.2f}\nOIP sim {o['cross'][j]:.2f}", fontsize=7)
-    axes[0, 0].set_ylabel(result.names[a], fontsize=8)
-    axes[1, 0].set_ylabel(result.names[b], fontsize=8)
-    fig.suptitle(
-        f"{result.config.oip_layer}: best OIPs of matched maps (contrast-enhanced); "
-        f"ceiling {np.mean(o['ceiling']):.2f}, floor {np.mean(o['floor']):.2f}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    if path is not None:
-        plots.save_figure(fig, path)
-    return fig
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-
-
-METRIC_TEXT = {
-    "live_a": "live channels, first model",
-    "live_b": "live channels, second model",
-    "dead_a": "dead channels, first model",
-    "dead_b": "dead channels, second model",
-    "matched_corr": "mean matched r (Hungarian)",
-    "diagonal_corr": "mean r, same channel index",
-    "in_place": "channels matched to their own index",
-    "in_place_chance": "... expected by chance",
-    "semi_corr": "mean best-partner r (semi-matching)",
-    "semi_duplicates": "channels sharing a best partner",
-    "frac_above_null95": "fraction matched r > null's 95th pct",
-    "cka_linear": "linear CKA",
-    "cka_debiased": "linear CKA, debiased",
-    "kernel_cosine": "cosine of matched 3x3 kernels",
-    "oip_cross": "OIP similarity, matched maps",
-    "oip_ceiling": "OIP similarity, own restarts (ceiling)",
-    "oip_floor": "OIP similarity, random map pairs (floor)",
-    "oip_same_start": "OIP similarity, matched maps, same start",
-    "oip_found": "fraction of matched pairs with both OIPs found",
-}
-
-
-def markdown_report(result: SeedComparison, command: str | None = None) -> str:
-    cfg = result.config
-    lines = ["# Seed comparison: the same filters, in the same order?", ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
-    lines += ["| model | seed | epochs | train subset | test accuracy |", "|---|---|---|---|---|"]
-    for m in result.model_info:
-        acc = m["test_accuracy"]
-        lines.append(
-            f"| {m['name']} | {m['seed']} | {m['epochs']} | {m['train_subset'] or 'all'} | "
-            f"{'n/a' if acc is None else f'{acc:.4f}'} |"
-        )
-    lines += [
-        "",
-        f"{len(result.pairs)} pairs. Features: post-ReLU activations on the test images, spatial positions as samples. "
-        f"Nulls: **shuffled** = the same pair with the test images shuffled for the second model; "
-        f"**untrained** = the first model against an untrained network of the same architecture. "
-        f"CIs ({cfg.ci:.0%}): bootstrap over images ({cfg.bootstrap} replicates of {cfg.blocks} image blocks) and "
-        f"over seed pairs (pairs sharing a model are not independent: read it as a rough spread). "
-        f"Dead channels (constant on the samples) are left out of every matching.",
-        "",
-    ]
-    for layer in cfg.layers:
-        n, k = result.samples[layer]
-        lines += [f"## {layer}", "", f"{n} images x {k} positions = {n * k} samples; "
-                  f"null 95th percentile of matched r: {result.null95[layer]:.3f}.", ""]
-        lines += ["```", result.headline(layer), "```", ""]
-        lines += [
-            "| metric | mean over pairs | CI (images) | CI (seed pairs) | null: shuffled | null: untrained |",
-            "|---|---|---|---|---|---|",
-        ]
-        for _, r in result.table(layer).iterrows():
-            name = METRIC_TEXT.get(r["metric"], r["metric"].replace("frac_above_", "fraction matched r > "))
-            ci_i = f"[{_fmt(r['ci_images_lo'])}, {_fmt(r['ci_images_hi'])}]"
-            ci_i = ci_i if math.isfinite(r["ci_images_lo"]) else "n/a"
-            ci_p = f"[{_fmt(r['ci_pairs_lo'])}, {_fmt(r['ci_pairs_hi'])}]"
-            lines.append(
-                f"| {name} | {_fmt(r['mean'])} | {ci_i} | {ci_p} | "
-                f"{_fmt(r['null_shuffled'])} | {_fmt(r['null_untrained'])} |"
-            )
-        lines += ["", f"![{layer} correlation before and after matching](corr_{layer}.png)", ""]
-    if result.oip:
-        lines += [
-            f"## OIPs of matched {cfg.oip_layer} maps",
-            "",
-            f"{cfg.oip_maps} matched maps per pair (evenly spaced in the ranking of matched r), {cfg.oip_restarts} "
-            f"shared starts ('{cfg.oip_recipe}' recipe), {cfg.oip.steps} steps. Similarity: pixel correlation, "
-            f"averaged over pairs of different starts.",
-            "",
-            f"![matched OIPs](oips_{cfg.oip_layer}.png)",
-            "",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(result: SeedComparison, out: str | os.PathLike, command: str | None = None) -> Path:
-    """Writes report.md, results.json, metrics.csv (per pair), correlations.npz and figures, atomically."""
-    out = Path(out).absolute()
-    with atomic_directory(out) as tmp:
-        (tmp / "report.md").write_text(markdown_report(result, command))
-        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
-        result.pairs_table.to_csv(tmp / "metrics.csv", index=False)
-        arrays = {
-            f"{layer}__{c}__{result.names[a]}__{result.names[b]}".replace(" ", "_"): v
-            for (layer, c, (a, b)), v in result.correlations.items()
-        }
-        np.savez_compressed(tmp / "correlations.npz", **arrays)
-        for layer in result.config.layers:
-            plot_matching(result, layer, path=tmp / f"corr_{layer}.png")
-        if result.oip:
-            plot_matched_oips(result, path=tmp / f"oips_{result.config.oip_layer}.png")
-    return out

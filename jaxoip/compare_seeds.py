@@ -45,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oip-layer", default=d.oip_layer, help="layer of the OIP comparison ('none': skip)")
     p.add_argument("--oip-maps", type=int, default=d.oip_maps, help="matched maps per pair (default: %(default)s)")
     p.add_argument("--oip-steps", type=int, default=o.steps, help="OIP search steps (default: %(default)s)")
-    p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="shared starts per map (%(default)s)")
+    p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="starts per map (%(default)s)")
+    p.add_argument("--oip-source", choices=("scan", "shared"), default=d.oip_source,
+                   help="OIP search: 'scan' (improved: best recipe, screened starts) or 'shared' (same starts for "
+                        "every map) (default: %(default)s)")
+    p.add_argument("--oip-max-shift", type=int, default=d.oip_max_shift,
+                   help="largest translation (pixels) of the shift-invariant OIP similarity (default: %(default)s)")
     p.add_argument("--out", default="compare_out", help="report folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     cli.add_data_dir(p)
@@ -67,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         oip_maps=args.oip_maps,
         oip_restarts=args.oip_restarts,
         oip=OIPConfig(steps=args.oip_steps),
+        oip_source=args.oip_source,
+        oip_max_shift=args.oip_max_shift,
         seed=args.seed,
     )
     if args.models is None and args.seeds < 2:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli, compare
+from jaxoip import cli, compare, features, similarity
 from jaxoip.checkpoint import save_model
 from jaxoip.compare_seeds import main
 from jaxoip.errors import JaxoipError
@@ -104,8 +104,8 @@ def test_correlation_and_dead_channels_are_excluded_not_nan():
     live[2] = False
     np.testing.assert_allclose(corr[live], np.corrcoef(x[:, live].T, y.T)[:5, 5:], atol=1e-10)
     assert np.all(corr[2] == 0)
-    metrics, detail = compare.pair_metrics(
-        corr, compare.live_channels(x), compare.live_channels(y), (0.5, 0.5), (0.5, 0.7, 0.9), 0.3
+    metrics, detail = similarity.pair_metrics(
+        corr, similarity.live_channels(x), similarity.live_channels(y), (0.5, 0.5), (0.5, 0.7, 0.9), 0.3
     )
     assert metrics["dead_a"] == 1 and metrics["live_a"] == 5 and len(detail["a"]) == 5
     assert 2 not in detail["a"]
@@ -157,7 +157,7 @@ def test_matching_recovers_a_known_permutation(seed_models, small_mnist):
         assert t.loc["matched_corr", "null_shuffled"] < 0.9
     # One compiled feature pass per layer, shared by all four models (two trained, two untrained).
     graphdef = nnx.split(trained.model)[0]
-    assert compare._feature_pass(graphdef, "Conv2D_3", (3, 3, 128))._cache_size() == 1
+    assert features._feature_pass(graphdef, "Conv2D_3", (3, 3, 128))._cache_size() == 1
 
 
 def test_compare_seeds_end_to_end(tmp_path, capsys, mnist):
@@ -185,7 +185,13 @@ def test_compare_seeds_end_to_end(tmp_path, capsys, mnist):
     assert set(pair) == {"real", "shuffled", "untrained"}
     assert 0 < pair["real"]["metrics"]["matched_corr"] <= 1
     assert pair["real"]["metrics"]["matched_corr"] > pair["shuffled"]["metrics"]["matched_corr"]
-    assert "oip_ceiling" in {r["metric"] for r in lay["table"]}
+    metrics = {r["metric"] for r in lay["table"]}
+    for measure in ("oip_shift", "oip_shift_unsigned", "oip_xact"):  # Both new measures, with ceiling and floor.
+        assert {measure, f"{measure}_ceiling", f"{measure}_floor"} <= metrics
+    oip = res["oip"]["seed_0 vs seed_1"]
+    assert len(oip["shift"]) == len(oip["xact_ab"]) == len(oip["maps_a"]) == 3  # Every matched map.
+    assert (out / "oip_measures_Conv2D_3.png").stat().st_size > 0
+    assert "| map a | map b | live starts a, b |" in report and "shift r" in report
     assert sorted(p.name for p in models_out.iterdir()) == ["seed_0", "seed_1"]
     assert res["models"][1]["seed"] == 1 and 0 < res["models"][1]["test_accuracy"] <= 1
 
