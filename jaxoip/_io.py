@@ -18,17 +18,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from jaxoip.errors import JaxoipError
+from jaxoip.errors import OutputError
 
 MARKER = ".jaxoip.json"
 LOCK = ".jaxoip.lock"
 PARTIAL = ".jaxoip-partial"
 TMP_PREFIX = ".jaxoip-tmp-"
 _OURS = (MARKER, LOCK, PARTIAL)
-
-
-class OutputError(JaxoipError):
-    """An output folder that jaxoip may not write: user files, a file, locked, read-only or full."""
 
 
 def _version() -> str:

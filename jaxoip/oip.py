@@ -20,7 +20,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxoip.errors import JaxoipError, LayerError
+from jaxoip._check import check_float, check_int
+from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.model import CNN, ModelConfig, get_layer, layer_shapes, map_activation
 from jaxoip.noise import standardize_image
 
@@ -39,10 +40,13 @@ class OIPConfig:
     grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise JaxoipError("steps must be at least 1")
-        if self.epsilon <= 0:
-            raise JaxoipError("epsilon must be positive")
+        object.__setattr__(self, "snapshot_steps", tuple(self.snapshot_steps))
+        check_int("steps", self.steps, 1)
+        check_float("epsilon", self.epsilon, 0, lo_open=True)
+        check_float("convergence criterion", self.conv_criterion, 0)
+        check_float("grad_eps", self.grad_eps, 0, lo_open=True)
+        for s in self.snapshot_steps:
+            check_int("snapshot step", s, 0)
 
     @property
     def snapshots(self) -> tuple[int, ...]:
@@ -72,6 +76,9 @@ def check_target(config: ModelConfig, layer_name: str, map_indices, node: tuple[
     maps = np.asarray(map_indices)
     if maps.size == 0:
         raise LayerError("no map index given")
+    if not np.issubdtype(maps.dtype, np.integer):
+        if not np.issubdtype(maps.dtype, np.number) or not np.all(np.isfinite(maps)) or np.any(maps != np.round(maps)):
+            raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
     if maps.min() < 0 or maps.max() >= c:
         bad = int(maps[(maps < 0) | (maps >= c)][0])
         raise LayerError(f"map index {bad} out of range: {layer_name} has maps 0..{c - 1}")
@@ -192,6 +199,19 @@ def _compiled_search(graphdef, layer_name, cfg, node, sharding):
     return jax.jit(search, in_shardings=(None, sharding, sharding)) if sharding is not None else jax.jit(search)
 
 
+def check_finite(res: dict):
+    """Stops on a diverged search (non-finite images or objectives) instead of reporting NaN as a finding."""
+    bad = ~(np.isfinite(res["images"]).all(axis=(1, 2, 3)) & np.isfinite(res["objective"]))
+    if bad.any():
+        i = int(np.argmax(bad))
+        steps = np.flatnonzero(~np.isfinite(res["traces"][i]))
+        at = f"step {int(steps[0])}" if steps.size else "the last step"
+        raise DivergenceError(
+            f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); "
+            "try a smaller epsilon"
+        )
+
+
 def search_oips(
     model: CNN,
     layer_name: str,
@@ -209,9 +229,13 @@ def search_oips(
     """
     model_config = model.config
     graphdef, params = nnx.split(model)
-    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
     check_target(model_config, layer_name, map_indices, node)
+    map_indices = np.asarray(map_indices).astype(np.int32).reshape(-1)
     init_images = np.asarray(init_images, np.float32)
+    if not np.isfinite(init_images).all():
+        raise JaxoipError("start images hold NaN or infinite values")
+    if chunk_size is not None:
+        check_int("chunk size", chunk_size, 1)
     n = init_images.shape[0]
     if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
         raise JaxoipError(
@@ -247,6 +271,7 @@ def search_oips(
     if bar is not None:
         bar.close()
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    check_finite(res)
     return OIPResult(
         snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res
     )
