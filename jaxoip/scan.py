@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -17,18 +18,32 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from jaxoip._io import atomic_directory
+from jaxoip._check import check_int
+from jaxoip._io import prepare_output
+from jaxoip._memory import check_fits
 from jaxoip.data import MNIST, Standardization
-from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images, start_keys
-from jaxoip.oip import OIPConfig, OIPResult, check_target, search_oips
+from jaxoip.oip import OIPConfig, OIPResult, check_target, default_chunk_size, search_oips
 from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
 
 
 def default_restarts() -> int:
     """16 starts per map on an accelerator; 8 on a CPU, so the default scan stays within minutes."""
     return 8 if jax.default_backend() == "cpu" else 16
+
+
+# Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
+GROUP_CHUNKS = 8
+
+
+def check_scan_args(restarts=None, precursor_starts=64, screen=8, seed=0, chunk_size=None):
+    """The scan's numeric arguments, checked before anything is loaded or compiled."""
+    check_int("restarts", restarts, 1, optional=True)
+    check_int("precursor starts", precursor_starts, 1)
+    check_int("screen", screen, 1)
+    check_int("seed", seed)
+    check_int("chunk size", chunk_size, 1, optional=True)
 
 
 @dataclasses.dataclass
@@ -155,23 +170,27 @@ def scan_maps(
     data: MNIST | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
+    partial_dir: str | os.PathLike | None = None,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
-    `data` adds each map's activation on the test images.
+    `data` adds each map's activation on the test images. With `partial_dir`, every finished group of
+    chunks of the search is kept there, and a repeated call skips them (same result as without a break).
     """
     t0 = time.perf_counter()
+    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
     get_layer(trained.config, layer_name, ("conv", "pool"))
     n_maps = layer_shapes(trained.config)[layer_name][-1]
-    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices, np.int32).reshape(-1)
+    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node)
-    restarts = restarts or default_restarts()
-    if restarts < 1:
-        raise JaxoipError("restarts must be at least 1")
+    maps = maps.astype(np.int32)
+    restarts = default_restarts() if restarts is None else restarts
+    chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
+    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     precursor_key, oip_key = jax.random.split(jax.random.key(seed))
 
     pre = precursor_scan(trained.model, layer_name, recipes, precursor_starts, precursor_key, node)
@@ -180,11 +199,9 @@ def scan_maps(
         acts = data_activation(trained.model, trained.standardization(data.test_images), layer_name, node)
         data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
 
-    if screen < 1:
-        raise JaxoipError("screen must be at least 1")
     start_recipe, x0 = screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, oip_key, node)
-    res = search_oips(
-        trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk_size, progress
+    res = search_in_groups(
+        trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk, progress, partial_dir
     )
     return ScanResult(
         layer_name=layer_name,
@@ -204,6 +221,69 @@ def scan_maps(
         seconds=time.perf_counter() - t0,
         search_seconds=res.seconds,
     )
+
+
+def _group_key(model, layer_name, maps, x0, config: OIPConfig, node, chunk: int) -> str:
+    """What a saved group's results depend on: the model, the target, the start images and the search."""
+    from jaxoip.checkpoint import params_checksum
+    from flax import nnx
+
+    h = hashlib.sha256()
+    h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())
+    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
+    h.update(np.ascontiguousarray(maps, np.int32).tobytes())
+    h.update(np.ascontiguousarray(x0, np.float32).tobytes())
+    return h.hexdigest()
+
+
+_RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero")
+
+
+def search_in_groups(model, layer_name, maps, x0, config, node, chunk: int, progress=False, partial_dir=None) -> OIPResult:
+    """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
+
+    The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
+    """
+    n = len(maps)
+    size = chunk * GROUP_CHUNKS
+    partial = Path(partial_dir) if partial_dir is not None else None
+    if partial is not None:
+        partial.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"OIP search {layer_name}", unit="img")
+    parts, seconds, steps_run = [], 0.0, 0
+    for g, lo in enumerate(range(0, n, size)):
+        hi = min(lo + size, n)
+        key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
+        path = partial / f"group_{g:05d}.npz" if partial else None
+        part = None
+        if path is not None and path.exists():
+            try:
+                with np.load(path) as z:
+                    if str(z["key"]) == key:
+                        part = {k: z[k] for k in _RESULT_ARRAYS}
+                        steps_run = max(steps_run, int(z["steps_run"]))
+            except (OSError, ValueError, KeyError, EOFError):
+                part = None  # A damaged group is searched again.
+        if part is None:
+            res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, False)
+            part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
+            seconds += res.seconds
+            steps_run = max(steps_run, res.steps_run)
+            if path is not None:
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+                np.savez(tmp, key=key, steps_run=res.steps_run, **part)
+                os.replace(tmp, path)
+        parts.append(part)
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    res = {k: np.concatenate([p[k] for p in parts]) for k in _RESULT_ARRAYS}
+    return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res)
 
 
 def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, key, node=None):
@@ -234,32 +314,34 @@ def write_scan(
     snapshot_maps=None,
     all_starts: bool = False,
     exemplars=None,
+    overwrite: bool = False,
 ) -> Path:
-    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `out`.
+    """Writes the scan into the new or empty folder `out` (see `write_scan_files`); `jaxoip._io.prepare_output` rules."""
+    with prepare_output(out, "write_scan", {}, overwrite=overwrite) as o:
+        write_scan_files(result, o.staging, snapshot_maps, all_starts, exemplars)
+    return o.path
 
-    Everything is written to a temporary folder first and renamed into place at the end, so an
-    interrupted run never leaves a folder that looks complete.
-    """
+
+def write_scan_files(result: ScanResult, folder: str | os.PathLike, snapshot_maps=None, all_starts=False, exemplars=None):
+    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`."""
     from jaxoip import plots
 
-    out = Path(out).absolute()
-    with atomic_directory(out) as tmp:
-        table = result.table()
-        table.to_csv(tmp / "maps.csv", index=False)
-        (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
-        (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=1))
-        std = result.standardization
-        arrays = {
-            "map_indices": result.map_indices,
-            "best_images": result.best_images,
-            "best_pixels": std.to_pixels(result.best_images),
-            "best_objective": result.objective.max(axis=1),
-            "traces_best": result.traces[np.arange(len(result.map_indices)), result.best_start],
-        }
-        if all_starts:
-            arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
-        np.savez_compressed(tmp / "oips.npz", **arrays)
-        plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars)
-        for m in snapshot_maps if snapshot_maps is not None else []:
-            plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")
-    return out
+    tmp = Path(folder)
+    table = result.table()
+    table.to_csv(tmp / "maps.csv", index=False)
+    (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
+    (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=1))
+    std = result.standardization
+    arrays = {
+        "map_indices": result.map_indices,
+        "best_images": result.best_images,
+        "best_pixels": std.to_pixels(result.best_images),
+        "best_objective": result.objective.max(axis=1),
+        "traces_best": result.traces[np.arange(len(result.map_indices)), result.best_start],
+    }
+    if all_starts:
+        arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
+    np.savez_compressed(tmp / "oips.npz", **arrays)
+    plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars)
+    for m in snapshot_maps if snapshot_maps is not None else []:
+        plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip.errors import JaxoipError
+from jaxoip._io import add_output_flags, prepare_output
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
 
@@ -49,24 +50,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_flags(p)
     cli.add_data_dir(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jaxoip import activations, checkpoint, scan
+    from jaxoip import checkpoint, scan
+    from jaxoip._memory import check_fits
     from jaxoip.data import load_mnist
+    from jaxoip.oip import default_chunk_size
 
-    if args.restarts is not None and args.restarts < 1:
-        raise JaxoipError("--restarts must be at least 1")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise JaxoipError("--chunk-size must be at least 1")
+    scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
+    if args.exemplars < 0:
+        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
     cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
     trained = checkpoint.resolve_model(args.model)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
-    data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+    check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
+    with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
+        data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+        s = _scan_and_write(args, trained, cfg, recipes, data, out)
+    live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
+    print(
+        f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
+        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}\n"
+        f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
+        f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
+        f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s)\n"
+        f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
+    )
+    return 0
+
+
+def _scan_and_write(args, trained, cfg, recipes, data, out) -> dict:
+    from jaxoip import activations, scan
+
     result = scan.scan_maps(
         trained,
         layer_name=args.layer,
@@ -81,24 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         data=data,
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
+        partial_dir=out.partial / "search",
     )
     exemplars = None
     if args.exemplars > 0 and args.node is None:
         ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
         # Only patches that really activate the map: a map dead on data shows none.
         exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
-    out = scan.write_scan(result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
-    s = result.summary()
-    live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
-    print(
-        f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
-        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}\n"
-        f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
-        f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
-        f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s)\n"
-        f"wrote {out}"
-    )
-    return 0
+    scan.write_scan_files(result, out.staging, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
+    return result.summary()
 
 
 if __name__ == "__main__":
