@@ -33,7 +33,8 @@ import pandas as pd
 from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
-from jaxoip._io import atomic_directory
+from jaxoip._io import prepare_output
+from jaxoip._check import check_float, check_int
 from jaxoip.data import MNIST
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
 from jaxoip.model import TrainedModel, get_layer, init_model, layer_output, layer_shapes, layer_specs
@@ -73,12 +74,16 @@ class CompareConfig:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not self.layers:
             raise JaxoipError("no layer to compare")
-        if self.max_samples < 1 or self.blocks < 2 or self.bootstrap < 1:
-            raise JaxoipError("max_samples and bootstrap must be at least 1, blocks at least 2")
-        if not 0 < self.ci < 1:
-            raise JaxoipError("ci must be between 0 and 1")
-        if self.test_subset is not None and self.test_subset < 2:
-            raise JaxoipError("test_subset must be at least 2 images")
+        check_int("max_samples", self.max_samples, 1)
+        check_int("blocks", self.blocks, 2)
+        check_int("bootstrap", self.bootstrap, 1)
+        check_int("test_subset", self.test_subset, 2, optional=True)
+        check_int("oip_maps", self.oip_maps, 1)
+        check_int("oip_restarts", self.oip_restarts, 1)
+        check_int("seed", self.seed)
+        check_float("ci", self.ci, 0, 1, lo_open=True, hi_open=True)
+        for t in self.thresholds:
+            check_float("threshold", t, -1, 1)
         if self.oip_layer is not None:
             if self.oip_layer not in self.layers:
                 raise LayerError(
@@ -890,20 +895,25 @@ def markdown_report(result: SeedComparison, command: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: SeedComparison, out: str | os.PathLike, command: str | None = None) -> Path:
-    """Writes report.md, results.json, metrics.csv (per pair), correlations.npz and figures, atomically."""
-    out = Path(out).absolute()
-    with atomic_directory(out) as tmp:
-        (tmp / "report.md").write_text(markdown_report(result, command))
-        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
-        result.pairs_table.to_csv(tmp / "metrics.csv", index=False)
-        arrays = {
-            f"{layer}__{c}__{result.names[a]}__{result.names[b]}".replace(" ", "_"): v
-            for (layer, c, (a, b)), v in result.correlations.items()
-        }
-        np.savez_compressed(tmp / "correlations.npz", **arrays)
-        for layer in result.config.layers:
-            plot_matching(result, layer, path=tmp / f"corr_{layer}.png")
-        if result.oip:
-            plot_matched_oips(result, path=tmp / f"oips_{result.config.oip_layer}.png")
-    return out
+def write_report(result: SeedComparison, out: str | os.PathLike, command: str | None = None, overwrite: bool = False) -> Path:
+    """Writes the report into the new or empty folder `out` (see `write_report_files`), as `jaxoip._io.prepare_output`."""
+    with prepare_output(out, "write_report", {}, overwrite=overwrite) as o:
+        write_report_files(result, o.staging, command)
+    return o.path
+
+
+def write_report_files(result: SeedComparison, folder: str | os.PathLike, command: str | None = None) -> None:
+    """Writes report.md, results.json, metrics.csv (per pair), correlations.npz and figures into `folder`."""
+    tmp = Path(folder)
+    (tmp / "report.md").write_text(markdown_report(result, command))
+    (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+    result.pairs_table.to_csv(tmp / "metrics.csv", index=False)
+    arrays = {
+        f"{layer}__{c}__{result.names[a]}__{result.names[b]}".replace(" ", "_"): v
+        for (layer, c, (a, b)), v in result.correlations.items()
+    }
+    np.savez_compressed(tmp / "correlations.npz", **arrays)
+    for layer in result.config.layers:
+        plot_matching(result, layer, path=tmp / f"corr_{layer}.png")
+    if result.oip:
+        plot_matched_oips(result, path=tmp / f"oips_{result.config.oip_layer}.png")
