@@ -74,6 +74,25 @@ def _config_diff(old: dict, new: dict) -> str:
     return "; ".join(diff[:3])
 
 
+def _lock_holder(path: Path) -> str | None:
+    """The pid written in the lock file of `path` while another process holds the lock, else None."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # Also releases a lock just taken.
+    return None
+
+
+def _locked_error(path: Path, holder: str) -> OutputError:
+    return OutputError(f"another jaxoip run (pid {holder}) is writing {path}; wait for it or choose another --out")
+
+
 def _user_entries(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name not in _OURS and not p.name.startswith(TMP_PREFIX))
 
@@ -162,6 +181,9 @@ def prepare_output(
     if overwrite and resume:
         raise OutputError("--overwrite and --resume exclude each other")
     config = json.loads(json.dumps(config, default=str))
+    holder = _lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        raise _locked_error(path, holder)
     _inspect(path, command, config, overwrite, resume)  # Before touching anything.
     created, fresh = not path.exists(), False
     try:
@@ -174,7 +196,7 @@ def prepare_output(
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(lock_fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputError(f"another jaxoip run (pid {holder}) is writing {path}; wait for it or choose another --out") from None
+            raise _locked_error(path, holder) from None
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, str(os.getpid()).encode(), 0)
         marker = _inspect(path, command, config, overwrite, resume)  # Again, now that we hold the lock.

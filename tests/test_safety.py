@@ -104,9 +104,10 @@ def test_failed_overwrite_keeps_the_old_result(tmp_path):
 
 def test_second_writer_is_locked_out(tmp_path):
     with prepare_output(tmp_path / "o", "x", {}):
-        with pytest.raises(OutputError, match=f"another jaxoip run \\(pid {os.getpid()}\\)"):
-            with prepare_output(tmp_path / "o", "x", {}, resume=True):
-                pass
+        for resume in (True, False):
+            with pytest.raises(OutputError, match=f"another jaxoip run \\(pid {os.getpid()}\\)"):
+                with prepare_output(tmp_path / "o", "x", {}, resume=resume):
+                    pass
 
 
 def test_lock_of_another_process(tmp_path):
@@ -118,9 +119,10 @@ def test_lock_of_another_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputError, match=f"pid {holder.pid}"):
-            with prepare_output(tmp_path / "o", "x", {}, resume=True):
-                pass
+        for resume in (True, False):  # A live run is named, whatever the flags.
+            with pytest.raises(OutputError, match=f"another jaxoip run \\(pid {holder.pid}\\)"):
+                with prepare_output(tmp_path / "o", "x", {}, resume=resume):
+                    pass
     finally:
         holder.kill()
         holder.wait()
