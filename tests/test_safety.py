@@ -209,10 +209,11 @@ def test_train_config_refuses(field, value):
         (["--momentum", "-5"], "momentum must be at least 0"),
         (["--decay-steps", "0"], "decay steps must be at least 1"),
         (["--train-subset", "0"], "train subset must be at least 1"),
-        (["--batch-size", "1000000"], "use --batch-size"),
+        (["--batch-size", "1000000"], "use --batch-size 9"),
     ],
 )
-def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path):
+def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
     _one_line_exit_2(capsys, train_lib.main, argv + ["--out", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()
 
@@ -257,10 +258,11 @@ def test_compare_config_refuses(kwargs):
         (["--chunk-size", "0"], "chunk size must be at least 1"),
         (["--epsilon", "nan"], "epsilon must be a finite number"),
         (["--epsilon", "inf"], "epsilon must be a finite number"),
-        (["--chunk-size", "100000000"], "use --chunk-size"),
+        (["--chunk-size", "100000"], "use --chunk-size 9"),
     ],
 )
-def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path):
+def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
     from jaxoip import scan_all_maps
 
     _one_line_exit_2(capsys, scan_all_maps.main, argv + ["--out", str(tmp_path / "o")], message)
@@ -323,7 +325,7 @@ def test_diverged_training_stops_with_the_epoch(mnist, tmp_path, capsys):
         train_lib.train(cfg, data=mnist, progress=False)
 
 
-def test_out_of_memory_is_one_line(capsys):
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
     def main(argv):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59000000000 bytes.")
 
@@ -331,6 +333,7 @@ def test_out_of_memory_is_one_line(capsys):
     assert "--batch-size" in err
     from jaxoip._memory import check_fits
 
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
     with pytest.raises(OutOfMemoryError, match=r"use --chunk-size \d+ or less"):
         check_fits(ModelConfig(), 10**9, "a chunk", "--chunk-size")
     check_fits(ModelConfig(), 64, "a chunk", "--chunk-size")
