@@ -243,6 +243,7 @@ def search_in_groups(model, layer_name, maps, x0, config, node, chunk: int, prog
     """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
 
     The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
+    `seconds` sums the search time of every group, measured when it was searched (in this run or the killed one).
     """
     n = len(maps)
     size = chunk * GROUP_CHUNKS
@@ -266,6 +267,7 @@ def search_in_groups(model, layer_name, maps, x0, config, node, chunk: int, prog
                     if str(z["key"]) == key:
                         part = {k: z[k] for k in _RESULT_ARRAYS}
                         steps_run = max(steps_run, int(z["steps_run"]))
+                        seconds += float(z["seconds"])  # Measured when the group was searched.
             except (OSError, ValueError, KeyError, EOFError):
                 part = None  # A damaged group is searched again.
         if part is None:
@@ -275,7 +277,7 @@ def search_in_groups(model, layer_name, maps, x0, config, node, chunk: int, prog
             steps_run = max(steps_run, res.steps_run)
             if path is not None:
                 tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-                np.savez(tmp, key=key, steps_run=res.steps_run, **part)
+                np.savez(tmp, key=key, steps_run=res.steps_run, seconds=res.seconds, **part)
                 os.replace(tmp, path)
         parts.append(part)
         if bar is not None:
