@@ -161,13 +161,17 @@ def test_damaged_orbax_files_give_one_line_without_asyncio_noise(tiny_checkpoint
     import subprocess
     import sys
 
-    bad = _copy(tiny_checkpoint, tmp_path / "bad")
-    for f in (bad / "state").rglob("*"):
+    truncated, garbage = _copy(tiny_checkpoint, tmp_path / "truncated"), _copy(tiny_checkpoint, tmp_path / "garbage")
+    for f in (truncated / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 10_000:
+            f.write_bytes(f.read_bytes()[:1000])
+    for f in (garbage / "state").rglob("*"):
         if f.is_file() and f.name != "_METADATA":
             f.write_bytes(b"garbage")
-    code = f"from jaxoip import cli, checkpoint; raise SystemExit(cli.run(lambda a: checkpoint.load_model({str(bad)!r})))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: cannot restore parameters"), proc.stderr
-    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
+    for bad in (truncated, garbage):
+        code = f"from jaxoip import cli, checkpoint; raise SystemExit(cli.run(lambda a: checkpoint.load_model({str(bad)!r})))"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: cannot restore parameters"), proc.stderr
+        assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
