@@ -9,7 +9,15 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "jaxoip.errors": ("JaxoipError", "DataError", "LayerError", "CheckpointError"),
+    "jaxoip.errors": (
+        "JaxoipError",
+        "DataError",
+        "LayerError",
+        "CheckpointError",
+        "DivergenceError",
+        "OutOfMemoryError",
+        "OutputError",
+    ),
     "jaxoip.data": ("MNIST", "Standardization", "load_mnist"),
     "jaxoip.model": (
         "CNN", "ModelConfig", "TrainedModel", "init_model", "layer_names", "layer_output", "layer_shapes",

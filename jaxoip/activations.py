@@ -26,6 +26,7 @@ import pandas as pd
 from flax import nnx
 
 from jaxoip import cli
+from jaxoip._io import prepare_output
 from jaxoip.data import MNIST, load_mnist
 from jaxoip.errors import DataError, JaxoipError
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, layer_specs, receptive_field
@@ -558,6 +559,7 @@ def _parser() -> argparse.ArgumentParser:
         "--exemplars", type=_positive, default=None, metavar="K", help="top-K test images per map of a conv/pool layer"
     )
     p.add_argument("--out", default="activations_out", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the complete jaxoip output folder at --out")
     cli.add_data_dir(p)
     return p
 
@@ -589,57 +591,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not s.strip().endswith(".npy"):
             parse_image_spec(s)  # Fail on a malformed spec before loading anything.
     trained = checkpoint.resolve_model(args.model, args.data_dir)
-    get_layer(trained.config, args.layer)
-    data = load_mnist(args.data_dir)
-    out = Path(args.out)
+    get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
+    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
+    with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
+        data = load_mnist(args.data_dir)
+        # Every image spec is resolved before the first figure: a bad one fails with nothing written.
+        images = get_images(args.image, data, trained.config.input_shape) if args.image else []
+        if args.compare:
+            get_images(args.compare, data, trained.config.input_shape)
+            get_images(args.versus, data, trained.config.input_shape)
+        _write_figures(args, trained, data, names, images, out.staging, out.path)
+    return 0
 
-    for img in get_images(args.image, data, trained.config.input_shape) if args.image else []:
+
+def _write_figures(args, trained, data, names, images, stage: Path, shown: Path):
+    from jaxoip import plots
+
+    for img in images:
         grid = layer_grid(trained, args.layer, img, per_row=args.per_row, standardize=args.standardize)
-        path = out / f"{args.layer}_{_file_stem(img.name)}.png"
+        path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
         plots.plot_layer_grid(grid, args.cmap, path)
         p = grid.probabilities
-        print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {path}")
+        print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {shown / path.name}")
     if args.compare:
         comp = compare_images(
             trained, args.layer, args.compare, args.versus, data, names, args.per_row, args.standardize
         )
-        path = out / f"compare_{args.layer}.png"
+        path = stage / f"compare_{args.layer}.png"
         plots.plot_comparison(comp, args.cmap, path)
-        csv = _write_csv(comp.summary, out / f"compare_{args.layer}.csv")
+        csv = _write_csv(comp.summary, stage / f"compare_{args.layer}.csv")
         s = comp.summary
         top = s["difference"].abs().sort_values(ascending=False).index[:8].tolist()
         print(
             f"{args.layer}: maps active only for {names[0]}: {s.index[s['only_a']].tolist()}; "
             f"only for {names[1]}: {s.index[s['only_b']].tolist()}; largest |mean difference|: {top}\n"
-            f"wrote {path} and {csv}"
+            f"wrote {shown / path.name} and {shown / csv.name}"
         )
     if args.confusion or args.misclassified or args.uncertain:
         pred = predict_split(trained, data, "test")
         print(f"test accuracy {pred.accuracy:.2%} ({int((pred.predicted != pred.labels).sum())} misclassified)")
         if args.confusion:
             cm = pred.confusion()
-            path = out / "confusion.png"
+            path = stage / "confusion.png"
             plots.plot_confusion_matrix(cm, path, title=f"test accuracy {pred.accuracy:.2%}")
-            print(f"most confused (true -> predicted):\n{most_confused(cm).to_string(index=False)}\nwrote {path}")
+            print(f"most confused (true -> predicted):\n{most_confused(cm).to_string(index=False)}\nwrote {shown / path.name}")
         for n, table, what in (
             (args.misclassified, misclassified, "misclassified"),
             (args.uncertain, least_confident, "uncertain"),
         ):
             if n:
                 rows = table(pred, n)
-                path = out / f"{what}.png"
+                path = stage / f"{what}.png"
                 plots.plot_predictions(rows, data.test_images, path, title=f"{what} test images")
-                print(f"{what}:\n{rows.to_string(index=False, float_format='{:.3f}'.format)}\nwrote {path}")
+                print(f"{what}:\n{rows.to_string(index=False, float_format='{:.3f}'.format)}\nwrote {shown / path.name}")
     if args.exemplars:
         start = time.perf_counter()
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars)
         seconds = time.perf_counter() - start
-        path = out / f"exemplars_{args.layer}.png"
+        path = stage / f"exemplars_{args.layer}.png"
         plots.plot_exemplars(ex, path)
         print(
-            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s; wrote {path}"
+            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s; wrote {shown / path.name}"
         )
-    return 0
+
+
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Orbax checkpoints of trained models: parameters plus a JSON of config, standardization and provenance.
 
-A checkpoint is a folder `<path>/` with `state/` (Orbax) and `metadata.json`. It is written under a
-temporary name and renamed into place, so an interrupted save never leaves a folder that loads.
+A checkpoint is a folder `<path>/` with `state/` (Orbax) and `metadata.json`. `save_model` writes it as a
+jaxoip output folder (`jaxoip._io.prepare_output`): staged, then moved into place, so an interrupted save
+never leaves a folder that loads. Loading refuses non-finite parameters or standardization, and checks
+both against checksums in the metadata (format 1 checkpoints, such as the shipped reference model, have no
+standardization checksum; their standardization is only checked for finiteness).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxoip._io import atomic_directory
+from jaxoip._io import prepare_output
 from jaxoip.data import Standardization
 from jaxoip.errors import CheckpointError
 from jaxoip.model import ModelConfig, TrainedModel, init_model
 
-FORMAT = "jaxoip-checkpoint/1"
+FORMAT = "jaxoip-checkpoint/2"
+LEGACY_FORMATS = ("jaxoip-checkpoint/1",)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.keras_import.
 REFERENCE_NAME = "reference_model"
 
@@ -46,33 +50,58 @@ def params_checksum(params) -> str:
     return h.hexdigest()
 
 
+def standardization_checksum(mean: float, std: float) -> str:
+    return hashlib.sha256(json.dumps([float(mean), float(std)]).encode()).hexdigest()
+
+
+def _check_standardization(mean, std, where: str):
+    if not (isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all() and std > 0):
+        raise CheckpointError(f"{where} has an invalid standardization (mean {mean}, std {std}; std must be finite and > 0)")
+
+
+def _check_finite_params(params, where: str):
+    bad = [k for k, a in _flat_params(params).items() if not np.isfinite(a).all()]
+    if bad:
+        raise CheckpointError(f"{where} has non-finite parameters ({', '.join(bad[:3])}): a diverged or corrupt model")
+
+
 def _checkpointer():
     import orbax.checkpoint as ocp  # Slow import; only where checkpoints are touched.
 
     return ocp.StandardCheckpointer()
 
 
-def save_model(path: str | os.PathLike, trained: TrainedModel) -> Path:
-    """Writes `trained` to folder `path` atomically (replacing an existing checkpoint there)."""
-    path = Path(path).absolute()
-    with atomic_directory(path) as tmp:
-        params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))
-        ckptr = _checkpointer()
-        ckptr.save(tmp / "state", params)
+def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
+    """Writes `state/` and `metadata.json` of `trained` into the existing, empty folder `folder`."""
+    folder = Path(folder).absolute()
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))
+    _check_finite_params(params, "the model to save")
+    std = trained.standardization
+    _check_standardization(std.mean, std.std, "the model to save")
+    with _checkpointer() as ckptr:
+        ckptr.save(folder / "state", params)
         ckptr.wait_until_finished()
-        meta = {
-            "format": FORMAT,
-            "model_config": trained.config.to_dict(),
-            "standardization": {"mean": trained.standardization.mean, "std": trained.standardization.std},
-            "train_config": trained.train_config,
-            "history": trained.history,
-            "metrics": trained.metrics,
-            "data_checksum": trained.data_checksum,
-            "params_checksum": params_checksum(params),
-        }
-        # metadata.json is written last: a folder without it is never taken for a checkpoint.
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
-    return path
+    meta = {
+        "format": FORMAT,
+        "model_config": trained.config.to_dict(),
+        "standardization": {"mean": std.mean, "std": std.std},
+        "train_config": trained.train_config,
+        "history": trained.history,
+        "metrics": trained.metrics,
+        "data_checksum": trained.data_checksum,
+        "params_checksum": params_checksum(params),
+        "standardization_checksum": standardization_checksum(std.mean, std.std),
+    }
+    # metadata.json is written last: a folder without it is never taken for a checkpoint.
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool = False) -> Path:
+    """Writes `trained` to the new or empty folder `path` (replacing a jaxoip checkpoint there with `overwrite`)."""
+    with prepare_output(path, "save_model", {}, overwrite=overwrite) as out:
+        write_checkpoint(out.staging, trained)
+    return out.path
 
 
 def _read_metadata(path: Path) -> dict:
@@ -87,7 +116,7 @@ def _read_metadata(path: Path) -> dict:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_file} is corrupt: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise CheckpointError(f"{meta_file} is not a {FORMAT} file")
     return meta
 
@@ -109,12 +138,14 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         std = Standardization(**meta["standardization"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
+    _check_standardization(std.mean, std.std, f"{path}/metadata.json")
 
     model = nnx.eval_shape(lambda: init_model(config, 0))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     try:
-        params = _checkpointer().restore(path / "state", target)
+        with _checkpointer() as ckptr:
+            params = ckptr.restore(path / "state", target)
     except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged or mismatched files.
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot restore parameters from {path}/state: {msg[:300]}") from None
@@ -127,6 +158,9 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         )
     if params_checksum(params) != meta.get("params_checksum"):
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
+    _check_finite_params(params, str(path))
+    if meta["format"] == FORMAT and meta.get("standardization_checksum") != standardization_checksum(std.mean, std.std):
+        raise CheckpointError(f"{path}: the standardization does not match its checksum in metadata.json (corrupt checkpoint)")
 
     graphdef, state = nnx.split(model)
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))

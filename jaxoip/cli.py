@@ -85,6 +85,14 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except JaxoipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from jaxoip._memory import is_out_of_memory
+
+        if not is_out_of_memory(e):
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        print(f"error: out of memory ({first[:200]}); use a smaller --batch-size or --chunk-size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -99,7 +107,7 @@ def int_list(text: str) -> list[int]:
             if "-" in part:
                 lo, hi = (int(v) for v in part.split("-", 1))
                 if hi < lo:
-                    raise argparse.ArgumentTypeError(f"reversed range {part!r}: write {hi}-{lo}")
+                    raise argparse.ArgumentTypeError(f"reversed range {part!r} in {text!r}; write {hi}-{lo}")
                 out.extend(range(lo, hi + 1))
             elif part:
                 out.append(int(part))

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from jaxoip._check import check_float, check_int
 from jaxoip.compare_oips import OIP_SOURCES, check_scan_options, compare_oips, oip_pair_metrics
 from jaxoip.compare_report import write_report
 from jaxoip.compare_result import COMPARISONS, SeedComparison
@@ -91,12 +92,17 @@ class CompareConfig:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not self.layers:
             raise JaxoipError("no layer to compare")
-        if self.max_samples < 1 or self.blocks < 2 or self.bootstrap < 1:
-            raise JaxoipError("max_samples and bootstrap must be at least 1, blocks at least 2")
-        if not 0 < self.ci < 1:
-            raise JaxoipError("ci must be between 0 and 1")
-        if self.test_subset is not None and self.test_subset < 2:
-            raise JaxoipError("test_subset must be at least 2 images")
+        check_int("max_samples", self.max_samples, 1)
+        check_int("blocks", self.blocks, 2)
+        check_int("bootstrap", self.bootstrap, 1)
+        check_int("test_subset", self.test_subset, 2, optional=True)
+        check_int("oip_maps", self.oip_maps, 1)
+        check_int("oip_restarts", self.oip_restarts, 1)
+        check_int("seed", self.seed)
+        check_int("oip_max_shift", self.oip_max_shift)
+        check_float("ci", self.ci, 0, 1, lo_open=True, hi_open=True)
+        for t in self.thresholds:
+            check_float("threshold", t, -1, 1)
         if self.oip_layer is not None:
             if self.oip_layer not in self.layers:
                 raise LayerError(

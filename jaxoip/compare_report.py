@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxoip._io import atomic_directory
+from jaxoip._io import prepare_output
 from jaxoip.compare_plots import plot_matched_oips, plot_matching, plot_oip_measures
 
 if TYPE_CHECKING:
@@ -172,21 +172,29 @@ def oip_section(result: SeedComparison) -> list[str]:
     return lines
 
 
-def write_report(result: SeedComparison, out: str | os.PathLike, command: str | None = None) -> Path:
-    """Writes report.md, results.json, metrics.csv (per pair), correlations.npz and figures, atomically."""
-    out = Path(out).absolute()
-    with atomic_directory(out) as tmp:
-        (tmp / "report.md").write_text(markdown_report(result, command))
-        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
-        result.pairs_table.to_csv(tmp / "metrics.csv", index=False)
-        arrays = {
-            f"{layer}__{c}__{result.names[a]}__{result.names[b]}".replace(" ", "_"): v
-            for (layer, c, (a, b)), v in result.correlations.items()
-        }
-        np.savez_compressed(tmp / "correlations.npz", **arrays)
-        for layer in result.config.layers:
-            plot_matching(result, layer, path=tmp / f"corr_{layer}.png")
-        if result.oip:
-            plot_matched_oips(result, path=tmp / f"oips_{result.config.oip_layer}.png")
-            plot_oip_measures(result, path=tmp / f"oip_measures_{result.config.oip_layer}.png")
-    return out
+def write_report(
+    result: SeedComparison, out: str | os.PathLike, command: str | None = None, overwrite: bool = False
+) -> Path:
+    """Writes the report into the new or empty folder `out` (see `write_report_files`), through
+    `jaxoip._io.prepare_output`: a folder holding anything jaxoip did not write is refused."""
+    with prepare_output(out, "write_report", {}, overwrite=overwrite) as o:
+        write_report_files(result, o.staging, command)
+    return o.path
+
+
+def write_report_files(result: SeedComparison, folder: str | os.PathLike, command: str | None = None) -> None:
+    """Writes report.md, results.json, metrics.csv (per pair), correlations.npz and figures into `folder`."""
+    tmp = Path(folder)
+    (tmp / "report.md").write_text(markdown_report(result, command))
+    (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
+    result.pairs_table.to_csv(tmp / "metrics.csv", index=False)
+    arrays = {
+        f"{layer}__{c}__{result.names[a]}__{result.names[b]}".replace(" ", "_"): v
+        for (layer, c, (a, b)), v in result.correlations.items()
+    }
+    np.savez_compressed(tmp / "correlations.npz", **arrays)
+    for layer in result.config.layers:
+        plot_matching(result, layer, path=tmp / f"corr_{layer}.png")
+    if result.oip:
+        plot_matched_oips(result, path=tmp / f"oips_{result.config.oip_layer}.png")
+        plot_oip_measures(result, path=tmp / f"oip_measures_{result.config.oip_layer}.png")

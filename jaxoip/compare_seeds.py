@@ -3,18 +3,21 @@
 Trains `--seeds` copies of the default CNN with the study's recipe, differing only in seed (batched over
 seeds in one compiled program), or loads `--models` checkpoints; compares every pair layer by layer
 against two nulls (untrained network, shuffled images) and writes a Markdown report, a JSON of every
-number and figures to --out. Trained checkpoints go to --models-out (default: <out>_models/seed_<s>).
+number and figures to --out. Trained checkpoints go to <out>/models/seed_<s>; while the run goes on they
+are kept as each group of seeds finishes, so `--resume` after a kill skips the seeds already trained.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from jaxoip import cli
+from jaxoip._io import add_output_flags, prepare_output
 from jaxoip.compare import CONV_LAYERS, CompareConfig
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, get_layer
@@ -37,7 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default: %(default)s)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
     p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default all)")
-    p.add_argument("--models-out", default=None, help="where to save trained checkpoints (default <out>_models)")
     p.add_argument("--layers", default=",".join(CONV_LAYERS), help="conv layers to compare (default: %(default)s)")
     p.add_argument("--test-subset", type=int, default=None, help="compare on the first N test images only")
     p.add_argument("--max-samples", type=int, default=d.max_samples, help="spatial samples per layer (%(default)s)")
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest translation (pixels) of the shift-invariant OIP similarity (default: %(default)s)")
     p.add_argument("--out", default="compare_out", help="report folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_flags(p, "report folder")
     cli.add_data_dir(p)
     return p
 
@@ -80,34 +83,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"a seed comparison needs at least two seeds, got --seeds {args.seeds}")
     if args.models is not None and len(args.models) < 2:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(args.models)}")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise JaxoipError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    tcfg = TrainConfig(epochs=args.epochs, train_subset=args.train_subset)
 
     from jaxoip import checkpoint, compare
     from jaxoip.data import load_mnist
-    from jaxoip.train import train_seeds
 
-    out = Path(args.out)
-    if args.models is not None:
+    models = names = None
+    if args.models is not None:  # Every model checked before any work.
         models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
         names = [Path(m).name for m in args.models]
         compare.check_models(models, layers)
+    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
+    with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = load_mnist(args.data_dir)
-    else:
-        data = load_mnist(args.data_dir)
-        seeds = list(range(args.seed, args.seed + args.seeds))
-        tcfg = TrainConfig(epochs=args.epochs, train_subset=args.train_subset)
-        models = train_seeds(seeds, tcfg, data=data, max_parallel=args.max_parallel, progress=not args.no_progress)
-        models_out = Path(args.models_out) if args.models_out else out.with_name(out.name + "_models")
-        names = [f"seed_{s}" for s in seeds]
-        for name, m in zip(names, models):
-            checkpoint.save_model(models_out / name, m)
-        print(f"trained {len(models)} models ({args.epochs} epochs each); checkpoints in {models_out}")
-    result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
-    command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    compare.write_report(result, out, command=command)
+        if models is None:
+            seeds = list(range(args.seed, args.seed + args.seeds))
+            names = [f"seed_{s}" for s in seeds]
+            models = trained_models(seeds, tcfg, data, out.partial / "models", args.max_parallel, not args.no_progress)
+            compare.check_models(models, layers)
+            print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
+        result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
+        command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+        compare.write_report_files(result, out.staging, command=command)
+        if args.models is None:
+            os.replace(out.partial / "models", out.staging / "models")
     for layer in layers:
         print(result.headline(layer))
-    print(f"wrote {out}/report.md ({result.seconds:.0f} s)")
+    print(f"wrote {out.path}/report.md ({result.seconds:.0f} s)")
     return 0
+
+
+def trained_models(seeds, cfg: TrainConfig, data, folder: Path, max_parallel=None, progress=True):
+    """One model per seed, as `train_seeds` trains them; each group of `max_parallel` seeds is saved to
+    `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again."""
+    import shutil
+
+    from jaxoip import checkpoint
+    from jaxoip.train import train_seeds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".seed_*.tmp-*"):  # Left by a killed run; the output lock is ours.
+        shutil.rmtree(stale, ignore_errors=True)
+    group = max_parallel or len(seeds)
+    models = []
+    for lo in range(0, len(seeds), group):
+        chunk = seeds[lo : lo + group]
+        paths = [folder / f"seed_{s}" for s in chunk]
+        if all((p / "metadata.json").is_file() for p in paths):
+            models += [checkpoint.load_model(p) for p in paths]
+            continue
+        trained = train_seeds(chunk, cfg, data=data, progress=progress)
+        for p, m in zip(paths, trained):
+            tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+            tmp.mkdir()
+            checkpoint.write_checkpoint(tmp, m)
+            if p.exists():  # A group cut short: its seeds are trained again together.
+                shutil.rmtree(p)
+            os.replace(tmp, p)  # A model is in place whole or not at all.
+        models += trained
+    return models
 
 
 if __name__ == "__main__":

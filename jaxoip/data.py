@@ -177,6 +177,8 @@ def _load_cached(data_dir: str | None) -> MNIST:
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
     """The explicit `data_dir`, else `$JAXOIP_DATA_DIR`, else None (tensorflow-datasets, if installed)."""
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise DataError(f"data_dir must be a folder path, got {data_dir!r}")
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     return str(Path(chosen).expanduser().resolve()) if chosen else None
 

@@ -15,3 +15,15 @@ class LayerError(JaxoipError):
 
 class CheckpointError(JaxoipError):
     """A checkpoint is missing, incomplete, corrupt or of another architecture."""
+
+
+class DivergenceError(JaxoipError):
+    """Training or a search produced non-finite values; nothing is saved."""
+
+
+class OutOfMemoryError(JaxoipError):
+    """A batch or chunk does not fit in the device's memory."""
+
+
+class OutputError(JaxoipError):
+    """An output folder jaxoip may not write: user files, a file, locked, read-only or full."""

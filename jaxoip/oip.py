@@ -20,10 +20,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
+from jaxoip._check import check_float, check_int
+from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.model import CNN, ModelConfig, get_layer, layer_shapes, map_activation
 from jaxoip.noise import standardize_image
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 
@@ -42,10 +43,13 @@ class OIPConfig:
 
     def __post_init__(self):
         check_precision(self.precision)
-        if self.steps < 1:
-            raise JaxoipError("steps must be at least 1")
-        if self.epsilon <= 0:
-            raise JaxoipError("epsilon must be positive")
+        object.__setattr__(self, "snapshot_steps", tuple(self.snapshot_steps))
+        check_int("steps", self.steps, 1)
+        check_float("epsilon", self.epsilon, 0, lo_open=True)
+        check_float("convergence criterion", self.conv_criterion, 0)
+        check_float("grad_eps", self.grad_eps, 0, lo_open=True)
+        for s in self.snapshot_steps:
+            check_int("snapshot step", s, 0)
 
     @property
     def snapshots(self) -> tuple[int, ...]:
@@ -75,6 +79,9 @@ def check_target(config: ModelConfig, layer_name: str, map_indices, node: tuple[
     maps = np.asarray(map_indices)
     if maps.size == 0:
         raise LayerError("no map index given")
+    if not np.issubdtype(maps.dtype, np.integer):
+        if not np.issubdtype(maps.dtype, np.number) or not np.all(np.isfinite(maps)) or np.any(maps != np.round(maps)):
+            raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
     if maps.min() < 0 or maps.max() >= c:
         bad = int(maps[(maps < 0) | (maps >= c)][0])
         raise LayerError(f"map index {bad} out of range: {layer_name} has maps 0..{c - 1}")
@@ -213,6 +220,19 @@ def chunk_layout(n: int, chunk_size: int | None, n_devices: int) -> tuple[int, i
     return chunk, math.ceil(n / chunk)
 
 
+def check_finite(res: dict):
+    """Stops on a diverged search (non-finite images or objectives) instead of reporting NaN as a finding."""
+    bad = ~(np.isfinite(res["images"]).all(axis=(1, 2, 3)) & np.isfinite(res["objective"]))
+    if bad.any():
+        i = int(np.argmax(bad))
+        steps = np.flatnonzero(~np.isfinite(res["traces"][i]))
+        at = f"step {int(steps[0])}" if steps.size else "the last step"
+        raise DivergenceError(
+            f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); "
+            "try a smaller epsilon"
+        )
+
+
 def search_oips(
     model: CNN,
     layer_name: str,
@@ -233,20 +253,18 @@ def search_oips(
 
     model_config = model.config
     graphdef, params = nnx.split(model)
-    raw_maps = np.asarray(map_indices).reshape(-1)
-    if raw_maps.size and not np.issubdtype(raw_maps.dtype, np.integer):
-        if not np.all(np.isfinite(raw_maps)) or np.any(raw_maps != np.round(raw_maps)):
-            raise JaxoipError("map indices must be integers")
-    map_indices = raw_maps.astype(np.int32)
     check_target(model_config, layer_name, map_indices, node)
+    map_indices = np.asarray(map_indices).astype(np.int32).reshape(-1)
     init_images = np.asarray(init_images, np.float32)
+    if not np.isfinite(init_images).all():
+        raise JaxoipError("start images hold NaN or infinite values")
+    if chunk_size is not None:
+        check_int("chunk size", chunk_size, 1)
     n = init_images.shape[0]
     if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
         raise JaxoipError(
             f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
         )
-    if not np.isfinite(init_images).all():
-        raise JaxoipError("start images contain NaN or infinite values")
     n_dev = len(jax.devices())
     chunk, n_chunks = chunk_layout(n, chunk_size, n_dev)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
@@ -270,4 +288,5 @@ def search_oips(
             parts.append(out)
             bar.update(1)
     res = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    check_finite(res)
     return OIPResult(snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res)

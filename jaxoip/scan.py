@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -16,20 +17,34 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jaxoip._io import atomic_directory
+from jaxoip._check import check_int
+from jaxoip._io import prepare_output
+from jaxoip._memory import check_fits
 from jaxoip.data import MNIST, Standardization
-from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, seeded_starts
 from jaxoip.numerics import check_seed
-from jaxoip.oip import OIPConfig, OIPResult, check_target, search_oips
+from jaxoip.oip import OIPConfig, OIPResult, check_target, default_chunk_size, search_oips
 from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
-from jaxoip.progress import Progress
+from jaxoip.progress import Progress, as_progress
 
 
 def default_restarts() -> int:
     """16 starts per map on an accelerator; 8 on a CPU, so the default scan stays within minutes."""
     return 8 if jax.default_backend() == "cpu" else 16
+
+
+# Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
+GROUP_CHUNKS = 8
+
+
+def check_scan_args(restarts=None, precursor_starts=64, screen=8, seed=0, chunk_size=None):
+    """The scan's numeric arguments, checked before anything is loaded or compiled."""
+    check_int("restarts", restarts, 1, optional=True)
+    check_int("precursor starts", precursor_starts, 1)
+    check_int("screen", screen, 1)
+    check_int("seed", seed)
+    check_int("chunk size", chunk_size, 1, optional=True)
 
 
 @dataclasses.dataclass
@@ -161,6 +176,7 @@ def scan_maps(
     data: MNIST | None = None,
     chunk_size: int | None = None,
     progress=True,
+    partial_dir: str | os.PathLike | None = None,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
@@ -169,23 +185,22 @@ def scan_maps(
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
     `data` adds each map's activation on the test images. Every compiled pass runs at
     `config.precision`. `progress`: True (default) for one progress display over all phases, False for
-    none, or a `jaxoip.progress.Progress` to report into.
+    none, or a `jaxoip.progress.Progress` to report into. With `partial_dir`, every finished group of
+    chunks of the search is kept there, and a repeated call skips them (same result as without a break).
     """
     t0 = time.perf_counter()
+    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
     get_layer(trained.config, layer_name, ("conv", "pool"))
     n_maps = layer_shapes(trained.config)[layer_name][-1]
-    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices, np.int32).reshape(-1)
+    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node)
     restarts = default_restarts() if restarts is None else int(restarts)
-    if restarts < 1:
-        raise JaxoipError(f"restarts must be at least 1, got {restarts}")
-    if screen < 1:
-        raise JaxoipError(f"screen must be at least 1, got {screen}")
-    if precursor_starts < 1:
-        raise JaxoipError(f"precursor starts must be at least 1, got {precursor_starts}")
     seed = check_seed(seed)
     precision = config.precision
+    maps = maps.astype(np.int32)
+    chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
+    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}") if own else progress
@@ -199,8 +214,12 @@ def scan_maps(
                 acts = data_activation(trained.model, x, layer_name, node, precision)
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
         with bar.phase("screening starts"):
-            start_recipe, x0 = screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, precision)
-        res = search_oips(trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk_size, bar)
+            start_recipe, x0 = screened_starts(
+                trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, precision
+            )
+        res = search_in_groups(
+            trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk, bar, partial_dir
+        )
     finally:
         if own:
             bar.close()
@@ -224,7 +243,75 @@ def scan_maps(
     )
 
 
-def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, precision="highest"):
+def _group_key(model, layer_name, maps, x0, config: OIPConfig, node, chunk: int) -> str:
+    """What a saved group's results depend on: the model, the target, the start images and the search."""
+    from flax import nnx
+
+    from jaxoip.checkpoint import params_checksum
+
+    h = hashlib.sha256()
+    h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())
+    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
+    h.update(np.ascontiguousarray(maps, np.int32).tobytes())
+    h.update(np.ascontiguousarray(x0, np.float32).tobytes())
+    return h.hexdigest()
+
+
+_RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero")
+
+
+def _load_group(path: Path | None, key: str | None) -> dict | None:
+    """A finished group saved by an earlier (killed) run, if it matches `key`; None otherwise."""
+    if path is None or not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["key"]) != key:
+                return None
+            return {k: z[k] for k in (*_RESULT_ARRAYS, "steps_run", "seconds")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # A damaged group is searched again.
+
+
+def search_in_groups(
+    model, layer_name, maps, x0, config, node, chunk: int, progress=False, partial_dir=None
+) -> OIPResult:
+    """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
+
+    The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
+    `seconds` sums the search time of every group, measured when it was searched (in this run or the killed one).
+    """
+    n = len(maps)
+    size = chunk * GROUP_CHUNKS
+    partial = Path(partial_dir) if partial_dir is not None else None
+    if partial is not None:
+        partial.mkdir(parents=True, exist_ok=True)
+    parts = []
+    with as_progress(progress, total=-(-n // size), desc=f"OIP search {layer_name}", unit="group") as bar:
+        for g, lo in enumerate(range(0, n, size)):
+            hi = min(lo + size, n)
+            key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
+            path = partial / f"group_{g:05d}.npz" if partial else None
+            part = _load_group(path, key)
+            if part is None:
+                res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, False)
+                part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
+                part.update(steps_run=res.steps_run, seconds=res.seconds)
+                if path is not None:
+                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+                    np.savez(tmp, key=key, **part)
+                    os.replace(tmp, path)
+            parts.append(part)
+            bar.update(1)
+    res = {k: np.concatenate([p[k] for p in parts]) for k in _RESULT_ARRAYS}
+    steps_run = max(int(p["steps_run"]) for p in parts)
+    seconds = sum(float(p["seconds"]) for p in parts)
+    return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res)
+
+
+def screened_starts(
+    trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, precision="highest"
+):
     """Start images (M * R, 28, 28, 1) and their recipe indices (M, R).
 
     Candidate c of map m comes from fold_in(fold_in(fold_in(key(seed), SEARCH_STREAM), m), c), with the
@@ -254,32 +341,41 @@ def write_scan(
     all_starts: bool = False,
     exemplars=None,
     extra_summary: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `out`.
+    """Writes the scan into the new or empty folder `out` (see `write_scan_files`); `jaxoip._io.prepare_output` rules."""
+    with prepare_output(out, "write_scan", {}, overwrite=overwrite) as o:
+        write_scan_files(result, o.staging, snapshot_maps, all_starts, exemplars, extra_summary)
+    return o.path
 
-    Everything is written to a temporary folder first and renamed into place at the end, so an
-    interrupted run never leaves a folder that looks complete.
-    """
+
+def write_scan_files(
+    result: ScanResult,
+    folder: str | os.PathLike,
+    snapshot_maps=None,
+    all_starts: bool = False,
+    exemplars=None,
+    extra_summary: dict | None = None,
+):
+    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`."""
     from jaxoip import plots
 
-    out = Path(out).absolute()
-    with atomic_directory(out) as tmp:
-        table = result.table()
-        table.to_csv(tmp / "maps.csv", index=False)
-        (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
-        (tmp / "summary.json").write_text(json.dumps({**result.summary(), **(extra_summary or {})}, indent=1))
-        std = result.standardization
-        arrays = {
-            "map_indices": result.map_indices,
-            "best_images": result.best_images,
-            "best_pixels": std.to_pixels(result.best_images),
-            "best_objective": result.objective.max(axis=1),
-            "traces_best": result.traces[np.arange(len(result.map_indices)), result.best_start],
-        }
-        if all_starts:
-            arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
-        np.savez_compressed(tmp / "oips.npz", **arrays)
-        plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars)
-        for m in snapshot_maps if snapshot_maps is not None else []:
-            plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")
-    return out
+    tmp = Path(folder)
+    table = result.table()
+    table.to_csv(tmp / "maps.csv", index=False)
+    (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
+    (tmp / "summary.json").write_text(json.dumps({**result.summary(), **(extra_summary or {})}, indent=1))
+    std = result.standardization
+    arrays = {
+        "map_indices": result.map_indices,
+        "best_images": result.best_images,
+        "best_pixels": std.to_pixels(result.best_images),
+        "best_objective": result.objective.max(axis=1),
+        "traces_best": result.traces[np.arange(len(result.map_indices)), result.best_start],
+    }
+    if all_starts:
+        arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
+    np.savez_compressed(tmp / "oips.npz", **arrays)
+    plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars)
+    for m in snapshot_maps if snapshot_maps is not None else []:
+        plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")

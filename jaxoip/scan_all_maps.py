@@ -12,10 +12,11 @@ import time
 from collections.abc import Sequence
 
 from jaxoip import cli
+from jaxoip._io import add_output_flags, prepare_output
+from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
-from jaxoip.compiles import count_compiles
 from jaxoip.progress import Progress
 
 
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
     cli.add_engine_flags(p)
+    add_output_flags(p)
     cli.add_data_dir(p)
     return p
 
@@ -60,13 +62,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
-    from jaxoip import activations, checkpoint, scan
+    from jaxoip import checkpoint, scan
+    from jaxoip._memory import check_fits
     from jaxoip.data import HOW_TO_ADD, optional_mnist
+    from jaxoip.oip import default_chunk_size
 
-    if args.restarts is not None and args.restarts < 1:
-        raise JaxoipError("--restarts must be at least 1")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise JaxoipError("--chunk-size must be at least 1")
+    scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
+    if args.exemplars < 0:
+        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
     cfg = OIPConfig(
         steps=args.steps,
         epsilon=args.epsilon,
@@ -78,47 +81,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
-    data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
-    if data is None:
-        print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
-    with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
-        result = scan.scan_maps(
-            trained,
-            layer_name=args.layer,
-            map_indices=args.maps,
-            restarts=args.restarts,
-            config=cfg,
-            recipes=recipes,
-            precursor_starts=args.precursor_starts,
-            screen=args.screen,
-            seed=args.seed,
-            node=args.node,
-            data=data,
-            chunk_size=args.chunk_size,
-            progress=bar,
-        )
-        exemplars = None
-        if args.exemplars > 0 and args.node is None and data is not None:
-            with bar.phase("exemplars"):
-                ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
-                # Only patches that really activate the map: a map dead on data shows none.
-                exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
-        with bar.phase("figures and tables"):
-            extra = {
-                "compilation_cache": str(cache) if cache else None,
-                "compiled_programs": compiles.compiled,
-                "cached_programs": compiles.cache_hits,
-                "command_seconds": round(time.perf_counter() - t_start, 2),
-                "phase_seconds": bar.seconds,
-            }
-            out = scan.write_scan(
-                result,
-                args.out,
-                snapshot_maps=args.maps,
-                all_starts=args.all_starts,
-                exemplars=exemplars,
-                extra_summary=extra,
-            )
+    check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    config = {
+        k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")
+    }
+    with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
+        data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+        if data is None:
+            print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
+        with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
+            result = _scan(args, trained, cfg, recipes, data, out, bar)
+            exemplars = result_exemplars(args, trained, data, result, bar)
+            with bar.phase("figures and tables"):
+                extra = {
+                    "compilation_cache": str(cache) if cache else None,
+                    "compiled_programs": compiles.compiled,
+                    "cached_programs": compiles.cache_hits,
+                    "command_seconds": round(time.perf_counter() - t_start, 2),
+                    "phase_seconds": bar.seconds,
+                }
+                scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
     s = result.summary()
     live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
     print(
@@ -128,9 +110,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
         f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s), "
         f"precision {s['precision']}; {compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
-        f"wrote {out}"
+        f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
     )
     return 0
+
+
+def _scan(args, trained, cfg, recipes, data, out, bar):
+    from jaxoip import scan
+
+    return scan.scan_maps(
+        trained,
+        layer_name=args.layer,
+        map_indices=args.maps,
+        restarts=args.restarts,
+        config=cfg,
+        recipes=recipes,
+        precursor_starts=args.precursor_starts,
+        screen=args.screen,
+        seed=args.seed,
+        node=args.node,
+        data=data,
+        chunk_size=args.chunk_size,
+        progress=bar,
+        partial_dir=out.partial / "search",
+    )
+
+
+def result_exemplars(args, trained, data, result, bar) -> dict | None:
+    """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
+    from jaxoip import activations
+
+    if args.exemplars == 0 or args.node is not None or data is None:
+        return None
+    with bar.phase("exemplars"):
+        ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
+    # Only patches that really activate the map: a map dead on data shows none.
+    return {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,11 @@ import optax
 from flax import nnx
 
 from jaxoip import cli
+from jaxoip._check import check_float, check_int
+from jaxoip._io import add_output_flags, prepare_output
+from jaxoip._memory import check_fits
 from jaxoip.data import MNIST, Standardization, load_mnist
-from jaxoip.errors import JaxoipError
+from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
@@ -57,8 +61,15 @@ class TrainConfig:
         ):
             if value not in options:
                 raise JaxoipError(f"unknown {name} {value!r}; choose from {', '.join(options)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise JaxoipError("epochs and batch size must be at least 1")
+        check_int("epochs", self.epochs, 1)
+        check_int("batch size", self.batch_size, 1)
+        check_float("learning rate", self.learning_rate, 0, lo_open=True)
+        check_float("momentum", self.momentum, 0, 1, hi_open=True)
+        check_float("decay rate", self.decay_rate, 0, lo_open=self.schedule == "exponential")
+        check_int("decay steps", self.decay_steps, 1)
+        check_float("regularization parameter", self.reg_param, 0)
+        check_int("seed", self.seed)
+        check_int("train subset", self.train_subset, 1, optional=True)
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -175,6 +186,8 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 def _device_data(data: MNIST, cfg: TrainConfig):
     """Standardization fitted on the (subset of the) training images, and both splits standardized on device."""
     train_x, train_y = data.train_images, data.train_labels
+    if cfg.train_subset is not None and cfg.train_subset > len(train_x):
+        raise JaxoipError(f"train subset {cfg.train_subset} is larger than the {len(train_x)} training images")
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
     std = Standardization.fit(train_x)
@@ -193,9 +206,56 @@ def _trained(model, std, history, cfg: TrainConfig, data: MNIST) -> TrainedModel
     )
 
 
+def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None = None):
+    """Stops a diverged run (non-finite loss) instead of saving a broken model."""
+    if not (np.isfinite(loss) and np.isfinite(val_loss)):
+        who = f"seed {seed}: " if seed is not None else ""
+        raise DivergenceError(
+            f"{who}training diverged in epoch {epoch + 1} (loss {loss}, test loss {val_loss}); "
+            "nothing saved; try a smaller learning rate"
+        )
+
+
 def _summarize(metrics) -> tuple[float, float]:
     loss, acc, n = (np.asarray(m, np.float64) for m in metrics)
     return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
+
+
+def _epoch_manager(directory: Path):
+    """Keeps the latest epoch's parameters, optimizer state and history (saved synchronously: the
+    buffers are donated to the next epoch)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "history"))
+
+
+def _restore_epoch(manager, params, opt_state):
+    """(epochs done, params, opt_state, history) of the latest saved epoch, or None when there is none."""
+    import orbax.checkpoint as ocp
+
+    epoch = manager.latest_step()
+    if epoch is None:
+        return None
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), {"params": params, "opt_state": opt_state})
+    try:
+        r = manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore())
+        )
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files.
+        raise JaxoipError(f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})") from None
+    return epoch, r.state["params"], r.state["opt_state"], {k: list(v) for k, v in r.history.items()}
+
+
+def _save_epoch(manager, epoch: int, params, opt_state, history):
+    import orbax.checkpoint as ocp
+
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}), history=ocp.args.JsonSave(history)
+        ),
+    )
 
 
 def train(
@@ -204,10 +264,18 @@ def train(
     data: MNIST | None = None,
     data_dir: str | None = None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> TrainedModel:
-    """Trains one CNN from `cfg.seed`; returns it with its standardization and per-epoch history."""
+    """Trains one CNN from `cfg.seed`; returns it with its standardization and per-epoch history.
+
+    With `checkpoint_dir`, the state after every epoch is kept there (Orbax `CheckpointManager`) and a
+    run interrupted before its end continues from its last epoch, to the same weights as without a break.
+    """
+    check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
+    # A batch larger than the data is the whole data, as in Keras (padding it would only waste memory).
+    batch_size = min(cfg.batch_size, train_x.shape[0])
 
     init_key, shuffle_key = jax.random.split(jax.random.key(cfg.seed))
     model = init_model(model_config, init_key)
@@ -219,23 +287,35 @@ def train(
     schedule = learning_rate_schedule(cfg)
 
     history = {k: [] for k in HISTORY_KEYS}
-    steps = 0
-    epochs = range(cfg.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc="training", unit="epoch")
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], cfg.batch_size)
-        params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
-        loss, acc = _summarize(metrics)
-        val_loss, val_acc = (float(v) for v in evaluate(params, test_x, test_y))
-        steps += idx.shape[0]
-        for k, v in zip(history, (loss, acc, val_loss, val_acc, float(schedule(steps)), time.perf_counter() - t0)):
-            history[k].append(v)
+    start = 0
+    manager = _epoch_manager(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+    try:
+        restored = _restore_epoch(manager, params, opt_state) if manager is not None else None
+        if restored is not None:
+            start, params, opt_state, history = restored
+        steps = start * -(-train_x.shape[0] // batch_size)
+        epochs = range(start, cfg.epochs)
         if progress:
-            epochs.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", val_acc=f"{val_acc:.4f}")
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc="training", unit="epoch", initial=start, total=cfg.epochs)
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], batch_size)
+            params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
+            loss, acc = _summarize(metrics)
+            val_loss, val_acc = (float(v) for v in evaluate(params, test_x, test_y))
+            check_converging(epoch, loss, val_loss)
+            steps += idx.shape[0]
+            for k, v in zip(history, (loss, acc, val_loss, val_acc, float(schedule(steps)), time.perf_counter() - t0)):
+                history[k].append(v)
+            if manager is not None:
+                _save_epoch(manager, epoch + 1, params, opt_state, history)
+            if progress:
+                epochs.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", val_acc=f"{val_acc:.4f}")
+    finally:
+        if manager is not None:
+            manager.close()
 
     return _trained(nnx.merge(graphdef, params), std, history, cfg, data)
 
@@ -281,9 +361,13 @@ def train_seeds(
         raise JaxoipError("no seed given")
     if max_parallel is not None and max_parallel < 1:
         raise JaxoipError("max_parallel must be at least 1")
+    group = max_parallel or len(seeds)
+    per_batch = min(cfg.batch_size, cfg.train_subset or 60_000) * min(group, len(seeds))
+    check_fits(model_config, per_batch, "a training batch (batch size x seeds in parallel)", "--max-parallel or --batch-size")
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
     n = train_x.shape[0]
+    batch_size = min(cfg.batch_size, n)
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
     tx, train_epoch = make_train_epoch(graphdef, cfg)
@@ -292,11 +376,10 @@ def train_seeds(
     evaluate = jax.jit(jax.vmap(make_evaluate(graphdef, precision=cfg.precision), in_axes=(0, None, None)))
     init_opt = jax.jit(jax.vmap(tx.init))
     batches = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, cfg.batch_size), (0, None))
+        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, batch_size), (0, None))
     )
     schedule = learning_rate_schedule(cfg)
 
-    group = max_parallel or len(seeds)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -322,6 +405,7 @@ def train_seeds(
             seconds = time.perf_counter() - t0
             for i, h in enumerate(histories):
                 loss, acc = _summarize([m[i] for m in metrics])
+                check_converging(epoch, loss, float(val_loss[i]), chunk[i])
                 values = (loss, acc, float(val_loss[i]), float(val_acc[i]), float(schedule(steps)), seconds)
                 for k, v in zip(h, values):
                     h[k].append(v)
@@ -339,7 +423,9 @@ def train_seeds(
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m jaxoip.train", description="Train the study's CNN on MNIST.")
-    p.add_argument("--out", default="runs/model", help="checkpoint folder to write (default: %(default)s)")
+    p.add_argument(
+        "--out", default="runs/model", help="checkpoint folder to write, with history.json/png (default: %(default)s)"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
@@ -353,6 +439,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="controls initialization and shuffling")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
     p.add_argument("--no-progress", action="store_true")
+    add_output_flags(p, "checkpoint folder")
     cli.add_data_dir(p)
     return p
 
@@ -375,15 +462,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         train_subset=args.train_subset,
     )
-    trained = train(cfg, data_dir=args.data_dir, progress=not args.no_progress)
-    out = Path(args.out)
-    checkpoint.save_model(out, trained)
-    (out.parent / f"{out.name}_history.json").write_text(json.dumps(trained.history, indent=1))
-    plots.plot_history(trained.history, out.parent / f"{out.name}_history.png")
+    check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
+    # Config, then the output folder, then data and compilation: a bad argument or --out fails at once.
+    with prepare_output(
+        args.out, "train", dataclasses.asdict(cfg), args.overwrite, args.resume, expected_bytes=16 * 2**20
+    ) as out:
+        trained = train(cfg, data_dir=args.data_dir, progress=not args.no_progress, checkpoint_dir=out.partial / "epochs")
+        checkpoint.write_checkpoint(out.staging, trained)
+        (out.staging / "history.json").write_text(json.dumps(trained.history, indent=1))
+        plots.plot_history(trained.history, out.staging / "history.png")
     h = trained.history
     print(
         f"test accuracy {h['val_accuracy'][-1]:.4%}, test loss {h['val_loss'][-1]:.4f} after {cfg.epochs} epochs "
-        f"({sum(h['seconds']):.0f} s); checkpoint {out}"
+        f"({sum(h['seconds']):.0f} s){' (resumed)' if out.resumed else ''}; checkpoint {out.path}"
     )
     return 0
 

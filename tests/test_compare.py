@@ -161,11 +161,12 @@ def test_matching_recovers_a_known_permutation(seed_models, small_mnist):
 
 
 def test_compare_seeds_end_to_end(tmp_path, capsys, mnist):
-    out, models_out = tmp_path / "report", tmp_path / "models"
+    out = tmp_path / "report"
+    models_out = out / "models"
     argv = [
         "--seeds", "2", "--epochs", "1", "--train-subset", "512", "--test-subset", "300",
         "--max-samples", "20000", "--bootstrap", "10", "--oip-steps", "5", "--oip-restarts", "2",
-        "--oip-maps", "3", "--out", str(out), "--models-out", str(models_out), "--no-progress",
+        "--oip-maps", "3", "--out", str(out), "--no-progress",
     ]  # fmt: skip
     assert cli.run(main, argv) == 0
     printed = capsys.readouterr().out

@@ -73,9 +73,10 @@ def test_train_command_writes_checkpoint_history_and_plot(tmp_path, mnist, capsy
     rc = cli.run(train_lib.main, ["--epochs", "1", "--train-subset", "256", "--out", str(out), "--no-progress"])
     assert rc == 0
     assert (out / "metadata.json").is_file()
-    history = json.loads((tmp_path / "m_history.json").read_text())
+    history = json.loads((out / "history.json").read_text())
     assert len(history["val_accuracy"]) == 1
-    assert (tmp_path / "m_history.png").stat().st_size > 1000
+    assert (out / "history.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # One unit: nothing beside the folder.
     assert "test accuracy" in capsys.readouterr().out
 
 

@@ -1,0 +1,30 @@
+"""Field checks shared by the config dataclasses: one clear `JaxoipError` per bad value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from jaxoip.errors import JaxoipError
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None, optional: bool = False):
+    """`value` is an integer (not a bool) in [lo, hi]; None passes when `optional`."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise JaxoipError(f"{name} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise JaxoipError(f"{name} must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise JaxoipError(f"{name} must be at most {hi}, got {value}")
+
+
+def check_float(name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """`value` is a finite real number in the interval from lo to hi (open ends where asked)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise JaxoipError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise JaxoipError(f"{name} must be {'above' if lo_open else 'at least'} {lo}, got {value}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise JaxoipError(f"{name} must be {'below' if hi_open else 'at most'} {hi}, got {value}")

@@ -1,0 +1,451 @@
+"""Issue 9: output folders never destroy user files, bad values are refused, killed runs resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxoip import cli, scan
+from jaxoip import train as train_lib
+from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_marker
+from jaxoip.checkpoint import load_model, params_checksum
+from jaxoip.compare import CompareConfig
+from jaxoip.data import Standardization, load_mnist
+from jaxoip.errors import CheckpointError, DataError, DivergenceError, JaxoipError, LayerError, OutOfMemoryError, OutputError
+from jaxoip.model import ModelConfig, TrainedModel, init_model
+from jaxoip.oip import OIPConfig, check_finite, search_oips
+from jaxoip.train import TrainConfig
+
+
+def _one_line_exit_2(capsys, main, argv, message):
+    assert cli.run(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err, err
+    return err
+
+
+# --- Output folders ------------------------------------------------------------------------------------------
+
+
+def _write(out, **files):
+    for name, text in files.items():
+        (out.staging / name).write_text(text)
+
+
+def test_user_folder_is_refused_and_untouched(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _one_line_exit_2(capsys, train_lib.main, ["--out", str(tmp_path), "--epochs", "1"], "did not write (notes.txt)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with pytest.raises(OutputError, match="did not write"):
+        with prepare_output(tmp_path, "x", {}, overwrite=True):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_current_directory_with_user_files_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "project.py").write_text("code")
+    monkeypatch.chdir(tmp_path)
+    _one_line_exit_2(capsys, train_lib.main, ["--out", ".", "--epochs", "1"], "did not write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project.py"]
+
+
+def test_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "result"
+    f.write_text("data")
+    _one_line_exit_2(capsys, train_lib.main, ["--out", str(f)], "is a file")
+    assert f.read_text() == "data"
+
+
+def test_complete_folder_needs_overwrite_which_replaces_only_jaxoip_files(tmp_path):
+    out_dir = tmp_path / "out"
+    with prepare_output(out_dir, "x", {"a": 1}) as out:
+        _write(out, **{"a.txt": "1", "b.txt": "1"})
+    marker = read_marker(out_dir)
+    assert marker["status"] == "complete" and marker["files"] == ["a.txt", "b.txt"] and marker["config"] == {"a": 1}
+    with pytest.raises(OutputError, match="--overwrite"):
+        with prepare_output(out_dir, "x", {"a": 1}):
+            pass
+    (out_dir / "mine.txt").write_text("user")  # Added by the user after the run.
+    with prepare_output(out_dir, "x", {"a": 2}, overwrite=True) as out:
+        _write(out, **{"a.txt": "2"})
+    assert (out_dir / "a.txt").read_text() == "2" and not (out_dir / "b.txt").exists()
+    assert (out_dir / "mine.txt").read_text() == "user"
+    assert read_marker(out_dir)["files"] == ["a.txt"]
+
+
+def test_failed_run_in_a_new_folder_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with prepare_output(tmp_path / "new", "x", {}) as out:
+            _write(out, **{"a.txt": "1"})
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_overwrite_keeps_the_old_result(tmp_path):
+    with prepare_output(tmp_path / "o", "x", {}) as out:
+        _write(out, **{"a.txt": "old"})
+    with pytest.raises(RuntimeError):
+        with prepare_output(tmp_path / "o", "x", {}, overwrite=True) as out:
+            _write(out, **{"a.txt": "new"})
+            raise RuntimeError("boom")
+    assert (tmp_path / "o" / "a.txt").read_text() == "old"
+    assert not list((tmp_path / "o").glob(TMP_PREFIX + "*"))
+
+
+def test_second_writer_is_locked_out(tmp_path):
+    with prepare_output(tmp_path / "o", "x", {}):
+        for resume in (True, False):
+            with pytest.raises(OutputError, match=f"another jaxoip run \\(pid {os.getpid()}\\)"):
+                with prepare_output(tmp_path / "o", "x", {}, resume=resume):
+                    pass
+
+
+def test_lock_of_another_process(tmp_path):
+    code = (
+        "import sys, time; from jaxoip._io import prepare_output\n"
+        f"with prepare_output({str(tmp_path / 'o')!r}, 'x', {{}}):\n"
+        "    print('locked', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in (True, False):  # A live run is named, whatever the flags.
+            with pytest.raises(OutputError, match=f"another jaxoip run \\(pid {holder.pid}\\)"):
+                with prepare_output(tmp_path / "o", "x", {}, resume=resume):
+                    pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock dies with its holder: the interrupted run can now be resumed.
+    with prepare_output(tmp_path / "o", "x", {}, resume=True) as out:
+        _write(out, **{"a.txt": "1"})
+    assert read_marker(tmp_path / "o")["status"] == "complete"
+
+
+def test_resume_needs_the_same_settings_and_cleans_dead_temporary_folders(tmp_path):
+    out_dir = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        with prepare_output(out_dir, "x", {"steps": 5}) as out:
+            out.partial.mkdir()
+            (out.partial / "work").write_text("done")
+            raise KeyboardInterrupt
+    stale = out_dir / f"{TMP_PREFIX}999999999"
+    stale.mkdir()
+    with pytest.raises(OutputError, match="--resume to finish it"):
+        with prepare_output(out_dir, "x", {"steps": 5}):
+            pass
+    with pytest.raises(OutputError, match="other settings \\(steps: 5 then, 6 now"):
+        with prepare_output(out_dir, "x", {"steps": 6}, resume=True):
+            pass
+    with prepare_output(out_dir, "x", {"steps": 5}, resume=True) as out:
+        assert out.resumed and (out.partial / "work").read_text() == "done"
+        assert not stale.exists()
+    assert not (out_dir / PARTIAL).exists()
+    with pytest.raises(OutputError, match="already complete"):
+        with prepare_output(out_dir, "x", {"steps": 5}, resume=True):
+            pass
+
+
+def test_disk_room_and_write_errors_are_one_line(tmp_path):
+    with pytest.raises(OutputError, match="not enough room"):
+        with prepare_output(tmp_path / "o", "x", {}, expected_bytes=2**62):
+            pass
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(OutputError, match="cannot write to .*No space left"):
+        with prepare_output(tmp_path / "o", "x", {}):
+            raise OSError(28, "No space left on device")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_location_is_refused(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="cannot write"):
+            with prepare_output(tmp_path / "o", "x", {}):
+                pass
+    finally:
+        tmp_path.chmod(0o755)
+
+
+# --- Validation up front -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("learning_rate", float("nan")),
+        ("learning_rate", -1.0),
+        ("momentum", -5.0),
+        ("momentum", 1.0),
+        ("decay_steps", 0),
+        ("decay_rate", float("inf")),
+        ("reg_param", -1e-3),
+        ("train_subset", 0),
+        ("train_subset", -5),
+        ("epochs", 0),
+        ("batch_size", 2.5),
+    ],
+)
+def test_train_config_refuses(field, value):
+    with pytest.raises(JaxoipError, match=field.split("_")[0]):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "nan"], "learning rate must be a finite number"),
+        (["--lr", "-1"], "learning rate must be above 0"),
+        (["--momentum", "-5"], "momentum must be at least 0"),
+        (["--decay-steps", "0"], "decay steps must be at least 1"),
+        (["--train-subset", "0"], "train subset must be at least 1"),
+        (["--batch-size", "1000000"], "use --batch-size 9"),
+    ],
+)
+def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
+    _one_line_exit_2(capsys, train_lib.main, argv + ["--out", str(tmp_path / "o")], message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_subset_larger_than_the_data(mnist):
+    with pytest.raises(JaxoipError, match="larger than the 60000 training images"):
+        train_lib.train(TrainConfig(train_subset=60_001, epochs=1), data=mnist, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epsilon": float("nan")}, "epsilon must be a finite number"),
+        ({"epsilon": float("inf")}, "epsilon must be a finite number"),
+        ({"epsilon": 0.0}, "epsilon must be above 0"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"conv_criterion": float("nan")}, "convergence criterion"),
+        ({"snapshot_steps": (1.5,)}, "snapshot step must be an integer"),
+    ],
+)
+def test_oip_config_refuses(kwargs, message):
+    with pytest.raises(JaxoipError, match=message):
+        OIPConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_samples": 0}, {"bootstrap": -1}, {"oip_maps": 0}, {"ci": float("nan")}, {"thresholds": (float("nan"),)}],
+)
+def test_compare_config_refuses(kwargs):
+    with pytest.raises(JaxoipError):
+        CompareConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--precursor-starts", "0"], "precursor starts must be at least 1"),
+        (["--precursor-starts", "-3"], "precursor starts must be at least 1"),
+        (["--screen", "0"], "screen must be at least 1"),
+        (["--restarts", "0"], "restarts must be at least 1"),
+        (["--chunk-size", "0"], "chunk size must be at least 1"),
+        (["--epsilon", "nan"], "epsilon must be a finite number"),
+        (["--epsilon", "inf"], "epsilon must be a finite number"),
+        (["--chunk-size", "100000"], "use --chunk-size 9"),
+    ],
+)
+def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
+    from jaxoip import scan_all_maps
+
+    _one_line_exit_2(capsys, scan_all_maps.main, argv + ["--out", str(tmp_path / "o")], message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_reversed_range_is_refused():
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="reversed range '5-2'"):
+        cli.int_list("0,5-2")
+    assert cli.int_list("0,2-4") == [0, 2, 3, 4]
+
+
+def _untrained() -> TrainedModel:
+    return TrainedModel(model=init_model(ModelConfig(), 0), standardization=Standardization(0.13, 0.31))
+
+
+def test_scan_maps_restarts_zero_is_not_the_default():
+    with pytest.raises(JaxoipError, match="restarts must be at least 1"):
+        scan.scan_maps(_untrained(), map_indices=[0], restarts=0)
+
+
+def test_search_refuses_nan_starts_and_fractional_maps():
+    model = _untrained().model
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    with pytest.raises(LayerError, match="must be integers"):
+        search_oips(model, "Conv2D_3", [0.5, 1], x, OIPConfig(steps=2))
+    x[1, 3, 3, 0] = np.nan
+    with pytest.raises(JaxoipError, match="NaN"):
+        search_oips(model, "Conv2D_3", [0, 1], x, OIPConfig(steps=2))
+
+
+def test_load_mnist_of_a_number_is_one_clear_error():
+    with pytest.raises(DataError, match="data_dir must be a folder path, got 123"):
+        load_mnist(123)
+
+
+# --- Divergence, memory -----------------------------------------------------------------------------------
+
+
+def test_diverged_search_names_the_step():
+    n, steps = 3, 5
+    res = {
+        "images": np.zeros((n, 28, 28, 1), np.float32),
+        "objective": np.array([1.0, np.nan, 1.0]),
+        "traces": np.ones((n, steps)),
+    }
+    res["traces"][1, 3:] = np.nan
+    with pytest.raises(DivergenceError, match="start 1 became non-finite at step 3"):
+        check_finite(res)
+    res["objective"][1] = 1.0
+    res["traces"][1] = 1.0
+    check_finite(res)
+
+
+def test_diverged_training_stops_with_the_epoch(mnist, tmp_path, capsys):
+    cfg = TrainConfig(epochs=2, train_subset=256, optimizer="sgd", learning_rate=1e30, momentum=0.0, schedule="none")
+    with pytest.raises(DivergenceError, match="training diverged in epoch 1"):
+        train_lib.train(cfg, data=mnist, progress=False)
+
+
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+    def main(argv):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59000000000 bytes.")
+
+    err = _one_line_exit_2(capsys, main, [], "out of memory")
+    assert "--batch-size" in err
+    from jaxoip._memory import check_fits
+
+    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
+    with pytest.raises(OutOfMemoryError, match=r"use --chunk-size \d+ or less"):
+        check_fits(ModelConfig(), 10**9, "a chunk", "--chunk-size")
+    check_fits(ModelConfig(), 64, "a chunk", "--chunk-size")
+
+
+def test_activations_checks_every_image_before_writing(capsys, tmp_path):
+    from jaxoip import activations
+
+    argv = ["--image", "test:1", "--compare", "test:2", "--versus", "test:99999999", "--out", str(tmp_path / "o")]
+    _one_line_exit_2(capsys, activations.main, argv, "99999999")
+    assert not (tmp_path / "o").exists()
+
+
+# --- Resume --------------------------------------------------------------------------------------------------
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path, mnist):
+    """A real `train` command killed with SIGKILL after its first epoch, then finished with --resume."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "jaxoip.train", "--epochs", "2", "--train-subset", "256", "--seed", "3"]
+    args += ["--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / PARTIAL / "epochs" / "1").is_dir():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    # Nothing that looks complete: no checkpoint, the marker says running.
+    assert read_marker(out)["status"] == "running"
+    assert not (out / "metadata.json").exists() and not (out / "history.json").exists()
+    with pytest.raises(CheckpointError):
+        load_model(out)
+    again = subprocess.run(args, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "interrupted run" in again.stderr and "--resume" in again.stderr
+
+    resumed = subprocess.run(args + ["--resume"], env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stdout
+    assert read_marker(out)["status"] == "complete" and not (out / PARTIAL).exists()
+    assert not list(out.glob(TMP_PREFIX + "*"))
+    assert sorted(p.name for p in out.iterdir() if p.name not in (MARKER, LOCK)) == [
+        "history.json", "history.png", "metadata.json", "state"
+    ]  # fmt: skip
+    got = load_model(out)
+    ref = train_lib.train(TrainConfig(epochs=2, train_subset=256, seed=3), data=mnist, progress=False)
+    for a, b in zip(jax.tree.leaves(nnx.state(got.model, nnx.Param)), jax.tree.leaves(nnx.state(ref.model, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((out / "history.json").read_text())["val_accuracy"] == ref.history["val_accuracy"]
+
+
+def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
+    trained = _untrained()
+    kwargs = dict(map_indices=[0, 1, 2, 3], restarts=2, config=OIPConfig(steps=4), precursor_starts=4, screen=2)
+    kwargs.update(chunk_size=2, seed=5)
+    monkeypatch.setattr(scan, "GROUP_CHUNKS", 1)  # Groups of 2 images: 4 groups.
+    whole = scan.scan_maps(trained, **kwargs)
+
+    real, calls = scan.search_oips, []
+
+    def killed_after_two(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(scan, "search_oips", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
+    assert len(list(tmp_path.glob("group_*.npz"))) == 2
+    monkeypatch.setattr(scan, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    calls.clear()
+    resumed = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
+    assert len(calls) == 2  # Only the two groups not yet done.
+    for name in ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero"):
+        np.testing.assert_array_equal(getattr(resumed.oip, name), getattr(whole.oip, name))
+    # Other settings: saved groups do not match and are searched again.
+    calls.clear()
+    scan.scan_maps(trained, partial_dir=tmp_path, **{**kwargs, "seed": 6})
+    assert len(calls) == 4
+
+
+def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch):
+    from jaxoip import compare_seeds
+
+    cfg = TrainConfig(epochs=1, train_subset=128)
+    real, trained_seeds = train_lib.train_seeds, []
+
+    def killed_on_seed_1(seeds, *a, **k):
+        if 1 in seeds:
+            raise KeyboardInterrupt
+        out = real(seeds, *a, **k)
+        trained_seeds.extend(seeds)
+        first.extend(out)
+        return out
+
+    first = []
+    monkeypatch.setattr(train_lib, "train_seeds", killed_on_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
+    assert (tmp_path / "seed_0" / "metadata.json").is_file() and not (tmp_path / "seed_1").exists()
+
+    monkeypatch.setattr(train_lib, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1])
+    trained_seeds.clear()
+    models = compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
+    assert trained_seeds == [1]
+    p = lambda m: nnx.to_pure_dict(nnx.state(m.model, nnx.Param))  # noqa: E731
+    assert params_checksum(p(models[0])) == params_checksum(p(first[0]))
+    assert math.isfinite(models[1].history["loss"][-1])
