@@ -20,8 +20,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.model import CNN, ModelConfig, get_layer, layer_shapes, map_activation
+from jaxoip import facets, param, targets, transforms
+from jaxoip.errors import JaxoipError
+from jaxoip.model import CNN, ModelConfig, map_activation
 from jaxoip.noise import standardize_image
 
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
@@ -29,7 +30,12 @@ STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 
 @dataclasses.dataclass(frozen=True)
 class OIPConfig:
-    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image."""
+    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
+
+    The toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
+    `jaxoip.targets` (quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles),
+    `jaxoip.param` (param) and `jaxoip.facets` (diversity).
+    """
 
     steps: int = 600
     epsilon: float = 0.01
@@ -37,12 +43,46 @@ class OIPConfig:
     snapshot_steps: tuple[int, ...] = STUDY_SNAPSHOT_STEPS  # The last step is always added.
     early_stop: bool = False  # Stop when every image of a chunk has converged (then results depend on the chunk).
     grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
+    quantity: str = "auto"  # Unit value: activation, pre (before it), auto (logits of a softmax layer).
+    weighted: tuple[tuple[tuple[int, float], ...], ...] = ()  # Weighted sums of units; maps[i] picks one.
+    wake: bool = False  # While image i's ReLU target is zero, ascend its pre-activation.
+    param: str = "pixels"  # Image parameterization: pixels or fourier.
+    fourier_decay: float = 1.0  # Fourier coefficients scaled by 1 / frequency^decay.
+    jitter: float = 0.0  # Random shift of up to this many pixels at every step.
+    scale: float = 0.0  # Random scaling by 1 +- scale at every step.
+    rotate: float = 0.0  # Random rotation of up to this many degrees at every step.
+    tv: float = 0.0  # Total-variation penalty weight.
+    l1: float = 0.0  # L1 penalty weight (mean absolute standardized pixel).
+    blur: float = 0.0  # Blur penalty weight (pulls the image towards its blurred copy).
+    diversity: float = 0.0  # Weight of the diversity penalty across a map's starts.
+    diversity_group: int = 1  # Consecutive images that are one map's starts (for diversity).
+    transform_seed: int = 0  # Seed of the per-image transformation keys.
 
     def __post_init__(self):
+        from jaxoip.param import PARAMETERIZATIONS
+        from jaxoip.targets import QUANTITIES
+
+        object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
+        object.__setattr__(
+            self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)
+        )
         if self.steps < 1:
             raise JaxoipError("steps must be at least 1")
         if self.epsilon <= 0:
             raise JaxoipError("epsilon must be positive")
+        if self.quantity not in QUANTITIES:
+            raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
+        if self.param not in PARAMETERIZATIONS:
+            raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
+            if getattr(self, name) < 0:
+                raise JaxoipError(f"{name} must not be negative")
+        if self.scale >= 1:
+            raise JaxoipError("scale must be below 1")
+        if any(not terms for terms in self.weighted):
+            raise JaxoipError("a weighted target needs at least one term")
+        if self.diversity_group < 1:
+            raise JaxoipError("diversity_group must be at least 1")
 
     @property
     def snapshots(self) -> tuple[int, ...]:
@@ -61,24 +101,15 @@ class OIPResult:
     snapshot_steps: tuple[int, ...]
     converged_step: np.ndarray  # (N,) first step with relative change < conv_criterion; -1 if never
     stayed_zero: np.ndarray  # (N,) the map never left zero (dead ReLU for this start)
+    woken: np.ndarray | None = None  # (N,) some step ascended the pre-activation (cfg.wake)
     seconds: float = 0.0
     steps_run: int = 0
 
 
-def check_target(config: ModelConfig, layer_name: str, map_indices, node: tuple[int, int] | None = None):
-    """Validates an OIP target: a conv or pool layer, map indices in range, the node inside the map."""
-    get_layer(config, layer_name, ("conv", "pool"))
-    h, w, c = layer_shapes(config)[layer_name]
-    maps = np.asarray(map_indices)
-    if maps.size == 0:
-        raise LayerError("no map index given")
-    if maps.min() < 0 or maps.max() >= c:
-        bad = int(maps[(maps < 0) | (maps >= c)][0])
-        raise LayerError(f"map index {bad} out of range: {layer_name} has maps 0..{c - 1}")
-    if node is not None:
-        i, j = node
-        if not (0 <= i < h and 0 <= j < w):
-            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
+def check_target(config: ModelConfig, layer_name: str, map_indices, node=None, cfg: OIPConfig | None = None):
+    """Validates an OIP target: a conv, pool or dense layer, indices in range, the node inside the map
+    (with `cfg.weighted`, the indices pick weighted sums)."""
+    targets.check_target(config, layer_name, map_indices, node, cfg)
 
 
 def map_objective(activations: jax.Array, map_index: jax.Array, node: tuple[int, int] | None = None) -> jax.Array:
@@ -101,16 +132,17 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
     """Pure (params, images (N,H,W,1), map_indices (N,)) -> dict of results, for one chunk.
 
     Each loop iteration costs one forward and one backward pass: the objective of image x_t comes
-    with its gradient, so the trace entry of step t - 1 is written one iteration late.
+    with its gradient, so the trace entry of step t - 1 is written one iteration late. The loop
+    carries standardized images; with the default config every step is the study's plain ascent.
+    Toolkit options (all static, in `cfg`): the image is stepped in `cfg.param` coordinates; the
+    objective is measured on a randomly transformed copy (per-image keys from `transforms.image_keys`);
+    penalties and the diversity term are subtracted; with `cfg.wake` a ReLU target at zero is replaced
+    by its pre-activation. Traces hold the objective of the (transformed) image each step was taken
+    on; the final objective is that of the untransformed final image.
     """
     snaps = jnp.asarray(cfg.snapshots)
-    objectives = make_objectives(graphdef, layer_name, node)
-    # Images are independent, so the gradient of the sum is each image's own gradient.
-    def total(p, x, m):
-        obj = objectives(p, x, m)
-        return obj.sum(), obj
-
-    value_and_grad = jax.value_and_grad(total, argnums=1, has_aux=True)
+    plain_objectives = make_objectives(graphdef, layer_name, node)
+    target_objectives = targets.make_target_objectives(graphdef, layer_name, node, cfg)
 
     def rms_normalize(g):
         return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
@@ -124,15 +156,43 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
         return trace, conv_step, active | (obj > 0)
 
     def search(params, x0, maps):
-        n = x0.shape[0]
+        n, shape = x0.shape[0], x0.shape[1:3]
+        custom = cfg.wake or targets.is_custom(nnx.merge(graphdef, params).config, layer_name, cfg)
+        keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
+        if cfg.diversity > 0 and (cfg.diversity_group < 2 or n % cfg.diversity_group):
+            raise JaxoipError(f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})")
+
+        def objectives(x):
+            """(study objective, objective to ascend, asleep) per image."""
+            if not custom:
+                obj = plain_objectives(params, x, maps)
+                return obj, obj, jnp.zeros((n,), bool)
+            obj, wake_obj, asleep = target_objectives(params, x, maps)
+            return obj, jnp.where(asleep, wake_obj, obj), asleep
+
+        def total(p, t):
+            x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay))(p)
+            xt = transforms.transform_batch(cfg, keys, t, x) if keys is not None else x
+            obj, ascend, asleep = objectives(xt)
+            if transforms.has_penalty(cfg):
+                ascend = ascend - jax.vmap(lambda img: transforms.penalty(cfg, img))(x)
+            value = ascend.sum()  # Images are independent: each one's gradient is its own.
+            if cfg.diversity > 0:
+                features = facets.gram_features(nnx.merge(graphdef, params), xt)
+                value = value - cfg.diversity * facets.diversity_penalty(features, cfg.diversity_group).sum()
+            return value, (obj, asleep)
+
+        value_and_grad = jax.value_and_grad(total, has_aux=True)
 
         def body(state):
-            t, x, prev, trace, snapshots, conv_step, active = state
-            (_, obj), g = value_and_grad(params, x, maps)
+            t, x, prev, trace, snapshots, conv_step, active, woken = state
+            p = jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(x)
+            (_, (obj, asleep)), g = value_and_grad(p, t)
             trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
-            x = jax.vmap(standardize_image)(x + cfg.epsilon * jax.vmap(rms_normalize)(g))
+            p = p + cfg.epsilon * jax.vmap(rms_normalize)(g)
+            x = jax.vmap(lambda q: standardize_image(param.to_image(cfg.param, q, shape, cfg.fourier_decay)))(p)
             snapshots = jnp.where((snaps == t)[None, :, None, None, None], x[:, None], snapshots)
-            return t + 1, x, obj, trace, snapshots, conv_step, active
+            return t + 1, x, obj, trace, snapshots, conv_step, active, woken | asleep
 
         def cond(state):
             t, conv_step = state[0], state[5]
@@ -147,9 +207,10 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             jnp.broadcast_to(x0[:, None], (n, len(cfg.snapshots), *x0.shape[1:])),
             jnp.full((n,), -1, jnp.int32),
             jnp.zeros((n,), bool),
+            jnp.zeros((n,), bool),
         )
-        t, x, prev, trace, snapshots, conv_step, active = jax.lax.while_loop(cond, body, init)
-        obj = objectives(params, x, maps)  # After the last step.
+        t, x, prev, trace, snapshots, conv_step, active, woken = jax.lax.while_loop(cond, body, init)
+        obj = objectives(x)[0]  # After the last step, untransformed.
         trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
         # After an early stop, the unfilled trace and snapshots hold the last values.
         trace = jnp.where(jnp.arange(cfg.steps)[None, :] < t, trace, obj[:, None])
@@ -161,6 +222,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             snapshots=snapshots,
             converged_step=conv_step,
             stayed_zero=~active,
+            woken=woken,
             steps_run=t,
         )
 
@@ -210,7 +272,7 @@ def search_oips(
     model_config = model.config
     graphdef, params = nnx.split(model)
     map_indices = np.asarray(map_indices, np.int32).reshape(-1)
-    check_target(model_config, layer_name, map_indices, node)
+    check_target(model_config, layer_name, map_indices, node, cfg)
     init_images = np.asarray(init_images, np.float32)
     n = init_images.shape[0]
     if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
