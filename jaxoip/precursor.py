@@ -17,7 +17,8 @@ import pandas as pd
 
 from jaxoip.model import CNN, batched_layer_map
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images
-from jaxoip.oip import check_target, map_objective
+from jaxoip import targets
+from jaxoip.oip import OIPConfig, check_target, map_objective
 
 
 @dataclasses.dataclass
@@ -72,18 +73,21 @@ def precursor_scan(
     starts: int = 64,
     key: jax.Array | int = 0,
     node: tuple[int, int] | None = None,
+    cfg: OIPConfig | None = None,
 ) -> PrecursorResult:
-    """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps)."""
+    """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps).
+
+    With `cfg`, the maps are its targets (`jaxoip.targets`: dense nodes, logits, weighted sums).
+    """
     recipes = get_recipes(recipes)
-    check_target(model.config, layer_name, [0], node)
+    check_target(model.config, layer_name, [0], node, cfg)
     key = jax.random.key(key) if isinstance(key, int) else key
     # Start k of recipe r: fold_in(fold_in(key, r), k), whatever the other recipes are.
     keys = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(key, r), starts))(jnp.arange(len(recipes)))
     idx = jnp.repeat(jnp.arange(len(recipes)), starts)
     images = initial_images(keys.reshape(-1), recipes, idx)
-    objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
-    obj = batched_layer_map(model, images, layer_name, objectives)  # (R*K, C)
-    obj = np.asarray(obj).reshape(len(recipes), starts, -1)
+    obj = _values(model, images, layer_name, node, cfg)  # (R*K, C)
+    obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(
         layer_name=layer_name,
         recipes=tuple(r.name for r in recipes),
@@ -94,10 +98,17 @@ def precursor_scan(
     )
 
 
-def data_activation(
-    model: CNN, images_std, layer_name: str = "Conv2D_3", node: tuple[int, int] | None = None
-) -> np.ndarray:
-    """The objective (map mean, or node) of every map for every standardized image: (N, C)."""
-    check_target(model.config, layer_name, [0], node)
+def _values(model, images, layer_name, node, cfg) -> np.ndarray:
+    if cfg is not None and targets.is_custom(model.config, layer_name, cfg):
+        return targets.batched_target_values(model, images, layer_name, node, cfg)
     objectives = _objectives_fn(layer_name, None if node is None else tuple(node))
-    return np.asarray(batched_layer_map(model, images_std, layer_name, objectives))
+    return np.asarray(batched_layer_map(model, images, layer_name, objectives))
+
+
+def data_activation(
+    model: CNN, images_std, layer_name: str = "Conv2D_3", node: tuple[int, int] | None = None,
+    cfg: OIPConfig | None = None,
+) -> np.ndarray:
+    """The objective (map mean, or node) of every map (or `cfg`'s target) for every standardized image: (N, C)."""
+    check_target(model.config, layer_name, [0], node, cfg)
+    return _values(model, images_std, layer_name, node, cfg)

@@ -1,18 +1,31 @@
 """`python -m jaxoip.scan_all_maps`: precursor scan and OIP search for every map of a layer.
 
 With no arguments: the shipped reference model, all 128 maps of Conv2D_3, 600 steps, 16 starts per
-map on an accelerator (8 on a CPU). Writes a gallery, per-map tables and arrays to --out.
+map on an accelerator (8 on a CPU), the study's plain ascent with the wake-up of silent maps.
+Writes a gallery, per-map tables and arrays to --out.
+
+Targets: `--layer Dense_2 --maps 4` searches the input that makes the network say 4 (the class logit);
+`--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.targets` for the syntax).
+`--style robust`, `--param fourier` and `--diversity` give Lucid-style regularized, smooth or diverse
+patterns (see `jaxoip.transforms`, `jaxoip.param`, `jaxoip.facets`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip.errors import JaxoipError
+from jaxoip.facets import FACET_THRESHOLD
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
+from jaxoip.param import PARAMETERIZATIONS
+from jaxoip.targets import QUANTITIES, Target
+from jaxoip.transforms import STYLES, style_config
+
+_STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
 
 def _node(text: str) -> tuple[int, int]:
@@ -30,22 +43,73 @@ def _parser() -> argparse.ArgumentParser:
         description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped reference model)")
-    p.add_argument("--layer", default="Conv2D_3", help="conv or pool layer (default: %(default)s)")
-    p.add_argument("--maps", type=cli.int_list, default=None, help="map indices, e.g. 0-15,120 (default: all)")
+    p.add_argument("--layer", default="Conv2D_3", help="conv, pool or dense layer (default: %(default)s)")
+    p.add_argument(
+        "--maps", type=cli.int_list, default=None,
+        help="map (or dense node, class) indices, e.g. 0-15,120 (default: all)",
+    )
+    p.add_argument(
+        "--target", action="append", default=None, metavar="SUM",
+        help="a weighted sum of units of --layer instead of --maps, e.g. 4-9, 4,-1*9 or 0.5*3+0.5*8 "
+        "(repeat for several; default: none)",
+    )
+    p.add_argument(
+        "--quantity", choices=QUANTITIES, default=d.quantity,
+        help="unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
+        "else the activation) (default: %(default)s)",
+    )
     p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
     p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--epsilon", type=float, default=d.epsilon, help="step size")
-    p.add_argument("--conv-criterion", type=float, default=d.conv_criterion)
-    p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
-    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
-    p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
+    p.add_argument("--steps", type=int, default=d.steps, help="gradient steps (default: %(default)s)")
+    p.add_argument("--epsilon", type=float, default=d.epsilon, help="step size (default: %(default)s)")
     p.add_argument(
-        "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening)"
+        "--conv-criterion", type=float, default=d.conv_criterion,
+        help="relative change below which a start counts as converged (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
+    p.add_argument(
+        "--style", choices=tuple(STYLES), default="study",
+        help="study: plain gradient ascent; robust: random jitter 2 px, scale 0.9-1.1, rotation 10 deg at every "
+        "step, total variation 0.05, blur 0.5 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--wake", action=argparse.BooleanOptionalAction, default=True,
+        help="while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
+        "study's objective; --no-wake is the study's search (default: wake)",
+    )
+    p.add_argument(
+        "--param", choices=PARAMETERIZATIONS, default=d.param,
+        help="image parameterization: pixels, or fourier (decorrelated, favours smooth patterns) (default: %(default)s)",
+    )
+    p.add_argument("--fourier-decay", type=float, default=d.fourier_decay, help="fourier: 1/frequency^decay scale (default: %(default)s)")
+    for name, what in (
+        ("jitter", "random shift of up to this many pixels at every step"),
+        ("scale", "random scaling by 1 +- this at every step"),
+        ("rotate", "random rotation of up to this many degrees at every step"),
+        ("tv", "total-variation penalty weight"),
+        ("l1", "L1 penalty weight (mean absolute standardized pixel)"),
+        ("blur", "blur penalty weight"),
+    ):
+        p.add_argument(
+            f"--{name}", type=float, default=None,
+            help=f"{what} (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})",
+        )
+    p.add_argument(
+        "--diversity", type=float, default=d.diversity,
+        help="weight of the diversity penalty across a map's starts (0: off) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--facet-threshold", type=float, default=FACET_THRESHOLD,
+        help="starts whose images match up to a shift with correlation >= this share a facet (default: %(default)s)",
+    )
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
+    p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan (default: %(default)s)")
+    p.add_argument(
+        "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening) (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations (default: %(default)s)")
     p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
-    p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
+    p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none) (default: %(default)s)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,15 +121,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxoip import activations, checkpoint, scan
     from jaxoip.data import load_mnist
+    from jaxoip.model import get_layer
 
     if args.restarts is not None and args.restarts < 1:
         raise JaxoipError("--restarts must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise JaxoipError("--chunk-size must be at least 1")
-    cfg = OIPConfig(steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop)
+    if args.target and args.maps is not None:
+        raise JaxoipError("give either --maps or --target, not both")
+    if not 0 <= args.facet_threshold <= 1:
+        raise JaxoipError("--facet-threshold must be between 0 and 1")
+    cfg = style_config(
+        args.style,
+        steps=args.steps, epsilon=args.epsilon, conv_criterion=args.conv_criterion, early_stop=args.early_stop,
+        quantity=args.quantity, wake=args.wake, param=args.param, fourier_decay=args.fourier_decay,
+        diversity=args.diversity, transform_seed=args.seed, **{k: getattr(args, k) for k in _STYLE_FIELDS},
+    )
+    if args.target:
+        cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
     trained = checkpoint.resolve_model(args.model)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
-    check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node)
+    check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node, cfg)
     data = load_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
     result = scan.scan_maps(
         trained,
@@ -82,17 +158,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
     )
+    result.options = dict(vars(args))
+    result.facet_threshold = args.facet_threshold
     exemplars = None
-    if args.exemplars > 0 and args.node is None:
+    if args.exemplars > 0 and args.node is None and not cfg.weighted and get_layer(trained.config, args.layer).kind != "dense":
         ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars)
         # Only patches that really activate the map: a map dead on data shows none.
         exemplars = {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
-    out = scan.write_scan(result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars)
+    out = scan.write_scan(
+        result, args.out, snapshot_maps=args.maps, all_starts=args.all_starts, exemplars=exemplars
+    )
     s = result.summary()
     live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
     print(
         f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
-        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}\n"
+        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}; "
+        f"woken: {s['woken']}\n"
+        f"style {args.style}, param {args.param}, wake {'on' if args.wake else 'off'}, diversity {args.diversity}\n"
         f"{s['restarts']} starts per map{' (CPU default)' if args.restarts is None and s['backend'] == 'cpu' else ''}, "
         f"{s['steps']} steps; {s['seconds']:.1f} s total, search {s['search_seconds']:.1f} s, "
         f"{s['image_steps_per_second']:.0f} image-steps/s on {s['devices']} {s['backend']} device(s)\n"

@@ -100,3 +100,15 @@ def penalty(cfg, img: jax.Array) -> jax.Array:
     if cfg.blur > 0:
         out = out + cfg.blur * blur_penalty(img)
     return out
+
+
+def style_config(style: str, **fields):
+    """An `OIPConfig` with the preset of `style` (see `STYLES`), then `fields` on top (None: keep the preset)."""
+    from jaxoip.errors import JaxoipError
+    from jaxoip.oip import OIPConfig
+
+    if style not in STYLES:
+        raise JaxoipError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    values = dict(STYLES[style])
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return OIPConfig(**values)
