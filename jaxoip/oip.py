@@ -172,6 +172,10 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         def total(p, t):
             x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay))(p)
+            if cfg.param != "pixels":
+                # Through the standardization: the gradient then vanishes only at the best standardized
+                # image, whatever the metric of the parameters (pixels keep the study's step).
+                x = jax.vmap(standardize_image)(x)
             xt = transforms.transform_batch(cfg, keys, t, x) if keys is not None else x
             obj, ascend, asleep = objectives(xt)
             if transforms.has_penalty(cfg):

@@ -5,7 +5,9 @@ the gradient with respect to the parameters and steps there; the image after the
 again. With `pixels` both maps are the identity (the study's ascent). With `fourier` (Lucid's fft
 image) the parameters are the image's orthonormal real 2-D FFT coefficients divided by a 1/frequency^decay
 scale, so a step of fixed size moves low frequencies much more than high ones: the ascent prefers
-smooth, large-scale patterns over pixel noise.
+smooth, large-scale patterns over pixel noise. With a parameterization other than pixels the objective
+is differentiated through the standardization, so the search still converges to the best standardized
+image (re-standardizing after a preconditioned step would otherwise stop at the preconditioned gradient).
 """
 
 from __future__ import annotations
