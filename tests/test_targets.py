@@ -83,7 +83,9 @@ def test_class_target_raises_its_probability(tiny_trained):
 def test_dense_node_recovers_planted_pattern():
     trained = planted_dense_model()
     x0 = _starts(2)
-    res = search_oips(trained.model, "Dense_1", np.full(2, LIVE_NODE), x0, OIPConfig(steps=150, epsilon=0.05))
+    # The pre-activation: a start that the ReLU zeroes still has a gradient.
+    cfg = OIPConfig(steps=150, epsilon=0.05, quantity="pre")
+    res = search_oips(trained.model, "Dense_1", np.full(2, LIVE_NODE), x0, cfg)
     ring = np.asarray(ring_pattern()).reshape(-1)
     corr = res.images.reshape(2, -1) @ ring / ring.size
     assert np.all(corr > 0.95), corr
@@ -100,7 +102,7 @@ def test_wake_reaches_a_node_dead_on_noise():
 
 
 def test_wake_conv_map_silent_on_fine_noise():
-    trained = planted_model(threshold=30.0)
+    trained = planted_model()  # Threshold 80: no fine-noise start reaches it.
     x0 = np.asarray(initial_images(start_keys(0, [DEAD, COARSE], 3).reshape(-1), ["fine"]))
     maps = np.repeat([DEAD, COARSE], 3)
     plain = search_oips(trained.model, "Conv2D_2", maps, x0, OIPConfig(steps=40))
