@@ -22,7 +22,7 @@ from scipy.cluster import hierarchy
 
 from jaxoip.model import layer_specs
 
-FACET_THRESHOLD = 0.6
+FACET_THRESHOLD = 0.5
 
 
 def gram_features(model, x: jax.Array) -> jax.Array:

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxoip import targets
 from jaxoip.model import CNN, batched_layer_map
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images
-from jaxoip import targets
 from jaxoip.oip import OIPConfig, check_target, map_objective
 
 

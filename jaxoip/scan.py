@@ -21,6 +21,7 @@ import pandas as pd
 from jaxoip._io import atomic_directory
 from jaxoip.data import MNIST, Standardization
 from jaxoip.errors import JaxoipError
+from jaxoip.facets import FACET_THRESHOLD
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, initial_images, start_keys
 from jaxoip.oip import OIPConfig, OIPResult, check_target, default_chunk_size, search_oips
@@ -56,7 +57,7 @@ class ScanResult:
     seconds: float = 0.0
     search_seconds: float = 0.0
     options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
-    facet_threshold: float = 0.6  # Shift-invariant correlation for two starts to share a facet.
+    facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
 
     def _per_map(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(len(self.map_indices), self.restarts, *a.shape[1:])
@@ -103,9 +104,9 @@ class ScanResult:
 
     def facets(self, threshold: float | None = None):
         """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
-        from jaxoip import facets
+        from jaxoip.facets import scan_facets
 
-        return facets.scan_facets(self, self.facet_threshold if threshold is None else threshold)
+        return scan_facets(self, self.facet_threshold if threshold is None else threshold)
 
     @property
     def image_steps_per_second(self) -> float:

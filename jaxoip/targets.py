@@ -61,7 +61,7 @@ class Target:
     node: tuple[int, int] | None = None
 
     @classmethod
-    def parse(cls, layer: str, text: str, node: tuple[int, int] | None = None) -> "Target":
+    def parse(cls, layer: str, text: str, node: tuple[int, int] | None = None) -> Target:
         return cls(layer, parse_terms(text), None if node is None else tuple(node))
 
     @property

@@ -2,13 +2,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from planted import LIVE_NODE, planted_dense_model, ring_pattern
 
 from jaxoip import transforms
 from jaxoip.errors import JaxoipError
 from jaxoip.noise import initial_images, start_keys
 from jaxoip.oip import OIPConfig, search_oips
 from jaxoip.param import fourier_scale, to_image, to_params
-from planted import LIVE_NODE, planted_dense_model, ring_pattern
 
 ROBUST = transforms.style_config("robust", steps=30)
 
