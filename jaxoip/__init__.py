@@ -27,6 +27,9 @@ _EXPORTS = {
     "jaxoip.checkpoint": ("load_model", "load_reference_model", "save_model"),
     "jaxoip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
     "jaxoip.oip": ("OIPConfig", "OIPResult", "search_oips"),
+    "jaxoip.targets": ("Target", "parse_terms", "search_arguments"),
+    "jaxoip.transforms": ("STYLES", "style_config"),
+    "jaxoip.facets": ("MapFacets", "map_facets", "facet_images"),
     "jaxoip.precursor": ("PrecursorResult", "precursor_scan", "data_activation"),
     "jaxoip.scan": ("ScanResult", "scan_maps", "write_scan"),
     "jaxoip.activations": (

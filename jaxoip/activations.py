@@ -658,4 +658,4 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run(main))
+    cli.execute(main)

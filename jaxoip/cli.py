@@ -98,6 +98,21 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         return 130
 
 
+def execute(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):
+    """The process entry of a command: `run`, then exit with its status.
+
+    After a failure the process ends without the interpreter's teardown (`os._exit`, output flushed):
+    Orbax's and TensorStore's background threads otherwise print "Event loop is closed" tracebacks
+    under the one-line error when a damaged checkpoint was being read.
+    """
+    code = run(main, argv)
+    if code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def int_list(text: str) -> list[int]:
     """Parses '0-3,7,10-11' into [0, 1, 2, 3, 7, 10, 11]."""
     out = []

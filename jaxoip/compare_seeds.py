@@ -147,4 +147,4 @@ def trained_models(seeds, cfg: TrainConfig, data, folder: Path, max_parallel=Non
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run(main))
+    cli.execute(main)

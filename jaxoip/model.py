@@ -222,11 +222,12 @@ class CNN(nnx.Module):
         raise AssertionError("unreachable")
 
 
-def map_activation(model: CNN, images, layer_name: str, map_indices) -> jax.Array:
+def map_activation(model: CNN, images, layer_name: str, map_indices, pre_activation: bool = False) -> jax.Array:
     """Map `map_indices[i]` of conv or pool layer `layer_name` for image i: (N, H, W).
 
     Computes only the selected channel of the layer's convolution (a per-image kernel), so the
     last convolution costs 1/C of the full layer; equal to `model(images, until=layer_name)[i, ..., m]`.
+    `pre_activation` skips the convolution's activation (pooling still follows).
     """
     specs = layer_specs(model.config)
     target = [s.name for s in specs].index(get_layer(model.config, layer_name, ("conv", "pool")).name)
@@ -238,7 +239,9 @@ def map_activation(model: CNN, images, layer_name: str, map_indices) -> jax.Arra
     maps = jnp.asarray(map_indices)
     kernels = jnp.moveaxis(conv.kernel[...][..., maps], -1, 0)[..., None]  # (N, kh, kw, C_in, 1)
     out = jax.vmap(lambda h, k: conv2d(h[None], k)[0, ..., 0])(below, kernels)
-    out = _ACTIVATIONS[specs[c].activation](out + conv.bias[...][maps][:, None, None])
+    out = out + conv.bias[...][maps][:, None, None]
+    if not pre_activation:
+        out = _ACTIVATIONS[specs[c].activation](out)
     for s in specs[c + 1 : target + 1]:
         out = max_pool(out[..., None], s.size)[..., 0]
     return out

@@ -20,9 +20,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxoip import facets, param, targets, transforms
 from jaxoip._check import check_float, check_int
-from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.model import CNN, ModelConfig, get_layer, layer_shapes, map_activation
+from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.model import CNN, ModelConfig, map_activation
 from jaxoip.noise import standardize_image
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
@@ -31,7 +32,12 @@ STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 
 @dataclasses.dataclass(frozen=True)
 class OIPConfig:
-    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image."""
+    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
+
+    The toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
+    `jaxoip.targets` (quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles),
+    `jaxoip.param` (param) and `jaxoip.facets` (diversity).
+    """
 
     steps: int = 600
     epsilon: float = 0.01
@@ -39,17 +45,49 @@ class OIPConfig:
     snapshot_steps: tuple[int, ...] = STUDY_SNAPSHOT_STEPS  # The last step is always added.
     early_stop: bool = False  # Stop when every image of a chunk has converged (then results depend on the chunk).
     grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
+    quantity: str = "auto"  # Unit value: activation, pre (before it), auto (logits of a softmax layer).
+    weighted: tuple[tuple[tuple[int, float], ...], ...] = ()  # Weighted sums of units; maps[i] picks one.
+    wake: bool = False  # While image i's ReLU target is zero, ascend its pre-activation.
+    param: str = "pixels"  # Image parameterization: pixels or fourier.
+    fourier_decay: float = 1.0  # Fourier coefficients scaled by 1 / frequency^decay.
+    jitter: float = 0.0  # Random shift of up to this many pixels at every step.
+    scale: float = 0.0  # Random scaling by 1 +- scale at every step.
+    rotate: float = 0.0  # Random rotation of up to this many degrees at every step.
+    tv: float = 0.0  # Total-variation penalty weight.
+    l1: float = 0.0  # L1 penalty weight (mean absolute standardized pixel).
+    blur: float = 0.0  # Blur penalty weight (pulls the image towards its blurred copy).
+    diversity: float = 0.0  # Weight of the diversity penalty across a map's starts.
+    diversity_group: int = 1  # Consecutive images that are one map's starts (for diversity).
+    transform_seed: int = 0  # Seed of the per-image transformation keys.
     precision: Precision = DEFAULT_PRECISION  # Matmul precision of the search: highest, tf32 or bf16.
 
     def __post_init__(self):
+        from jaxoip.param import PARAMETERIZATIONS
+        from jaxoip.targets import QUANTITIES
+
+        object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
+        object.__setattr__(
+            self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)
+        )
         check_precision(self.precision)
-        object.__setattr__(self, "snapshot_steps", tuple(self.snapshot_steps))
         check_int("steps", self.steps, 1)
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)
         check_float("grad_eps", self.grad_eps, 0, lo_open=True)
         for s in self.snapshot_steps:
             check_int("snapshot step", s, 0)
+        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
+            check_float(name, getattr(self, name), 0)
+        check_int("diversity_group", self.diversity_group, 1)
+        check_int("transform_seed", self.transform_seed)
+        if self.quantity not in QUANTITIES:
+            raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
+        if self.param not in PARAMETERIZATIONS:
+            raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+        if self.scale >= 1:
+            raise JaxoipError("scale must be below 1")
+        if any(not terms for terms in self.weighted):
+            raise JaxoipError("a weighted target needs at least one term")
 
     @property
     def snapshots(self) -> tuple[int, ...]:
@@ -68,27 +106,19 @@ class OIPResult:
     snapshot_steps: tuple[int, ...]
     converged_step: np.ndarray  # (N,) first step with relative change < conv_criterion; -1 if never
     stayed_zero: np.ndarray  # (N,) the map never left zero (dead ReLU for this start)
+    woken: np.ndarray | None = None  # (N,) some step ascended the pre-activation (cfg.wake)
     seconds: float = 0.0
     steps_run: int = 0
 
 
-def check_target(config: ModelConfig, layer_name: str, map_indices, node: tuple[int, int] | None = None):
-    """Validates an OIP target: a conv or pool layer, map indices in range, the node inside the map."""
-    get_layer(config, layer_name, ("conv", "pool"))
-    h, w, c = layer_shapes(config)[layer_name]
+def check_target(config: ModelConfig, layer_name: str, map_indices, node=None, cfg: OIPConfig | None = None):
+    """Validates an OIP target: a conv, pool or dense layer, indices in range, the node inside the map
+    (with `cfg.weighted`, the indices pick weighted sums)."""
     maps = np.asarray(map_indices)
-    if maps.size == 0:
-        raise LayerError("no map index given")
-    if not np.issubdtype(maps.dtype, np.integer):
+    if maps.size and not np.issubdtype(maps.dtype, np.integer):
         if not np.issubdtype(maps.dtype, np.number) or not np.all(np.isfinite(maps)) or np.any(maps != np.round(maps)):
             raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
-    if maps.min() < 0 or maps.max() >= c:
-        bad = int(maps[(maps < 0) | (maps >= c)][0])
-        raise LayerError(f"map index {bad} out of range: {layer_name} has maps 0..{c - 1}")
-    if node is not None:
-        i, j = node
-        if not (0 <= i < h and 0 <= j < w):
-            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
+    targets.check_target(config, layer_name, map_indices, node, cfg)
 
 
 def map_objective(activations: jax.Array, map_index: jax.Array, node: tuple[int, int] | None = None) -> jax.Array:
@@ -111,16 +141,17 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
     """Pure (params, images (N,H,W,1), map_indices (N,)) -> dict of results, for one chunk.
 
     Each loop iteration costs one forward and one backward pass: the objective of image x_t comes
-    with its gradient, so the trace entry of step t - 1 is written one iteration late.
+    with its gradient, so the trace entry of step t - 1 is written one iteration late. The loop
+    carries standardized images; with the default config every step is the study's plain ascent.
+    Toolkit options (all static, in `cfg`): the image is stepped in `cfg.param` coordinates; the
+    objective is measured on a randomly transformed copy (per-image keys from `transforms.image_keys`);
+    penalties and the diversity term are subtracted; with `cfg.wake` a ReLU target at zero is replaced
+    by its pre-activation. Traces hold the objective of the (transformed) image each step was taken
+    on; the final objective is that of the untransformed final image.
     """
     snaps = jnp.asarray(cfg.snapshots)
-    objectives = make_objectives(graphdef, layer_name, node)
-    # Images are independent, so the gradient of the sum is each image's own gradient.
-    def total(p, x, m):
-        obj = objectives(p, x, m)
-        return obj.sum(), obj
-
-    value_and_grad = jax.value_and_grad(total, argnums=1, has_aux=True)
+    plain_objectives = make_objectives(graphdef, layer_name, node)
+    target_objectives = targets.make_target_objectives(graphdef, layer_name, node, cfg)
 
     def rms_normalize(g):
         return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
@@ -134,15 +165,47 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
         return trace, conv_step, active | (obj > 0)
 
     def search(params, x0, maps):
-        n = x0.shape[0]
+        n, shape = x0.shape[0], x0.shape[1:3]
+        custom = cfg.wake or targets.is_custom(nnx.merge(graphdef, params).config, layer_name, cfg)
+        keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
+        if cfg.diversity > 0 and (cfg.diversity_group < 2 or n % cfg.diversity_group):
+            raise JaxoipError(f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})")
+
+        def objectives(x):
+            """(study objective, objective to ascend, asleep) per image."""
+            if not custom:
+                obj = plain_objectives(params, x, maps)
+                return obj, obj, jnp.zeros((n,), bool)
+            obj, wake_obj, asleep = target_objectives(params, x, maps)
+            return obj, jnp.where(asleep, wake_obj, obj), asleep
+
+        def total(p, t):
+            x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay))(p)
+            if cfg.param != "pixels":
+                # Through the standardization: the gradient then vanishes only at the best standardized
+                # image, whatever the metric of the parameters (pixels keep the study's step).
+                x = jax.vmap(standardize_image)(x)
+            xt = transforms.transform_batch(cfg, keys, t, x) if keys is not None else x
+            obj, ascend, asleep = objectives(xt)
+            if transforms.has_penalty(cfg):
+                ascend = ascend - jax.vmap(lambda img: transforms.penalty(cfg, img))(x)
+            value = ascend.sum()  # Images are independent: each one's gradient is its own.
+            if cfg.diversity > 0:
+                features = facets.gram_features(nnx.merge(graphdef, params), xt)
+                value = value - cfg.diversity * facets.diversity_penalty(features, cfg.diversity_group).sum()
+            return value, (obj, asleep)
+
+        value_and_grad = jax.value_and_grad(total, has_aux=True)
 
         def body(state):
-            t, x, prev, trace, snapshots, conv_step, active = state
-            (_, obj), g = value_and_grad(params, x, maps)
+            t, x, prev, trace, snapshots, conv_step, active, woken = state
+            p = jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(x)
+            (_, (obj, asleep)), g = value_and_grad(p, t)
             trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
-            x = jax.vmap(standardize_image)(x + cfg.epsilon * jax.vmap(rms_normalize)(g))
+            p = p + cfg.epsilon * jax.vmap(rms_normalize)(g)
+            x = jax.vmap(lambda q: standardize_image(param.to_image(cfg.param, q, shape, cfg.fourier_decay)))(p)
             snapshots = jnp.where((snaps == t)[None, :, None, None, None], x[:, None], snapshots)
-            return t + 1, x, obj, trace, snapshots, conv_step, active
+            return t + 1, x, obj, trace, snapshots, conv_step, active, woken | asleep
 
         def cond(state):
             t, conv_step = state[0], state[5]
@@ -157,9 +220,10 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             jnp.broadcast_to(x0[:, None], (n, len(cfg.snapshots), *x0.shape[1:])),
             jnp.full((n,), -1, jnp.int32),
             jnp.zeros((n,), bool),
+            jnp.zeros((n,), bool),
         )
-        t, x, prev, trace, snapshots, conv_step, active = jax.lax.while_loop(cond, body, init)
-        obj = objectives(params, x, maps)  # After the last step.
+        t, x, prev, trace, snapshots, conv_step, active, woken = jax.lax.while_loop(cond, body, init)
+        obj = objectives(x)[0]  # After the last step, untransformed.
         trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
         # After an early stop, the unfilled trace and snapshots hold the last values.
         trace = jnp.where(jnp.arange(cfg.steps)[None, :] < t, trace, obj[:, None])
@@ -171,6 +235,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             snapshots=snapshots,
             converged_step=conv_step,
             stayed_zero=~active,
+            woken=woken,
             steps_run=t,
         )
 
@@ -207,16 +272,18 @@ def _search_chunk(params, x0, maps, *, graphdef, layer_name, cfg, node):
         return make_search(graphdef, layer_name, cfg, node)(params, x0, maps)
 
 
-def chunk_layout(n: int, chunk_size: int | None, n_devices: int) -> tuple[int, int]:
-    """(chunk, number of chunks) for n images: chunks of equal size, a multiple of the device count.
+def chunk_layout(n: int, chunk_size: int | None, n_devices: int, group: int = 1) -> tuple[int, int]:
+    """(chunk, number of chunks) for n images: chunks of equal size, a multiple of the device count and of
+    `group` (a map's starts searched together, for the diversity term).
 
-    Below the default chunk size the chunk is the next power of two at or above n, so batches of
-    similar size share one compiled program instead of compiling one each.
+    Below the default chunk size the chunk is the next power of two at or above n (for group 1), so
+    batches of similar size share one compiled program instead of compiling one each.
     """
+    multiple = math.lcm(n_devices, group)
     chunk = chunk_size or default_chunk_size(n_devices)
     if n < chunk:
-        chunk = 1 << max(0, math.ceil(math.log2(max(n, 1))))
-    chunk = max(n_devices, math.ceil(chunk / n_devices) * n_devices)
+        chunk = 1 << max(0, math.ceil(math.log2(max(n, 1)))) if group == 1 else n
+    chunk = max(multiple, math.ceil(chunk / multiple) * multiple)
     return chunk, math.ceil(n / chunk)
 
 
@@ -253,7 +320,7 @@ def search_oips(
 
     model_config = model.config
     graphdef, params = nnx.split(model)
-    check_target(model_config, layer_name, map_indices, node)
+    check_target(model_config, layer_name, map_indices, node, cfg)
     map_indices = np.asarray(map_indices).astype(np.int32).reshape(-1)
     init_images = np.asarray(init_images, np.float32)
     if not np.isfinite(init_images).all():
@@ -266,7 +333,8 @@ def search_oips(
             f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
         )
     n_dev = len(jax.devices())
-    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev)
+    group = cfg.diversity_group if cfg.diversity > 0 else 1
+    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
     node = tuple(int(v) for v in node) if node is not None else None
 

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jaxoip import targets
 from jaxoip.errors import JaxoipError
 from jaxoip.model import CNN, batched_layer_map
 from jaxoip.noise import DEFAULT_RECIPES, _initial_images, get_recipes
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
-from jaxoip.oip import check_target
+from jaxoip.oip import OIPConfig, check_target
 
 
 @dataclasses.dataclass
@@ -96,19 +97,21 @@ def precursor_scan(
     key: jax.Array | int = 0,
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
+    cfg: OIPConfig | None = None,
 ) -> PrecursorResult:
     """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps).
 
     `key`: an integer seed (the draws come from fold_in(key(seed), PRECURSOR_STREAM), as in `scan_maps`)
-    or a PRNG key used as the root directly.
+    or a PRNG key used as the root directly. With `cfg`, the maps are its targets (`jaxoip.targets`:
+    dense nodes, logits, weighted sums) and its precision is used.
     """
     recipes = get_recipes(recipes)
-    check_target(model.config, layer_name, [0], node)
+    check_target(model.config, layer_name, [0], node, cfg)
     if int(starts) < 1:
         raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
     root = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
     images = _precursor_images(root, recipes=recipes, starts=int(starts))
-    obj = data_activation(model, np.asarray(images), layer_name, node, precision)  # (R*K, C)
+    obj = data_activation(model, np.asarray(images), layer_name, node, precision, cfg)  # (R*K, C)
     obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(
         layer_name=layer_name,
@@ -126,8 +129,16 @@ def data_activation(
     layer_name: str = "Conv2D_3",
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
+    cfg: OIPConfig | None = None,
 ) -> np.ndarray:
-    """The objective (map mean, or node) of every map for every standardized image: (N, C)."""
-    check_target(model.config, layer_name, [0], node)
+    """The objective (map mean, or node) of every map (or `cfg`'s target) for every standardized image: (N, C).
+
+    With `cfg`, its precision replaces `precision`.
+    """
+    check_target(model.config, layer_name, [0], node, cfg)
+    if cfg is not None:
+        precision = cfg.precision
+        if targets.is_custom(model.config, layer_name, cfg):
+            return targets.batched_target_values(model, images_std, layer_name, node, cfg)
     reduce = MapObjectives(None if node is None else (int(node[0]), int(node[1])))
     return np.asarray(batched_layer_map(model, images_std, layer_name, reduce, precision=precision))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from jaxoip._check import check_int
 from jaxoip._io import prepare_output
 from jaxoip._memory import check_fits
 from jaxoip.data import MNIST, Standardization
+from jaxoip.errors import JaxoipError
+from jaxoip.facets import FACET_THRESHOLD
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes, seeded_starts
 from jaxoip.numerics import check_seed
@@ -70,6 +73,8 @@ class ScanResult:
     screen: int = 1
     seconds: float = 0.0
     search_seconds: float = 0.0
+    options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
+    facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
 
     def _per_map(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(len(self.map_indices), self.restarts, *a.shape[1:])
@@ -102,6 +107,25 @@ class ScanResult:
         return self.objective.max(axis=1) > 0
 
     @property
+    def woken(self) -> np.ndarray:
+        """(M, R): starts that ascended the pre-activation at some step (`OIPConfig.wake`)."""
+        w = self.oip.woken if self.oip.woken is not None else np.zeros(self.oip.objective.shape, bool)
+        return self._per_map(w)
+
+    @property
+    def method(self) -> np.ndarray:
+        """Per map, how its best OIP was reached: `direct`, `woken` (after ascending the pre-activation) or `none`."""
+        m = np.arange(len(self.map_indices))
+        woke = self.woken[m, self.best_start]
+        return np.where(~self.found, "none", np.where(woke, "woken", "direct"))
+
+    def facets(self, threshold: float | None = None):
+        """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
+        from jaxoip.facets import scan_facets
+
+        return scan_facets(self, self.facet_threshold if threshold is None else threshold)
+
+    @property
     def image_steps_per_second(self) -> float:
         return self.oip.objective.size * self.oip.steps_run / max(self.search_seconds, 1e-9)
 
@@ -114,6 +138,10 @@ class ScanResult:
         zero = self._per_map(self.oip.stayed_zero)
         pre = self.precursor.table().iloc[self.map_indices].reset_index(drop=True)
         df = pd.DataFrame({"map": self.map_indices})
+        if self.config.weighted:
+            from jaxoip.targets import Target
+
+            df["target"] = [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
         if self.data_mean is not None:
             df["data_mean"] = self.data_mean[self.map_indices]
             df["data_max"] = self.data_max[self.map_indices]
@@ -127,6 +155,13 @@ class ScanResult:
         df["converged_step"] = conv
         df["frac_stayed_zero"] = zero.mean(axis=1)
         df["found"] = self.found
+        df["method"] = self.method
+        df["frac_woken"] = self.woken.mean(axis=1)
+        fac = self.facets()
+        df["facets"] = [len(f.representatives) for f in fac]
+        df["facet_sizes"] = [f.sizes.tolist() for f in fac]
+        df["facet_starts"] = [f.representatives.tolist() for f in fac]
+        df["facet_objectives"] = [np.round(f.objectives, 6).tolist() for f in fac]
         df["silent_on_noise"] = self.precursor.silent_on_noise[self.map_indices]
         if self.data_max is not None:
             df["dead_on_data"] = self.data_max[self.map_indices] <= 0
@@ -150,6 +185,10 @@ class ScanResult:
             "screen": self.screen,
             "precision": self.config.precision,
             "jax_version": jax.__version__,
+            "woken": int((t["method"] == "woken").sum()),
+            "facet_threshold": self.facet_threshold,
+            "oip_config": dataclasses.asdict(self.config),
+            "options": self.options,
         }
         if "dead_on_data" in t:
             out["dead_on_data"] = int(t["dead_on_data"].sum())
@@ -191,31 +230,39 @@ def scan_maps(
     t0 = time.perf_counter()
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
-    get_layer(trained.config, layer_name, ("conv", "pool"))
-    n_maps = layer_shapes(trained.config)[layer_name][-1]
+    get_layer(trained.config, layer_name, ("conv", "pool", "dense"))
+    n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
     maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
-    check_target(trained.config, layer_name, maps, node)
+    check_target(trained.config, layer_name, maps, node, config)
     restarts = default_restarts() if restarts is None else int(restarts)
     seed = check_seed(seed)
-    precision = config.precision
     maps = maps.astype(np.int32)
     chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
+    if config.diversity > 0:
+        # A map's starts must share a chunk: groups of `restarts` consecutive images.
+        if restarts < 2:
+            raise JaxoipError("diversity needs at least 2 starts per map")
+        config = dataclasses.replace(config, diversity_group=restarts)
+        unit = math.lcm(restarts, len(jax.devices()))
+        chunk = max(1, round(chunk / unit)) * unit
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}") if own else progress
     try:
         with bar.phase("precursor scan"):
-            pre = precursor_scan(trained.model, layer_name, recipes, precursor_starts, seed, node, precision)
+            pre = precursor_scan(
+                trained.model, layer_name, recipes, precursor_starts, seed, node, config.precision, config
+            )
         data_mean = data_max = None
         if data is not None:
             with bar.phase("data pass"):
                 x = trained.standardization(data.test_images)
-                acts = data_activation(trained.model, x, layer_name, node, precision)
+                acts = data_activation(trained.model, x, layer_name, node, cfg=config)
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
         with bar.phase("screening starts"):
             start_recipe, x0 = screened_starts(
-                trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, precision
+                trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, config
             )
         res = search_in_groups(
             trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk, bar, partial_dir
@@ -257,7 +304,7 @@ def _group_key(model, layer_name, maps, x0, config: OIPConfig, node, chunk: int)
     return h.hexdigest()
 
 
-_RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero")
+_RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero", "woken")
 
 
 def _load_group(path: Path | None, key: str | None) -> dict | None:
@@ -309,9 +356,7 @@ def search_in_groups(
     return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res)
 
 
-def screened_starts(
-    trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, precision="highest"
-):
+def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, cfg=None):
     """Start images (M * R, 28, 28, 1) and their recipe indices (M, R).
 
     Candidate c of map m comes from fold_in(fold_in(fold_in(key(seed), SEARCH_STREAM), m), c), with the
@@ -325,7 +370,7 @@ def screened_starts(
     x = seeded_starts(seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1))
     if screen == 1:
         return cand_recipe, x
-    obj = data_activation(trained.model, x, layer_name, node, precision)  # (M * n_cand, C), forward only
+    obj = data_activation(trained.model, x, layer_name, node, cfg=cfg)  # (M * n_cand, C), forward only
     obj = obj[np.arange(len(obj)), np.repeat(maps, n_cand)].reshape(len(maps), restarts, screen)
     # Within each group, the most active candidate; the first one when none is active.
     pick = np.argmax(obj, axis=2)
@@ -372,6 +417,8 @@ def write_scan_files(
         "best_pixels": std.to_pixels(result.best_images),
         "best_objective": result.objective.max(axis=1),
         "traces_best": result.traces[np.arange(len(result.map_indices)), result.best_start],
+        "woken": result.woken,
+        "facet_labels": np.stack([f.labels for f in result.facets()]),
     }
     if all_starts:
         arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)

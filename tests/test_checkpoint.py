@@ -169,7 +169,7 @@ def test_damaged_orbax_files_give_one_line_without_asyncio_noise(tiny_checkpoint
         if f.is_file() and f.name != "_METADATA":
             f.write_bytes(b"garbage")
     for bad in (truncated, garbage):
-        code = f"from jaxoip import cli, checkpoint; raise SystemExit(cli.run(lambda a: checkpoint.load_model({str(bad)!r})))"
+        code = f"from jaxoip import cli, checkpoint; cli.execute(lambda a: checkpoint.load_model({str(bad)!r}))"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

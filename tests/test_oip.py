@@ -5,11 +5,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from planted import COARSE, DEAD, planted_model
 
 from jaxoip.errors import LayerError
 from jaxoip.noise import initial_images, start_keys
 from jaxoip.oip import OIPConfig, search_oips
-from planted import COARSE, DEAD, planted_model
 
 CFG = OIPConfig(steps=30)
 MAPS = np.array([0, 3, 5, 7, 9, 11])
@@ -96,7 +96,7 @@ def test_early_stop_ends_when_all_converged(tiny_trained, starts):
     "kwargs, match",
     [
         (dict(layer_name="Conv2D_9"), "valid names"),
-        (dict(layer_name="Dense_1"), "conv/pool layer"),
+        (dict(layer_name="Flatten"), "conv/pool/dense layer"),
         (dict(map_indices=[128]), "map index 128 out of range"),
         (dict(node=(3, 0)), "outside the 3x3 maps"),
     ],

@@ -20,7 +20,15 @@ from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_m
 from jaxoip.checkpoint import load_model, params_checksum
 from jaxoip.compare import CompareConfig
 from jaxoip.data import Standardization, load_mnist
-from jaxoip.errors import CheckpointError, DataError, DivergenceError, JaxoipError, LayerError, OutOfMemoryError, OutputError
+from jaxoip.errors import (
+    CheckpointError,
+    DataError,
+    DivergenceError,
+    JaxoipError,
+    LayerError,
+    OutOfMemoryError,
+    OutputError,
+)
 from jaxoip.model import ModelConfig, TrainedModel, init_model
 from jaxoip.oip import OIPConfig, check_finite, search_oips
 from jaxoip.train import TrainConfig

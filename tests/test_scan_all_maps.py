@@ -52,7 +52,12 @@ def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--layer", "Conv2D_7"], "unknown conv/pool layer 'Conv2D_7'"),
+        (["--layer", "Conv2D_7"], "unknown conv/pool/dense layer 'Conv2D_7'"),
+        (["--layer", "Dense_2", "--maps", "4", "--target", "4-9"], "either --maps or --target"),
+        (["--layer", "Dense_1", "--node", "0,0"], "not to the dense layer"),
+        (["--layer", "Dense_2", "--target", "4-19"], "dense node 19 out of range"),
+        (["--layer", "Dense_2", "--target", "4*"], "cannot read target term"),
+        (["--tv", "-1"], "tv must not be negative"),
         (["--maps", "0,200"], "map index 200 out of range"),
         (["--node", "5,5"], "outside the 3x3 maps"),
         (["--recipes", "fine,pink"], "unknown noise recipe 'pink'"),
@@ -97,3 +102,34 @@ def test_runs_without_mnist(tmp_path, monkeypatch, capsys):
     table = pd.read_csv(out / "maps.csv")
     assert table["map"].tolist() == [0, 1] and "data_mean" not in table and "dead_on_data" not in table
     assert np.isfinite(table["best_objective"]).all()
+
+
+def test_toolkit_options_recorded(tiny_checkpoint, mnist, tmp_path):
+    """A weighted class target with the robust style, Fourier images and diversity, from the command line."""
+    out = tmp_path / "out"
+    rc = cli.run(scan_all_maps.main, [
+        "--model", str(tiny_checkpoint), "--layer", "Dense_2", "--target", "4-9", "--target", "7",
+        "--style", "robust", "--param", "fourier", "--diversity", "0.5", "--out", str(out), *ARGS,
+    ])
+    assert rc == 0
+    table = pd.read_csv(out / "maps.csv")
+    assert table["target"].tolist() == ["4-9", "7"]
+    assert set(table["method"]) <= {"direct", "woken", "none"}
+    assert (table["facets"] >= 1).all() and "facet_sizes" in table
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = summary["oip_config"]
+    assert cfg["weighted"] == [[[4, 1.0], [9, -1.0]], [[7, 1.0]]] and cfg["param"] == "fourier"
+    assert cfg["jitter"] == 2.0 and cfg["diversity"] == 0.5 and cfg["diversity_group"] == 2 and cfg["wake"]
+    assert summary["options"]["style"] == "robust" and summary["options"]["facet_threshold"] == 0.5
+    arrays = np.load(out / "oips.npz")
+    assert arrays["woken"].shape == (2, 2) and arrays["facet_labels"].shape == (2, 2)
+
+
+def test_help_documents_every_option_default(capsys):
+    with pytest.raises(SystemExit):
+        scan_all_maps.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--style", "--wake", "--param", "--jitter", "--tv", "--l1", "--blur", "--diversity",
+                   "--facet-threshold", "--target", "--quantity", "--fourier-decay"):
+        assert option in text, option
+    assert "(default: study)" in text and "(default: wake)" in text

@@ -1,0 +1,262 @@
+"""OIP targets beyond one conv or pool map: dense nodes, class logits and probabilities, weighted sums.
+
+A target is a weighted sum of units of one layer. A unit is a map of a conv or pool layer (its mean,
+or its node (i, j)) or a node of a dense layer (a class of the last layer). The value of a unit is
+its activation, or with `quantity="pre"` its value before the activation; `quantity="auto"` (the
+default) takes the pre-activation of a softmax layer (the class logits, as Lucid recommends: a
+probability can also rise by lowering the other classes) and the activation of every other layer.
+
+Weighted sums are written as text (`parse_terms`): terms separated by `+`, `-` or `,`, each an
+index with an optional `weight*` in front:
+
+    4        the unit 4
+    4-9      unit 4 minus unit 9 (on Dense_2: "4 rather than 9")
+    4,-1*9   the same
+    0.5*3+0.5*8
+
+In the batched search (`OIPConfig.weighted`), image i then drives the weighted sum number `maps[i]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.model import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
+from jaxoip.numerics import precision_scope
+
+QUANTITIES = ("auto", "activation", "pre")
+Terms = tuple[tuple[int, float], ...]
+
+
+def parse_terms(text: str) -> Terms:
+    """'4-9' -> ((4, 1.0), (9, -1.0)); see the module docstring for the syntax. Repeated units add up."""
+    pieces = []
+    for chunk in str(text).replace(" ", "").split(","):
+        pieces += [p for p in re.split(r"(?<=\d)(?=[+-])", chunk) if p]
+    if not pieces:
+        raise JaxoipError(f"empty target {text!r}")
+    weights: dict[int, float] = {}
+    for p in pieces:
+        m = re.fullmatch(r"([+-]?)(?:(\d*\.?\d+(?:[eE][+-]?\d+)?)\*)?(\d+)", p)
+        if m is None:
+            raise JaxoipError(f"cannot read target term {p!r} in {text!r}; write e.g. 4-9, 4,-1*9 or 0.5*3+0.5*8")
+        w = (-1.0 if m.group(1) == "-" else 1.0) * float(m.group(2) or 1.0)
+        weights[int(m.group(3))] = weights.get(int(m.group(3)), 0.0) + w
+    return tuple(sorted(weights.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A weighted sum of units of `layer` (each unit's map mean, or its node)."""
+
+    layer: str
+    terms: Terms
+    node: tuple[int, int] | None = None
+
+    @classmethod
+    def parse(cls, layer: str, text: str, node: tuple[int, int] | None = None) -> Target:
+        return cls(layer, parse_terms(text), None if node is None else tuple(node))
+
+    @property
+    def label(self) -> str:
+        parts = []
+        for i, (u, w) in enumerate(self.terms):
+            sign = "-" if w < 0 else ("+" if i else "")
+            parts.append(f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{u}")
+        return "".join(parts)
+
+    @property
+    def single(self) -> int | None:
+        """The unit if this target is one unit with weight 1."""
+        return self.terms[0][0] if len(self.terms) == 1 and self.terms[0][1] == 1.0 else None
+
+
+def search_arguments(targets, cfg):
+    """(layer, maps, node, cfg) for `search_oips` from targets of one layer and node.
+
+    Plain units keep `cfg` and search their indices; otherwise `cfg.weighted` holds the sums and
+    image i searches sum i.
+    """
+    targets = list(targets)
+    if not targets:
+        raise JaxoipError("no target given")
+    if len({(t.layer, t.node) for t in targets}) > 1:
+        raise JaxoipError("all targets of one search must share their layer and node")
+    if all(t.single is not None for t in targets):
+        return targets[0].layer, np.array([t.single for t in targets], np.int32), targets[0].node, cfg
+    cfg = dataclasses.replace(cfg, weighted=tuple(t.terms for t in targets))
+    return targets[0].layer, np.arange(len(targets), dtype=np.int32), targets[0].node, cfg
+
+
+def resolve_quantity(model_config, layer_name: str, quantity: str) -> str:
+    """'activation' or 'pre' for `quantity` on this layer ('auto': logits of a softmax layer)."""
+    if quantity not in QUANTITIES:
+        raise JaxoipError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
+    if quantity != "auto":
+        return quantity
+    return "pre" if activation_name(model_config, layer_name) == "softmax" else "activation"
+
+
+def is_custom(model_config, layer_name: str, cfg) -> bool:
+    """Whether the target needs this module (dense layer, weighted sums or pre-activations)."""
+    spec = get_layer(model_config, layer_name)
+    return spec.kind == "dense" or bool(cfg.weighted) or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
+
+
+def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
+    """Validates a target: a conv, pool or dense layer, indices in range, the node inside the map."""
+    spec = get_layer(config, layer_name, ("conv", "pool", "dense"))
+    shape = layer_shapes(config)[layer_name]
+    c = shape[-1]
+    weighted = cfg.weighted if cfg is not None else ()
+    what = "dense node" if spec.kind == "dense" else "map index"
+    maps = np.asarray(map_indices)
+    if maps.size == 0:
+        raise LayerError("no map index given")
+    n = len(weighted) if weighted else c
+    if maps.min() < 0 or maps.max() >= n:
+        bad = int(maps[(maps < 0) | (maps >= n)][0])
+        if weighted:
+            raise LayerError(f"weighted target {bad} out of range: {n} given")
+        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if spec.kind == 'dense' else 'maps'} 0..{c - 1}")
+    for terms in weighted:
+        for u, _ in terms:
+            if not 0 <= u < c:
+                raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{c - 1}")
+    if node is not None:
+        if spec.kind == "dense":
+            raise LayerError(f"--node applies to conv and pool maps, not to the dense layer {layer_name}")
+        i, j = node
+        h, w = shape[0], shape[1]
+        if not (0 <= i < h and 0 <= j < w):
+            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
+    if cfg is not None:
+        resolve_quantity(config, layer_name, cfg.quantity)
+
+
+def activation_name(model_config, layer_name: str) -> str:
+    """The activation of a layer; for a pool layer, that of the conv below it."""
+    specs = layer_specs(model_config)
+    c = [s.name for s in specs].index(get_layer(model_config, layer_name).name)
+    while specs[c].kind == "pool":
+        c -= 1
+    return specs[c].activation
+
+
+def layer_values(model, x, layer_name: str, pre: bool) -> jax.Array:
+    """All units of a layer for a batch: (N, H, W, C) or (N, C); `pre`: before the activation
+    (for a pool layer: the pooled pre-activation of the conv below, as pooling commutes with it)."""
+    if not pre:
+        return model(x, until=layer_name)
+    specs = layer_specs(model.config)
+    names = [s.name for s in specs]
+    i = c = names.index(layer_name)
+    while specs[c].kind == "pool":
+        c -= 1
+    out = model(x, until=specs[c].name, pre_activation=True)
+    for s in specs[c + 1 : i + 1]:
+        out = max_pool(out, s.size)
+    return out
+
+
+def unit_values(model, x, layer_name: str, node, pre: bool) -> jax.Array:
+    """(N, C): per unit, the map mean (or node) of a conv/pool layer, or the dense node."""
+    v = layer_values(model, x, layer_name, pre)
+    if v.ndim == 4:
+        v = v[:, node[0], node[1]] if node is not None else v.mean(axis=(1, 2))
+    return v
+
+
+def weight_matrix(weighted: tuple[Terms, ...], n_units: int) -> np.ndarray:
+    w = np.zeros((len(weighted), n_units), np.float32)
+    for k, terms in enumerate(weighted):
+        for u, wt in terms:
+            w[k, u] += wt
+    return w
+
+
+def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
+    """Pure (params, x (N,H,W,1), maps (N,)) -> (objective (N,), wake objective (N,), asleep (N,) bool).
+
+    The objective is the target's value; with `cfg.wake` on a ReLU layer, an image is `asleep` when
+    the positive-weight part of its target is zero, and the wake objective (ascended instead) is the
+    target's pre-activation: the map's largest node (or its node), the dense node, the weighted sum.
+    """
+    def fn(params, x, maps):
+        model = nnx.merge(graphdef, params)
+        config = model.config
+        spec = get_layer(config, layer_name)
+        quantity = resolve_quantity(config, layer_name, cfg.quantity)
+        act = _ACTIVATIONS[activation_name(config, layer_name)]
+        wake = cfg.wake and activation_name(config, layer_name) == "relu" and quantity == "activation"
+        if cfg.weighted:
+            w = jnp.asarray(weight_matrix(cfg.weighted, layer_shapes(config)[layer_name][-1]))[maps]  # (N, C)
+            if quantity == "pre":
+                obj = (w * unit_values(model, x, layer_name, node, True)).sum(axis=1)
+                return obj, obj, jnp.zeros(obj.shape, bool)
+            post_v = unit_values(model, x, layer_name, node, False)
+            obj = (w * post_v).sum(axis=1)
+            if not wake:
+                return obj, obj, jnp.zeros(obj.shape, bool)
+            asleep = (jnp.maximum(w, 0) * post_v).sum(axis=1) <= 0
+            return obj, (w * unit_values(model, x, layer_name, node, True)).sum(axis=1), asleep
+        if spec.kind == "dense":
+            pre_all = model(x, until=layer_name, pre_activation=True)
+            pre = jnp.take_along_axis(pre_all, maps[:, None], axis=1)[:, 0]
+            if quantity == "pre":
+                return pre, pre, jnp.zeros(pre.shape, bool)
+            post = jnp.take_along_axis(act(pre_all), maps[:, None], axis=1)[:, 0]
+            return post, pre, (post <= 0) if wake else jnp.zeros(post.shape, bool)
+        pre_map = map_activation(model, x, layer_name, maps, pre_activation=True)  # (N, H, W)
+        fmap = pre_map if quantity == "pre" else act(pre_map)
+        obj = fmap[:, node[0], node[1]] if node is not None else fmap.mean(axis=(1, 2))
+        if not wake:
+            return obj, obj, jnp.zeros(obj.shape, bool)
+        wake_obj = pre_map[:, node[0], node[1]] if node is not None else pre_map.max(axis=(1, 2))
+        return obj, wake_obj, obj <= 0
+
+    return fn
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "layer_name", "node", "quantity", "weighted", "precision")
+)
+def _target_values(params, xs, *, graphdef, layer_name, node, quantity, weighted, precision):
+    """(params, image batches (steps, B, ...)) -> every target's value, flattened over steps."""
+
+    def one(x):
+        model = nnx.merge(graphdef, params)
+        v = unit_values(model, x, layer_name, node, resolve_quantity(model.config, layer_name, quantity) == "pre")
+        if weighted:
+            v = v @ jnp.asarray(weight_matrix(weighted, v.shape[-1])).T
+        return v
+
+    with precision_scope(precision):
+        out = jax.lax.map(one, xs)
+    return out.reshape(-1, out.shape[-1])
+
+
+def batched_target_values(model, images, layer_name: str, node, cfg, batch_size: int = 500) -> np.ndarray:
+    """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only."""
+    graphdef, params = nnx.split(model)
+    images = np.asarray(images, np.float32)
+    xs, n = pad_batches(images, max(1, min(batch_size, images.shape[0])))
+    out = _target_values(
+        params,
+        xs,
+        graphdef=graphdef,
+        layer_name=layer_name,
+        node=None if node is None else tuple(int(v) for v in node),
+        quantity=cfg.quantity,
+        weighted=cfg.weighted,
+        precision=cfg.precision,
+    )
+    return np.asarray(out)[:n]
