@@ -48,7 +48,7 @@ def study_step_fn(model, layer_name: str, map_index: int, epsilon: float):
 def bench_study_way(model, layer_name, maps, x0, steps, epsilon) -> float:
     """Image-steps per second of a Python loop over steps, one (map, start) at a time (compile excluded)."""
     fns = {m: study_step_fn(model, layer_name, int(m), epsilon) for m in set(maps.tolist())}
-    for m, f in fns.items():  # Compile outside the timing.
+    for f in fns.values():  # Compile outside the timing.
         jax.block_until_ready(f(jnp.asarray(x0[:1])))
     t0 = time.perf_counter()
     for m, x in zip(maps, x0):
@@ -174,8 +174,9 @@ def main():
         "batched_images": len(maps),
         "chunk_size": chunk,
         "batched_image_steps_per_s": {k: round(v, 1) for k, v in rates.items()},
-        "torch_image_steps_per_s": {k: (round(v, 1) if v else "not measured: torch not installed")
-                                    for k, v in torch_rates.items()},
+        "torch_image_steps_per_s": {
+            k: (round(v, 1) if v else "not measured: torch not installed") for k, v in torch_rates.items()
+        },
         "ratio_vs_study_way": {k: round(v / study, 2) for k, v in {**rates, **torch_rates}.items() if v},
     }
     if torch_rates["torch_batched"]:
@@ -185,8 +186,11 @@ def main():
         fmaps = np.repeat(np.arange(128), 16)
         fx0 = np.asarray(initial_images(start_keys(args.seed, np.arange(128), 16).reshape(-1), ["study"]))
         rate, secs = bench_batched(model, args.layer, fmaps, fx0, full_cfg, args.chunk_size)
-        report.update(full_scan_seconds=round(secs, 2), full_scan_image_steps_per_s=round(rate, 1),
-                      full_scan_ratio_vs_study_way=round(rate / study, 1))
+        report.update(
+            full_scan_seconds=round(secs, 2),
+            full_scan_image_steps_per_s=round(rate, 1),
+            full_scan_ratio_vs_study_way=round(rate / study, 1),
+        )
     print(f"on {report['device']}, {args.steps} steps; image-steps/s and ratio to the study's way:")
     print(f"  study way (1 map, 1 start, Python loop over jitted steps): {study:12.1f}  1.00x")
     for k, v in rates.items():

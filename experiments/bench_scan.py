@@ -68,7 +68,9 @@ def main():
     if warm:
         report["warm_over_cold_wall"] = round(warm["wall_seconds"] / cold["wall_seconds"], 2)
         report["warm_wall_over_search"] = round(warm["wall_seconds"] / warm["search_seconds"], 2)
-        print(f"warm / cold wall: {report['warm_over_cold_wall']}; warm wall / search: {report['warm_wall_over_search']}")
+        print(
+            f"warm / cold wall: {report['warm_over_cold_wall']}; warm wall / search: {report['warm_wall_over_search']}"
+        )
     print(json.dumps(report))
 
 

@@ -69,14 +69,23 @@ def main():
     for r in rows.values():
         r["relative_to_plain"] = round(r["image_steps_per_second"] / base, 3)
     meta = dict(
-        layer=args.layer, maps=args.maps, restarts=args.restarts, steps=args.steps, chunk=chunk,
-        backend=jax.default_backend(), devices=len(jax.devices()), cpus=os.cpu_count(), machine=platform.machine(),
+        layer=args.layer,
+        maps=args.maps,
+        restarts=args.restarts,
+        steps=args.steps,
+        chunk=chunk,
+        backend=jax.default_backend(),
+        devices=len(jax.devices()),
+        cpus=os.cpu_count(),
+        machine=platform.machine(),
     )
     print(json.dumps(meta))
     print(f"{'search':<16}{'image-steps/s':>15}{'seconds':>10}{'vs plain':>10}{'positive':>10}")
     for name, r in rows.items():
-        print(f"{name:<16}{r['image_steps_per_second']:>15.1f}{r['seconds']:>10.2f}"
-              f"{r['relative_to_plain']:>10.2f}{r['frac_positive']:>10.3f}")
+        print(
+            f"{name:<16}{r['image_steps_per_second']:>15.1f}{r['seconds']:>10.2f}"
+            f"{r['relative_to_plain']:>10.2f}{r['frac_positive']:>10.3f}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)

@@ -38,8 +38,10 @@ def main():
     args = p.parse_args()
 
     dev = jax.devices()[0]
-    print(f"machine: {platform.node()} {platform.machine()}, jax {jax.__version__}, backend {jax.default_backend()}, "
-          f"{len(jax.devices())} x {dev.device_kind}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{len(jax.devices())} x {dev.device_kind}"
+    )
     data = load_mnist(args.data_dir)
     subset = args.train_subset or None
     n = subset or data.train_images.shape[0]
@@ -55,16 +57,24 @@ def main():
     t_bat = time.perf_counter() - t0
 
     epoch = steady_epoch_seconds(sequential[0].history)
-    print(f"train: {epoch:.2f} s/epoch, {n / epoch:,.0f} images/s (steady state; first epoch with compile "
-          f"{sequential[0].history['seconds'][0]:.2f} s)")
+    print(
+        f"train: {epoch:.2f} s/epoch, {n / epoch:,.0f} images/s (steady state; first epoch with compile "
+        f"{sequential[0].history['seconds'][0]:.2f} s)"
+    )
     seq_epoch = sum(steady_epoch_seconds(m.history) for m in sequential)
     bat_epoch = steady_epoch_seconds(batched[0].history) * -(-args.seeds // (args.max_parallel or args.seeds))
-    print(f"sequential, {args.seeds} seeds: {t_seq:.1f} s wall ({args.seeds / t_seq:.3f} seeds/s), "
-          f"{seq_epoch:.2f} s per epoch of all seeds")
-    print(f"train_seeds, {args.seeds} seeds: {t_bat:.1f} s wall ({args.seeds / t_bat:.3f} seeds/s), "
-          f"{bat_epoch:.2f} s per epoch of all seeds")
-    print(f"seeds-per-second ratio batched/sequential: {t_seq / t_bat:.2f}x wall, "
-          f"{seq_epoch / bat_epoch:.2f}x steady state")
+    print(
+        f"sequential, {args.seeds} seeds: {t_seq:.1f} s wall ({args.seeds / t_seq:.3f} seeds/s), "
+        f"{seq_epoch:.2f} s per epoch of all seeds"
+    )
+    print(
+        f"train_seeds, {args.seeds} seeds: {t_bat:.1f} s wall ({args.seeds / t_bat:.3f} seeds/s), "
+        f"{bat_epoch:.2f} s per epoch of all seeds"
+    )
+    print(
+        f"seeds-per-second ratio batched/sequential: {t_seq / t_bat:.2f}x wall, "
+        f"{seq_epoch / bat_epoch:.2f}x steady state"
+    )
     acc = [m.metrics["test_accuracy"] for m in batched]
     print("test accuracy per seed (batched): " + ", ".join(f"{a:.4f}" for a in acc))
 

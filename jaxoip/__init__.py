@@ -1,7 +1,7 @@
 """jaxoip: what the feature maps of a CNN react to, by batched optimal-input-pattern search in JAX.
 
 The public API is re-exported here and imported lazily, so `import jaxoip` is quick and
-`python -m jaxoip.<command>` does not import its own module twice.
+the commands (`python -m jaxoip <command>`, in `jaxoip.cli`) start fast.
 """
 
 import importlib
@@ -19,9 +19,19 @@ _EXPORTS = {
         "OutputError",
     ),
     "jaxoip.data": ("MNIST", "Standardization", "load_mnist"),
+    "jaxoip.numerics": ("PRECISIONS", "precision_scope"),
+    "jaxoip.compiles": ("count_compiles",),
+    "jaxoip.progress": ("Progress",),
     "jaxoip.model": (
-        "CNN", "ModelConfig", "TrainedModel", "init_model", "layer_names", "layer_output", "layer_shapes",
-        "batched_layer_map", "receptive_field",
+        "CNN",
+        "ModelConfig",
+        "TrainedModel",
+        "init_model",
+        "layer_names",
+        "layer_output",
+        "layer_shapes",
+        "batched_layer_map",
+        "receptive_field",
     ),
     "jaxoip.train": ("TrainConfig", "evaluate_model", "train_seeds"),
     "jaxoip.checkpoint": ("load_model", "load_reference_model", "save_model"),
@@ -33,9 +43,21 @@ _EXPORTS = {
     "jaxoip.precursor": ("PrecursorResult", "precursor_scan", "data_activation"),
     "jaxoip.scan": ("ScanResult", "scan_maps", "write_scan"),
     "jaxoip.activations": (
-        "layer_grid", "LayerGrid", "compare_images", "Comparison", "map_summary", "predict_split", "Predictions",
-        "misclassified", "least_confident", "confusion_matrix", "most_confused", "find_exemplars", "Exemplars",
-        "dataset_activations", "get_image",
+        "layer_grid",
+        "LayerGrid",
+        "compare_images",
+        "Comparison",
+        "map_summary",
+        "predict_split",
+        "Predictions",
+        "misclassified",
+        "least_confident",
+        "confusion_matrix",
+        "most_confused",
+        "find_exemplars",
+        "Exemplars",
+        "dataset_activations",
+        "get_image",
     ),
     "jaxoip.compare": ("CompareConfig", "compare_models"),
     "jaxoip.compare_result": ("SeedComparison",),

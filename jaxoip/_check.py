@@ -20,7 +20,9 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, op
         raise JaxoipError(f"{name} must be at most {hi}, got {value}")
 
 
-def check_float(name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+def check_float(
+    name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+):
     """`value` is a finite real number in the interval from lo to hi (open ends where asked)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise JaxoipError(f"{name} must be a finite number, got {value!r}")

@@ -110,7 +110,8 @@ def _inspect(path: Path, command: str, config: dict, overwrite: bool, resume: bo
         entries = _user_entries(path)
         if entries:
             raise OutputError(
-                f"{path} holds files jaxoip did not write ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
+                f"{path} holds files jaxoip did not write "
+                f"({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
                 "choose a new or empty folder"
             )
         if resume:
@@ -135,7 +136,11 @@ def _inspect(path: Path, command: str, config: dict, overwrite: bool, resume: bo
     if overwrite:
         return marker
     what = "a complete result" if marker["status"] == "complete" else "an interrupted run"
-    hint = "--overwrite to replace it" if marker["status"] == "complete" else "--resume to finish it or --overwrite to start over"
+    hint = (
+        "--overwrite to replace it"
+        if marker["status"] == "complete"
+        else "--resume to finish it or --overwrite to start over"
+    )
     raise OutputError(f"{path} holds {what} of {marker.get('command')}; pass {hint}")
 
 
@@ -151,8 +156,10 @@ class OutputDir:
 
 def _clean_stale(path: Path):
     """Removes temporary folders left by dead processes, inside `path` and (older jaxoip) beside it."""
-    for tmp in list(path.glob(TMP_PREFIX + "*")) + list(path.parent.glob(f".{path.name}.tmp-*")) + list(
-        path.parent.glob(f".{path.name}.old-*")
+    for tmp in (
+        list(path.glob(TMP_PREFIX + "*"))
+        + list(path.parent.glob(f".{path.name}.tmp-*"))
+        + list(path.parent.glob(f".{path.name}.old-*"))
     ):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
@@ -203,7 +210,9 @@ def prepare_output(
         fresh = marker is None
         free = shutil.disk_usage(path).free
         if free < expected_bytes:
-            raise OutputError(f"not enough room in {path}: {free / 2**20:.0f} MiB free, about {expected_bytes / 2**20:.0f} MiB needed")
+            raise OutputError(
+                f"not enough room in {path}: {free / 2**20:.0f} MiB free, about {expected_bytes / 2**20:.0f} MiB needed"
+            )
         _clean_stale(path)
         partial = path / PARTIAL
         if not resume:
@@ -260,4 +269,6 @@ def _finalize(out: OutputDir, record: dict, old_files: list[str]):
 def add_output_flags(parser, what: str = "output folder"):
     """--overwrite and --resume, shared by the commands."""
     parser.add_argument("--overwrite", action="store_true", help=f"replace the complete jaxoip {what} at --out")
-    parser.add_argument("--resume", action="store_true", help="finish the interrupted run at --out, keeping its done work")
+    parser.add_argument(
+        "--resume", action="store_true", help="finish the interrupted run at --out, keeping its done work"
+    )

@@ -55,8 +55,12 @@ def standardization_checksum(mean: float, std: float) -> str:
 
 
 def _check_standardization(mean, std, where: str):
-    if not (isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all() and std > 0):
-        raise CheckpointError(f"{where} has an invalid standardization (mean {mean}, std {std}; std must be finite and > 0)")
+    if not (
+        isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all() and std > 0
+    ):
+        raise CheckpointError(
+            f"{where} has an invalid standardization (mean {mean}, std {std}; std must be finite and > 0)"
+        )
 
 
 def _check_finite_params(params, where: str):
@@ -160,7 +164,9 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
     _check_finite_params(params, str(path))
     if meta["format"] == FORMAT and meta.get("standardization_checksum") != standardization_checksum(std.mean, std.std):
-        raise CheckpointError(f"{path}: the standardization does not match its checksum in metadata.json (corrupt checkpoint)")
+        raise CheckpointError(
+            f"{path}: the standardization does not match its checksum in metadata.json (corrupt checkpoint)"
+        )
 
     graphdef, state = nnx.split(model)
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -48,8 +50,18 @@ from jaxoip.similarity import (
 
 # Names that lived here before the module was split, still importable from jaxoip.compare.
 __all__ = [
-    "COMPARISONS", "CONV_LAYERS", "CompareConfig", "SeedComparison", "check_models", "compare_models",
-    "correlation_matrix", "linear_cka", "match_channels", "semi_match", "untrained_models", "write_report",
+    "COMPARISONS",
+    "CONV_LAYERS",
+    "CompareConfig",
+    "SeedComparison",
+    "check_models",
+    "compare_models",
+    "correlation_matrix",
+    "linear_cka",
+    "match_channels",
+    "semi_match",
+    "untrained_models",
+    "write_report",
 ]
 
 CONV_LAYERS = ("Conv2D_1", "Conv2D_2", "Conv2D_3")
@@ -131,7 +143,6 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
             )
     for name in layers:
         get_layer(first, name, ("conv",))
-
 
 
 def untrained_models(template: TrainedModel, count: int, seed: int) -> list[TrainedModel]:
@@ -288,3 +299,33 @@ def compare_models(
         seconds=time.perf_counter() - t_start,
     )
 
+
+def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=True):
+    """One model per seed, as `train_seeds` trains them; each group of `max_parallel` seeds is saved to
+    `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again."""
+    import shutil
+
+    from jaxoip import checkpoint
+    from jaxoip.train import train_seeds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".seed_*.tmp-*"):  # Left by a killed run; the output lock is ours.
+        shutil.rmtree(stale, ignore_errors=True)
+    group = max_parallel or len(seeds)
+    models = []
+    for lo in range(0, len(seeds), group):
+        chunk = seeds[lo : lo + group]
+        paths = [folder / f"seed_{s}" for s in chunk]
+        if all((p / "metadata.json").is_file() for p in paths):
+            models += [checkpoint.load_model(p) for p in paths]
+            continue
+        trained = train_seeds(chunk, cfg, data=data, progress=progress)
+        for p, m in zip(paths, trained):
+            tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+            tmp.mkdir()
+            checkpoint.write_checkpoint(tmp, m)
+            if p.exists():  # A group cut short: its seeds are trained again together.
+                shutil.rmtree(p)
+            os.replace(tmp, p)  # A model is in place whole or not at all.
+        models += trained
+    return models

@@ -52,9 +52,7 @@ def check_scan_options(options) -> tuple[tuple[str, object], ...]:
     return items
 
 
-def map_oips(
-    trained: TrainedModel, layer_name: str, maps, config: CompareConfig, progress: bool = False
-) -> MapOIPs:
+def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig, progress: bool = False) -> MapOIPs:
     """OIPs of `maps` of `layer_name`, `config.oip_restarts` starts each, from the search `config.oip_source`.
 
     The starts depend on `config.seed` and the map index only, so every model is searched from the same
@@ -70,13 +68,23 @@ def map_oips(
         key = jax.random.fold_in(jax.random.key(config.seed), 1)
         starts = np.asarray(initial_images(jax.random.split(key, r), [config.oip_recipe]))
         res = search_oips(
-            trained.model, layer_name, np.repeat(maps, r), np.tile(starts, (len(maps), 1, 1, 1)), config.oip,
+            trained.model,
+            layer_name,
+            np.repeat(maps, r),
+            np.tile(starts, (len(maps), 1, 1, 1)),
+            config.oip,
             progress=progress,
         )
         images, objective, stayed_zero = res.images, res.objective, res.stayed_zero
     elif config.oip_source == "scan":
         res = scan_maps(
-            trained, layer_name, maps, restarts=r, config=config.oip, seed=config.seed, progress=progress,
+            trained,
+            layer_name,
+            maps,
+            restarts=r,
+            config=config.oip,
+            seed=config.seed,
+            progress=progress,
             **dict(config.oip_scan_options),
         )
         images, objective, stayed_zero = res.oip.images, res.oip.objective, res.oip.stayed_zero
@@ -85,8 +93,9 @@ def map_oips(
     m = len(maps)
     objective = np.asarray(objective).reshape(m, r)
     live = ~np.asarray(stayed_zero).reshape(m, r) & (objective > 0)
-    return MapOIPs(maps=maps, images=np.asarray(images).reshape(m, r, *images.shape[1:]), objective=objective,
-                   live=live)
+    return MapOIPs(
+        maps=maps, images=np.asarray(images).reshape(m, r, *images.shape[1:]), objective=objective, live=live
+    )
 
 
 def responses(trained: TrainedModel, layer_name: str, images: np.ndarray) -> np.ndarray:
@@ -97,7 +106,11 @@ def responses(trained: TrainedModel, layer_name: str, images: np.ndarray) -> np.
 
 
 def pair_oip_measures(
-    model_a: TrainedModel, model_b: TrainedModel, layer_name: str, oips_a: MapOIPs, oips_b: MapOIPs,
+    model_a: TrainedModel,
+    model_b: TrainedModel,
+    layer_name: str,
+    oips_a: MapOIPs,
+    oips_b: MapOIPs,
     max_shift: int,
 ) -> dict[str, np.ndarray]:
     """Every OIP measure of one pair, per matched map: map i of `oips_a` is matched to map i of `oips_b`."""
@@ -110,12 +123,14 @@ def pair_oip_measures(
     ab = cross_activation(
         act_b[: m * r].reshape(m, r, -1)[:, :, oips_b.maps],
         act_b[m * r :].reshape(m, r, -1)[np.arange(m), :, oips_b.maps],
-        oips_a.live, oips_b.live,
+        oips_a.live,
+        oips_b.live,
     )
     ba = cross_activation(
         act_a[: m * r].reshape(m, r, -1)[:, :, oips_a.maps],
         act_a[m * r :].reshape(m, r, -1)[np.arange(m), :, oips_a.maps],
-        oips_b.live, oips_a.live,
+        oips_b.live,
+        oips_a.live,
     )
 
     def both(x, y):
@@ -149,9 +164,7 @@ def compare_oips(
     for (a, b), (ma, mb, _) in chosen.items():
         needed[a].update(int(x) for x in ma)
         needed[b].update(int(x) for x in mb)
-    searched = {
-        i: map_oips(models[i], layer, sorted(maps), config, progress) for i, maps in needed.items() if maps
-    }
+    searched = {i: map_oips(models[i], layer, sorted(maps), config, progress) for i, maps in needed.items() if maps}
 
     def subset(i, maps):
         s = searched[i]

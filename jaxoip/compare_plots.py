@@ -115,10 +115,18 @@ def plot_oip_measures(result: SeedComparison, path=None) -> Figure:
             o = result.oip[pair]
             both = np.asarray(o["both_live"], bool)
             v = np.asarray(o[key], np.float64)[both]
-            ax.scatter(x + rng.uniform(-0.15, 0.15, v.size), v, s=9, color="C0", alpha=0.7,
-                       label="matched maps" if x == 0 else None)
-            for suffix, color, name in (("ceiling", "C2", "ceiling: own restarts"),
-                                        ("floor", "C3", "floor: random map pairs")):
+            ax.scatter(
+                x + rng.uniform(-0.15, 0.15, v.size),
+                v,
+                s=9,
+                color="C0",
+                alpha=0.7,
+                label="matched maps" if x == 0 else None,
+            )
+            for suffix, color, name in (
+                ("ceiling", "C2", "ceiling: own restarts"),
+                ("floor", "C3", "floor: random map pairs"),
+            ):
                 w = np.asarray(o[f"{key}_{suffix}"], np.float64)[both]
                 w = w[np.isfinite(w)]
                 if w.size:

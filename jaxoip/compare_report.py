@@ -89,19 +89,28 @@ def markdown_report(result: SeedComparison, command: str | None = None) -> str:
         )
     lines += [
         "",
-        (f"{len(result.pairs)} pairs. Features: post-ReLU activations on the test images, spatial positions as "
-        f"samples. "
-        f"Nulls: **shuffled** = the same pair with the test images shuffled for the second model; "
-        f"**untrained** = the first model against an untrained network of the same architecture. "
-        f"CIs ({cfg.ci:.0%}): bootstrap over images ({cfg.bootstrap} replicates of {cfg.blocks} image blocks) and "
-        f"over seed pairs (pairs sharing a model are not independent: read it as a rough spread). "
-        f"Dead channels (constant on the samples) are left out of every matching."),
+        (
+            f"{len(result.pairs)} pairs. Features: post-ReLU activations on the test images, spatial positions as "
+            f"samples. "
+            f"Nulls: **shuffled** = the same pair with the test images shuffled for the second model; "
+            f"**untrained** = the first model against an untrained network of the same architecture. "
+            f"CIs ({cfg.ci:.0%}): bootstrap over images ({cfg.bootstrap} replicates of {cfg.blocks} image blocks) and "
+            f"over seed pairs (pairs sharing a model are not independent: read it as a rough spread). "
+            f"Dead channels (constant on the samples) are left out of every matching."
+        ),
         "",
     ]
     for layer in cfg.layers:
         n, k = result.samples[layer]
-        lines += [f"## {layer}", "", (f"{n} images x {k} positions = {n * k} samples; "
-                  f"null 95th percentile of matched r: {result.null95[layer]:.3f}."), ""]
+        lines += [
+            f"## {layer}",
+            "",
+            (
+                f"{n} images x {k} positions = {n * k} samples; "
+                f"null 95th percentile of matched r: {result.null95[layer]:.3f}."
+            ),
+            "",
+        ]
         lines += ["```", result.headline(layer), "```", ""]
         lines += [
             "| metric | mean over pairs | CI (images) | CI (seed pairs) | null: shuffled | null: untrained |",
@@ -127,26 +136,35 @@ def oip_section(result: SeedComparison) -> list[str]:
     cfg = result.config
     source = (
         f"the improved search (`scan_maps`: best recipe per map, screened starts; options "
-        f"{dict(cfg.oip_scan_options) or 'none'})" if cfg.oip_source == "scan"
+        f"{dict(cfg.oip_scan_options) or 'none'})"
+        if cfg.oip_source == "scan"
         else f"the plain search from the same starts for every map ('{cfg.oip_recipe}' recipe)"
     )
     lines = [
         f"## OIPs of matched {cfg.oip_layer} maps",
         "",
-        (f"{cfg.oip_maps} matched maps per pair (evenly spaced in the ranking of matched r), {cfg.oip_restarts} "
-        f"starts each from {source}, {cfg.oip.steps} steps. A start whose objective stayed at zero (a silent "
-        f"map) is left out of every measure; a matched map without a live start on both sides is left out of "
-        f"the means and marked below. Measures, averaged over pairs of different starts:"),
+        (
+            f"{cfg.oip_maps} matched maps per pair (evenly spaced in the ranking of matched r), {cfg.oip_restarts} "
+            f"starts each from {source}, {cfg.oip.steps} steps. A start whose objective stayed at zero (a silent "
+            f"map) is left out of every measure; a matched map without a live start on both sides is left out of "
+            f"the means and marked below. Measures, averaged over pairs of different starts:"
+        ),
         "",
-        (f"- **shift r**: the maximum over translations of up to {cfg.oip_max_shift} pixels of the Pearson "
-        f"correlation of the two OIPs over their overlap (1 for a translated copy, also with its contrast "
-        f"scaled); **shift abs(r)**: the same with the sign free (1 also for a contrast-inverted copy)."),
-        ("- **xact** (cross-activation): the mean response of one model's matched map to the other model's OIPs, "
-        "divided by its mean response to its own OIPs (1: as strong as to its own); a→b is the second model's "
-        "map on the first model's OIPs."),
+        (
+            f"- **shift r**: the maximum over translations of up to {cfg.oip_max_shift} pixels of the Pearson "
+            f"correlation of the two OIPs over their overlap (1 for a translated copy, also with its contrast "
+            f"scaled); **shift abs(r)**: the same with the sign free (1 also for a contrast-inverted copy)."
+        ),
+        (
+            "- **xact** (cross-activation): the mean response of one model's matched map to the other model's OIPs, "
+            "divided by its mean response to its own OIPs (1: as strong as to its own); a→b is the second model's "
+            "map on the first model's OIPs."
+        ),
         "- **pixel r**: the plain pixel correlation (not shift-invariant).",
-        ("- **ceiling**: a map against its own other restarts (for xact: each own restart against the mean of "
-        "the others); **floor**: a map against the partners of the other matched maps."),
+        (
+            "- **ceiling**: a map against its own other restarts (for xact: each own restart against the mean of "
+            "the others); **floor**: a map against the partners of the other matched maps."
+        ),
         "",
         f"![OIP measures](oip_measures_{cfg.oip_layer}.png)",
         "",

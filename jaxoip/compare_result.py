@@ -118,8 +118,12 @@ class SeedComparison:
             )
         if "oip_shift" in tab.index or "oip_xact" in tab.index:
             text += "\n  OIPs of matched maps (ceiling: own restarts / floor: random map pairs):"
-            for key, what in (("oip_shift", "shift-invariant r"), ("oip_shift_unsigned", "same, sign-free"),
-                              ("oip_xact", "cross-activation"), ("oip_pixel", "pixel r")):
+            for key, what in (
+                ("oip_shift", "shift-invariant r"),
+                ("oip_shift_unsigned", "same, sign-free"),
+                ("oip_xact", "cross-activation"),
+                ("oip_pixel", "pixel r"),
+            ):
                 if key in tab.index:
                     ceil, floor = (
                         f"{g(k):.2f}" if k in tab.index else "n/a" for k in (f"{key}_ceiling", f"{key}_floor")
@@ -180,7 +184,5 @@ class SeedComparison:
                 }
             out["layers"][layer] = lay
         if self.oip:
-            out["oip"] = {
-                f"{self.names[a]} vs {self.names[b]}": dict(o) for (a, b), o in self.oip.items()
-            }
+            out["oip"] = {f"{self.names[a]} vs {self.names[b]}": dict(o) for (a, b), o in self.oip.items()}
         return clean(out)

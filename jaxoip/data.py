@@ -82,15 +82,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     if magic != _MAGIC[ndim]:
         raise DataError(
-            f"{path} has magic number {magic}, expected {_MAGIC[ndim]} "
-            f"(an IDX file of uint8 with {ndim} dimension(s))"
+            f"{path} has magic number {magic}, expected {_MAGIC[ndim]} (an IDX file of uint8 with {ndim} dimension(s))"
         )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DataError(
-            f"{path} is truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape}"
-        )
+        raise DataError(f"{path} is truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -112,9 +109,7 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"{split} set in {data_dir}: {images.shape[0]} images but {labels.shape[0]} labels"
-            )
+            raise DataError(f"{split} set in {data_dir}: {images.shape[0]} images but {labels.shape[0]} labels")
         if images.shape[1:] != (28, 28):
             raise DataError(f"{split} images in {data_dir} are {images.shape[1:]}, expected (28, 28)")
         if labels.size and labels.max() > 9:

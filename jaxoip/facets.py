@@ -66,7 +66,9 @@ class MapFacets:
     sizes: np.ndarray  # (F,) starts per facet
 
 
-def map_facets(map_index: int, images: np.ndarray, objective: np.ndarray, threshold: float = FACET_THRESHOLD) -> MapFacets:
+def map_facets(
+    map_index: int, images: np.ndarray, objective: np.ndarray, threshold: float = FACET_THRESHOLD
+) -> MapFacets:
     """Facets of one map's starts (R, H, W, 1) with objectives (R,); starts with objective <= 0 are left out
     (label -1) unless no start is positive."""
     objective = np.asarray(objective)
@@ -99,9 +101,7 @@ def map_facets(map_index: int, images: np.ndarray, objective: np.ndarray, thresh
 
 def scan_facets(result, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:
     """`map_facets` for every map of a `ScanResult`."""
-    return [
-        map_facets(m, result.images[i], result.objective[i], threshold) for i, m in enumerate(result.map_indices)
-    ]
+    return [map_facets(m, result.images[i], result.objective[i], threshold) for i, m in enumerate(result.map_indices)]
 
 
 def facet_images(result, threshold: float = FACET_THRESHOLD) -> list[dict]:
@@ -112,7 +112,12 @@ def facet_images(result, threshold: float = FACET_THRESHOLD) -> list[dict]:
     for i, f in enumerate(scan_facets(result, threshold)):
         imgs = result.images[i][f.representatives]
         out.append(
-            dict(map=f.map_index, images=imgs, pixels=result.standardization.to_pixels(imgs), objectives=f.objectives,
-                 sizes=f.sizes)
+            dict(
+                map=f.map_index,
+                images=imgs,
+                pixels=result.standardization.to_pixels(imgs),
+                objectives=f.objectives,
+                sizes=f.sizes,
+            )
         )
     return out

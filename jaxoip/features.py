@@ -73,9 +73,7 @@ def layer_features(
     return np.asarray(out).reshape(steps * bs, *out.shape[2:])[:n]
 
 
-
 def kernel_vectors(trained: TrainedModel, layer_name: str) -> np.ndarray:
     """(channels, kh*kw*c_in) kernels of a conv layer."""
     k = np.asarray(getattr(trained.model, layer_name).kernel[...])
     return k.reshape(-1, k.shape[-1]).T
-

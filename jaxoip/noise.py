@@ -154,5 +154,7 @@ def seeded_starts(seed: int, stream: int, map_indices, restarts: int, recipes, r
     if idx.shape[0] != maps.shape[0] * restarts:
         raise JaxoipError(f"need {maps.shape[0] * restarts} recipe indices, got {idx.shape[0]}")
     return np.asarray(
-        _seeded_starts(np.uint32(check_seed(seed)), maps, idx, recipes=recipes, restarts=int(restarts), stream=int(stream))
+        _seeded_starts(
+            np.uint32(check_seed(seed)), maps, idx, recipes=recipes, restarts=int(restarts), stream=int(stream)
+        )
     )

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxoip import facets, param, targets, transforms
 from jaxoip._check import check_float, check_int
-from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.model import CNN, ModelConfig, map_activation
 from jaxoip.noise import standardize_image
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
@@ -169,7 +169,9 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
         custom = cfg.wake or targets.is_custom(nnx.merge(graphdef, params).config, layer_name, cfg)
         keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
         if cfg.diversity > 0 and (cfg.diversity_group < 2 or n % cfg.diversity_group):
-            raise JaxoipError(f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})")
+            raise JaxoipError(
+                f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})"
+            )
 
         def objectives(x):
             """(study objective, objective to ascend, asleep) per image."""

@@ -154,12 +154,19 @@ def oip_similarities(
     flat_a, flat_b = oips_a.reshape(m * r, *oips_a.shape[2:]), oips_b.reshape(m * r, *oips_b.shape[2:])
     shape = (m, r, m, r)
     out = {}
-    pix = {k: pixel_similarity_matrix(x, y).reshape(shape) for k, (x, y) in
-           {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()}
-    sh = {k: [np.asarray(v, np.float64).reshape(shape) for v in shift_similarity_matrix(x, y, max_shift)]
-          for k, (x, y) in {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()}
-    for name, mats in (("pixel", pix), ("shift", {k: v[0] for k, v in sh.items()}),
-                       ("shift_unsigned", {k: v[1] for k, v in sh.items()})):
+    pix = {
+        k: pixel_similarity_matrix(x, y).reshape(shape)
+        for k, (x, y) in {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()
+    }
+    sh = {
+        k: [np.asarray(v, np.float64).reshape(shape) for v in shift_similarity_matrix(x, y, max_shift)]
+        for k, (x, y) in {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()
+    }
+    for name, mats in (
+        ("pixel", pix),
+        ("shift", {k: v[0] for k, v in sh.items()}),
+        ("shift_unsigned", {k: v[1] for k, v in sh.items()}),
+    ):
         res = restart_pair_means(mats["ab"], mats["aa"], mats["bb"], live_a, live_b)
         out[name], out[f"{name}_ceiling"], out[f"{name}_floor"] = res["cross"], res["ceiling"], res["floor"]
     same = pix["ab"][np.arange(m), :, np.arange(m), :][:, np.arange(r), np.arange(r)]  # (m, r)

@@ -388,7 +388,8 @@ def write_scan(
     extra_summary: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the scan into the new or empty folder `out` (see `write_scan_files`); `jaxoip._io.prepare_output` rules."""
+    """Writes the scan into the new or empty folder `out` (see `write_scan_files`), by the rules of
+    `jaxoip._io.prepare_output`."""
     with prepare_output(out, "write_scan", {}, overwrite=overwrite) as o:
         write_scan_files(result, o.staging, snapshot_maps, all_starts, exemplars, extra_summary)
     return o.path

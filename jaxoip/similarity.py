@@ -25,7 +25,6 @@ def live_channels(features: np.ndarray) -> np.ndarray:
     return spread > 1e-7 * np.maximum(1.0, np.abs(f).max(axis=0))
 
 
-
 def block_bounds(n_images: int, blocks: int) -> np.ndarray:
     """Start image of each of `blocks` contiguous, nearly equal blocks, plus the end."""
     return np.linspace(0, n_images, min(blocks, n_images) + 1).round().astype(int)
@@ -54,7 +53,6 @@ def block_moments(x: np.ndarray, y: np.ndarray, bounds: np.ndarray) -> dict[str,
 def weighted(moments: dict[str, np.ndarray], w: np.ndarray) -> dict[str, np.ndarray]:
     """Totals over blocks, block b counted w[b] times (w = ones: the data itself)."""
     return {k: np.tensordot(w, v, axes=1) for k, v in moments.items()}
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,7 +135,6 @@ def semi_match(corr: np.ndarray) -> tuple[np.ndarray, int]:
     return best, int(len(best) - len(np.unique(best)))
 
 
-
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     return np.sum(a * b, axis=1) / np.maximum(na * nb, _EPS)
@@ -188,4 +185,3 @@ def pair_metrics(
         m["kernel_cosine"] = float(cos.mean()) if cos.size else 0.0
     detail = {"a": ia[rows], "b": ib[cols], "corr": matched}
     return m, detail
-

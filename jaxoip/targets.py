@@ -108,7 +108,9 @@ def resolve_quantity(model_config, layer_name: str, quantity: str) -> str:
 def is_custom(model_config, layer_name: str, cfg) -> bool:
     """Whether the target needs this module (dense layer, weighted sums or pre-activations)."""
     spec = get_layer(model_config, layer_name)
-    return spec.kind == "dense" or bool(cfg.weighted) or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
+    return (
+        spec.kind == "dense" or bool(cfg.weighted) or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
+    )
 
 
 def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
@@ -126,7 +128,9 @@ def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
         bad = int(maps[(maps < 0) | (maps >= n)][0])
         if weighted:
             raise LayerError(f"weighted target {bad} out of range: {n} given")
-        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if spec.kind == 'dense' else 'maps'} 0..{c - 1}")
+        raise LayerError(
+            f"{what} {bad} out of range: {layer_name} has {'nodes' if spec.kind == 'dense' else 'maps'} 0..{c - 1}"
+        )
     for terms in weighted:
         for u, _ in terms:
             if not 0 <= u < c:
@@ -190,6 +194,7 @@ def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
     the positive-weight part of its target is zero, and the wake objective (ascended instead) is the
     target's pre-activation: the map's largest node (or its node), the dense node, the weighted sum.
     """
+
     def fn(params, x, maps):
         model = nnx.merge(graphdef, params)
         config = model.config
@@ -226,9 +231,7 @@ def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
     return fn
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "layer_name", "node", "quantity", "weighted", "precision")
-)
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "node", "quantity", "weighted", "precision"))
 def _target_values(params, xs, *, graphdef, layer_name, node, quantity, weighted, precision):
     """(params, image batches (steps, B, ...)) -> every target's value, flattened over steps."""
 

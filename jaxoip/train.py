@@ -1,14 +1,12 @@
 """Training with Optax: one compiled program per epoch (`lax.scan` over batches).
 
-`python -m jaxoip.train` trains a model and writes an Orbax checkpoint, its history as JSON and a plot.
+The command `python -m jaxoip train` (`jaxoip.cli.train`) trains a model and writes a checkpoint folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -20,9 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxoip import cli
 from jaxoip._check import check_float, check_int
-from jaxoip._io import add_output_flags, prepare_output
 from jaxoip._memory import check_fits
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
@@ -243,7 +239,9 @@ def _restore_epoch(manager, params, opt_state):
             epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore())
         )
     except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files.
-        raise JaxoipError(f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})") from None
+        raise JaxoipError(
+            f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})"
+        ) from None
     return epoch, r.state["params"], r.state["opt_state"], {k: list(v) for k, v in r.history.items()}
 
 
@@ -363,7 +361,9 @@ def train_seeds(
         raise JaxoipError("max_parallel must be at least 1")
     group = max_parallel or len(seeds)
     per_batch = min(cfg.batch_size, cfg.train_subset or 60_000) * min(group, len(seeds))
-    check_fits(model_config, per_batch, "a training batch (batch size x seeds in parallel)", "--max-parallel or --batch-size")
+    check_fits(
+        model_config, per_batch, "a training batch (batch size x seeds in parallel)", "--max-parallel or --batch-size"
+    )
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
     n = train_x.shape[0]
@@ -413,71 +413,15 @@ def train_seeds(
                 bar.update(len(chunk))
                 bar.set_postfix(val_acc=" ".join(f"{h['val_accuracy'][-1]:.4f}" for h in histories))
         for i, (seed, h) in enumerate(zip(chunk, histories)):
-            one = jax.tree.map(lambda a: a[i], params)
+            one = jax.tree.map(lambda a: a[i], params)  # noqa: B023 - used at once
             out.append(_trained(nnx.merge(graphdef, one), std, h, dataclasses.replace(cfg, seed=seed), data))
     if bar is not None:
         bar.close()
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m jaxoip.train", description="Train the study's CNN on MNIST.")
-    p.add_argument(
-        "--out", default="runs/model", help="checkpoint folder to write, with history.json/png (default: %(default)s)"
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="momentum of rmsprop and sgd (0: none)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="'power' is the study's powerSched")
-    p.add_argument("--decay-rate", type=float, default=d.decay_rate)
-    p.add_argument("--decay-steps", type=int, default=d.decay_steps)
-    p.add_argument("--regularizer", choices=REGULARIZERS, default=d.regularizer, help="on the dense kernels")
-    p.add_argument("--reg-param", type=float, default=d.reg_param)
-    p.add_argument("--seed", type=int, default=d.seed, help="controls initialization and shuffling")
-    p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--no-progress", action="store_true")
-    add_output_flags(p, "checkpoint folder")
-    cli.add_data_dir(p)
-    return p
+if __name__ == "__main__":  # `python -m jaxoip.train`: the command lives in `jaxoip.cli.train`.
+    from jaxoip import cli
+    from jaxoip.cli.train import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from jaxoip import checkpoint, plots
-
-    args = _parser().parse_args(argv)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        momentum=args.momentum,
-        schedule=args.schedule,
-        decay_rate=args.decay_rate,
-        decay_steps=args.decay_steps,
-        regularizer=args.regularizer,
-        reg_param=args.reg_param,
-        seed=args.seed,
-        train_subset=args.train_subset,
-    )
-    check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
-    # Config, then the output folder, then data and compilation: a bad argument or --out fails at once.
-    with prepare_output(
-        args.out, "train", dataclasses.asdict(cfg), args.overwrite, args.resume, expected_bytes=16 * 2**20
-    ) as out:
-        trained = train(cfg, data_dir=args.data_dir, progress=not args.no_progress, checkpoint_dir=out.partial / "epochs")
-        checkpoint.write_checkpoint(out.staging, trained)
-        (out.staging / "history.json").write_text(json.dumps(trained.history, indent=1))
-        plots.plot_history(trained.history, out.staging / "history.png")
-    h = trained.history
-    print(
-        f"test accuracy {h['val_accuracy'][-1]:.4%}, test loss {h['val_loss'][-1]:.4f} after {cfg.epochs} epochs "
-        f"({sum(h['seconds']):.0f} s){' (resumed)' if out.resumed else ''}; checkpoint {out.path}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
     cli.execute(main)

@@ -37,7 +37,9 @@ def image_keys(seed: int, images: jax.Array, maps: jax.Array) -> jax.Array:
     mult = (2 * jnp.arange(bits.shape[1], dtype=jnp.uint32) + 1) * jnp.uint32(2654435761)
     fingerprint = jnp.sum(bits * mult[None, :], axis=1, dtype=jnp.uint32)
     root = jax.random.key(seed)
-    return jax.vmap(lambda f, m: jax.random.fold_in(jax.random.fold_in(root, f), m))(fingerprint, maps.astype(jnp.uint32))
+    return jax.vmap(lambda f, m: jax.random.fold_in(jax.random.fold_in(root, f), m))(
+        fingerprint, maps.astype(jnp.uint32)
+    )
 
 
 def random_affine(key: jax.Array, img: jax.Array, jitter: float, scale: float, rotate: float) -> jax.Array:

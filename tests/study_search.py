@@ -27,6 +27,7 @@ def make_study_search(graphdef: nnx.GraphDef, layer_name: str, cfg, node: tuple[
     """
     snaps = jnp.asarray(cfg.snapshots)
     objectives = make_objectives(graphdef, layer_name, node)
+
     # Images are independent, so the gradient of the sum is each image's own gradient.
     def total(p, x, m):
         obj = objectives(p, x, m)

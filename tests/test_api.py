@@ -14,7 +14,9 @@ def test_commands_run_as_modules_without_double_import_warning():
     for command in ("train", "scan_all_maps", "activations", "compare_seeds"):
         proc = subprocess.run(
             [sys.executable, "-W", "error::RuntimeWarning", "-m", f"jaxoip.{command}", "--help"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
         assert "usage: python -m jaxoip." in proc.stdout

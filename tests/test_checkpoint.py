@@ -119,7 +119,9 @@ def _edit_meta(folder, **changes):
     (folder / "metadata.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("std", [{"mean": 0.1, "std": 0.0}, {"mean": float("nan"), "std": 0.3}, {"mean": 0.1, "std": -1.0}])
+@pytest.mark.parametrize(
+    "std", [{"mean": 0.1, "std": 0.0}, {"mean": float("nan"), "std": 0.3}, {"mean": 0.1, "std": -1.0}]
+)
 def test_invalid_standardization_is_refused(tiny_checkpoint, tmp_path, std):
     bad = _copy(tiny_checkpoint, tmp_path / "bad")
     _edit_meta(bad, standardization=std)
@@ -130,7 +132,9 @@ def test_invalid_standardization_is_refused(tiny_checkpoint, tmp_path, std):
 def test_standardization_is_covered_by_the_checksum(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "bad")
     meta = json.loads((bad / "metadata.json").read_text())
-    _edit_meta(bad, standardization={"mean": meta["standardization"]["mean"] + 0.01, "std": meta["standardization"]["std"]})
+    _edit_meta(
+        bad, standardization={"mean": meta["standardization"]["mean"] + 0.01, "std": meta["standardization"]["std"]}
+    )
     with pytest.raises(CheckpointError, match="does not match its checksum"):
         load_model(bad)
 

@@ -70,21 +70,21 @@ def test_cka_identity_permutation_and_scaling():
         np.testing.assert_allclose(compare.linear_cka(0.01 * x[:, ::-1], y, debiased), base, rtol=1e-10)
 
 
-def _hsic_unbiased_gram(k, l):
+def _hsic_unbiased_gram(k, g):
     """Song et al.'s estimator on explicit n x n Gram matrices."""
     n = k.shape[0]
-    k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    k, g = k - np.diag(np.diag(k)), g - np.diag(np.diag(g))
     one = np.ones(n)
     return (
-        np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ l @ one
+        np.trace(k @ g) + (one @ k @ one) * (one @ g @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ g @ one
     ) / (n * (n - 3))
 
 
 def test_debiased_cka_equals_gram_matrix_estimator():
     x, y = _rng_features(n=60, d=5)
     x, y = x + 3.0, y - 1.0  # Uncentered on purpose: the estimator is centering-free.
-    k, l = x @ x.T, y @ y.T
-    expected = _hsic_unbiased_gram(k, l) / math.sqrt(_hsic_unbiased_gram(k, k) * _hsic_unbiased_gram(l, l))
+    k, g = x @ x.T, y @ y.T
+    expected = _hsic_unbiased_gram(k, g) / math.sqrt(_hsic_unbiased_gram(k, k) * _hsic_unbiased_gram(g, g))
     np.testing.assert_allclose(compare.linear_cka(x, y, debiased=True), expected, rtol=1e-8)
 
 

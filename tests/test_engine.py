@@ -123,8 +123,26 @@ def test_importing_plots_keeps_the_matplotlib_backend():
 
 def _scan_cmd(out, cache):
     env = {**os.environ, "JAXOIP_CACHE_DIR": str(cache)}
-    cmd = [sys.executable, "-m", "jaxoip.scan_all_maps", "--maps", "0-3", "--restarts", "2", "--steps", "10",
-           "--exemplars", "0", "--precursor-starts", "8", "--screen", "2", "--no-progress", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxoip.scan_all_maps",
+        "--maps",
+        "0-3",
+        "--restarts",
+        "2",
+        "--steps",
+        "10",
+        "--exemplars",
+        "0",
+        "--precursor-starts",
+        "8",
+        "--screen",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     return json.loads((out / "summary.json").read_text())
 

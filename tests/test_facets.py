@@ -25,8 +25,13 @@ def test_facets_group_shifted_copies():
     bar[6:22, 12:15] = 1.0
     a = bar + 0.05 * np.random.default_rng(0).normal(size=bar.shape)
     images = np.stack(
-        [_standardized(a), _standardized(np.roll(a, (3, -4), (0, 1))), _standardized(bar.T),
-         _standardized(np.roll(a, 2, 1)), _standardized(_ring())]
+        [
+            _standardized(a),
+            _standardized(np.roll(a, (3, -4), (0, 1))),
+            _standardized(bar.T),
+            _standardized(np.roll(a, 2, 1)),
+            _standardized(_ring()),
+        ]
     )
     sim = facets.shift_similarity(images)
     np.testing.assert_allclose(np.diag(sim), 1, atol=1e-6)

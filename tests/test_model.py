@@ -114,4 +114,6 @@ def test_map_activation_equals_full_layer(layer):
     x = jax.random.normal(jax.random.key(0), (5, 28, 28, 1))
     maps = jnp.array([0, 3, 1, 7, 3])
     full = model(x, until=layer)
-    np.testing.assert_allclose(map_activation(model, x, layer, maps), full[jnp.arange(5), ..., maps], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        map_activation(model, x, layer, maps), full[jnp.arange(5), ..., maps], rtol=1e-5, atol=1e-5
+    )

@@ -121,7 +121,7 @@ def test_sharded_over_four_host_devices(tiny_checkpoint, tmp_path):
         maps = np.array({MAPS.tolist()})
         x0 = np.asarray(initial_images(start_keys(0, maps, 1).reshape(-1), ["study"]))
         r = search_oips(m.model, "Conv2D_3", maps, x0, OIPConfig(steps=30), chunk_size=3)
-        np.savez({str(tmp_path / 'sharded.npz')!r}, images=r.images, objective=r.objective)
+        np.savez({str(tmp_path / "sharded.npz")!r}, images=r.images, objective=r.objective)
         """
     )
     # The reference runs in the same context (a CPU process, one device), not on whatever backend the

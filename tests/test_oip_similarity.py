@@ -87,7 +87,10 @@ def _oriented_model() -> TrainedModel:
 def test_model_against_itself_cross_activation_one_ceiling_above_floor():
     trained = _oriented_model()
     cfg = CompareConfig(  # The default source, the improved search; large steps so that 30 suffice.
-        layers=("Conv2D_1",), oip_layer="Conv2D_1", oip_restarts=3, oip_maps=3,
+        layers=("Conv2D_1",),
+        oip_layer="Conv2D_1",
+        oip_restarts=3,
+        oip_maps=3,
         oip=OIPConfig(steps=30, epsilon=0.1),
     )
     oips = map_oips(trained, "Conv2D_1", [0, 1, 2], cfg)
@@ -103,7 +106,11 @@ def test_model_against_itself_cross_activation_one_ceiling_above_floor():
 def test_silent_maps_are_left_out_and_counted():
     trained = planted_model()
     cfg = CompareConfig(
-        layers=("Conv2D_2",), oip_layer="Conv2D_2", oip_restarts=2, oip_maps=2, oip=OIPConfig(steps=5),
+        layers=("Conv2D_2",),
+        oip_layer="Conv2D_2",
+        oip_restarts=2,
+        oip_maps=2,
+        oip=OIPConfig(steps=5),
         oip_source="shared",
     )
     oips = map_oips(trained, "Conv2D_2", [0, 1], cfg)

@@ -450,7 +450,9 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
         compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert (tmp_path / "seed_0" / "metadata.json").is_file() and not (tmp_path / "seed_1").exists()
 
-    monkeypatch.setattr(train_lib, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1])
+    monkeypatch.setattr(
+        train_lib, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
+    )
     trained_seeds.clear()
     models = compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert trained_seeds == [1]

@@ -25,9 +25,21 @@ def test_outputs_exist_and_parse(scan_out):
     assert {f"snapshots_map{m:03d}.png" for m in (0, 1, 2, 7)} <= names
     table = pd.read_csv(scan_out / "maps.csv")
     assert table["map"].tolist() == [0, 1, 2, 7]
-    for col in ("data_mean", "data_max", "pre_fine_frac", "pre_study_max", "recipe", "best_objective",
-                "mean_objective", "std_objective", "converged_step", "frac_stayed_zero", "found",
-                "silent_on_noise", "dead_on_data"):
+    for col in (
+        "data_mean",
+        "data_max",
+        "pre_fine_frac",
+        "pre_study_max",
+        "recipe",
+        "best_objective",
+        "mean_objective",
+        "std_objective",
+        "converged_step",
+        "frac_stayed_zero",
+        "found",
+        "silent_on_noise",
+        "dead_on_data",
+    ):
         assert col in table, col
     assert len(json.loads((scan_out / "maps.json").read_text())) == 4
     summary = json.loads((scan_out / "summary.json").read_text())
@@ -39,8 +51,9 @@ def test_outputs_exist_and_parse(scan_out):
 
 
 def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
-    res = scan_maps(tiny_trained, "Conv2D_3", [0, 1, 2, 7], restarts=2, config=OIPConfig(steps=12),
-                    precursor_starts=8, data=mnist)
+    res = scan_maps(
+        tiny_trained, "Conv2D_3", [0, 1, 2, 7], restarts=2, config=OIPConfig(steps=12), precursor_starts=8, data=mnist
+    )
     table = res.table()
     np.testing.assert_allclose(table["best_objective"], pd.read_csv(scan_out / "maps.csv")["best_objective"], rtol=1e-4)
     assert res.images.shape == (4, 2, 28, 28, 1) and res.traces.shape == (4, 2, 12)
@@ -107,10 +120,28 @@ def test_runs_without_mnist(tmp_path, monkeypatch, capsys):
 def test_toolkit_options_recorded(tiny_checkpoint, mnist, tmp_path):
     """A weighted class target with the robust style, Fourier images and diversity, from the command line."""
     out = tmp_path / "out"
-    rc = cli.run(scan_all_maps.main, [
-        "--model", str(tiny_checkpoint), "--layer", "Dense_2", "--target", "4-9", "--target", "7",
-        "--style", "robust", "--param", "fourier", "--diversity", "0.5", "--out", str(out), *ARGS,
-    ])
+    rc = cli.run(
+        scan_all_maps.main,
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--layer",
+            "Dense_2",
+            "--target",
+            "4-9",
+            "--target",
+            "7",
+            "--style",
+            "robust",
+            "--param",
+            "fourier",
+            "--diversity",
+            "0.5",
+            "--out",
+            str(out),
+            *ARGS,
+        ],
+    )
     assert rc == 0
     table = pd.read_csv(out / "maps.csv")
     assert table["target"].tolist() == ["4-9", "7"]
@@ -129,7 +160,19 @@ def test_help_documents_every_option_default(capsys):
     with pytest.raises(SystemExit):
         scan_all_maps.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--style", "--wake", "--param", "--jitter", "--tv", "--l1", "--blur", "--diversity",
-                   "--facet-threshold", "--target", "--quantity", "--fourier-decay"):
+    for option in (
+        "--style",
+        "--wake",
+        "--param",
+        "--jitter",
+        "--tv",
+        "--l1",
+        "--blur",
+        "--diversity",
+        "--facet-threshold",
+        "--target",
+        "--quantity",
+        "--fourier-decay",
+    ):
         assert option in text, option
     assert "(default: study)" in text and "(default: wake)" in text

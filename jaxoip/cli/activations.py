@@ -1,0 +1,200 @@
+"""`python -m jaxoip activations` (also `python -m jaxoip.activations`): activation figures and tables.
+
+Grids of all maps of a layer for test images, two groups of images compared on one color scale, the
+confusion matrix, the misclassified and least-sure test images, and dataset exemplars per map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from jaxoip import cli
+from jaxoip._io import prepare_output
+from jaxoip.activations import (
+    compare_images,
+    find_exemplars,
+    get_images,
+    layer_grid,
+    least_confident,
+    misclassified,
+    most_confused,
+    parse_image_spec,
+    predict_split,
+)
+from jaxoip.data import load_mnist
+from jaxoip.errors import JaxoipError
+from jaxoip.model import get_layer
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "", name.removesuffix(".npy")) or "image"
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxoip.activations",
+        description="Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
+    )
+    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
+    p.add_argument(
+        "--layer", default="Conv2D_3", help="layer name, e.g. Conv2D_2, Max_Pool_2, Dense_1 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--image", default=None, help="grid of the layer for images SET:INDEX[,...], e.g. test:19 or train:7"
+    )
+    p.add_argument("--compare", default=None, help="group A for a comparison, e.g. test:4,test:6,test:19")
+    p.add_argument("--versus", default=None, help="group B for a comparison, e.g. test:7,test:9,test:12")
+    p.add_argument("--names", default="A,B", help="names of the two groups (default: %(default)s)")
+    p.add_argument(
+        "--cmap", default="viridis", help="matplotlib colormap, e.g. viridis, magma, jet (default: %(default)s)"
+    )
+    p.add_argument(
+        "--standardize", action="store_true", help="the study's per-map scaling: std * 64 + 128, clipped to 0..255"
+    )
+    p.add_argument("--per-row", type=_positive, default=8, help="maps per grid row (default: %(default)s)")
+    p.add_argument("--confusion", action="store_true", help="confusion matrix of the test set")
+    p.add_argument(
+        "--misclassified",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="the N most confidently misclassified test images",
+    )
+    p.add_argument(
+        "--uncertain", type=_positive, default=None, metavar="N", help="the N test images the model is least sure of"
+    )
+    p.add_argument(
+        "--exemplars", type=_positive, default=None, metavar="K", help="top-K test images per map of a conv/pool layer"
+    )
+    p.add_argument("--out", default="activations_out", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the complete jaxoip output folder at --out")
+    cli.add_data_dir(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from jaxoip import checkpoint, plots
+
+    if not (
+        args.image
+        or args.compare
+        or args.versus
+        or args.confusion
+        or args.misclassified
+        or args.uncertain
+        or args.exemplars
+    ):
+        raise JaxoipError(
+            "nothing to do: give --image, --compare/--versus, --confusion, --misclassified, --uncertain or --exemplars"
+        )
+    if bool(args.compare) != bool(args.versus):
+        raise JaxoipError("--compare and --versus go together: one group of images each")
+    names = tuple(s.strip() for s in args.names.split(","))
+    if len(names) != 2 or not all(names):
+        raise JaxoipError(f"--names needs two names separated by a comma; got {args.names!r}")
+    plots.check_colormap(args.cmap)
+    specs = [s for group in (args.image, args.compare, args.versus) if group for s in group.split(",") if s.strip()]
+    for s in specs:
+        if not s.strip().endswith(".npy"):
+            parse_image_spec(s)  # Fail on a malformed spec before loading anything.
+    trained = checkpoint.resolve_model(args.model, args.data_dir)
+    get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
+    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
+    with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
+        data = load_mnist(args.data_dir)
+        # Every image spec is resolved before the first figure: a bad one fails with nothing written.
+        images = get_images(args.image, data, trained.config.input_shape) if args.image else []
+        if args.compare:
+            get_images(args.compare, data, trained.config.input_shape)
+            get_images(args.versus, data, trained.config.input_shape)
+        _write_figures(args, trained, data, names, images, out.staging, out.path)
+    return 0
+
+
+def _write_figures(args, trained, data, names, images, stage: Path, shown: Path):
+    from jaxoip import plots
+
+    for img in images:
+        grid = layer_grid(trained, args.layer, img, per_row=args.per_row, standardize=args.standardize)
+        path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
+        plots.plot_layer_grid(grid, args.cmap, path)
+        p = grid.probabilities
+        print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {shown / path.name}")
+    if args.compare:
+        comp = compare_images(
+            trained, args.layer, args.compare, args.versus, data, names, args.per_row, args.standardize
+        )
+        path = stage / f"compare_{args.layer}.png"
+        plots.plot_comparison(comp, args.cmap, path)
+        csv = _write_csv(comp.summary, stage / f"compare_{args.layer}.csv")
+        s = comp.summary
+        top = s["difference"].abs().sort_values(ascending=False).index[:8].tolist()
+        print(
+            f"{args.layer}: maps active only for {names[0]}: {s.index[s['only_a']].tolist()}; "
+            f"only for {names[1]}: {s.index[s['only_b']].tolist()}; largest |mean difference|: {top}\n"
+            f"wrote {shown / path.name} and {shown / csv.name}"
+        )
+    if args.confusion or args.misclassified or args.uncertain:
+        pred = predict_split(trained, data, "test")
+        print(f"test accuracy {pred.accuracy:.2%} ({int((pred.predicted != pred.labels).sum())} misclassified)")
+        if args.confusion:
+            cm = pred.confusion()
+            path = stage / "confusion.png"
+            plots.plot_confusion_matrix(cm, path, title=f"test accuracy {pred.accuracy:.2%}")
+            confused = most_confused(cm).to_string(index=False)
+            print(f"most confused (true -> predicted):\n{confused}\nwrote {shown / path.name}")
+        for n, table, what in (
+            (args.misclassified, misclassified, "misclassified"),
+            (args.uncertain, least_confident, "uncertain"),
+        ):
+            if n:
+                rows = table(pred, n)
+                path = stage / f"{what}.png"
+                plots.plot_predictions(rows, data.test_images, path, title=f"{what} test images")
+                print(
+                    f"{what}:\n{rows.to_string(index=False, float_format='{:.3f}'.format)}\nwrote {shown / path.name}"
+                )
+    if args.exemplars:
+        start = time.perf_counter()
+        ex = find_exemplars(trained, data, args.layer, k=args.exemplars)
+        seconds = time.perf_counter() - start
+        path = stage / f"exemplars_{args.layer}.png"
+        plots.plot_exemplars(ex, path)
+        print(
+            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s; "
+            f"wrote {shown / path.name}"
+        )
+
+
+def entry():
+    """The `jaxoip-activations` console script."""
+    cli.execute(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,284 @@
+"""`python -m jaxoip scan_all_maps`: precursor scan and OIP search for every map of a layer.
+
+With no arguments: the shipped reference model, all 128 maps of Conv2D_3, 600 steps, 16 starts per
+map on an accelerator (8 on a CPU), the study's plain ascent with the wake-up of silent maps.
+Writes a gallery, per-map tables and arrays to --out.
+
+Targets: `--layer Dense_2 --maps 4` searches the input that makes the network say 4 (the class logit);
+`--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.targets` for the syntax).
+`--style robust`, `--param fourier` and `--diversity` give Lucid-style regularized, smooth or diverse
+patterns (see `jaxoip.transforms`, `jaxoip.param`, `jaxoip.facets`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+from jaxoip import cli
+from jaxoip._io import add_output_flags, prepare_output
+from jaxoip.compiles import count_compiles
+from jaxoip.errors import JaxoipError
+from jaxoip.facets import FACET_THRESHOLD
+from jaxoip.noise import DEFAULT_RECIPES, get_recipes
+from jaxoip.oip import OIPConfig, check_target
+from jaxoip.param import PARAMETERIZATIONS
+from jaxoip.progress import Progress
+from jaxoip.targets import QUANTITIES, Target
+from jaxoip.transforms import STYLES, style_config
+
+_STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
+
+
+def _node(text: str) -> tuple[int, int]:
+    try:
+        i, j = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected --node i,j; got {text!r}") from None
+    return i, j
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = OIPConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m jaxoip.scan_all_maps",
+        description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
+    )
+    p.add_argument(
+        "--model", default=None, help="checkpoint folder or .keras/.h5 file (default: the shipped reference model)"
+    )
+    p.add_argument("--layer", default="Conv2D_3", help="conv, pool or dense layer (default: %(default)s)")
+    p.add_argument(
+        "--maps",
+        type=cli.int_list,
+        default=None,
+        help="map (or dense node, class) indices, e.g. 0-15,120 (default: all)",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="SUM",
+        help="a weighted sum of units of --layer instead of --maps, e.g. 4-9, 4,-1*9 or 0.5*3+0.5*8 "
+        "(repeat for several; default: none)",
+    )
+    p.add_argument(
+        "--quantity",
+        choices=QUANTITIES,
+        default=d.quantity,
+        help="unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
+        "else the activation) (default: %(default)s)",
+    )
+    p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
+    p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
+    p.add_argument("--steps", type=int, default=d.steps, help="gradient steps (default: %(default)s)")
+    p.add_argument("--epsilon", type=float, default=d.epsilon, help="step size (default: %(default)s)")
+    p.add_argument(
+        "--conv-criterion",
+        type=float,
+        default=d.conv_criterion,
+        help="relative change below which a start counts as converged (default: %(default)s)",
+    )
+    p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
+    p.add_argument(
+        "--style",
+        choices=tuple(STYLES),
+        default="study",
+        help="study: plain gradient ascent; robust: random jitter 2 px, scale 0.9-1.1, rotation 10 deg at every "
+        "step, total variation 0.05, blur 0.5 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--wake",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
+        "study's objective; --no-wake is the study's search (default: wake)",
+    )
+    p.add_argument(
+        "--param",
+        choices=PARAMETERIZATIONS,
+        default=d.param,
+        help="image parameterization: pixels, or fourier (decorrelated, favours smooth patterns) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--fourier-decay",
+        type=float,
+        default=d.fourier_decay,
+        help="fourier: 1/frequency^decay scale (default: %(default)s)",
+    )
+    for name, what in (
+        ("jitter", "random shift of up to this many pixels at every step"),
+        ("scale", "random scaling by 1 +- this at every step"),
+        ("rotate", "random rotation of up to this many degrees at every step"),
+        ("tv", "total-variation penalty weight"),
+        ("l1", "L1 penalty weight (mean absolute standardized pixel)"),
+        ("blur", "blur penalty weight"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            type=float,
+            default=None,
+            help=f"{what} (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})",
+        )
+    p.add_argument(
+        "--diversity",
+        type=float,
+        default=d.diversity,
+        help="weight of the diversity penalty across a map's starts (0: off) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--facet-threshold",
+        type=float,
+        default=FACET_THRESHOLD,
+        help="starts whose images match up to a shift with correlation >= this share a facet (default: %(default)s)",
+    )
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
+    p.add_argument(
+        "--precursor-starts",
+        type=int,
+        default=64,
+        help="starts per recipe in the precursor scan (default: %(default)s)",
+    )
+    p.add_argument(
+        "--screen",
+        type=int,
+        default=8,
+        help="candidates per start; the most active one is kept (1: no screening) (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations (default: %(default)s)")
+    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
+    p.add_argument(
+        "--exemplars",
+        type=int,
+        default=3,
+        help="test-set exemplars per map in the gallery (0: none) (default: %(default)s)",
+    )
+    p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
+    p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
+    add_output_flags(p)
+    cli.add_engine_flags(p)
+    cli.add_data_dir(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    args = _parser().parse_args(argv)
+    from jaxoip import checkpoint, scan
+    from jaxoip._memory import check_fits
+    from jaxoip.data import HOW_TO_ADD, optional_mnist
+    from jaxoip.oip import default_chunk_size
+
+    scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
+    if args.exemplars < 0:
+        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
+    if args.target and args.maps is not None:
+        raise JaxoipError("give either --maps or --target, not both")
+    if not 0 <= args.facet_threshold <= 1:
+        raise JaxoipError("--facet-threshold must be between 0 and 1")
+    cfg = style_config(
+        args.style,
+        steps=args.steps,
+        epsilon=args.epsilon,
+        conv_criterion=args.conv_criterion,
+        early_stop=args.early_stop,
+        quantity=args.quantity,
+        wake=args.wake,
+        param=args.param,
+        fourier_decay=args.fourier_decay,
+        diversity=args.diversity,
+        transform_seed=args.seed,
+        precision=args.precision,
+        **{k: getattr(args, k) for k in _STYLE_FIELDS},
+    )
+    if args.target:
+        cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
+    cache = cli.enable_compilation_cache(not args.no_cache)
+    trained = checkpoint.resolve_model(args.model, args.data_dir)
+    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node, cfg)
+    check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
+    with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
+        data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+        if data is None:
+            print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
+        with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
+            result = _scan(args, trained, cfg, recipes, data, out, bar)
+            exemplars = _exemplars(args, trained, data, result, bar)
+            with bar.phase("figures and tables"):
+                extra = {
+                    "compilation_cache": str(cache) if cache else None,
+                    "compiled_programs": compiles.compiled,
+                    "cached_programs": compiles.cache_hits,
+                    "command_seconds": round(time.perf_counter() - t_start, 2),
+                    "phase_seconds": bar.seconds,
+                }
+                scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
+    s = result.summary()
+    live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
+    cpu_default = " (CPU default)" if args.restarts is None and s["backend"] == "cpu" else ""
+    print(
+        f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
+        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}; "
+        f"woken: {s['woken']}\n"
+        f"style {args.style}, param {args.param}, wake {'on' if args.wake else 'off'}, diversity {args.diversity}\n"
+        f"{s['restarts']} starts per map{cpu_default}, {s['steps']} steps; {s['seconds']:.1f} s total, "
+        f"search {s['search_seconds']:.1f} s, {s['image_steps_per_second']:.0f} image-steps/s on "
+        f"{s['devices']} {s['backend']} device(s), precision {s['precision']}; "
+        f"{compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
+        f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
+    )
+    return 0
+
+
+def _scan(args, trained, cfg, recipes, data, out, bar):
+    from jaxoip import scan
+
+    result = scan.scan_maps(
+        trained,
+        layer_name=args.layer,
+        map_indices=args.maps,
+        restarts=args.restarts,
+        config=cfg,
+        recipes=recipes,
+        precursor_starts=args.precursor_starts,
+        screen=args.screen,
+        seed=args.seed,
+        node=args.node,
+        data=data,
+        chunk_size=args.chunk_size,
+        progress=bar,
+        partial_dir=out.partial / "search",
+    )
+    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
+    result.facet_threshold = args.facet_threshold
+    return result
+
+
+def _exemplars(args, trained, data, result, bar) -> dict | None:
+    """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
+    from jaxoip import activations
+    from jaxoip.model import get_layer
+
+    if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
+        return None
+    if get_layer(trained.config, args.layer).kind == "dense":
+        return None
+    with bar.phase("exemplars"):
+        ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
+    # Only patches that really activate the map: a map dead on data shows none.
+    return {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
+
+
+def entry():
+    """The `jaxoip-scan-all-maps` console script."""
+    cli.execute(main)
+
+
+if __name__ == "__main__":
+    entry()
