@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oip-layer", default=d.oip_layer, help="layer of the OIP comparison ('none': skip)")
     p.add_argument("--oip-maps", type=int, default=d.oip_maps, help="matched maps per pair (default: %(default)s)")
     p.add_argument("--oip-steps", type=int, default=o.steps, help="OIP search steps (default: %(default)s)")
+    p.add_argument(
+        "--oip-wake",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wake maps silent on noise (ascend the pre-activation while the map is zero), so every map is "
+        "compared by a real OIP (default: wake)",
+    )
     p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="starts per map (%(default)s)")
     p.add_argument(
         "--oip-source",
@@ -62,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="largest translation (pixels) of the shift-invariant OIP similarity (default: %(default)s)",
     )
     p.add_argument("--out", default="compare_out", help="report folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    cli.add_engine_flags(p)
     add_output_flags(p, "report folder")
     cli.add_data_dir(p)
     return p
@@ -82,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oip_layer=oip_layer,
         oip_maps=args.oip_maps,
         oip_restarts=args.oip_restarts,
-        oip=OIPConfig(steps=args.oip_steps),
+        oip=OIPConfig(steps=args.oip_steps, wake=args.oip_wake, precision=args.precision),
         oip_source=args.oip_source,
         oip_max_shift=args.oip_max_shift,
         seed=args.seed,
@@ -93,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(args.models)}")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise JaxoipError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    tcfg = TrainConfig(epochs=args.epochs, train_subset=args.train_subset)
+    tcfg = TrainConfig(epochs=args.epochs, train_subset=args.train_subset, precision=args.precision)
+    cli.enable_compilation_cache(not args.no_cache)
 
     from jaxoip import checkpoint, compare
     from jaxoip.data import load_mnist
