@@ -11,6 +11,7 @@ from flax import nnx
 
 from jaxoip import activations as act
 from jaxoip import cli
+from jaxoip.cli import activations as act_cmd
 from jaxoip.data import MNIST
 from jaxoip.errors import DataError, JaxoipError, LayerError
 from jaxoip.model import ModelConfig, init_model, layer_output, receptive_field
@@ -308,7 +309,7 @@ def test_command_writes_its_figures(tiny_checkpoint, small_data_dir, tmp_path, c
         "Conv2D_3",
     ]
     rc = cli.run(
-        act.main,
+        act_cmd.main,
         argv
         + ["--image", "test:19", "--cmap", "magma", "--standardize", "--compare", "test:4,test:6", "--versus", "test:7"]
         + ["--confusion", "--misclassified", "6", "--uncertain", "3", "--exemplars", "2"],
@@ -335,7 +336,7 @@ def test_command_writes_its_figures(tiny_checkpoint, small_data_dir, tmp_path, c
     ],
 )
 def test_command_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys, args, message):
-    rc = cli.run(act.main, ["--model", str(tiny_checkpoint), "--out", str(tmp_path)] + args)
+    rc = cli.run(act_cmd.main, ["--model", str(tiny_checkpoint), "--out", str(tmp_path)] + args)
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1

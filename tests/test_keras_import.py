@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxoip import activations, cli, scan_all_maps
+from jaxoip import cli
 from jaxoip import data as data_lib
 from jaxoip.checkpoint import load_model
+from jaxoip.cli import activations, scan_all_maps
 from jaxoip.data import Standardization
 from jaxoip.errors import CheckpointError, DataError
 from jaxoip.keras_import import parse_config

@@ -18,6 +18,7 @@ from jaxoip import cli, scan
 from jaxoip import train as train_lib
 from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_marker
 from jaxoip.checkpoint import load_model, params_checksum
+from jaxoip.cli import train as train_cmd
 from jaxoip.compare import CompareConfig
 from jaxoip.data import Standardization, load_mnist
 from jaxoip.errors import (
@@ -52,7 +53,7 @@ def _write(out, **files):
 def test_user_folder_is_refused_and_untouched(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
-    _one_line_exit_2(capsys, train_lib.main, ["--out", str(tmp_path), "--epochs", "1"], "did not write (notes.txt)")
+    _one_line_exit_2(capsys, train_cmd.main, ["--out", str(tmp_path), "--epochs", "1"], "did not write (notes.txt)")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     with pytest.raises(OutputError, match="did not write"):
         with prepare_output(tmp_path, "x", {}, overwrite=True):
@@ -63,14 +64,14 @@ def test_user_folder_is_refused_and_untouched(tmp_path, capsys):
 def test_current_directory_with_user_files_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "project.py").write_text("code")
     monkeypatch.chdir(tmp_path)
-    _one_line_exit_2(capsys, train_lib.main, ["--out", ".", "--epochs", "1"], "did not write")
+    _one_line_exit_2(capsys, train_cmd.main, ["--out", ".", "--epochs", "1"], "did not write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project.py"]
 
 
 def test_a_file_is_refused(tmp_path, capsys):
     f = tmp_path / "result"
     f.write_text("data")
-    _one_line_exit_2(capsys, train_lib.main, ["--out", str(f)], "is a file")
+    _one_line_exit_2(capsys, train_cmd.main, ["--out", str(f)], "is a file")
     assert f.read_text() == "data"
 
 
@@ -222,7 +223,7 @@ def test_train_config_refuses(field, value):
 )
 def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
-    _one_line_exit_2(capsys, train_lib.main, argv + ["--out", str(tmp_path / "o")], message)
+    _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()
 
 
@@ -348,7 +349,7 @@ def test_out_of_memory_is_one_line(capsys, monkeypatch):
 
 
 def test_activations_checks_every_image_before_writing(capsys, tmp_path):
-    from jaxoip import activations
+    from jaxoip.cli import activations
 
     argv = ["--image", "test:1", "--compare", "test:2", "--versus", "test:99999999", "--out", str(tmp_path / "o")]
     _one_line_exit_2(capsys, activations.main, argv, "99999999")

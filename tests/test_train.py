@@ -8,6 +8,7 @@ from flax import nnx
 
 import jaxoip.train as train_lib
 from jaxoip import cli
+from jaxoip.cli import train as train_cmd
 from jaxoip.errors import JaxoipError
 from jaxoip.train import TrainConfig, epoch_batches, evaluate_model, learning_rate_schedule, make_optimizer, train
 
@@ -70,7 +71,7 @@ def test_bad_config_values():
 
 def test_train_command_writes_checkpoint_history_and_plot(tmp_path, mnist, capsys):
     out = tmp_path / "m"
-    rc = cli.run(train_lib.main, ["--epochs", "1", "--train-subset", "256", "--out", str(out), "--no-progress"])
+    rc = cli.run(train_cmd.main, ["--epochs", "1", "--train-subset", "256", "--out", str(out), "--no-progress"])
     assert rc == 0
     assert (out / "metadata.json").is_file()
     history = json.loads((out / "history.json").read_text())
@@ -82,5 +83,5 @@ def test_train_command_writes_checkpoint_history_and_plot(tmp_path, mnist, capsy
 
 def test_train_command_help():
     with pytest.raises(SystemExit) as e:
-        train_lib.main(["--help"])
+        train_cmd.main(["--help"])
     assert e.value.code == 0
