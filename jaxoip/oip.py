@@ -65,6 +65,8 @@ class OIPConfig:
         from jaxoip.param import PARAMETERIZATIONS
         from jaxoip.targets import QUANTITIES
 
+        for s in tuple(self.snapshot_steps):
+            check_int("snapshot step", s, 0)
         object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
         object.__setattr__(
             self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)

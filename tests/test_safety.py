@@ -432,7 +432,7 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
 
 
 def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch):
-    from jaxoip import compare_seeds
+    from jaxoip import compare
 
     cfg = TrainConfig(epochs=1, train_subset=128)
     real, trained_seeds = train_lib.train_seeds, []
@@ -448,14 +448,14 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
     first = []
     monkeypatch.setattr(train_lib, "train_seeds", killed_on_seed_1)
     with pytest.raises(KeyboardInterrupt):
-        compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
+        compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert (tmp_path / "seed_0" / "metadata.json").is_file() and not (tmp_path / "seed_1").exists()
 
     monkeypatch.setattr(
         train_lib, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
     )
     trained_seeds.clear()
-    models = compare_seeds.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
+    models = compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert trained_seeds == [1]
     p = lambda m: nnx.to_pure_dict(nnx.state(m.model, nnx.Param))  # noqa: E731
     assert params_checksum(p(models[0])) == params_checksum(p(first[0]))

@@ -70,7 +70,7 @@ def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
         (["--layer", "Dense_1", "--node", "0,0"], "not to the dense layer"),
         (["--layer", "Dense_2", "--target", "4-19"], "dense node 19 out of range"),
         (["--layer", "Dense_2", "--target", "4*"], "cannot read target term"),
-        (["--tv", "-1"], "tv must not be negative"),
+        (["--tv", "-1"], "tv must be at least 0"),
         (["--maps", "0,200"], "map index 200 out of range"),
         (["--node", "5,5"], "outside the 3x3 maps"),
         (["--recipes", "fine,pink"], "unknown noise recipe 'pink'"),

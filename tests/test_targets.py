@@ -133,7 +133,7 @@ def test_config_validation():
         OIPConfig(param="wavelet")
     with pytest.raises(JaxoipError, match="quantity"):
         OIPConfig(quantity="logits")
-    with pytest.raises(JaxoipError, match="tv must not be negative"):
+    with pytest.raises(JaxoipError, match="tv must be at least 0"):
         OIPConfig(tv=-1)
     # Configs stay hashable (one compiled search per config).
     assert hash(dataclasses.replace(OIPConfig(), weighted=[[(4, 1), (9, -1)]]))

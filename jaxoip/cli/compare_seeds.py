@@ -19,6 +19,7 @@ from pathlib import Path
 from jaxoip import cli
 from jaxoip._io import add_output_flags, prepare_output
 from jaxoip.compare import CONV_LAYERS, CompareConfig
+from jaxoip.compare_report import write_report_files
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, get_layer
 from jaxoip.oip import OIPConfig
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
         command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-        compare.write_report_files(result, out.staging, command=command)
+        write_report_files(result, out.staging, command=command)
         if args.models is None:
             os.replace(out.partial / "models", out.staging / "models")
     for layer in layers:
