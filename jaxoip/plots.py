@@ -84,11 +84,16 @@ def _pad_to(patch, h: int, w: int) -> np.ndarray:
     return out
 
 
-def oip_gallery(result, path=None, per_row: int = 8, exemplars=None) -> Figure:
+def oip_gallery(
+    result, path=None, per_row: int | None = None, exemplars=None, facets=None, max_facets: int = 3
+) -> Figure:
     """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by map and objective.
 
-    `exemplars`: optional {map index: array (k, h, w)} of dataset patches drawn to the right of each OIP
-    (dark = bright pixel, as ink on paper). One mosaic image, one `imshow`.
+    `facets`: optional list (in `result.map_indices` order) of standardized images (F, 28, 28, 1) of each
+    map's facets, best first (`jaxoip.facets.facet_images`); up to `max_facets` further facets are drawn
+    contrast-enhanced after the best OIP, and the label gives the facet count. `exemplars`: optional
+    {map index: array (k, h, w)} of dataset patches drawn to the right (dark = bright pixel, as ink on
+    paper). One mosaic image, one `imshow`.
     """
     best = result.best_images[..., 0]
     pixels = np.clip(result.standardization.to_pixels(best), 0, 255) / 255.0
@@ -96,12 +101,18 @@ def oip_gallery(result, path=None, per_row: int = 8, exemplars=None) -> Figure:
     maps = result.map_indices
     exemplars = exemplars or {}
     k = max((len(v) for v in exemplars.values()), default=0)
+    more = [np.asarray(f)[1 : 1 + max_facets, ..., 0] for f in facets] if facets is not None else []
+    n_more = max((len(f) for f in more), default=0)
     h, w = best.shape[1:]
-    panels = 2 + k
+    panels = 2 + n_more + k
+    per_row = per_row or max(1, min(8, 44 // panels))  # Blocks per row: about 44 tiles across.
     # One block per map: plain, enhanced, then its exemplar patches (inverted), side by side.
     blocks = []
     for n, m in enumerate(maps):
         tiles = [pixels[n], enhance_contrast(best[n])]
+        if n_more:
+            extra = [enhance_contrast(f) for f in more[n]]
+            tiles += extra + [np.full((h, w), np.nan, np.float32)] * (n_more - len(extra))
         patches = list(exemplars.get(int(m), []))
         tiles += [1.0 - _pad_to(np.asarray(p) / 255.0, h, w) for p in patches]
         tiles += [np.full((h, w), np.nan, np.float32)] * (panels - len(tiles))
@@ -110,7 +121,7 @@ def oip_gallery(result, path=None, per_row: int = 8, exemplars=None) -> Figure:
     cols = min(per_row, len(maps))
     mosaic = tile_mosaic(blocks, cols, gap=4, top=label_px)
     bh, bw = blocks[0].shape
-    scale = 0.02  # inches per mosaic pixel: 2.2 output pixels at 110 dpi
+    scale = 0.016  # inches per mosaic pixel: 1.6 output pixels at 100 dpi
     title_in = 0.45
     fig = Figure(figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + title_in))
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] * scale / fig.get_figheight()))
@@ -119,18 +130,21 @@ def oip_gallery(result, path=None, per_row: int = 8, exemplars=None) -> Figure:
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
         status = f"{objective[n]:.3g}" if objective[n] > 0 else "zero"
+        if facets is not None:
+            status += f", {len(facets[n])} facet{'s' if len(facets[n]) != 1 else ''}"
         ax.text(c * (bw + 4), r * (bh + 4 + label_px) + label_px - 1.5, f"map {m}: {status}", fontsize=6, va="bottom")
     fig.text(
         0.5,
         1 - 0.5 * title_in / fig.get_figheight(),
         f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"
+        + (f", then up to {max_facets} further facets (distinct patterns)" if n_more else "")
         + (", beside the test images' most active patches" if k else ""),
         ha="center",
         va="center",
         fontsize=10,
     )
     if path is not None:
-        save_figure(fig, path, dpi=110, tight=False)
+        save_figure(fig, path, dpi=100, tight=False)
     return fig
 
 

@@ -424,6 +424,9 @@ def write_scan_files(
     if all_starts:
         arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
     np.savez_compressed(tmp / "oips.npz", **arrays)
-    plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars)
+    from jaxoip.facets import facet_images
+
+    facets = [f["images"] for f in facet_images(result, result.facet_threshold)] if result.restarts > 1 else None
+    plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
     for m in snapshot_maps if snapshot_maps is not None else []:
         plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")
