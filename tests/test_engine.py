@@ -87,7 +87,7 @@ def test_similar_batch_sizes_share_one_program(reference):
     with count_compiles() as c:
         search_oips(reference.model, "Conv2D_3", [1] * 7, x7, cfg)
         search_oips(reference.model, "Conv2D_3", [2] * 6, x6, cfg)
-    assert c.compiled == 0
+    assert c.programs == 0
 
 
 def test_scan_compiles_few_programs_and_a_repeat_none(reference, mnist):
@@ -97,11 +97,12 @@ def test_scan_compiles_few_programs_and_a_repeat_none(reference, mnist):
     with count_compiles() as first:
         jaxoip.scan_maps(reference, "Conv2D_3", **kw)
         jaxoip.find_exemplars(reference, mnist, "Conv2D_3", k=3)
-    assert 1 <= first.compiled <= 12, first
+    # Programs built in this process, compiled or loaded from a persistent cache an earlier test enabled.
+    assert 1 <= first.programs <= 12, first
     with count_compiles() as second:
         jaxoip.scan_maps(reference, "Conv2D_3", **kw)
         jaxoip.find_exemplars(reference, mnist, "Conv2D_3", k=3)
-    assert second.compiled == 0, second
+    assert second.programs == 0, second
 
 
 def test_evaluate_model_compiles_once(reference, mnist):
@@ -109,7 +110,7 @@ def test_evaluate_model_compiles_once(reference, mnist):
     with count_compiles() as c:
         a = jaxoip.evaluate_model(reference, mnist)
         b = jaxoip.evaluate_model(reference, mnist)
-    assert c.compiled == 0
+    assert c.programs == 0
     assert a == b
 
 
