@@ -36,16 +36,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_marker(path: str | os.PathLike) -> dict | None:
     """The marker of a jaxoip output folder, or None when `path` holds none (or an unreadable one)."""
     try:
@@ -155,17 +145,17 @@ class OutputDir:
 
 
 def _clean_stale(path: Path):
-    """Removes temporary folders left by dead processes, inside `path` and (older jaxoip) beside it."""
-    for tmp in (
-        list(path.glob(TMP_PREFIX + "*"))
-        + list(path.parent.glob(f".{path.name}.tmp-*"))
-        + list(path.parent.glob(f".{path.name}.old-*"))
-    ):
+    """Removes staging folders of earlier runs inside `path`, a folder whose marker says jaxoip wrote it.
+
+    Only inside: nothing beside the folder is touched, whatever its name. The caller holds the lock, so
+    no other live run is writing these.
+    """
+    for tmp in path.glob(TMP_PREFIX + "*"):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid() and (tmp.parent == path or not _pid_alive(pid)):
+        if pid != os.getpid():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -213,10 +203,11 @@ def prepare_output(
             raise OutputError(
                 f"not enough room in {path}: {free / 2**20:.0f} MiB free, about {expected_bytes / 2**20:.0f} MiB needed"
             )
-        _clean_stale(path)
         partial = path / PARTIAL
-        if not resume:
-            shutil.rmtree(partial, ignore_errors=True)
+        if marker is not None:  # Leftovers are cleaned only in a folder jaxoip's marker claims.
+            _clean_stale(path)
+            if not resume:
+                shutil.rmtree(partial, ignore_errors=True)
         old_files = list(marker.get("files", [])) if marker else []
         record = {"command": command, "config": config, "jaxoip_version": _version(), "status": "running"}
         try:

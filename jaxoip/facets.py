@@ -109,7 +109,7 @@ def facet_images(result, threshold: float = FACET_THRESHOLD) -> list[dict]:
     standardized representatives, `pixels` (same in pixel units), `objectives` (F,) and `sizes` (F,) (starts
     per facet), facets ordered by objective (the first is the map's best OIP)."""
     out = []
-    for i, f in enumerate(scan_facets(result, threshold)):
+    for i, f in enumerate(result.facets(threshold)):  # Computed once per ScanResult and threshold.
         imgs = result.images[i][f.representatives]
         out.append(
             dict(

@@ -75,6 +75,7 @@ class ScanResult:
     search_seconds: float = 0.0
     options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
+    _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(len(self.map_indices), self.restarts, *a.shape[1:])
@@ -123,7 +124,10 @@ class ScanResult:
         """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
         from jaxoip.facets import scan_facets
 
-        return scan_facets(self, self.facet_threshold if threshold is None else threshold)
+        threshold = self.facet_threshold if threshold is None else threshold
+        if threshold not in self._facets:  # table(), summary(), oips.npz and the gallery all ask for them.
+            self._facets[threshold] = scan_facets(self, threshold)
+        return self._facets[threshold]
 
     @property
     def image_steps_per_second(self) -> float:
