@@ -97,7 +97,9 @@ def _inspect(path: Path, command: str, config: dict, overwrite: bool, resume: bo
         return None
     marker = read_marker(path)
     if marker is None:
-        entries = _user_entries(path)
+        # Without a marker nothing here is jaxoip's, whatever its name, except a lock left by a run killed
+        # before it wrote its marker: partial or staging names count as the user's and are never touched.
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)
         if entries:
             raise OutputError(
                 f"{path} holds files jaxoip did not write "
