@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -67,6 +68,31 @@ def _check_finite_params(params, where: str):
     bad = [k for k, a in _flat_params(params).items() if not np.isfinite(a).all()]
     if bad:
         raise CheckpointError(f"{where} has non-finite parameters ({', '.join(bad[:3])}): a diverged or corrupt model")
+
+
+def _ignore_closed_event_loop(unraisable) -> bool:
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+def _quiet_orbax_teardown():
+    """Drops the "Event loop is closed" reports of a failed Orbax read; all other reports pass on.
+
+    When a damaged file fails a restore, TensorStore's reads of the other arrays finish later, on their
+    own threads, and post to Orbax's event loop, which the failed restore already closed. Python reports
+    each such post through `sys.unraisablehook` (before, during and after the error reaches the caller),
+    burying the one-line error under tracebacks. The filter is installed once per process and chains
+    to whatever hook was there.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxoip_filter", False):
+        return
+
+    def hook(unraisable):
+        if not _ignore_closed_event_loop(unraisable):
+            previous(unraisable)
+
+    hook._jaxoip_filter = True
+    sys.unraisablehook = hook
 
 
 def _checkpointer():
@@ -147,6 +173,7 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     model = nnx.eval_shape(lambda: init_model(config, 0))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+    _quiet_orbax_teardown()
     try:
         with _checkpointer() as ckptr:
             params = ckptr.restore(path / "state", target)
