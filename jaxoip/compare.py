@@ -203,7 +203,7 @@ def compare_models(
         samples[layer] = (n_images, k)
 
         def centered(trained):
-            f = layer_features(trained, images, layer, positions, batch_size=bs)
+            f = layer_features(trained, images, layer, positions, batch_size=bs, precision=config.oip.precision)
             return f, (f - f.reshape(-1, f.shape[-1]).mean(0, dtype=np.float64)).astype(np.float32)
 
         feats, raw_live = [], []

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxoip import numerics
 from jaxoip.errors import JaxoipError
-from jaxoip.model import TrainedModel, get_layer, layer_output, layer_shapes
+from jaxoip.model import TrainedModel, get_layer, layer_output, layer_shapes, pad_batches
 
 
 def positions_per_image(layer_hw: tuple[int, int], images: int, max_samples: int) -> int:
@@ -29,28 +30,30 @@ def sample_positions(seed: int, rows: int, hw: int, k: int) -> np.ndarray:
     return rng.permuted(np.tile(np.arange(hw, dtype=np.int32), (rows, 1)), axis=1)[:, :k]
 
 
-@functools.lru_cache(maxsize=16)
-def _feature_pass(graphdef: nnx.GraphDef, layer_name: str, hwc: tuple[int, int, int]):
-    """Jitted (params, image batches (steps, B, H, W, 1), positions (B, k)) -> (steps, B, k, C).
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "precision"))
+def _feature_pass(params, xs, positions, *, graphdef: nnx.GraphDef, layer_name: str, precision: numerics.Precision):
+    """(params, image batches (steps, B, H, W, 1), positions (B, k)) -> (steps, B, k, C).
 
-    Like `batched_layer_map`, but it gathers sampled positions (a per-batch input) inside the compiled
-    pass, so the full activations of large layers are never gathered; compiled once per architecture
-    and layer and reused for every model compared.
+    Like `model.batched_layer_map`, but it gathers sampled positions (a per-batch input) inside the
+    compiled pass, so the full activations of large layers are never gathered; one program per
+    architecture, layer, precision and shape, reused for every model compared.
     """
-    h, w, c = hwc
+    with numerics.precision_scope(precision):
 
-    def run(params, xs, pos):
         def one(x):
             acts = layer_output(graphdef, params, x, layer_name)
-            return jax.vmap(lambda a, p: a.reshape(h * w, c)[p])(acts, pos)
+            return jax.vmap(lambda a, p: a.reshape(-1, a.shape[-1])[p])(acts, positions)
 
         return jax.lax.map(one, xs)
 
-    return jax.jit(run)
-
 
 def layer_features(
-    trained: TrainedModel, pixels, layer_name: str, positions: np.ndarray | None = None, batch_size: int = 500
+    trained: TrainedModel,
+    pixels,
+    layer_name: str,
+    positions: np.ndarray | None = None,
+    batch_size: int = 500,
+    precision: numerics.Precision = numerics.DEFAULT_PRECISION,
 ) -> np.ndarray:
     """Post-ReLU activations of `layer_name` at sampled positions: (images, k, channels), float32.
 
@@ -66,11 +69,10 @@ def layer_features(
     positions = np.asarray(positions, np.int32)
     if positions.shape[0] != bs:
         raise JaxoipError(f"positions must have {bs} rows (the batch size), got {positions.shape[0]}")
-    steps = -(-n // bs)
-    padded = np.concatenate([x, np.zeros((steps * bs - n, *x.shape[1:]), np.float32)])
+    xs, _ = pad_batches(x, bs)
     graphdef, params = nnx.split(trained.model)
-    out = _feature_pass(graphdef, layer_name, hwc)(params, padded.reshape(steps, bs, *x.shape[1:]), positions)
-    return np.asarray(out).reshape(steps * bs, *out.shape[2:])[:n]
+    out = _feature_pass(params, xs, positions, graphdef=graphdef, layer_name=layer_name, precision=precision)
+    return np.asarray(out).reshape(-1, *out.shape[2:])[:n]
 
 
 def kernel_vectors(trained: TrainedModel, layer_name: str) -> np.ndarray:
