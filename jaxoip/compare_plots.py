@@ -5,11 +5,12 @@ Each function returns a `matplotlib.figure.Figure` (shown inline by notebooks) a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from jaxoip.plots import enhance_contrast, save_figure
 
 if TYPE_CHECKING:
     from jaxoip.compare import SeedComparison
@@ -21,19 +22,6 @@ OIP_MEASURES = (
     ("xact", "cross-activation"),
     ("pixel", "pixel r"),
 )
-
-
-def _save(fig: Figure, path, dpi: int = 120) -> None:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-
-
-def _contrast(img: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    from jaxoip.plots import enhance_contrast
-
-    return enhance_contrast(img, low, high)
 
 
 def plot_matching(result: SeedComparison, layer: str, pair=None, path=None) -> Figure:
@@ -57,7 +45,8 @@ def plot_matching(result: SeedComparison, layer: str, pair=None, path=None) -> F
         ax.title.set_fontsize(9)
     fig.colorbar(im, ax=axes, shrink=0.8, label="Pearson r")
     fig.suptitle(f"{layer}: {result.names[a]} vs {result.names[b]}, test-set activations", fontsize=10)
-    _save(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig
 
 
@@ -80,7 +69,7 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
     for j in range(n):
         for row, (model, m) in enumerate(((a, o["maps_a"][j]), (b, o["maps_b"][j]))):
             ax = axes[row, j]
-            ax.imshow(_contrast(_best_image(result, model, m)[..., 0]), cmap="gray")
+            ax.imshow(enhance_contrast(_best_image(result, model, m)[..., 0]), cmap="gray")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"map {int(m)}", fontsize=7)
@@ -99,7 +88,8 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
         fontsize=9,
     )
     fig.tight_layout()
-    _save(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig
 
 
@@ -137,5 +127,6 @@ def plot_oip_measures(result: SeedComparison, path=None) -> Figure:
     axes[0].legend(fontsize=6, loc="best")
     fig.suptitle(f"{result.config.oip_layer}: OIPs of matched maps, every pair (silent starts left out)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig
