@@ -67,7 +67,7 @@ class OIPConfig:
         default=False,
         metadata={
             "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
-            "study's objective; --no-wake is the study's search"
+            "study's objective (off: the study's search)"
         },
     )
     param: str = dataclasses.field(
