@@ -82,22 +82,47 @@ class CompareConfig:
     similarity.
     """
 
-    layers: tuple[str, ...] = CONV_LAYERS
-    test_subset: int | None = None  # Use the first N test images.
-    max_samples: int = 200_000
-    blocks: int = 100  # Blocks of test images resampled by the image bootstrap.
-    bootstrap: int = 200
-    ci: float = 0.95
-    thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
-    oip_layer: str | None = "Conv2D_3"
-    oip_maps: int = 16  # Matched maps per pair, evenly spaced in the ranking of their correlation.
-    oip_restarts: int = 8
-    oip: OIPConfig = OIPConfig()
-    oip_recipe: str = "study"  # Start recipe of the "shared" source.
-    oip_source: str = "scan"
-    oip_scan_options: Mapping | tuple[tuple[str, object], ...] = ()
-    oip_max_shift: int = 7
-    seed: int = 0  # Positions, image shuffle, untrained networks, bootstrap and OIP starts.
+    layers: tuple[str, ...] = dataclasses.field(default=CONV_LAYERS, metadata={"help": "conv layers to compare"})
+    test_subset: int | None = dataclasses.field(
+        default=None, metadata={"help": "compare on the first N test images only"}
+    )
+    max_samples: int = dataclasses.field(default=200_000, metadata={"help": "spatial samples per layer"})
+    blocks: int = dataclasses.field(
+        default=100, metadata={"help": "blocks of test images resampled by the image bootstrap"}
+    )
+    bootstrap: int = dataclasses.field(default=200, metadata={"help": "bootstrap replicates"})
+    ci: float = dataclasses.field(default=0.95, metadata={"help": "level of the bootstrap confidence intervals"})
+    thresholds: tuple[float, ...] = dataclasses.field(
+        default=(0.5, 0.7, 0.9), metadata={"help": "report the fraction of matched maps correlated above each"}
+    )
+    oip_layer: str | None = dataclasses.field(
+        default="Conv2D_3", metadata={"help": "layer of the OIP comparison, one of the compared layers (none: skip)"}
+    )
+    oip_maps: int = dataclasses.field(
+        default=16, metadata={"help": "matched maps per pair, evenly spaced in the ranking of their correlation"}
+    )
+    oip_restarts: int = dataclasses.field(default=8, metadata={"help": "OIP starts per map"})
+    oip: OIPConfig = dataclasses.field(default=OIPConfig(), metadata={"flag": False, "help": "the OIP search"})
+    oip_recipe: str = dataclasses.field(
+        default="study", metadata={"help": "noise recipe of the starts of the 'shared' OIP source"}
+    )
+    oip_source: str = dataclasses.field(
+        default="scan",
+        metadata={
+            "choices": OIP_SOURCES,
+            "help": "OIP search: 'scan' (improved: best recipe, screened starts) or 'shared' (same starts for "
+            "every map)",
+        },
+    )
+    oip_scan_options: Mapping | tuple[tuple[str, object], ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": "extra keyword arguments of scan.scan_maps"}
+    )
+    oip_max_shift: int = dataclasses.field(
+        default=7, metadata={"help": "largest translation (pixels) of the shift-invariant OIP similarity"}
+    )
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of positions, image shuffle, untrained networks, bootstrap and OIP starts"}
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -125,6 +150,9 @@ class CompareConfig:
                 raise JaxoipError("the OIP comparison needs at least 2 restarts and 2 maps")
         if self.oip_source not in OIP_SOURCES:
             raise JaxoipError(f"unknown OIP source {self.oip_source!r}; choose from {', '.join(OIP_SOURCES)}")
+        from jaxoip.noise import get_recipes
+
+        get_recipes([self.oip_recipe])
         object.__setattr__(self, "oip_scan_options", check_scan_options(self.oip_scan_options))
         if not 0 <= self.oip_max_shift < 14:
             raise JaxoipError(f"oip_max_shift must be in 0..13 pixels, got {self.oip_max_shift}")

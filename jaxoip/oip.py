@@ -39,27 +39,77 @@ class OIPConfig:
     `jaxoip.param` (param) and `jaxoip.facets` (diversity).
     """
 
-    steps: int = 600
-    epsilon: float = 0.01
-    conv_criterion: float = 2e-4
-    snapshot_steps: tuple[int, ...] = STUDY_SNAPSHOT_STEPS  # The last step is always added.
-    early_stop: bool = False  # Stop when every image of a chunk has converged (then results depend on the chunk).
-    grad_eps: float = 1e-5  # Added to the gradient's RMS before dividing.
-    quantity: str = "auto"  # Unit value: activation, pre (before it), auto (logits of a softmax layer).
-    weighted: tuple[tuple[tuple[int, float], ...], ...] = ()  # Weighted sums of units; maps[i] picks one.
-    wake: bool = False  # While image i's ReLU target is zero, ascend its pre-activation.
-    param: str = "pixels"  # Image parameterization: pixels or fourier.
-    fourier_decay: float = 1.0  # Fourier coefficients scaled by 1 / frequency^decay.
-    jitter: float = 0.0  # Random shift of up to this many pixels at every step.
-    scale: float = 0.0  # Random scaling by 1 +- scale at every step.
-    rotate: float = 0.0  # Random rotation of up to this many degrees at every step.
-    tv: float = 0.0  # Total-variation penalty weight.
-    l1: float = 0.0  # L1 penalty weight (mean absolute standardized pixel).
-    blur: float = 0.0  # Blur penalty weight (pulls the image towards its blurred copy).
-    diversity: float = 0.0  # Weight of the diversity penalty across a map's starts.
-    diversity_group: int = 1  # Consecutive images that are one map's starts (for diversity).
-    transform_seed: int = 0  # Seed of the per-image transformation keys.
-    precision: Precision = DEFAULT_PRECISION  # Matmul precision of the search: highest, tf32 or bf16.
+    steps: int = dataclasses.field(default=600, metadata={"help": "gradient steps"})
+    epsilon: float = dataclasses.field(default=0.01, metadata={"help": "step size"})
+    conv_criterion: float = dataclasses.field(
+        default=2e-4, metadata={"help": "relative change below which a start counts as converged"}
+    )
+    snapshot_steps: tuple[int, ...] = dataclasses.field(
+        default=STUDY_SNAPSHOT_STEPS, metadata={"help": "steps after which the image is kept (the last one always is)"}
+    )
+    early_stop: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "stop a chunk when all its starts have converged (results then depend on the chunk)"},
+    )
+    grad_eps: float = dataclasses.field(default=1e-5, metadata={"help": "added to the gradient's RMS before dividing"})
+    quantity: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "choices": targets.QUANTITIES,
+            "help": "unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
+            "else the activation)",
+        },
+    )
+    weighted: tuple[tuple[tuple[int, float], ...], ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": "weighted sums of units; map index i picks sum i"}
+    )
+    wake: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
+            "study's objective (off: the study's search)"
+        },
+    )
+    param: str = dataclasses.field(
+        default="pixels",
+        metadata={
+            "choices": param.PARAMETERIZATIONS,  # `param` is still the module on this line.
+            "help": "image parameterization: pixels, or fourier (decorrelated, favours smooth patterns)",
+        },
+    )
+    fourier_decay: float = dataclasses.field(
+        default=1.0, metadata={"help": "fourier: coefficients scaled by 1 / frequency^decay"}
+    )
+    jitter: float = dataclasses.field(
+        default=0.0, metadata={"help": "random shift of up to this many pixels at every step"}
+    )
+    scale: float = dataclasses.field(default=0.0, metadata={"help": "random scaling by 1 +- this at every step"})
+    rotate: float = dataclasses.field(
+        default=0.0, metadata={"help": "random rotation of up to this many degrees at every step"}
+    )
+    tv: float = dataclasses.field(default=0.0, metadata={"help": "total-variation penalty weight"})
+    l1: float = dataclasses.field(
+        default=0.0, metadata={"help": "L1 penalty weight (mean absolute standardized pixel)"}
+    )
+    blur: float = dataclasses.field(
+        default=0.0, metadata={"help": "blur penalty weight (pulls the image towards its blurred copy)"}
+    )
+    diversity: float = dataclasses.field(
+        default=0.0, metadata={"help": "weight of the diversity penalty across a map's starts (0: off)"}
+    )
+    diversity_group: int = dataclasses.field(
+        default=1, metadata={"flag": False, "help": "consecutive images that are one map's starts (for diversity)"}
+    )
+    transform_seed: int = dataclasses.field(
+        default=0, metadata={"flag": False, "help": "seed of the per-image transformation keys"}
+    )
+    precision: Precision = dataclasses.field(
+        default=DEFAULT_PRECISION,
+        metadata={
+            "help": "matmul precision of every compiled pass: highest (true float32, same results on CPU and GPU), "
+            "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)"
+        },
+    )
 
     def __post_init__(self):
         from jaxoip.param import PARAMETERIZATIONS

@@ -34,19 +34,34 @@ REGULARIZERS = ("none", "l2", "l1")
 class TrainConfig:
     """The study's reference recipe: rmsprop (momentum 0.5), powerSched lr0 1e-3 rate 1e-3, L2 1e-3, batch 64."""
 
-    epochs: int = 40
-    batch_size: int = 64
-    optimizer: str = "rmsprop"
-    learning_rate: float = 1e-3
-    momentum: float = 0.5
-    schedule: str = "power"
-    decay_rate: float = 1e-3
-    decay_steps: int = 1
-    regularizer: str = "l2"
-    reg_param: float = 1e-3
-    seed: int = 0
-    train_subset: int | None = None  # Use the first N training images (tests, quick runs).
-    precision: Precision = DEFAULT_PRECISION  # Matmul precision of training and evaluation.
+    epochs: int = dataclasses.field(default=40, metadata={"help": "passes over the training images"})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "images per gradient step"})
+    optimizer: str = dataclasses.field(
+        default="rmsprop", metadata={"choices": OPTIMIZERS, "help": "optimizer, with Keras' defaults (eps 1e-7)"}
+    )
+    learning_rate: float = dataclasses.field(default=1e-3, metadata={"flag": "--lr", "help": "initial learning rate"})
+    momentum: float = dataclasses.field(default=0.5, metadata={"help": "momentum of rmsprop and sgd (0: none)"})
+    schedule: str = dataclasses.field(
+        default="power",
+        metadata={"choices": SCHEDULES, "help": "learning-rate schedule; 'power' is the study's powerSched"},
+    )
+    decay_rate: float = dataclasses.field(default=1e-3, metadata={"help": "decay rate of the schedule"})
+    decay_steps: int = dataclasses.field(default=1, metadata={"help": "steps per unit of decay of the schedule"})
+    regularizer: str = dataclasses.field(
+        default="l2", metadata={"choices": REGULARIZERS, "help": "penalty on the dense kernels"}
+    )
+    reg_param: float = dataclasses.field(default=1e-3, metadata={"help": "weight of the penalty"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "controls initialization and shuffling"})
+    train_subset: int | None = dataclasses.field(
+        default=None, metadata={"help": "train on the first N images only (tests, quick runs)"}
+    )
+    precision: Precision = dataclasses.field(
+        default=DEFAULT_PRECISION,
+        metadata={
+            "help": "matmul precision of training and evaluation: highest (true float32, same results on CPU and "
+            "GPU), tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)"
+        },
+    )
 
     def __post_init__(self):
         check_precision(self.precision)

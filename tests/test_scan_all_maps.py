@@ -175,4 +175,4 @@ def test_help_documents_every_option_default(capsys):
         "--fourier-decay",
     ):
         assert option in text, option
-    assert "(default: study)" in text and "(default: wake)" in text
+    assert "(default: study)" in text and "(default: True)" in text  # --wake

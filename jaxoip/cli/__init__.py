@@ -59,21 +59,27 @@ def enable_compilation_cache(enabled: bool = True) -> Path | None:
     return path
 
 
-def add_engine_flags(parser: argparse.ArgumentParser):
-    """--precision, --no-cache and --no-progress, the same on every command."""
+def add_precision_flag(parser: argparse.ArgumentParser, what: str = "every compiled pass"):
+    """--precision, for a command whose config has no precision field."""
     from jaxoip.numerics import DEFAULT_PRECISION, PRECISIONS
 
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help="matmul precision of every compiled pass: highest (true float32, same results on CPU and GPU), "
-        "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation) (default: %(default)s)",
+        help=f"matmul precision of {what}: highest (true float32, same results on CPU and GPU), "
+        "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)",
     )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser, precision: bool = True):
+    """--precision (unless the command's config declares it), --no-cache and --no-progress."""
+    if precision:
+        add_precision_flag(parser)
     parser.add_argument(
         "--no-cache",
         action="store_true",
-        help="do not use the persistent compilation cache ($JAXOIP_CACHE_DIR, default ~/.cache/jaxoip/xla)",
+        help="do not use the persistent compilation cache ($JAXOIP_CACHE_DIR, else ~/.cache/jaxoip/xla)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
 

@@ -27,6 +27,7 @@ from jaxoip.activations import (
     parse_image_spec,
     predict_split,
 )
+from jaxoip.cli import flags
 from jaxoip.data import load_mnist
 from jaxoip.errors import JaxoipError
 from jaxoip.model import get_layer
@@ -55,9 +56,9 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m jaxoip.activations",
-        description="Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
+    p = flags.parser(
+        "python -m jaxoip.activations",
+        "Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
     )
     p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
     p.add_argument(
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="activations_out", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace the complete jaxoip output folder at --out")
+    cli.add_precision_flag(p, "the exemplar search (grids, comparisons and predictions run at highest)")
     cli.add_data_dir(p)
     return p
 
@@ -181,12 +183,13 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
                 )
     if args.exemplars:
         start = time.perf_counter()
-        ex = find_exemplars(trained, data, args.layer, k=args.exemplars)
+        ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
         seconds = time.perf_counter() - start
         path = stage / f"exemplars_{args.layer}.png"
         plots.plot_exemplars(ex, path)
         print(
-            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s; "
+            f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s "
+            f"(precision {args.precision}); "
             f"wrote {shown / path.name}"
         )
 

@@ -18,90 +18,63 @@ from pathlib import Path
 
 from jaxoip import cli
 from jaxoip._io import add_output_flags, prepare_output
-from jaxoip.compare import CONV_LAYERS, CompareConfig
+from jaxoip.cli import flags
+from jaxoip.compare import CompareConfig
 from jaxoip.compare_report import write_report_files
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, get_layer
 from jaxoip.oip import OIPConfig
 from jaxoip.train import TrainConfig
 
+_TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
+_OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
+
 
 def _parser() -> argparse.ArgumentParser:
-    d, t, o = CompareConfig(), TrainConfig(), OIPConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m jaxoip.compare_seeds",
-        description="Compare the feature maps of independently trained copies of the CNN.",
+    p = flags.parser(
+        "python -m jaxoip.compare_seeds", "Compare the feature maps of independently trained copies of the CNN."
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--seeds", type=int, default=5, help="train this many copies (default: %(default)s)")
+    src.add_argument("--seeds", type=int, default=5, help="train this many copies")
     src.add_argument(
-        "--models", nargs="+", default=None, metavar="PATH", help="compare these checkpoints or .keras/.h5 files"
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="compare these checkpoints or .keras/.h5 files instead of training",
     )
-    p.add_argument("--seed", type=int, default=0, help="first training seed (seeds S..S+N-1) and analysis seed")
-    p.add_argument("--epochs", type=int, default=t.epochs, help="training epochs (default: %(default)s)")
-    p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default all)")
-    p.add_argument("--layers", default=",".join(CONV_LAYERS), help="conv layers to compare (default: %(default)s)")
-    p.add_argument("--test-subset", type=int, default=None, help="compare on the first N test images only")
-    p.add_argument("--max-samples", type=int, default=d.max_samples, help="spatial samples per layer (%(default)s)")
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap replicates (default: %(default)s)")
-    p.add_argument("--oip-layer", default=d.oip_layer, help="layer of the OIP comparison ('none': skip)")
-    p.add_argument("--oip-maps", type=int, default=d.oip_maps, help="matched maps per pair (default: %(default)s)")
-    p.add_argument("--oip-steps", type=int, default=o.steps, help="OIP search steps (default: %(default)s)")
-    p.add_argument(
-        "--oip-wake",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wake maps silent on noise (ascend the pre-activation while the map is zero), so every map is "
-        "compared by a real OIP (default: wake)",
-    )
-    p.add_argument("--oip-restarts", type=int, default=d.oip_restarts, help="starts per map (%(default)s)")
-    p.add_argument(
-        "--oip-source",
-        choices=("scan", "shared"),
-        default=d.oip_source,
-        help="OIP search: 'scan' (improved: best recipe, screened starts) or 'shared' (same starts for "
-        "every map) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--oip-max-shift",
-        type=int,
-        default=d.oip_max_shift,
-        help="largest translation (pixels) of the shift-invariant OIP similarity (default: %(default)s)",
-    )
-    p.add_argument("--out", default="compare_out", help="report folder (default: %(default)s)")
+    flags.add_flags(p, TrainConfig, only=_TRAIN_FIELDS)
+    p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default: all)")
+    options = flags.add_flags(p, CompareConfig)
+    options["seed"].help = "first training seed (seeds S..S+N-1); " + options["seed"].help
+    # Wake-up is on here, so that every map is compared by a real OIP.
+    flags.add_flags(p, OIPConfig, prefix="oip-", only=_OIP_FIELDS, defaults={"wake": True})
+    p.add_argument("--out", default="compare_out", help="report folder")
     cli.add_engine_flags(p)
     add_output_flags(p, "report folder")
     cli.add_data_dir(p)
     return p
 
 
+def configs(args: argparse.Namespace) -> tuple[CompareConfig, TrainConfig]:
+    """The comparison's and the training's config from the parsed options."""
+    for name in args.layers:  # A clear message for a bad name before CompareConfig's own checks.
+        get_layer(ModelConfig(), name, ("conv",))
+    oip = flags.config_from_args(OIPConfig, args, prefix="oip-", only=_OIP_FIELDS, precision=args.precision)
+    cfg = flags.config_from_args(CompareConfig, args, oip=oip)
+    return cfg, flags.config_from_args(TrainConfig, args, only=_TRAIN_FIELDS, precision=args.precision)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())
-    oip_layer = None if str(args.oip_layer).lower() == "none" else args.oip_layer
-    for name in layers:  # Before any training or loading.
-        get_layer(ModelConfig(), name, ("conv",))
-    cfg = CompareConfig(
-        layers=layers,
-        test_subset=args.test_subset,
-        max_samples=args.max_samples,
-        bootstrap=args.bootstrap,
-        oip_layer=oip_layer,
-        oip_maps=args.oip_maps,
-        oip_restarts=args.oip_restarts,
-        oip=OIPConfig(steps=args.oip_steps, wake=args.oip_wake, precision=args.precision),
-        oip_source=args.oip_source,
-        oip_max_shift=args.oip_max_shift,
-        seed=args.seed,
-    )
+    cfg, tcfg = configs(args)
+    layers = cfg.layers
     if args.models is None and args.seeds < 2:
         raise JaxoipError(f"a seed comparison needs at least two seeds, got --seeds {args.seeds}")
     if args.models is not None and len(args.models) < 2:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(args.models)}")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise JaxoipError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    tcfg = TrainConfig(epochs=args.epochs, train_subset=args.train_subset, precision=args.precision)
     cli.enable_compilation_cache(not args.no_cache)
 
     from jaxoip import checkpoint, compare

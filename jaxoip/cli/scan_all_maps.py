@@ -20,14 +20,14 @@ from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip._io import add_output_flags, prepare_output
+from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.facets import FACET_THRESHOLD
 from jaxoip.noise import DEFAULT_RECIPES, get_recipes
 from jaxoip.oip import OIPConfig, check_target
-from jaxoip.param import PARAMETERIZATIONS
 from jaxoip.progress import Progress
-from jaxoip.targets import QUANTITIES, Target
+from jaxoip.targets import Target
 from jaxoip.transforms import STYLES, style_config
 
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
@@ -42,15 +42,14 @@ def _node(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = OIPConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m jaxoip.scan_all_maps",
-        description="Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
+    p = flags.parser(
+        "python -m jaxoip.scan_all_maps",
+        "Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
     p.add_argument(
         "--model", default=None, help="checkpoint folder or .keras/.h5 file (default: the shipped reference model)"
     )
-    p.add_argument("--layer", default="Conv2D_3", help="conv, pool or dense layer (default: %(default)s)")
+    p.add_argument("--layer", default="Conv2D_3", help="conv, pool or dense layer")
     p.add_argument(
         "--maps",
         type=cli.int_list,
@@ -63,106 +62,51 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SUM",
         help="a weighted sum of units of --layer instead of --maps, e.g. 4-9, 4,-1*9 or 0.5*3+0.5*8 "
-        "(repeat for several; default: none)",
+        "(repeat for several)",
     )
     p.add_argument(
-        "--quantity",
-        choices=QUANTITIES,
-        default=d.quantity,
-        help="unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
-        "else the activation) (default: %(default)s)",
+        "--node", type=_node, default=None, metavar="I,J", help="maximize node i,j of each map instead of its mean"
     )
-    p.add_argument("--node", type=_node, default=None, help="maximize node i,j of each map instead of its mean")
-    p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
-    p.add_argument("--steps", type=int, default=d.steps, help="gradient steps (default: %(default)s)")
-    p.add_argument("--epsilon", type=float, default=d.epsilon, help="step size (default: %(default)s)")
-    p.add_argument(
-        "--conv-criterion",
-        type=float,
-        default=d.conv_criterion,
-        help="relative change below which a start counts as converged (default: %(default)s)",
-    )
-    p.add_argument("--early-stop", action="store_true", help="stop a chunk when all its starts have converged")
     p.add_argument(
         "--style",
         choices=tuple(STYLES),
         default="study",
         help="study: plain gradient ascent; robust: random jitter 2 px, scale 0.9-1.1, rotation 10 deg at every "
-        "step, total variation 0.05, blur 0.5 (default: %(default)s)",
+        "step, total variation 0.05, blur 0.5",
     )
+    # The search itself: OIPConfig's fields. Wake-up is on by default here; --jitter ... --blur default to --style.
+    options = flags.add_flags(p, OIPConfig, defaults={"wake": True, **dict.fromkeys(_STYLE_FIELDS)})
+    for name in _STYLE_FIELDS:
+        options[name].help += f" (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})"
+    p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes of the precursor scan")
+    p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
     p.add_argument(
-        "--wake",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
-        "study's objective; --no-wake is the study's search (default: wake)",
+        "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening)"
     )
-    p.add_argument(
-        "--param",
-        choices=PARAMETERIZATIONS,
-        default=d.param,
-        help="image parameterization: pixels, or fourier (decorrelated, favours smooth patterns) "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--fourier-decay",
-        type=float,
-        default=d.fourier_decay,
-        help="fourier: 1/frequency^decay scale (default: %(default)s)",
-    )
-    for name, what in (
-        ("jitter", "random shift of up to this many pixels at every step"),
-        ("scale", "random scaling by 1 +- this at every step"),
-        ("rotate", "random rotation of up to this many degrees at every step"),
-        ("tv", "total-variation penalty weight"),
-        ("l1", "L1 penalty weight (mean absolute standardized pixel)"),
-        ("blur", "blur penalty weight"),
-    ):
-        p.add_argument(
-            f"--{name}",
-            type=float,
-            default=None,
-            help=f"{what} (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})",
-        )
-    p.add_argument(
-        "--diversity",
-        type=float,
-        default=d.diversity,
-        help="weight of the diversity penalty across a map's starts (0: off) (default: %(default)s)",
-    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations")
+    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
     p.add_argument(
         "--facet-threshold",
         type=float,
         default=FACET_THRESHOLD,
-        help="starts whose images match up to a shift with correlation >= this share a facet (default: %(default)s)",
+        help="starts whose images match up to a shift with correlation >= this share a facet",
     )
-    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes (default: %(default)s)")
-    p.add_argument(
-        "--precursor-starts",
-        type=int,
-        default=64,
-        help="starts per recipe in the precursor scan (default: %(default)s)",
-    )
-    p.add_argument(
-        "--screen",
-        type=int,
-        default=8,
-        help="candidates per start; the most active one is kept (1: no screening) (default: %(default)s)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations (default: %(default)s)")
-    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
-    p.add_argument(
-        "--exemplars",
-        type=int,
-        default=3,
-        help="test-set exemplars per map in the gallery (0: none) (default: %(default)s)",
-    )
+    p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
-    p.add_argument("--out", default="scan_out", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="scan_out", help="output folder")
     add_output_flags(p)
-    cli.add_engine_flags(p)
+    cli.add_engine_flags(p, precision=False)
     cli.add_data_dir(p)
     return p
+
+
+def oip_config(args: argparse.Namespace) -> OIPConfig:
+    """The search's config: the preset of --style, the OIPConfig options given, --seed and --target."""
+    cfg = style_config(args.style, **flags.flag_values(OIPConfig, args), transform_seed=args.seed)
+    if args.target:
+        cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,23 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError("give either --maps or --target, not both")
     if not 0 <= args.facet_threshold <= 1:
         raise JaxoipError("--facet-threshold must be between 0 and 1")
-    cfg = style_config(
-        args.style,
-        steps=args.steps,
-        epsilon=args.epsilon,
-        conv_criterion=args.conv_criterion,
-        early_stop=args.early_stop,
-        quantity=args.quantity,
-        wake=args.wake,
-        param=args.param,
-        fourier_decay=args.fourier_decay,
-        diversity=args.diversity,
-        transform_seed=args.seed,
-        precision=args.precision,
-        **{k: getattr(args, k) for k in _STYLE_FIELDS},
-    )
-    if args.target:
-        cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
+    cfg = oip_config(args)
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])

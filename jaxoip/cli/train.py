@@ -14,29 +14,16 @@ from collections.abc import Sequence
 from jaxoip import cli
 from jaxoip._io import add_output_flags, prepare_output
 from jaxoip._memory import check_fits
+from jaxoip.cli import flags
 from jaxoip.model import ModelConfig
-from jaxoip.train import OPTIMIZERS, REGULARIZERS, SCHEDULES, TrainConfig, train
+from jaxoip.train import TrainConfig, train
 
 
 def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m jaxoip.train", description="Train the study's CNN on MNIST.")
-    p.add_argument(
-        "--out", default="runs/model", help="checkpoint folder to write, with history.json/png (default: %(default)s)"
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="momentum of rmsprop and sgd (0: none)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="'power' is the study's powerSched")
-    p.add_argument("--decay-rate", type=float, default=d.decay_rate)
-    p.add_argument("--decay-steps", type=int, default=d.decay_steps)
-    p.add_argument("--regularizer", choices=REGULARIZERS, default=d.regularizer, help="on the dense kernels")
-    p.add_argument("--reg-param", type=float, default=d.reg_param)
-    p.add_argument("--seed", type=int, default=d.seed, help="controls initialization and shuffling")
-    p.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
-    cli.add_engine_flags(p)
+    p = flags.parser("python -m jaxoip.train", "Train the study's CNN on MNIST.")
+    p.add_argument("--out", default="runs/model", help="checkpoint folder to write, with history.json/png")
+    flags.add_flags(p, TrainConfig)
+    cli.add_engine_flags(p, precision=False)
     add_output_flags(p, "checkpoint folder")
     cli.add_data_dir(p)
     return p
@@ -46,21 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip import checkpoint, plots
 
     args = _parser().parse_args(argv)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        momentum=args.momentum,
-        schedule=args.schedule,
-        decay_rate=args.decay_rate,
-        decay_steps=args.decay_steps,
-        regularizer=args.regularizer,
-        reg_param=args.reg_param,
-        seed=args.seed,
-        train_subset=args.train_subset,
-        precision=args.precision,
-    )
+    cfg = flags.config_from_args(TrainConfig, args)
     check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     cli.enable_compilation_cache(not args.no_cache)
     # Config, then the output folder, then data and compilation: a bad argument or --out fails at once.
