@@ -15,25 +15,33 @@ The command `python -m jaxoip activations` (`jaxoip.cli.activations`) draws thes
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_specs
+from jaxoip.typing import LayerActivations
 
 
-def image_activations(trained: TrainedModel, pixels, layer_name: str) -> np.ndarray:
-    """Activations of `layer_name` for images in pixel units (B, 28, 28, 1), in one jitted batched pass."""
+def image_activations(trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"], layer_name: str) -> LayerActivations:
+    """Activations of `layer_name` for images in pixel units, in one jitted batched pass."""
     get_layer(trained.config, layer_name)
     x = trained.standardization(jnp.asarray(pixels, jnp.float32))
     return np.asarray(batched_layer_map(trained.model, x, layer_name))
 
 
 def dataset_activations(
-    trained: TrainedModel, data: MNIST, layer_name: str, split: str = "test", fn=None, batch_size: int = 500
-) -> jax.Array:
+    trained: TrainedModel,
+    data: MNIST,
+    layer_name: str,
+    split: str = "test",
+    fn: Callable[[Float[Array, " b *layer"]], PyTree[Shaped[Array, "b ..."]]] | None = None,
+    batch_size: int = 500,
+) -> LayerActivations | PyTree[Shaped[np.ndarray, "n ..."]]:
     """`fn(activations)` of `layer_name` for a whole split, from one jitted `lax.map` over batches.
 
     Without `fn` the raw activations come back: (10000, 3, 3, 128) floats for Conv2D_3 of the test set
@@ -44,15 +52,17 @@ def dataset_activations(
     return batched_layer_map(trained.model, trained.standardization(images), layer_name, fn, batch_size)
 
 
-def to_probabilities(trained: TrainedModel):
+def to_probabilities(
+    trained: TrainedModel,
+) -> Callable[[Float[Array, "n classes"]], Float[Array, "n classes"]] | None:
     """What turns the output layer into class probabilities: None for the study's softmax output, else softmax."""
     if layer_specs(trained.config)[-1].activation == "softmax":
         return None
     return jax.nn.softmax
 
 
-def class_probabilities(trained: TrainedModel, pixels) -> np.ndarray:
-    """Class probabilities (B, classes) for images in pixel units (B, 28, 28, 1)."""
+def class_probabilities(trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"]) -> Float[np.ndarray, "n classes"]:
+    """Class probabilities for images in pixel units."""
     last = layer_specs(trained.config)[-1].name
     x = trained.standardization(jnp.asarray(pixels, jnp.float32))
     return np.asarray(batched_layer_map(trained.model, x, last, to_probabilities(trained)))

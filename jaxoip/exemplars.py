@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
@@ -21,13 +21,15 @@ class Exemplars:
 
     layer_name: str
     split: str
-    image_indices: np.ndarray  # (C, k)
-    values: np.ndarray  # (C, k)
-    nodes: np.ndarray  # (C, k, 2) row, column of the most active node
-    patches: list[np.ndarray]  # per map: (k, h, w) input pixels of the node's receptive field
+    image_indices: Int[np.ndarray, "c k"]
+    values: Float[np.ndarray, "c k"]
+    nodes: Int[np.ndarray, "c k 2"]  # row, column of the most active node
+    # Per map: the input pixels of each node's receptive field; an object array of k crops where fields
+    # clipped at the border differ in size.
+    patches: list[Float[np.ndarray, "k fh fw"] | Shaped[np.ndarray, " k"]]
 
 
-def _max_node(acts: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Array, "n c"]]:
     """Per image and map: the largest node activation and its flat position."""
     flat = acts.reshape(acts.shape[0], -1, acts.shape[-1])
     return flat.max(axis=1), jnp.argmax(flat, axis=1)

@@ -7,14 +7,16 @@ each group activates it, and which maps only one group wakes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from jaxtyping import ArrayLike, Float
 
 from jaxoip.data import MNIST, load_mnist
 from jaxoip.errors import JaxoipError
 from jaxoip.grids import LayerGrid, activation_grid, image_grids
-from jaxoip.inputs import get_images
+from jaxoip.inputs import ImageSource, get_images
 from jaxoip.model import TrainedModel, get_layer
 
 
@@ -25,7 +27,9 @@ def _per_map(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=1), flat.max(axis=1)
 
 
-def map_summary(acts_a, acts_b, active_level: float = 0.1) -> pd.DataFrame:
+def map_summary(
+    acts_a: Float[ArrayLike, " n_a *layer"], acts_b: Float[ArrayLike, " n_b *layer"], active_level: float = 0.1
+) -> pd.DataFrame:
     """Per map: mean activation in group A and in group B, their difference, and where the map is active.
 
     `acts_a` (n_a, H, W, C) or (n_a, N) and `acts_b` likewise are raw layer outputs. A map is active in an
@@ -67,15 +71,16 @@ class Comparison:
     grids_b: tuple[LayerGrid, ...]
     vmin: float  # the common color scale of all grids
     vmax: float
-    difference_grid: np.ndarray  # raw mean of A minus mean of B, node by node, laid out like the grids
+    # Raw mean of A minus mean of B, node by node, laid out like the grids.
+    difference_grid: Float[np.ndarray, "grid_h grid_w"]
     summary: pd.DataFrame  # `map_summary`, one row per map
 
 
 def compare_images(
     trained: TrainedModel,
     layer_name: str,
-    group_a,
-    group_b,
+    group_a: str | Sequence[ImageSource],
+    group_b: str | Sequence[ImageSource],
     data: MNIST | None = None,
     names: tuple[str, str] = ("A", "B"),
     per_row: int = 8,

@@ -13,15 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import ArrayLike, Float
 
 from jaxoip.activations import to_probabilities
 from jaxoip.data import MNIST
 from jaxoip.errors import JaxoipError
-from jaxoip.inputs import InputImage, get_image
+from jaxoip.inputs import ImageSource, InputImage, get_image
 from jaxoip.model import TrainedModel, get_layer
 
 
-def standardize_maps(acts) -> np.ndarray:
+def standardize_maps(acts: Float[ArrayLike, "*layer"]) -> Float[np.ndarray, "*layer"]:
     """The study's display scaling: (map - mean) / std * 64 + 128, clipped to 0..255.
 
     `acts` is one image's layer output: (H, W, C) maps are scaled one by one; the nodes (N,) of a flatten
@@ -35,7 +36,7 @@ def standardize_maps(acts) -> np.ndarray:
     return np.clip(scaled, 0.0, 255.0).astype(np.float32)
 
 
-def activation_grid(acts, per_row: int = 8) -> np.ndarray:
+def activation_grid(acts: Float[ArrayLike, "*layer"], per_row: int = 8) -> Float[np.ndarray, "grid_h grid_w"]:
     """One image's maps (H, W, C) or nodes (N,) as a 2-D grid, top-down in rows of `per_row` cells.
 
     Map (or node) m fills cell (m // per_row, m % per_row), i.e. rows [r*H, (r+1)*H) and columns
@@ -65,18 +66,18 @@ class LayerGrid:
 
     layer_name: str
     image: InputImage
-    activations: np.ndarray  # the layer's raw output for the image: (H, W, C) or (N,)
-    grid: np.ndarray  # (rows * H, per_row * W) displayed values (standardized if asked); NaN in empty cells
+    activations: Float[np.ndarray, "*layer"]  # the layer's raw output for the image
+    grid: Float[np.ndarray, "grid_h grid_w"]  # displayed values (standardized if asked); NaN in empty cells
     cell_shape: tuple[int, int]
     per_row: int
     standardized: bool
-    probabilities: np.ndarray  # (classes,) the model's output for the image
+    probabilities: Float[np.ndarray, " classes"]  # the model's output for the image
 
     @property
     def n_maps(self) -> int:
         return int(self.activations.shape[-1])
 
-    def cell(self, map_index: int) -> np.ndarray:
+    def cell(self, map_index: int) -> Float[np.ndarray, "h w"]:
         """The grid cell of map (or node) `map_index`."""
         r, c = divmod(map_index, self.per_row)
         h, w = self.cell_shape
@@ -94,7 +95,10 @@ def _layer_and_output(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, l
     return model(x, until=layer_name), jax.nn.softmax(out) if softmax else out
 
 
-def image_grids(trained, layer_name, images: list[InputImage], per_row: int, standardize: bool) -> list[LayerGrid]:
+def image_grids(
+    trained: TrainedModel, layer_name: str, images: list[InputImage], per_row: int, standardize: bool
+) -> list[LayerGrid]:
+    """The `LayerGrid` of each image, from one compiled pass over all of them."""
     graphdef, params = trained.split()
     x = trained.standardization(jnp.asarray(np.stack([i.pixels for i in images]), jnp.float32))
     acts, probs = _layer_and_output(graphdef, params, x, layer_name, to_probabilities(trained) is not None)
@@ -111,7 +115,7 @@ def image_grids(trained, layer_name, images: list[InputImage], per_row: int, sta
 def layer_grid(
     trained: TrainedModel,
     layer_name: str,
-    image,
+    image: ImageSource,
     data: MNIST | None = None,
     per_row: int = 8,
     standardize: bool = False,

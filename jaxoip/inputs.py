@@ -7,9 +7,12 @@ grids (`jaxoip.grids`) and group comparisons (`jaxoip.grid_comparison`) take ima
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from jaxoip.data import MNIST, load_mnist
 from jaxoip.errors import DataError, JaxoipError
@@ -19,9 +22,14 @@ from jaxoip.errors import DataError, JaxoipError
 class InputImage:
     """One input image in pixel units (0-255), shape (28, 28, 1), with where it came from."""
 
-    pixels: np.ndarray
+    pixels: Float[np.ndarray, "H W ch"]
     name: str  # "test:19", "train:7", a file name, or "array"
     label: int | None = None
+
+
+# An image as the analyses take it: an `InputImage`, a spec 'test:19', a .npy file, or pixels (0-255) of
+# shape (H, W), (H, W, ch) or (1, H, W, ch).
+ImageSource = InputImage | str | os.PathLike | Float[ArrayLike, "*image"]
 
 
 def parse_image_spec(spec: str) -> tuple[str, int]:
@@ -33,7 +41,7 @@ def parse_image_spec(spec: str) -> tuple[str, int]:
     return split.strip(), int(index)
 
 
-def get_image(image, data: MNIST | None = None, input_shape: tuple[int, ...] = (28, 28, 1)) -> InputImage:
+def get_image(image: ImageSource, data: MNIST | None = None, input_shape: tuple[int, ...] = (28, 28, 1)) -> InputImage:
     """An `InputImage` from a spec 'test:19' / 'train:7', a .npy file, or an array of pixels (0-255).
 
     Arrays may be (28, 28), (28, 28, 1) or (1, 28, 28, 1). MNIST is loaded (`load_mnist()`) only for a
@@ -74,7 +82,9 @@ def get_image(image, data: MNIST | None = None, input_shape: tuple[int, ...] = (
     return InputImage(pixels, name)
 
 
-def get_images(images, data: MNIST | None = None, input_shape: tuple[int, ...] = (28, 28, 1)) -> list[InputImage]:
+def get_images(
+    images: str | Sequence[ImageSource], data: MNIST | None = None, input_shape: tuple[int, ...] = (28, 28, 1)
+) -> list[InputImage]:
     """Several images: a list of specs/arrays, or one comma-separated string 'test:4,test:6'."""
     if isinstance(images, str):
         images = [s for s in images.split(",") if s.strip()]

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip.activations import dataset_activations, to_probabilities
 from jaxoip.data import MNIST
@@ -18,25 +19,25 @@ class Predictions:
     """The model's class probabilities for every image of a split."""
 
     split: str
-    labels: np.ndarray  # (N,)
-    probabilities: np.ndarray  # (N, classes)
+    labels: Int[np.ndarray, " n"]
+    probabilities: Float[np.ndarray, "n classes"]
 
     @property
-    def predicted(self) -> np.ndarray:
+    def predicted(self) -> Int[np.ndarray, " n"]:
         return self.probabilities.argmax(axis=1)
 
     @property
-    def confidence(self) -> np.ndarray:
+    def confidence(self) -> Float[np.ndarray, " n"]:
         return self.probabilities.max(axis=1)
 
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.labels).mean())
 
-    def confusion(self) -> np.ndarray:
+    def confusion(self) -> Int[np.ndarray, "classes classes"]:
         return confusion_matrix(self.labels, self.predicted, self.probabilities.shape[1])
 
-    def table(self, indices) -> pd.DataFrame:
+    def table(self, indices: Int[ArrayLike, " k"]) -> pd.DataFrame:
         """One row per image: its label, the prediction, their probabilities."""
         idx = np.asarray(indices, np.int64)
         p = self.probabilities[idx]
@@ -75,7 +76,9 @@ def least_confident(pred: Predictions, n: int = 10) -> pd.DataFrame:
     return table
 
 
-def confusion_matrix(labels, predicted, n_classes: int = 10) -> np.ndarray:
+def confusion_matrix(
+    labels: Int[ArrayLike, " n"], predicted: Int[ArrayLike, " n"], n_classes: int = 10
+) -> Int[np.ndarray, "classes classes"]:
     """Counts (n_classes, n_classes): row = true class, column = predicted class."""
     labels, predicted = np.asarray(labels, np.int64), np.asarray(predicted, np.int64)
     if labels.shape != predicted.shape:
@@ -83,7 +86,7 @@ def confusion_matrix(labels, predicted, n_classes: int = 10) -> np.ndarray:
     return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def most_confused(cm, n: int = 5) -> pd.DataFrame:
+def most_confused(cm: Int[ArrayLike, "classes classes"], n: int = 5) -> pd.DataFrame:
     """The `n` largest off-diagonal counts: true class, predicted class, count, share of the true class,
     and `pair_count`, the confusions of the two classes in both directions."""
     cm = np.asarray(cm)

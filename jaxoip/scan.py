@@ -12,24 +12,28 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import Float, Int
 
 from jaxoip._check import check_int
 from jaxoip._io import prepare_output
 from jaxoip._memory import check_fits
 from jaxoip.data import MNIST
 from jaxoip.errors import JaxoipError
+from jaxoip.exemplars import Exemplars
 from jaxoip.model import TrainedModel, get_layer, layer_shapes
-from jaxoip.noise import DEFAULT_RECIPES, get_recipes, seeded_starts
+from jaxoip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.numerics import check_seed
 from jaxoip.oip import OIPConfig, check_target, default_chunk_size
-from jaxoip.precursor import data_activation, precursor_scan
+from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
 from jaxoip.progress import Progress
 from jaxoip.scan_result import ScanResult
 from jaxoip.search_groups import search_in_groups
+from jaxoip.typing import MapIndices
 
 
 def default_restarts() -> int:
@@ -37,7 +41,13 @@ def default_restarts() -> int:
     return 8 if jax.default_backend() == "cpu" else 16
 
 
-def check_scan_args(restarts=None, precursor_starts=64, screen=8, seed=0, chunk_size=None):
+def check_scan_args(
+    restarts: int | None = None,
+    precursor_starts: int = 64,
+    screen: int = 8,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> None:
     """The scan's numeric arguments, checked before anything is loaded or compiled."""
     check_int("restarts", restarts, 1, optional=True)
     check_int("precursor starts", precursor_starts, 1)
@@ -52,17 +62,17 @@ SEARCH_STREAM = 1  # fold_in(key(seed), stream): the search's starts, apart from
 def scan_maps(
     trained: TrainedModel,
     layer_name: str = "Conv2D_3",
-    map_indices=None,
+    map_indices: MapIndices | None = None,
     restarts: int | None = None,
     config: OIPConfig = OIPConfig(),
-    recipes=DEFAULT_RECIPES,
+    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
     precursor_starts: int = 64,
     screen: int = 8,
     seed: int = 0,
     node: tuple[int, int] | None = None,
     data: MNIST | None = None,
     chunk_size: int | None = None,
-    progress=True,
+    progress: bool | Progress = True,
     partial_dir: str | os.PathLike | None = None,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
@@ -138,8 +148,19 @@ def scan_maps(
     )
 
 
-def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, seed: int, node=None, cfg=None):
-    """Start images (M * R, 28, 28, 1) and their recipe indices (M, R).
+def screened_starts(
+    trained: TrainedModel,
+    layer_name: str,
+    maps: Int[np.ndarray, " m"],
+    restarts: int,
+    screen: int,
+    recipes: tuple[Recipe, ...],
+    pre: PrecursorResult,
+    seed: int,
+    node: tuple[int, int] | None = None,
+    cfg: OIPConfig | None = None,
+) -> tuple[Int[np.ndarray, "m r"], Float[np.ndarray, "m*r H W ch"]]:
+    """Each start's recipe index and the start images, the `r` starts of a map in a row.
 
     Candidate c of map m comes from fold_in(fold_in(fold_in(key(seed), SEARCH_STREAM), m), c), with the
     map's best recipe (or the recipes in turn for a silent map); each group of `screen` candidates gives
@@ -164,9 +185,9 @@ def screened_starts(trained, layer_name, maps, restarts, screen, recipes, pre, s
 def write_scan(
     result: ScanResult,
     out: str | os.PathLike,
-    snapshot_maps=None,
+    snapshot_maps: Iterable[int] | None = None,
     all_starts: bool = False,
-    exemplars=None,
+    exemplars: Exemplars | None = None,
     extra_summary: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -180,9 +201,9 @@ def write_scan(
 def write_scan_files(
     result: ScanResult,
     folder: str | os.PathLike,
-    snapshot_maps=None,
+    snapshot_maps: Iterable[int] | None = None,
     all_starts: bool = False,
-    exemplars=None,
+    exemplars: Exemplars | None = None,
     extra_summary: dict | None = None,
 ):
     """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`."""

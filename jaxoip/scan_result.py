@@ -10,9 +10,10 @@ import dataclasses
 import jax
 import numpy as np
 import pandas as pd
+from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip.data import Standardization
-from jaxoip.facets import FACET_THRESHOLD
+from jaxoip.facets import FACET_THRESHOLD, MapFacets
 from jaxoip.oip import OIPConfig, OIPResult
 from jaxoip.precursor import PrecursorResult
 
@@ -25,16 +26,16 @@ class ScanResult:
     """
 
     layer_name: str
-    map_indices: np.ndarray  # (M,)
+    map_indices: Int[np.ndarray, " m"]
     restarts: int
     node: tuple[int, int] | None
     config: OIPConfig
     recipe_names: tuple[str, ...]
-    start_recipe: np.ndarray  # (M, R) recipe index of every start
+    start_recipe: Int[np.ndarray, "m r"]  # recipe index of every start
     oip: OIPResult  # flat over (map, start)
     precursor: PrecursorResult
-    data_mean: np.ndarray | None  # (C,) objective on real images, mean over the test set
-    data_max: np.ndarray | None
+    data_mean: Float[np.ndarray, " c"] | None  # objective on real images, mean over the test set
+    data_max: Float[np.ndarray, " c"] | None
     standardization: Standardization
     seed: int
     screen: int = 1
@@ -44,50 +45,50 @@ class ScanResult:
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _per_map(self, a: np.ndarray) -> np.ndarray:
+    def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
         return a.reshape(len(self.map_indices), self.restarts, *a.shape[1:])
 
     @property
-    def images(self) -> np.ndarray:
-        """Final standardized images (M, R, 28, 28, 1)."""
+    def images(self) -> Float[np.ndarray, "m r H W ch"]:
+        """Final standardized images."""
         return self._per_map(self.oip.images)
 
     @property
-    def objective(self) -> np.ndarray:
+    def objective(self) -> Float[np.ndarray, "m r"]:
         return self._per_map(self.oip.objective)
 
     @property
-    def traces(self) -> np.ndarray:
+    def traces(self) -> Float[np.ndarray, "m r steps"]:
         return self._per_map(self.oip.traces)
 
     @property
-    def best_start(self) -> np.ndarray:
+    def best_start(self) -> Int[np.ndarray, " m"]:
         return np.argmax(self.objective, axis=1)
 
     @property
-    def best_images(self) -> np.ndarray:
-        """The best start's image per map, standardized (M, 28, 28, 1)."""
+    def best_images(self) -> Float[np.ndarray, "m H W ch"]:
+        """The best start's image per map, standardized."""
         return self.images[np.arange(len(self.map_indices)), self.best_start]
 
     @property
-    def found(self) -> np.ndarray:
+    def found(self) -> Bool[np.ndarray, " m"]:
         """Maps for which some start reached a positive objective."""
         return self.objective.max(axis=1) > 0
 
     @property
-    def woken(self) -> np.ndarray:
-        """(M, R): starts that ascended the pre-activation at some step (`OIPConfig.wake`)."""
+    def woken(self) -> Bool[np.ndarray, "m r"]:
+        """Starts that ascended the pre-activation at some step (`OIPConfig.wake`)."""
         w = self.oip.woken if self.oip.woken is not None else np.zeros(self.oip.objective.shape, bool)
         return self._per_map(w)
 
     @property
-    def method(self) -> np.ndarray:
+    def method(self) -> Shaped[np.ndarray, " m"]:
         """Per map, how its best OIP was reached: `direct`, `woken` (after ascending the pre-activation) or `none`."""
         m = np.arange(len(self.map_indices))
         woke = self.woken[m, self.best_start]
         return np.where(~self.found, "none", np.where(woke, "woken", "direct"))
 
-    def facets(self, threshold: float | None = None):
+    def facets(self, threshold: float | None = None) -> list[MapFacets]:
         """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
         from jaxoip.facets import scan_facets
 

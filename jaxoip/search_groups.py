@@ -11,15 +11,25 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import Float, Int
 
+from jaxoip.model import CNN
 from jaxoip.oip import OIPConfig, OIPResult, search_oips
-from jaxoip.progress import as_progress
+from jaxoip.progress import Progress, as_progress
 
 # Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
 GROUP_CHUNKS = 8
 
 
-def _group_key(model, layer_name, maps, x0, config: OIPConfig, node, chunk: int) -> str:
+def _group_key(
+    model: CNN,
+    layer_name: str,
+    maps: Int[np.ndarray, " n"],
+    x0: Float[np.ndarray, "n H W ch"],
+    config: OIPConfig,
+    node: tuple[int, int] | None,
+    chunk: int,
+) -> str:
     """What a saved group's results depend on: the model, the target, the start images and the search."""
     from flax import nnx
 
@@ -50,7 +60,15 @@ def _load_group(path: Path | None, key: str | None) -> dict | None:
 
 
 def search_in_groups(
-    model, layer_name, maps, x0, config, node, chunk: int, progress=False, partial_dir=None
+    model: CNN,
+    layer_name: str,
+    maps: Int[np.ndarray, " n"],
+    x0: Float[np.ndarray, "n H W ch"],
+    config: OIPConfig,
+    node: tuple[int, int] | None,
+    chunk: int,
+    progress: bool | Progress = False,
+    partial_dir: str | os.PathLike | None = None,
 ) -> OIPResult:
     """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
 

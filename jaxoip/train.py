@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -19,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip._check import check_float, check_int
 from jaxoip._memory import check_fits
 from jaxoip.checkpoint import epoch_manager, restore_epoch, save_epoch
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
-from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
@@ -71,8 +73,8 @@ class TrainConfig:
         check_int("train subset", self.train_subset, 1, optional=True)
 
 
-def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """none, the study's powerSched (inverse-time decay) or exponential decay, per step."""
+def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Int[ArrayLike, ""]], Float[ArrayLike, ""]]:
+    """An Optax schedule: none, the study's powerSched (inverse-time decay) or exponential decay, per step."""
     if cfg.schedule == "none":
         return optax.constant_schedule(cfg.learning_rate)
     if cfg.schedule == "exponential":
@@ -94,7 +96,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     }[cfg.optimizer]()
 
 
-def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> jax.Array:
+def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> Float[Array, ""]:
     """L2 (sum of squares) or L1 penalty on the dense kernels, as Keras' kernel_regularizer."""
     if cfg.regularizer == "none":
         return jnp.zeros(())
@@ -105,7 +107,14 @@ def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfi
     return cfg.reg_param * sum(jnp.sum(jnp.abs(k)) for k in kernels)
 
 
-def batch_loss(graphdef, params, images, labels, weights, cfg: TrainConfig):
+def batch_loss(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    images: Float[Array, "b H W ch"],
+    labels: Int[Array, " b"],
+    weights: Float[Array, " b"],
+    cfg: TrainConfig,
+) -> tuple[Float[Array, ""], tuple[Float[Array, ""], Float[Array, ""]]]:
     """Weighted mean categorical cross-entropy plus regularization; also returns the weighted accuracy."""
     model = nnx.merge(graphdef, params)
     logits = model(images, pre_activation=True)
@@ -116,7 +125,9 @@ def batch_loss(graphdef, params, images, labels, weights, cfg: TrainConfig):
     return data_loss + regularization(params, model.config, cfg), (data_loss, acc)
 
 
-def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+def epoch_batches(
+    key: Key[Array, ""], n: int, batch_size: int
+) -> tuple[Int[Array, "steps b"], Float[Array, "steps b"]]:
     """A shuffled epoch as (num_batches, batch) indices and weights; the last batch is padded with weight 0.
 
     Keras keeps the last partial batch, so an epoch of 60,000 images at batch 64 has 938 steps.
@@ -182,7 +193,13 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000, precision: Pre
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
-def standardized_splits(data: MNIST, cfg: TrainConfig):
+def standardized_splits(
+    data: MNIST, cfg: TrainConfig
+) -> tuple[
+    Standardization,
+    tuple[Float[Array, "n_train H W ch"], Int[Array, " n_train"]],
+    tuple[Float[Array, "n_test H W ch"], Int[Array, " n_test"]],
+]:
     """Standardization fitted on the (subset of the) training images, and both splits standardized on device."""
     train_x, train_y = data.train_images, data.train_labels
     if cfg.train_subset is not None and cfg.train_subset > len(train_x):
@@ -194,7 +211,10 @@ def standardized_splits(data: MNIST, cfg: TrainConfig):
     return std, train, (jnp.asarray(std(data.test_images)), jnp.asarray(data.test_labels))
 
 
-def trained_model(model, std, history, cfg: TrainConfig, data: MNIST) -> TrainedModel:
+def trained_model(
+    model: CNN, std: Standardization, history: dict[str, list[float]], cfg: TrainConfig, data: MNIST
+) -> TrainedModel:
+    """The trained `model` with its standardization, history, recipe and the data's checksum."""
     return TrainedModel(
         model=model,
         standardization=std,
@@ -205,7 +225,7 @@ def trained_model(model, std, history, cfg: TrainConfig, data: MNIST) -> Trained
     )
 
 
-def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None = None):
+def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None = None) -> None:
     """Stops a diverged run (non-finite loss) instead of saving a broken model."""
     if not (np.isfinite(loss) and np.isfinite(val_loss)):
         who = f"seed {seed}: " if seed is not None else ""
@@ -215,7 +235,10 @@ def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None 
         )
 
 
-def mean_metrics(metrics) -> tuple[float, float]:
+def mean_metrics(
+    metrics: tuple[Float[ArrayLike, " steps"], Float[ArrayLike, " steps"], Float[ArrayLike, " steps"]],
+) -> tuple[float, float]:
+    """An epoch's loss and accuracy from per-step (loss, accuracy, weight), weighted by each step's images."""
     loss, acc, n = (np.asarray(m, np.float64) for m in metrics)
     return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
 
