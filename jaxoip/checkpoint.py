@@ -5,6 +5,9 @@ jaxoip output folder (`jaxoip._io.prepare_output`): staged, then moved into plac
 never leaves a folder that loads. Loading refuses non-finite parameters or standardization, and checks
 both against checksums in the metadata (format 1 checkpoints, such as the shipped reference model, have no
 standardization checksum; their standardization is only checked for finiteness).
+
+`epoch_manager`, `save_epoch` and `restore_epoch` keep a training run's latest epoch (parameters, optimizer
+state, history) so that `jaxoip.train.train` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flax import nnx
 
 from jaxoip._io import prepare_output
 from jaxoip.data import Standardization
-from jaxoip.errors import CheckpointError
+from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.model import ModelConfig, TrainedModel, init_model
 
 FORMAT = "jaxoip-checkpoint/2"
@@ -222,3 +225,45 @@ def load_reference_model() -> TrainedModel:
 def resolve_model(path: str | os.PathLike | None, data_dir: str | os.PathLike | None = None) -> TrainedModel:
     """`path`'s checkpoint or Keras file, or the reference model when `path` is None or 'reference'."""
     return load_reference_model() if path in (None, "reference") else load_model(path, data_dir)
+
+
+# --- Per-epoch training state, to resume an interrupted training run --------------------------------------
+
+
+def epoch_manager(directory: Path):
+    """Keeps the latest epoch's parameters, optimizer state and history (saved synchronously: the
+    buffers are donated to the next epoch)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "history"))
+
+
+def restore_epoch(manager, params, opt_state):
+    """(epochs done, params, opt_state, history) of the latest saved epoch, or None when there is none."""
+    import orbax.checkpoint as ocp
+
+    epoch = manager.latest_step()
+    if epoch is None:
+        return None
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), {"params": params, "opt_state": opt_state})
+    try:
+        r = manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore())
+        )
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files.
+        raise JaxoipError(
+            f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})"
+        ) from None
+    return epoch, r.state["params"], r.state["opt_state"], {k: list(v) for k, v in r.history.items()}
+
+
+def save_epoch(manager, epoch: int, params, opt_state, history):
+    import orbax.checkpoint as ocp
+
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}), history=ocp.args.JsonSave(history)
+        ),
+    )

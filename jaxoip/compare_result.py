@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 import pandas as pd
+from jaxtyping import Float
 
 if TYPE_CHECKING:
     from jaxoip.compare import CompareConfig
@@ -53,7 +54,7 @@ class SeedComparison:
         a = (1 - self.config.ci) / 2
         return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
 
-    def pair_bootstrap(self, layer: str, comparison: str, metric: str) -> np.ndarray:
+    def pair_bootstrap(self, layer: str, comparison: str, metric: str) -> Float[np.ndarray, " replicates"]:
         """Replicates of the mean over seed pairs, resampling pairs with replacement."""
         t = self.pairs_table
         v = t[(t["layer"] == layer) & (t["comparison"] == comparison) & (t["metric"] == metric)]["value"].to_numpy()

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip.errors import DataError
 
@@ -30,13 +31,13 @@ _MAGIC = {3: 2051, 1: 2049}
 class MNIST:
     """MNIST in raw pixel units (0-255), images float32 (N, 28, 28, 1), labels int32 (N,)."""
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    train_images: Float[np.ndarray, "n_train 28 28 1"]
+    train_labels: Int[np.ndarray, " n_train"]
+    test_images: Float[np.ndarray, "n_test 28 28 1"]
+    test_labels: Int[np.ndarray, " n_test"]
     source: str
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def split(self, name: str) -> tuple[Float[np.ndarray, "n 28 28 1"], Int[np.ndarray, " n"]]:
         """Images and labels of the split `train` or `test`."""
         if name not in ("train", "test"):
             raise DataError(f"unknown image set {name!r}: use 'train' or 'test'")
@@ -62,10 +63,12 @@ class Standardization:
         x = np.asarray(train_images, np.float64)
         return cls(mean=float(x.mean()), std=float(x.std()))
 
-    def __call__(self, pixels):
+    def __call__(self, pixels: Float[ArrayLike, "*shape"]) -> Float[ArrayLike, "*shape"]:
+        """Standardized images from pixels (0-255), NumPy or JAX as given."""
         return (pixels - self.mean) / self.std
 
-    def to_pixels(self, standardized):
+    def to_pixels(self, standardized: Float[ArrayLike, "*shape"]) -> Float[ArrayLike, "*shape"]:
+        """Pixels (0-255) from standardized images."""
         return standardized * self.std + self.mean
 
 

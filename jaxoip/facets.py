@@ -14,13 +14,18 @@ translation (maximum normalized cross-correlation over all shifts >= `threshold`
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float, Int, Shaped
 from scipy.cluster import hierarchy
 
 from jaxoip.model import layer_specs
+
+if TYPE_CHECKING:  # jaxoip.scan_result builds on this module.
+    from jaxoip.scan_result import ScanResult
 
 FACET_THRESHOLD = 0.5
 
@@ -60,16 +65,19 @@ class MapFacets:
     start of each facet."""
 
     map_index: int
-    labels: np.ndarray  # (R,) facet of every start
-    representatives: np.ndarray  # (F,) start index of each facet's best start, by decreasing objective
-    objectives: np.ndarray  # (F,) objective of each representative
-    sizes: np.ndarray  # (F,) starts per facet
+    labels: Int[np.ndarray, " r"]  # facet of every start
+    representatives: Int[np.ndarray, " facets"]  # start index of each facet's best start, by decreasing objective
+    objectives: Float[np.ndarray, " facets"]  # objective of each representative
+    sizes: Int[np.ndarray, " facets"]  # starts per facet
 
 
 def map_facets(
-    map_index: int, images: np.ndarray, objective: np.ndarray, threshold: float = FACET_THRESHOLD
+    map_index: int,
+    images: Float[np.ndarray, "r H W 1"],
+    objective: Float[np.ndarray, " r"],
+    threshold: float = FACET_THRESHOLD,
 ) -> MapFacets:
-    """Facets of one map's starts (R, H, W, 1) with objectives (R,); starts with objective <= 0 are left out
+    """Facets of one map's starts with their objectives; starts with objective <= 0 are left out
     (label -1) unless no start is positive."""
     objective = np.asarray(objective)
     use = np.flatnonzero(objective > 0)
@@ -99,12 +107,14 @@ def map_facets(
     )
 
 
-def scan_facets(result, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:
+def scan_facets(result: ScanResult, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:
     """`map_facets` for every map of a `ScanResult`."""
     return [map_facets(m, result.images[i], result.objective[i], threshold) for i, m in enumerate(result.map_indices)]
 
 
-def facet_images(result, threshold: float = FACET_THRESHOLD) -> list[dict]:
+def facet_images(
+    result: ScanResult, threshold: float = FACET_THRESHOLD
+) -> list[dict[str, int | Shaped[np.ndarray, "facets ..."]]]:
     """For the gallery: per map (in `result.map_indices` order) a dict with `map`, `images` (F, 28, 28, 1)
     standardized representatives, `pixels` (same in pixel units), `objectives` (F,) and `sizes` (F,) (starts
     per facet), facets ordered by objective (the first is the map's best OIP)."""

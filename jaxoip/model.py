@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
 from jaxoip import numerics
 from jaxoip.data import Standardization
@@ -247,7 +249,7 @@ def map_activation(model: CNN, images, layer_name: str, map_indices, pre_activat
     return out
 
 
-def init_model(config: ModelConfig = ModelConfig(), seed: int | jax.Array = 0) -> CNN:
+def init_model(config: ModelConfig = ModelConfig(), seed: int | Key[Array, ""] = 0) -> CNN:
     """A freshly initialized CNN; `seed` is an int or a PRNG key."""
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     return CNN(config, rngs=nnx.Rngs(params=key))
@@ -257,7 +259,13 @@ def param_count(model: CNN) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def layer_output(graphdef: nnx.GraphDef, params: nnx.State, images, layer_name: str, pre_activation: bool = False):
+def layer_output(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    images: Float[Array, "n H W ch"],
+    layer_name: str,
+    pre_activation: bool = False,
+) -> Float[Array, " n *layer"]:
     """Pure function: the activation of `layer_name` for a batch, computing only the layers up to it."""
     return nnx.merge(graphdef, params)(images, until=layer_name, pre_activation=pre_activation)
 
@@ -287,12 +295,12 @@ def pad_batches(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
 
 def batched_layer_map(
     model: CNN,
-    images,
+    images: Float[ArrayLike, "n H W ch"],
     layer_name: str,
-    fn=None,
+    fn: Callable[[Float[Array, " b *layer"]], PyTree[Shaped[Array, "b ..."]]] | None = None,
     batch_size: int = 500,
     precision: numerics.Precision = numerics.DEFAULT_PRECISION,
-):
+) -> Float[np.ndarray, " n *layer"] | PyTree[Shaped[np.ndarray, "n ..."]]:
     """`fn(activations of layer_name)` for all standardized `images`, batch by batch in one jitted `lax.map`.
 
     `fn` maps a batch of activations (B, ...) to per-image results (B, ...); it lets callers reduce
@@ -329,8 +337,10 @@ class TrainedModel:
         """(graphdef, params) for the pure functions of this package."""
         return nnx.split(self.model)
 
-    def layer_output(self, pixels, layer_name: str, pre_activation: bool = False) -> jax.Array:
-        """Activation of `layer_name` for images in pixel units (B, 28, 28, 1)."""
+    def layer_output(
+        self, pixels: Float[ArrayLike, "n H W ch"], layer_name: str, pre_activation: bool = False
+    ) -> Float[Array, " n *layer"]:
+        """Activation of `layer_name` for images in pixel units."""
         graphdef, params = self.split()
         x = self.standardization(jnp.asarray(pixels, jnp.float32))
         return layer_output(graphdef, params, x, layer_name, pre_activation)

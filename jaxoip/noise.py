@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip.errors import JaxoipError
 from jaxoip.numerics import as_key, check_seed
+from jaxoip.typing import MapIndices
 
 DEFAULT_GRIDS = ((3, 3), (7, 7), (14, 14), (28, 28))
 
@@ -77,19 +80,19 @@ def _gaussian_smooth(img: jax.Array, sigma: float) -> jax.Array:
     return jax.vmap(lambda c: jnp.convolve(c, k, mode="valid"), in_axes=1, out_axes=1)(rows)
 
 
-def standardize_image(img: jax.Array) -> jax.Array:
+def standardize_image(img: Float[Array, "H W ch"]) -> Float[Array, "H W ch"]:
     """Zero mean, unit standard deviation over one image (the scale of standardized MNIST)."""
     return (img - img.mean()) / (img.std() + 1e-8)
 
 
 def initial_image(
-    key: jax.Array,
-    factors: jax.Array,
+    key: Key[Array, ""],
+    factors: Float[ArrayLike, " grids"],
     grids: tuple[tuple[int, int], ...] = DEFAULT_GRIDS,
     size: tuple[int, int] = (28, 28),
     smoothing_sigma: float = 0.0,
-) -> jax.Array:
-    """One standardized start image (H, W, 1); `factors` weights the grids and may be traced."""
+) -> Float[Array, "H W 1"]:
+    """One standardized start image; `factors` weights the grids and may be traced."""
     img = jnp.zeros(size, jnp.float32)
     for k, grid, f in zip(jax.random.split(key, len(grids)), grids, factors):
         coarse = jax.random.uniform(k, grid, jnp.float32)
@@ -106,8 +109,10 @@ def _initial_images(keys, recipe_index, *, recipes):
     return jax.vmap(lambda k, i: initial_image(k, table[i], grids, smoothing_sigma=sigma))(keys, recipe_index)
 
 
-def initial_images(keys: jax.Array, recipes, recipe_index=None) -> np.ndarray:
-    """A batch (N, 28, 28, 1) of starts, one per key; image i uses recipe `recipes[recipe_index[i]]`.
+def initial_images(
+    keys: Key[Array, " n"], recipes: Sequence[str | Recipe], recipe_index: Int[ArrayLike, " n"] | None = None
+) -> Float[np.ndarray, "n 28 28 1"]:
+    """A batch of starts, one per key; image i uses recipe `recipes[recipe_index[i]]`.
 
     Each image depends only on its own key and recipe, never on the rest of the batch. One compiled
     program per recipe set and batch size.
@@ -125,7 +130,7 @@ def _start_keys(root, maps, *, restarts):
     )
 
 
-def start_keys(seed, map_indices, restarts: int) -> jax.Array:
+def start_keys(seed: int | Key[Array, ""], map_indices: MapIndices, restarts: int) -> Key[Array, "m r"]:
     """Keys (maps, restarts): start r of map m always gets fold_in(fold_in(root, m), r).
 
     `seed` is an integer or a PRNG key (the root).
@@ -142,8 +147,15 @@ def _seeded_starts(seed, maps, recipe_index, *, recipes, restarts, stream):
     return _initial_images(keys, recipe_index, recipes=recipes)
 
 
-def seeded_starts(seed: int, stream: int, map_indices, restarts: int, recipes, recipe_index) -> np.ndarray:
-    """Start images (M * restarts, 28, 28, 1) from an integer seed in one compiled call.
+def seeded_starts(
+    seed: int,
+    stream: int,
+    map_indices: MapIndices,
+    restarts: int,
+    recipes: Sequence[str | Recipe],
+    recipe_index: Int[ArrayLike, " m*r"],
+) -> Float[np.ndarray, "m*r 28 28 1"]:
+    """Start images, the `r` starts of a map in a row, from an integer seed in one compiled call.
 
     Start r of map m comes from fold_in(fold_in(fold_in(key(seed), stream), m), r), so it is the
     same whichever other maps are drawn; `stream` separates independent uses of one seed.

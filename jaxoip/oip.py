@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jaxtyping import ArrayLike, Bool, Float, Int
 
 from jaxoip import facets, param, targets, transforms
 from jaxoip._check import check_float, check_int
@@ -26,6 +27,7 @@ from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.model import CNN, ModelConfig, map_activation
 from jaxoip.noise import standardize_image
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
+from jaxoip.progress import Progress
 
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 
@@ -151,14 +153,14 @@ class OIPConfig:
 class OIPResult:
     """Search results for N images; arrays are NumPy, images standardized (N, 28, 28, 1)."""
 
-    images: np.ndarray
-    objective: np.ndarray  # (N,) after the last step
-    traces: np.ndarray  # (N, steps): objective after each step
-    snapshots: np.ndarray  # (N, len(snapshot_steps), 28, 28, 1)
+    images: Float[np.ndarray, "n H W ch"]
+    objective: Float[np.ndarray, " n"]  # after the last step
+    traces: Float[np.ndarray, "n steps"]  # objective after each step
+    snapshots: Float[np.ndarray, "n snapshots H W ch"]  # the images at `snapshot_steps`
     snapshot_steps: tuple[int, ...]
-    converged_step: np.ndarray  # (N,) first step with relative change < conv_criterion; -1 if never
-    stayed_zero: np.ndarray  # (N,) the map never left zero (dead ReLU for this start)
-    woken: np.ndarray | None = None  # (N,) some step ascended the pre-activation (cfg.wake)
+    converged_step: Int[np.ndarray, " n"]  # first step with relative change < conv_criterion; -1 if never
+    stayed_zero: Bool[np.ndarray, " n"]  # the map never left zero (dead ReLU for this start)
+    woken: Bool[np.ndarray, " n"] | None = None  # some step ascended the pre-activation (cfg.wake)
     seconds: float = 0.0
     steps_run: int = 0
 
@@ -357,14 +359,14 @@ def check_finite(res: dict):
 def search_oips(
     model: CNN,
     layer_name: str,
-    map_indices,
-    init_images,
+    map_indices: Int[ArrayLike, " n"],
+    init_images: Float[ArrayLike, "n H W ch"],
     cfg: OIPConfig = OIPConfig(),
     node: tuple[int, int] | None = None,
     chunk_size: int | None = None,
-    progress=False,
+    progress: bool | Progress = False,
 ) -> OIPResult:
-    """Runs the OIP search for images `init_images` (N, H, W, 1), image i driving map `map_indices[i]`.
+    """Runs the OIP search for standardized images `init_images`, image i driving map `map_indices[i]`.
 
     All chunks are dispatched before any result is fetched. Results do not depend on `chunk_size` or
     the device count (up to float rounding), except with `cfg.early_stop`. `progress`: True for a

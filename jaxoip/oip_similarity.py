@@ -23,6 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Bool, Float
 
 _EPS = 1e-12
 
@@ -93,7 +94,9 @@ def _side_sums(x: jax.Array, ones_f: jax.Array, size: int, left: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("max_shift",))
-def shift_similarity_matrix(a: jax.Array, b: jax.Array, max_shift: int = 7) -> tuple[jax.Array, jax.Array]:
+def shift_similarity_matrix(
+    a: Float[Array, "n_a H W 1"], b: Float[Array, "n_b H W 1"], max_shift: int = 7
+) -> tuple[Float[Array, "n_a n_b"], Float[Array, "n_a n_b"]]:
     """(N, M) maximum over shifts of the normalized cross-correlation of images a (N, H, W, 1) and b (M, H, W, 1).
 
     For every shift d with |dy|, |dx| <= max_shift, the Pearson correlation of a(y) and b(y + d) over
@@ -174,7 +177,12 @@ def oip_similarities(
     return out
 
 
-def cross_activation(response: np.ndarray, own: np.ndarray, live_a: np.ndarray, live_b: np.ndarray) -> dict:
+def cross_activation(
+    response: Float[np.ndarray, "m r m"],
+    own: Float[np.ndarray, "m r_b"],
+    live_a: Bool[np.ndarray, "m r"],
+    live_b: Bool[np.ndarray, "m r_b"],
+) -> dict[str, Float[np.ndarray, " m"]]:
     """Model b's matched maps' response to model a's OIPs, relative to their response to b's own OIPs.
 
     `response[i, r, j]`: map j of b (the partner of a's map i) on a's OIP (i, r); `own[j, s]`: map j of b

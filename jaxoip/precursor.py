@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
 from jaxoip import targets
 from jaxoip.errors import JaxoipError
 from jaxoip.model import CNN, batched_layer_map
-from jaxoip.noise import DEFAULT_RECIPES, _initial_images, get_recipes
+from jaxoip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
 from jaxoip.oip import OIPConfig, check_target
 
@@ -29,19 +31,19 @@ class PrecursorResult:
 
     layer_name: str
     recipes: tuple[str, ...]
-    frac_active: np.ndarray  # (C, R)
-    mean: np.ndarray  # (C, R)
-    max: np.ndarray  # (C, R)
+    frac_active: Float[np.ndarray, "c recipes"]
+    mean: Float[np.ndarray, "c recipes"]
+    max: Float[np.ndarray, "c recipes"]
     starts: int
 
     @property
-    def best_recipe(self) -> np.ndarray:
+    def best_recipe(self) -> Int[np.ndarray, " c"]:
         """Index of the recipe that activates each map most often (ties: higher mean activation)."""
         score = self.frac_active + 1e-6 * self.mean / (1.0 + self.mean.max())
         return np.argmax(score, axis=1)
 
     @property
-    def silent_on_noise(self) -> np.ndarray:
+    def silent_on_noise(self) -> Bool[np.ndarray, " c"]:
         """Maps no start of any recipe activates."""
         return self.frac_active.max(axis=1) == 0
 
@@ -92,9 +94,9 @@ def _precursor_images(seed_or_key, *, recipes, starts):
 def precursor_scan(
     model: CNN,
     layer_name: str = "Conv2D_3",
-    recipes=DEFAULT_RECIPES,
+    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
     starts: int = 64,
-    key: jax.Array | int = 0,
+    key: Key[Array, ""] | int = 0,
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
     cfg: OIPConfig | None = None,
@@ -125,13 +127,13 @@ def precursor_scan(
 
 def data_activation(
     model: CNN,
-    images_std,
+    images_std: Float[ArrayLike, "n H W ch"],
     layer_name: str = "Conv2D_3",
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
     cfg: OIPConfig | None = None,
-) -> np.ndarray:
-    """The objective (map mean, or node) of every map (or `cfg`'s target) for every standardized image: (N, C).
+) -> Float[np.ndarray, "n c"]:
+    """The objective (map mean, or node) of every map (or `cfg`'s target) for every standardized image.
 
     With `cfg`, its precision replaces `precision`.
     """

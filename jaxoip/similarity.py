@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from jaxtyping import ArrayLike, Float, Int
 from scipy.optimize import linear_sum_assignment
 
 _EPS = 1e-12
@@ -108,7 +109,7 @@ def _moments_of(x: np.ndarray, y: np.ndarray) -> dict:
     return weighted(block_moments(xx, yy, np.asarray([0, xx.shape[0]])), np.ones(1))
 
 
-def linear_cka(x, y, debiased: bool = False) -> float:
+def linear_cka(x: Float[ArrayLike, "samples c_a"], y: Float[ArrayLike, "samples c_b"], debiased: bool = False) -> float:
     """Linear CKA of features x (n, dx) and y (n, dy) (samples in rows), biased or debiased."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     x, y = x - x.mean(0), y - y.mean(0)
@@ -116,20 +117,22 @@ def linear_cka(x, y, debiased: bool = False) -> float:
     return d if debiased else b
 
 
-def correlation_matrix(x, y) -> np.ndarray:
+def correlation_matrix(
+    x: Float[ArrayLike, "samples c_a"], y: Float[ArrayLike, "samples c_b"]
+) -> Float[np.ndarray, "c_a c_b"]:
     """Pearson correlation of the channels of x (n, dx) and y (n, dy); 0 for constant channels."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     x, y = x - x.mean(0), y - y.mean(0)
     return correlation_from_totals(_moments_of(x, x), _moments_of(y, y), _moments_of(x, y))
 
 
-def match_channels(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def match_channels(corr: Float[np.ndarray, "c_a c_b"]) -> tuple[Int[np.ndarray, " pairs"], Int[np.ndarray, " pairs"]]:
     """Hungarian matching (rows, cols) maximizing the summed correlation; min(dx, dy) pairs."""
     rows, cols = linear_sum_assignment(np.asarray(corr), maximize=True)
     return rows, cols
 
 
-def semi_match(corr: np.ndarray) -> tuple[np.ndarray, int]:
+def semi_match(corr: Float[np.ndarray, "c_a c_b"]) -> tuple[Int[np.ndarray, " c_a"], int]:
     """Each row's best column, and how many rows share a best column with another (duplicates)."""
     best = np.argmax(corr, axis=1)
     return best, int(len(best) - len(np.unique(best)))

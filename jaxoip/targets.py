@@ -22,15 +22,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Int
 
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.model import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
 from jaxoip.numerics import precision_scope
+
+if TYPE_CHECKING:  # jaxoip.oip builds on this module.
+    from jaxoip.oip import OIPConfig
 
 QUANTITIES = ("auto", "activation", "pre")
 Terms = tuple[tuple[int, float], ...]
@@ -79,7 +85,9 @@ class Target:
         return self.terms[0][0] if len(self.terms) == 1 and self.terms[0][1] == 1.0 else None
 
 
-def search_arguments(targets, cfg):
+def search_arguments(
+    targets: Iterable[Target], cfg: OIPConfig
+) -> tuple[str, Int[np.ndarray, " m"], tuple[int, int] | None, OIPConfig]:
     """(layer, maps, node, cfg) for `search_oips` from targets of one layer and node.
 
     Plain units keep `cfg` and search their indices; otherwise `cfg.weighted` holds the sums and

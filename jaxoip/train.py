@@ -1,5 +1,8 @@
-"""Training with Optax: one compiled program per epoch (`lax.scan` over batches).
+"""Training one CNN with Optax: the study's recipe (`TrainConfig`), one compiled program per epoch.
 
+The optimizer, schedule and loss are built from `TrainConfig`; an epoch is one `lax.scan` over batches.
+`train` trains one seed (resumable from per-epoch checkpoints, `jaxoip.checkpoint.epoch_manager`);
+`train_seeds` (`jaxoip.multiseed`, importable from here too) trains several seeds at once with `jax.vmap`.
 The command `python -m jaxoip train` (`jaxoip.cli.train`) trains a model and writes a checkpoint folder.
 """
 
@@ -9,7 +12,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -17,12 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip._check import check_float, check_int
 from jaxoip._memory import check_fits
+from jaxoip.checkpoint import epoch_manager, restore_epoch, save_epoch
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
-from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
@@ -83,8 +88,8 @@ class TrainConfig:
         check_int("train subset", self.train_subset, 1, optional=True)
 
 
-def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """none, the study's powerSched (inverse-time decay) or exponential decay, per step."""
+def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Int[ArrayLike, ""]], Float[ArrayLike, ""]]:
+    """An Optax schedule: none, the study's powerSched (inverse-time decay) or exponential decay, per step."""
     if cfg.schedule == "none":
         return optax.constant_schedule(cfg.learning_rate)
     if cfg.schedule == "exponential":
@@ -106,7 +111,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     }[cfg.optimizer]()
 
 
-def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> jax.Array:
+def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> Float[Array, ""]:
     """L2 (sum of squares) or L1 penalty on the dense kernels, as Keras' kernel_regularizer."""
     if cfg.regularizer == "none":
         return jnp.zeros(())
@@ -117,7 +122,14 @@ def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfi
     return cfg.reg_param * sum(jnp.sum(jnp.abs(k)) for k in kernels)
 
 
-def batch_loss(graphdef, params, images, labels, weights, cfg: TrainConfig):
+def batch_loss(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    images: Float[Array, "b H W ch"],
+    labels: Int[Array, " b"],
+    weights: Float[Array, " b"],
+    cfg: TrainConfig,
+) -> tuple[Float[Array, ""], tuple[Float[Array, ""], Float[Array, ""]]]:
     """Weighted mean categorical cross-entropy plus regularization; also returns the weighted accuracy."""
     model = nnx.merge(graphdef, params)
     logits = model(images, pre_activation=True)
@@ -128,7 +140,9 @@ def batch_loss(graphdef, params, images, labels, weights, cfg: TrainConfig):
     return data_loss + regularization(params, model.config, cfg), (data_loss, acc)
 
 
-def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+def epoch_batches(
+    key: Key[Array, ""], n: int, batch_size: int
+) -> tuple[Int[Array, "steps b"], Float[Array, "steps b"]]:
     """A shuffled epoch as (num_batches, batch) indices and weights; the last batch is padded with weight 0.
 
     Keras keeps the last partial batch, so an epoch of 60,000 images at batch 64 has 938 steps.
@@ -194,7 +208,13 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000, precision: Pre
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
-def _device_data(data: MNIST, cfg: TrainConfig):
+def standardized_splits(
+    data: MNIST, cfg: TrainConfig
+) -> tuple[
+    Standardization,
+    tuple[Float[Array, "n_train H W ch"], Int[Array, " n_train"]],
+    tuple[Float[Array, "n_test H W ch"], Int[Array, " n_test"]],
+]:
     """Standardization fitted on the (subset of the) training images, and both splits standardized on device."""
     train_x, train_y = data.train_images, data.train_labels
     if cfg.train_subset is not None and cfg.train_subset > len(train_x):
@@ -206,7 +226,10 @@ def _device_data(data: MNIST, cfg: TrainConfig):
     return std, train, (jnp.asarray(std(data.test_images)), jnp.asarray(data.test_labels))
 
 
-def _trained(model, std, history, cfg: TrainConfig, data: MNIST) -> TrainedModel:
+def trained_model(
+    model: CNN, std: Standardization, history: dict[str, list[float]], cfg: TrainConfig, data: MNIST
+) -> TrainedModel:
+    """The trained `model` with its standardization, history, recipe and the data's checksum."""
     return TrainedModel(
         model=model,
         standardization=std,
@@ -217,7 +240,7 @@ def _trained(model, std, history, cfg: TrainConfig, data: MNIST) -> TrainedModel
     )
 
 
-def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None = None):
+def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None = None) -> None:
     """Stops a diverged run (non-finite loss) instead of saving a broken model."""
     if not (np.isfinite(loss) and np.isfinite(val_loss)):
         who = f"seed {seed}: " if seed is not None else ""
@@ -227,48 +250,12 @@ def check_converging(epoch: int, loss: float, val_loss: float, seed: int | None 
         )
 
 
-def _summarize(metrics) -> tuple[float, float]:
+def mean_metrics(
+    metrics: tuple[Float[ArrayLike, " steps"], Float[ArrayLike, " steps"], Float[ArrayLike, " steps"]],
+) -> tuple[float, float]:
+    """An epoch's loss and accuracy from per-step (loss, accuracy, weight), weighted by each step's images."""
     loss, acc, n = (np.asarray(m, np.float64) for m in metrics)
     return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
-
-
-def _epoch_manager(directory: Path):
-    """Keeps the latest epoch's parameters, optimizer state and history (saved synchronously: the
-    buffers are donated to the next epoch)."""
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "history"))
-
-
-def _restore_epoch(manager, params, opt_state):
-    """(epochs done, params, opt_state, history) of the latest saved epoch, or None when there is none."""
-    import orbax.checkpoint as ocp
-
-    epoch = manager.latest_step()
-    if epoch is None:
-        return None
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), {"params": params, "opt_state": opt_state})
-    try:
-        r = manager.restore(
-            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore())
-        )
-    except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files.
-        raise JaxoipError(
-            f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})"
-        ) from None
-    return epoch, r.state["params"], r.state["opt_state"], {k: list(v) for k, v in r.history.items()}
-
-
-def _save_epoch(manager, epoch: int, params, opt_state, history):
-    import orbax.checkpoint as ocp
-
-    manager.save(
-        epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}), history=ocp.args.JsonSave(history)
-        ),
-    )
 
 
 def train(
@@ -286,7 +273,7 @@ def train(
     """
     check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     data = data if data is not None else load_mnist(data_dir)
-    std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
+    std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
     # A batch larger than the data is the whole data, as in Keras (padding it would only waste memory).
     batch_size = min(cfg.batch_size, train_x.shape[0])
 
@@ -301,9 +288,9 @@ def train(
 
     history = {k: [] for k in HISTORY_KEYS}
     start = 0
-    manager = _epoch_manager(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+    manager = epoch_manager(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     try:
-        restored = _restore_epoch(manager, params, opt_state) if manager is not None else None
+        restored = restore_epoch(manager, params, opt_state) if manager is not None else None
         if restored is not None:
             start, params, opt_state, history = restored
         steps = start * -(-train_x.shape[0] // batch_size)
@@ -316,21 +303,21 @@ def train(
             t0 = time.perf_counter()
             idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], batch_size)
             params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
-            loss, acc = _summarize(metrics)
+            loss, acc = mean_metrics(metrics)
             val_loss, val_acc = (float(v) for v in evaluate(params, test_x, test_y))
             check_converging(epoch, loss, val_loss)
             steps += idx.shape[0]
             for k, v in zip(history, (loss, acc, val_loss, val_acc, float(schedule(steps)), time.perf_counter() - t0)):
                 history[k].append(v)
             if manager is not None:
-                _save_epoch(manager, epoch + 1, params, opt_state, history)
+                save_epoch(manager, epoch + 1, params, opt_state, history)
             if progress:
                 epochs.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", val_acc=f"{val_acc:.4f}")
     finally:
         if manager is not None:
             manager.close()
 
-    return _trained(nnx.merge(graphdef, params), std, history, cfg, data)
+    return trained_model(nnx.merge(graphdef, params), std, history, cfg, data)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "precision"))
@@ -354,85 +341,14 @@ def evaluate_model(
     return {"loss": float(loss), "accuracy": float(acc)}
 
 
-def train_seeds(
-    seeds: Sequence[int],
-    cfg: TrainConfig = TrainConfig(),
-    model_config: ModelConfig = ModelConfig(),
-    data: MNIST | None = None,
-    data_dir: str | None = None,
-    max_parallel: int | None = None,
-    progress: bool = True,
-) -> list[TrainedModel]:
-    """Trains one CNN per seed as `train(replace(cfg, seed=s))` would, batched over seeds with `jax.vmap`.
+def __getattr__(name):
+    # `train_seeds` lives in `jaxoip.multiseed`, which builds on this module; imported on first use.
+    if name == "train_seeds":
+        from jaxoip.multiseed import train_seeds
 
-    Each seed keeps its own initialization, batch order and optimizer state; the data is shared. Up to
-    `max_parallel` seeds (default: all) run in one compiled epoch program, the rest in further groups
-    that reuse it. `history["seconds"]` is the wall time of the whole group's epoch.
-    """
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise JaxoipError("no seed given")
-    if max_parallel is not None and max_parallel < 1:
-        raise JaxoipError("max_parallel must be at least 1")
-    group = max_parallel or len(seeds)
-    per_batch = min(cfg.batch_size, cfg.train_subset or 60_000) * min(group, len(seeds))
-    check_fits(
-        model_config, per_batch, "a training batch (batch size x seeds in parallel)", "--max-parallel or --batch-size"
-    )
-    data = data if data is not None else load_mnist(data_dir)
-    std, (train_x, train_y), (test_x, test_y) = _device_data(data, cfg)
-    n = train_x.shape[0]
-    batch_size = min(cfg.batch_size, n)
-
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
-    tx, train_epoch = make_train_epoch(graphdef, cfg)
-    # Data shared (None), everything per seed on axis 0.
-    train_epoch = jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None, 0, 0)), donate_argnums=(0, 1))
-    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef, precision=cfg.precision), in_axes=(0, None, None)))
-    init_opt = jax.jit(jax.vmap(tx.init))
-    batches = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, batch_size), (0, None))
-    )
-    schedule = learning_rate_schedule(cfg)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
-    out = []
-    for lo in range(0, len(seeds), group):
-        chunk = seeds[lo : lo + group]
-        keys = [jax.random.split(jax.random.key(s)) for s in chunk]
-        params = [nnx.split(init_model(model_config, init_key))[1] for init_key, _ in keys]
-        params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
-        shuffle_keys = jnp.stack([shuffle_key for _, shuffle_key in keys])
-        opt_state = init_opt(params)
-        histories = [{k: [] for k in HISTORY_KEYS} for _ in chunk]
-        steps = 0
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            idx, weights = batches(shuffle_keys, epoch)
-            params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
-            val_loss, val_acc = (np.asarray(v) for v in evaluate(params, test_x, test_y))
-            metrics = [np.asarray(m) for m in metrics]
-            steps += idx.shape[1]
-            seconds = time.perf_counter() - t0
-            for i, h in enumerate(histories):
-                loss, acc = _summarize([m[i] for m in metrics])
-                check_converging(epoch, loss, float(val_loss[i]), chunk[i])
-                values = (loss, acc, float(val_loss[i]), float(val_acc[i]), float(schedule(steps)), seconds)
-                for k, v in zip(h, values):
-                    h[k].append(v)
-            if bar is not None:
-                bar.update(len(chunk))
-                bar.set_postfix(val_acc=" ".join(f"{h['val_accuracy'][-1]:.4f}" for h in histories))
-        for i, (seed, h) in enumerate(zip(chunk, histories)):
-            one = jax.tree.map(lambda a: a[i], params)  # noqa: B023 - used at once
-            out.append(_trained(nnx.merge(graphdef, one), std, h, dataclasses.replace(cfg, seed=seed), data))
-    if bar is not None:
-        bar.close()
-    return out
+        globals()[name] = train_seeds
+        return train_seeds
+    raise AttributeError(f"module 'jaxoip.train' has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # `python -m jaxoip.train`: the command lives in `jaxoip.cli.train`.

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxoip import activations as act
-from jaxoip import cli
+from jaxoip import cli, grids
 from jaxoip.cli import activations as act_cmd
 from jaxoip.data import MNIST
 from jaxoip.errors import DataError, JaxoipError, LayerError
@@ -150,9 +150,9 @@ def test_standardized_grid_of_an_array(tiny_trained, mnist):
     np.testing.assert_allclose(g.activations, raw, rtol=1e-4, atol=1e-5)  # raw values are kept
     np.testing.assert_allclose(g.cell(21), act.standardize_maps(raw)[..., 21], atol=1e-2)
     assert np.nanmin(g.grid) >= 0 and np.nanmax(g.grid) <= 255
-    compiled = act._layer_and_output._cache_size()
+    compiled = grids._layer_and_output._cache_size()
     act.layer_grid(tiny_trained, "Conv2D_3", "test:20", mnist)  # another image: no new compilation
-    assert act._layer_and_output._cache_size() == compiled
+    assert grids._layer_and_output._cache_size() == compiled
 
 
 def test_bad_layer_and_per_row(tiny_trained, mnist):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli, scan
+from jaxoip import cli, scan, search_groups
 from jaxoip import train as train_lib
 from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_marker
 from jaxoip.checkpoint import load_model, params_checksum
@@ -404,10 +404,10 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
     trained = _untrained()
     kwargs = dict(map_indices=[0, 1, 2, 3], restarts=2, config=OIPConfig(steps=4), precursor_starts=4, screen=2)
     kwargs.update(chunk_size=2, seed=5)
-    monkeypatch.setattr(scan, "GROUP_CHUNKS", 1)  # Groups of 2 images: 4 groups.
+    monkeypatch.setattr(search_groups, "GROUP_CHUNKS", 1)  # Groups of 2 images: 4 groups.
     whole = scan.scan_maps(trained, **kwargs)
 
-    real, calls = scan.search_oips, []
+    real, calls = search_groups.search_oips, []
 
     def killed_after_two(*a, **k):
         if len(calls) == 2:
@@ -415,11 +415,11 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(scan, "search_oips", killed_after_two)
+    monkeypatch.setattr(search_groups, "search_oips", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
     assert len(list(tmp_path.glob("group_*.npz"))) == 2
-    monkeypatch.setattr(scan, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(search_groups, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     calls.clear()
     resumed = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
     assert len(calls) == 2  # Only the two groups not yet done.

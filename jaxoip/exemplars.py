@@ -1,0 +1,71 @@
+"""Dataset exemplars: for every map of a conv or pool layer, the images of a split that activate it most.
+
+With each image come the map's most active node and the input patch (receptive field) that node sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, Shaped
+
+from jaxoip.data import MNIST
+from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+
+
+@dataclasses.dataclass
+class Exemplars:
+    """Top-k images per map: indices into the split, activation of the most active node, that node."""
+
+    layer_name: str
+    split: str
+    image_indices: Int[np.ndarray, "c k"]
+    values: Float[np.ndarray, "c k"]
+    nodes: Int[np.ndarray, "c k 2"]  # row, column of the most active node
+    # Per map: the input pixels of each node's receptive field; an object array of k crops where fields
+    # clipped at the border differ in size.
+    patches: list[Float[np.ndarray, "k fh fw"] | Shaped[np.ndarray, " k"]]
+
+
+def _max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Array, "n c"]]:
+    """Per image and map: the largest node activation and its flat position."""
+    flat = acts.reshape(acts.shape[0], -1, acts.shape[-1])
+    return flat.max(axis=1), jnp.argmax(flat, axis=1)
+
+
+def find_exemplars(
+    trained: TrainedModel,
+    data: MNIST,
+    layer_name: str = "Conv2D_3",
+    k: int = 5,
+    split: str = "test",
+    precision: str = "highest",
+) -> Exemplars:
+    """For every map of `layer_name`, the `k` images of `split` whose most active node is highest."""
+    spec = get_layer(trained.config, layer_name, ("conv", "pool"))
+    images, _ = data.split(split)
+    k = max(1, min(k, images.shape[0]))
+    best, where = batched_layer_map(
+        trained.model, trained.standardization(images), spec.name, _max_node, precision=precision
+    )
+    # Top k over images per map, on the host (stable: ties keep the lower image index).
+    idx = np.argsort(-best.T, axis=1, kind="stable")[:, :k]  # (C, k)
+    values = np.take_along_axis(best.T, idx, axis=1)
+    flat_node = np.take_along_axis(where.T, idx, axis=1)
+    width = layer_shapes(trained.config)[spec.name][1]
+    nodes = np.stack([flat_node // width, flat_node % width], axis=-1)
+    patches = []
+    for m in range(idx.shape[0]):
+        crops = []
+        for n in range(k):
+            r0, r1, c0, c1 = receptive_field(trained.config, spec.name, *nodes[m, n])
+            crops.append(images[idx[m, n], r0:r1, c0:c1, 0])
+        if len({c.shape for c in crops}) == 1:
+            patches.append(np.stack(crops))
+        else:  # Fields clipped at the border differ in size; np.asarray would try to broadcast them.
+            ragged = np.empty(len(crops), dtype=object)
+            ragged[:] = crops
+            patches.append(ragged)
+    return Exemplars(spec.name, split, idx, values, nodes, patches)

@@ -1,0 +1,103 @@
+"""A long OIP search in fixed groups of chunks, each group saved so that a killed run resumes where it stopped.
+
+The grouping does not depend on whether groups are saved, so a resumed search equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+from jaxtyping import Float, Int
+
+from jaxoip.model import CNN
+from jaxoip.oip import OIPConfig, OIPResult, search_oips
+from jaxoip.progress import Progress, as_progress
+
+# Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
+GROUP_CHUNKS = 8
+
+
+def _group_key(
+    model: CNN,
+    layer_name: str,
+    maps: Int[np.ndarray, " n"],
+    x0: Float[np.ndarray, "n H W ch"],
+    config: OIPConfig,
+    node: tuple[int, int] | None,
+    chunk: int,
+) -> str:
+    """What a saved group's results depend on: the model, the target, the start images and the search."""
+    from flax import nnx
+
+    from jaxoip.checkpoint import params_checksum
+
+    h = hashlib.sha256()
+    h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())
+    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
+    h.update(np.ascontiguousarray(maps, np.int32).tobytes())
+    h.update(np.ascontiguousarray(x0, np.float32).tobytes())
+    return h.hexdigest()
+
+
+_RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero", "woken")
+
+
+def _load_group(path: Path | None, key: str | None) -> dict | None:
+    """A finished group saved by an earlier (killed) run, if it matches `key`; None otherwise."""
+    if path is None or not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["key"]) != key:
+                return None
+            return {k: z[k] for k in (*_RESULT_ARRAYS, "steps_run", "seconds")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # A damaged group is searched again.
+
+
+def search_in_groups(
+    model: CNN,
+    layer_name: str,
+    maps: Int[np.ndarray, " n"],
+    x0: Float[np.ndarray, "n H W ch"],
+    config: OIPConfig,
+    node: tuple[int, int] | None,
+    chunk: int,
+    progress: bool | Progress = False,
+    partial_dir: str | os.PathLike | None = None,
+) -> OIPResult:
+    """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
+
+    The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
+    `seconds` sums the search time of every group, measured when it was searched (in this run or the killed one).
+    """
+    n = len(maps)
+    size = chunk * GROUP_CHUNKS
+    partial = Path(partial_dir) if partial_dir is not None else None
+    if partial is not None:
+        partial.mkdir(parents=True, exist_ok=True)
+    parts = []
+    with as_progress(progress, total=-(-n // size), desc=f"OIP search {layer_name}", unit="group") as bar:
+        for g, lo in enumerate(range(0, n, size)):
+            hi = min(lo + size, n)
+            key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
+            path = partial / f"group_{g:05d}.npz" if partial else None
+            part = _load_group(path, key)
+            if part is None:
+                res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, False)
+                part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
+                part.update(steps_run=res.steps_run, seconds=res.seconds)
+                if path is not None:
+                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+                    np.savez(tmp, key=key, **part)
+                    os.replace(tmp, path)
+            parts.append(part)
+            bar.update(1)
+    res = {k: np.concatenate([p[k] for p in parts]) for k in _RESULT_ARRAYS}
+    steps_run = max(int(p["steps_run"]) for p in parts)
+    seconds = sum(float(p["seconds"]) for p in parts)
+    return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res)
