@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_specs
-from jaxoip.typing import LayerActivations
+from jaxoip.shapes import LayerActivations
 
 
 def image_activations(trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"], layer_name: str) -> LayerActivations:

@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip.errors import JaxoipError
 from jaxoip.numerics import as_key, check_seed
-from jaxoip.typing import MapIndices
+from jaxoip.shapes import MapIndices
 
 DEFAULT_GRIDS = ((3, 3), (7, 7), (14, 14), (28, 28))
 

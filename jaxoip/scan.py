@@ -33,7 +33,7 @@ from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
 from jaxoip.progress import Progress
 from jaxoip.scan_result import ScanResult
 from jaxoip.search_groups import search_in_groups
-from jaxoip.typing import MapIndices
+from jaxoip.shapes import MapIndices
 
 
 def default_restarts() -> int:

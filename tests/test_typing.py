@@ -259,7 +259,7 @@ def test_similarities_match_their_shapes():
 
 
 def test_the_dimension_names_are_documented():
-    import jaxoip.typing as jt
+    import jaxoip.shapes as jt
 
     doc = jt.__doc__
     for dim in ("`n`", "`H W ch`", "`h w c`", "`*layer`", "`classes`", "`m`", "`r`", "`c_a c_b`"):
