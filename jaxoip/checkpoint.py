@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from importlib import resources
@@ -77,15 +78,36 @@ def _ignore_closed_event_loop(unraisable) -> bool:
     return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
 
 
-def _quiet_orbax_teardown():
-    """Drops the "Event loop is closed" reports of a failed Orbax read; all other reports pass on.
+class _FailedReadFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of reads from `paths` (see below)."""
+
+    def __init__(self):
+        super().__init__()
+        self.paths: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("Task exception was never retrieved" in msg and any(p in msg for p in self.paths))
+
+
+_FAILED_READS = _FailedReadFilter()
+
+
+def _quiet_orbax_teardown(state: Path):
+    """Silences the leftovers of a failed Orbax read of `state`; every other report passes on.
 
     When a damaged file fails a restore, TensorStore's reads of the other arrays finish later, on their
-    own threads, and post to Orbax's event loop, which the failed restore already closed. Python reports
-    each such post through `sys.unraisablehook` (before, during and after the error reaches the caller),
-    burying the one-line error under tracebacks. The filter is installed once per process and chains
-    to whatever hook was there.
+    own threads. They post to Orbax's event loop, which the failed restore already closed, and Python
+    reports each post through `sys.unraisablehook` ("Event loop is closed"); their failed tasks are
+    logged by asyncio when collected ("Task exception was never retrieved", naming the file). Both come
+    before, during and after the error reaches the caller and would bury its one line under tracebacks.
+    The filters are installed once per process; the unraisable hook chains to whatever hook was there,
+    and the log filter drops only records that name a checkpoint passed here.
     """
+    _FAILED_READS.paths.add(str(state))
+    logger = logging.getLogger("asyncio")
+    if _FAILED_READS not in logger.filters:
+        logger.addFilter(_FAILED_READS)
     previous = sys.unraisablehook
     if getattr(previous, "_jaxoip_filter", False):
         return
@@ -176,7 +198,7 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     model = nnx.eval_shape(lambda: init_model(config, 0))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    _quiet_orbax_teardown()
+    _quiet_orbax_teardown(path / "state")
     try:
         with _checkpointer() as ckptr:
             params = ckptr.restore(path / "state", target)

@@ -193,14 +193,15 @@ def test_repeated_damaged_reads_stay_quiet(tiny_checkpoint, tmp_path):
     code = (
         "import time\nfrom jaxoip import checkpoint\nfrom jaxoip.errors import CheckpointError\n"
         f"for _ in range(5):\n    try:\n        checkpoint.load_model({str(bad)!r})\n"
-        "    except CheckpointError:\n        pass\ntime.sleep(1)\nprint('done')\n"
+        "    except CheckpointError:\n        pass\ntime.sleep(1)\nimport gc\ngc.collect()\nprint('done')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
     assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_teardown_filter_passes_other_reports_on(monkeypatch):
+def test_teardown_filter_passes_other_reports_on(monkeypatch, tmp_path):
+    import logging
     import sys
     import types
 
@@ -208,10 +209,16 @@ def test_teardown_filter_passes_other_reports_on(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    checkpoint._quiet_orbax_teardown()
-    checkpoint._quiet_orbax_teardown()  # Installed once: a second call does not wrap the filter again.
+    checkpoint._quiet_orbax_teardown(tmp_path / "a")
+    checkpoint._quiet_orbax_teardown(tmp_path / "b")  # Installed once: a second call does not wrap it again.
     closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
     other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
     sys.unraisablehook(closed)
     sys.unraisablehook(other)
     assert seen == [other]
+    # asyncio's records of failed reads are dropped only for the checkpoints passed in.
+    record = logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never retrieved\n%s", None, None)
+    record.args = (f"exception=ValueError('reading {tmp_path / 'b'}/d/1')",)
+    assert not checkpoint._FAILED_READS.filter(record)
+    record.args = (f"exception=ValueError('reading {tmp_path / 'c'}/d/1')",)
+    assert checkpoint._FAILED_READS.filter(record)
