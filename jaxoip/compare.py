@@ -14,26 +14,24 @@ a bootstrap over images and one over seed pairs. `compare_report` writes the rep
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 import pandas as pd
 
-from jaxoip._check import check_float, check_int
-from jaxoip.compare_oips import OIP_SOURCES, check_scan_options, compare_oips, oip_pair_metrics
+from jaxoip.compare_config import CONV_LAYERS, CompareConfig
+from jaxoip.compare_oips import compare_oips, oip_pair_metrics
 from jaxoip.compare_report import write_report
 from jaxoip.compare_result import COMPARISONS, SeedComparison
 from jaxoip.data import MNIST
-from jaxoip.errors import CheckpointError, JaxoipError, LayerError
+from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.model import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
-from jaxoip.oip import OIPConfig
 from jaxoip.similarity import (
     block_bounds,
     block_moments,
@@ -63,99 +61,6 @@ __all__ = [
     "untrained_models",
     "write_report",
 ]
-
-CONV_LAYERS = ("Conv2D_1", "Conv2D_2", "Conv2D_3")
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """What to compare and how; the defaults are the study's comparison.
-
-    `max_samples` caps the spatial samples per layer: each test image contributes
-    min(H*W, ceil(max_samples / images)) positions of the layer's maps, drawn at random without
-    replacement (image i of every batch of 500 gets its own draw; all models see the same positions).
-
-    The OIPs of matched maps come from `compare_oips.map_oips`: `oip_source` "scan" is the improved search
-    (`scan.scan_maps`, with `oip_scan_options` as extra keyword arguments, e.g. to wake silent maps),
-    "shared" the plain search from the same `oip_restarts` starts of recipe `oip_recipe` for every map;
-    both run `oip` (an OIPConfig). `oip_max_shift` bounds the translations of the shift-invariant
-    similarity.
-    """
-
-    layers: tuple[str, ...] = dataclasses.field(default=CONV_LAYERS, metadata={"help": "conv layers to compare"})
-    test_subset: int | None = dataclasses.field(
-        default=None, metadata={"help": "compare on the first N test images only"}
-    )
-    max_samples: int = dataclasses.field(default=200_000, metadata={"help": "spatial samples per layer"})
-    blocks: int = dataclasses.field(
-        default=100, metadata={"help": "blocks of test images resampled by the image bootstrap"}
-    )
-    bootstrap: int = dataclasses.field(default=200, metadata={"help": "bootstrap replicates"})
-    ci: float = dataclasses.field(default=0.95, metadata={"help": "level of the bootstrap confidence intervals"})
-    thresholds: tuple[float, ...] = dataclasses.field(
-        default=(0.5, 0.7, 0.9), metadata={"help": "report the fraction of matched maps correlated above each"}
-    )
-    oip_layer: str | None = dataclasses.field(
-        default="Conv2D_3", metadata={"help": "layer of the OIP comparison, one of the compared layers (none: skip)"}
-    )
-    oip_maps: int = dataclasses.field(
-        default=16, metadata={"help": "matched maps per pair, evenly spaced in the ranking of their correlation"}
-    )
-    oip_restarts: int = dataclasses.field(default=8, metadata={"help": "OIP starts per map"})
-    oip: OIPConfig = dataclasses.field(default=OIPConfig(), metadata={"flag": False, "help": "the OIP search"})
-    oip_recipe: str = dataclasses.field(
-        default="study", metadata={"help": "noise recipe of the starts of the 'shared' OIP source"}
-    )
-    oip_source: str = dataclasses.field(
-        default="scan",
-        metadata={
-            "choices": OIP_SOURCES,
-            "help": "OIP search: 'scan' (improved: best recipe, screened starts) or 'shared' (same starts for "
-            "every map)",
-        },
-    )
-    oip_scan_options: Mapping | tuple[tuple[str, object], ...] = dataclasses.field(
-        default=(), metadata={"flag": False, "help": "extra keyword arguments of scan.scan_maps"}
-    )
-    oip_max_shift: int = dataclasses.field(
-        default=7, metadata={"help": "largest translation (pixels) of the shift-invariant OIP similarity"}
-    )
-    seed: int = dataclasses.field(
-        default=0, metadata={"help": "seed of positions, image shuffle, untrained networks, bootstrap and OIP starts"}
-    )
-
-    def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
-        if not self.layers:
-            raise JaxoipError("no layer to compare")
-        check_int("max_samples", self.max_samples, 1)
-        check_int("blocks", self.blocks, 2)
-        check_int("bootstrap", self.bootstrap, 1)
-        check_int("test_subset", self.test_subset, 2, optional=True)
-        check_int("oip_maps", self.oip_maps, 1)
-        check_int("oip_restarts", self.oip_restarts, 1)
-        check_int("seed", self.seed)
-        check_int("oip_max_shift", self.oip_max_shift)
-        check_float("ci", self.ci, 0, 1, lo_open=True, hi_open=True)
-        for t in self.thresholds:
-            check_float("threshold", t, -1, 1)
-        if self.oip_layer is not None:
-            if self.oip_layer not in self.layers:
-                raise LayerError(
-                    f"the OIP layer {self.oip_layer!r} is not among the compared layers "
-                    f"{', '.join(self.layers)} (add it, or skip the OIP comparison with oip_layer None)"
-                )
-            if self.oip_restarts < 2 or self.oip_maps < 2:
-                raise JaxoipError("the OIP comparison needs at least 2 restarts and 2 maps")
-        if self.oip_source not in OIP_SOURCES:
-            raise JaxoipError(f"unknown OIP source {self.oip_source!r}; choose from {', '.join(OIP_SOURCES)}")
-        from jaxoip.noise import get_recipes
-
-        get_recipes([self.oip_recipe])
-        object.__setattr__(self, "oip_scan_options", check_scan_options(self.oip_scan_options))
-        if not 0 <= self.oip_max_shift < 14:
-            raise JaxoipError(f"oip_max_shift must be in 0..13 pixels, got {self.oip_max_shift}")
 
 
 def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LAYERS) -> None:
@@ -334,7 +239,7 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
     import shutil
 
     from jaxoip import checkpoint
-    from jaxoip.train import train_seeds
+    from jaxoip.multiseed import train_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".seed_*.tmp-*"):  # Left by a killed run; the output lock is ours.

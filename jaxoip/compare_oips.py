@@ -11,23 +11,15 @@ and model (the study's recipe), which adds the same-start pixel similarity.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
+from jaxoip.compare_config import OIP_SOURCES, CompareConfig
 from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel
 from jaxoip.oip_similarity import cross_activation, masked_mean, oip_similarities, select_oip_maps
-
-if TYPE_CHECKING:
-    from jaxoip.compare import CompareConfig
-
-OIP_SOURCES = ("scan", "shared")
-# scan_maps arguments that the comparison sets itself (node: the measures need the map-mean objective).
-_SET_BY_COMPARE = ("trained", "layer_name", "map_indices", "restarts", "config", "seed", "progress", "node")
 
 
 @dataclasses.dataclass
@@ -38,18 +30,6 @@ class MapOIPs:
     images: np.ndarray
     objective: np.ndarray  # (M, R) after the last step
     live: np.ndarray  # (M, R) the start woke the map: its objective left zero and ended above it
-
-
-def check_scan_options(options) -> tuple[tuple[str, object], ...]:
-    """`options` (a mapping or (name, value) pairs) as sorted pairs; a JaxoipError for unknown names."""
-    from jaxoip.scan import scan_maps
-
-    items = tuple(sorted(dict(options).items()))
-    accepted = set(inspect.signature(scan_maps).parameters) - set(_SET_BY_COMPARE)
-    for name, _ in items:
-        if name not in accepted:
-            raise JaxoipError(f"unknown OIP scan option {name!r}; scan_maps accepts {', '.join(sorted(accepted))}")
-    return items
 
 
 def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig, progress: bool = False) -> MapOIPs:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from jaxoip.plots import enhance_contrast, save_figure
 
 if TYPE_CHECKING:
-    from jaxoip.compare import SeedComparison
+    from jaxoip.compare_result import SeedComparison
 
 # (measure key, title) of the OIP measures figure.
 OIP_MEASURES = (

@@ -17,7 +17,7 @@ from jaxoip._io import prepare_output
 from jaxoip.compare_plots import plot_matched_oips, plot_matching, plot_oip_measures
 
 if TYPE_CHECKING:
-    from jaxoip.compare import SeedComparison
+    from jaxoip.compare_result import SeedComparison
 
 
 def _fmt(v) -> str:

@@ -14,18 +14,14 @@ translation (maximum normalized cross-correlation over all shifts >= `threshold`
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float, Int, Shaped
+from jaxtyping import Float, Int
 from scipy.cluster import hierarchy
 
 from jaxoip.model import layer_specs
-
-if TYPE_CHECKING:  # jaxoip.scan_result builds on this module.
-    from jaxoip.scan_result import ScanResult
 
 FACET_THRESHOLD = 0.5
 
@@ -105,29 +101,3 @@ def map_facets(
         objectives=objective[reps],
         sizes=np.array([int((raw == f).sum()) for f in order]),
     )
-
-
-def scan_facets(result: ScanResult, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:
-    """`map_facets` for every map of a `ScanResult`."""
-    return [map_facets(m, result.images[i], result.objective[i], threshold) for i, m in enumerate(result.map_indices)]
-
-
-def facet_images(
-    result: ScanResult, threshold: float = FACET_THRESHOLD
-) -> list[dict[str, int | Shaped[np.ndarray, "facets ..."]]]:
-    """For the gallery: per map (in `result.map_indices` order) a dict with `map`, `images` (F, 28, 28, 1)
-    standardized representatives, `pixels` (same in pixel units), `objectives` (F,) and `sizes` (F,) (starts
-    per facet), facets ordered by objective (the first is the map's best OIP)."""
-    out = []
-    for i, f in enumerate(result.facets(threshold)):  # Computed once per ScanResult and threshold.
-        imgs = result.images[i][f.representatives]
-        out.append(
-            dict(
-                map=f.map_index,
-                images=imgs,
-                pixels=result.standardization.to_pixels(imgs),
-                objectives=f.objectives,
-                sizes=f.sizes,
-            )
-        )
-    return out

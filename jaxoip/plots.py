@@ -90,7 +90,7 @@ def oip_gallery(
     """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by map and objective.
 
     `facets`: optional list (in `result.map_indices` order) of standardized images (F, 28, 28, 1) of each
-    map's facets, best first (`jaxoip.facets.facet_images`); up to `max_facets` further facets are drawn
+    map's facets, best first (`jaxoip.scan_result.facet_images`); up to `max_facets` further facets are drawn
     contrast-enhanced after the best OIP, and the label gives the facet count. `exemplars`: optional
     {map index: array (k, h, w)} of dataset patches drawn to the right (dark = bright pixel, as ink on
     paper). One mosaic image, one `imshow`.

@@ -31,7 +31,7 @@ from jaxoip.numerics import check_seed
 from jaxoip.oip import OIPConfig, check_target, default_chunk_size
 from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
 from jaxoip.progress import Progress
-from jaxoip.scan_result import ScanResult
+from jaxoip.scan_result import ScanResult, facet_images
 from jaxoip.search_groups import search_in_groups
 from jaxoip.shapes import MapIndices
 
@@ -227,8 +227,6 @@ def write_scan_files(
     if all_starts:
         arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
     np.savez_compressed(tmp / "oips.npz", **arrays)
-    from jaxoip.facets import facet_images
-
     facets = [f["images"] for f in facet_images(result, result.facet_threshold)] if result.restarts > 1 else None
     plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
     for m in snapshot_maps if snapshot_maps is not None else []:

@@ -13,7 +13,7 @@ import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip.data import Standardization
-from jaxoip.facets import FACET_THRESHOLD, MapFacets
+from jaxoip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip import OIPConfig, OIPResult
 from jaxoip.precursor import PrecursorResult
 
@@ -90,8 +90,6 @@ class ScanResult:
 
     def facets(self, threshold: float | None = None) -> list[MapFacets]:
         """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
-        from jaxoip.facets import scan_facets
-
         threshold = self.facet_threshold if threshold is None else threshold
         if threshold not in self._facets:  # table(), summary(), oips.npz and the gallery all ask for them.
             self._facets[threshold] = scan_facets(self, threshold)
@@ -168,3 +166,29 @@ class ScanResult:
             out["live_maps"] = int(live.sum())
             out["found_of_live"] = int((t["found"] & live).sum())
         return out
+
+
+def scan_facets(result: ScanResult, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:
+    """`map_facets` for every map of a `ScanResult`."""
+    return [map_facets(m, result.images[i], result.objective[i], threshold) for i, m in enumerate(result.map_indices)]
+
+
+def facet_images(
+    result: ScanResult, threshold: float = FACET_THRESHOLD
+) -> list[dict[str, int | Shaped[np.ndarray, "facets ..."]]]:
+    """For the gallery: per map (in `result.map_indices` order) a dict with `map`, `images` (F, 28, 28, 1)
+    standardized representatives, `pixels` (same in pixel units), `objectives` (F,) and `sizes` (F,) (starts
+    per facet), facets ordered by objective (the first is the map's best OIP)."""
+    out = []
+    for i, f in enumerate(result.facets(threshold)):  # Computed once per ScanResult and threshold.
+        imgs = result.images[i][f.representatives]
+        out.append(
+            dict(
+                map=f.map_index,
+                images=imgs,
+                pixels=result.standardization.to_pixels(imgs),
+                objectives=f.objectives,
+                sizes=f.sizes,
+            )
+        )
+    return out

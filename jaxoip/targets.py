@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +33,8 @@ from jaxtyping import Int
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.model import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
 from jaxoip.numerics import precision_scope
+from jaxoip.oip_config import QUANTITIES, OIPConfig
 
-if TYPE_CHECKING:  # jaxoip.oip builds on this module.
-    from jaxoip.oip import OIPConfig
-
-QUANTITIES = ("auto", "activation", "pre")
 Terms = tuple[tuple[int, float], ...]
 
 

@@ -341,16 +341,6 @@ def evaluate_model(
     return {"loss": float(loss), "accuracy": float(acc)}
 
 
-def __getattr__(name):
-    # `train_seeds` lives in `jaxoip.multiseed`, which builds on this module; imported on first use.
-    if name == "train_seeds":
-        from jaxoip.multiseed import train_seeds
-
-        globals()[name] = train_seeds
-        return train_seeds
-    raise AttributeError(f"module 'jaxoip.train' has no attribute {name!r}")
-
-
 if __name__ == "__main__":  # `python -m jaxoip.train`: the command lives in `jaxoip.cli.train`.
     from jaxoip import cli
     from jaxoip.cli.train import main

@@ -20,6 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxoip.errors import JaxoipError
+from jaxoip.oip_config import OIPConfig
+
 STYLES: dict[str, dict] = {
     "study": {},
     "robust": dict(jitter=2.0, scale=0.1, rotate=10.0, tv=0.05, blur=0.5),
@@ -106,9 +109,6 @@ def penalty(cfg, img: jax.Array) -> jax.Array:
 
 def style_config(style: str, **fields):
     """An `OIPConfig` with the preset of `style` (see `STYLES`), then `fields` on top (None: keep the preset)."""
-    from jaxoip.errors import JaxoipError
-    from jaxoip.oip import OIPConfig
-
     if style not in STYLES:
         raise JaxoipError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
     values = dict(STYLES[style])

@@ -16,7 +16,8 @@ from jaxoip.compare_seeds import main
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, TrainedModel, init_model
-from jaxoip.train import TrainConfig, train, train_seeds
+from jaxoip.multiseed import train_seeds
+from jaxoip.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

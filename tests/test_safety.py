@@ -432,10 +432,10 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
 
 
 def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch):
-    from jaxoip import compare
+    from jaxoip import compare, multiseed
 
     cfg = TrainConfig(epochs=1, train_subset=128)
-    real, trained_seeds = train_lib.train_seeds, []
+    real, trained_seeds = multiseed.train_seeds, []
 
     def killed_on_seed_1(seeds, *a, **k):
         if 1 in seeds:
@@ -446,13 +446,13 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
         return out
 
     first = []
-    monkeypatch.setattr(train_lib, "train_seeds", killed_on_seed_1)
+    monkeypatch.setattr(multiseed, "train_seeds", killed_on_seed_1)
     with pytest.raises(KeyboardInterrupt):
         compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert (tmp_path / "seed_0" / "metadata.json").is_file() and not (tmp_path / "seed_1").exists()
 
     monkeypatch.setattr(
-        train_lib, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
+        multiseed, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
     )
     trained_seeds.clear()
     models = compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)

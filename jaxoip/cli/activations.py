@@ -16,21 +16,15 @@ import pandas as pd
 
 from jaxoip import cli
 from jaxoip._io import prepare_output
-from jaxoip.activations import (
-    compare_images,
-    find_exemplars,
-    get_images,
-    layer_grid,
-    least_confident,
-    misclassified,
-    most_confused,
-    parse_image_spec,
-    predict_split,
-)
 from jaxoip.cli import flags
 from jaxoip.data import load_mnist
 from jaxoip.errors import JaxoipError
+from jaxoip.exemplars import find_exemplars
+from jaxoip.grid_comparison import compare_images
+from jaxoip.grids import layer_grid
+from jaxoip.inputs import get_images, parse_image_spec
 from jaxoip.model import get_layer
+from jaxoip.predictions import least_confident, misclassified, most_confused, predict_split
 
 
 def _file_stem(name: str) -> str:

@@ -1,0 +1,133 @@
+"""The OIP search's settings: `OIPConfig`, validated on construction, and the values it accepts.
+
+The search itself is `jaxoip.oip`; the toolkit fields are explained where they act: `jaxoip.targets`
+(quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles), `jaxoip.param` (param) and
+`jaxoip.facets` (diversity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxoip._check import check_float, check_int
+from jaxoip.errors import JaxoipError
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision
+from jaxoip.param import PARAMETERIZATIONS
+
+# What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
+QUANTITIES = ("auto", "activation", "pre")
+STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
+
+
+@dataclasses.dataclass(frozen=True)
+class OIPConfig:
+    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
+
+    The toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
+    `jaxoip.targets` (quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles),
+    `jaxoip.param` (param) and `jaxoip.facets` (diversity).
+    """
+
+    steps: int = dataclasses.field(default=600, metadata={"help": "gradient steps"})
+    epsilon: float = dataclasses.field(default=0.01, metadata={"help": "step size"})
+    conv_criterion: float = dataclasses.field(
+        default=2e-4, metadata={"help": "relative change below which a start counts as converged"}
+    )
+    snapshot_steps: tuple[int, ...] = dataclasses.field(
+        default=STUDY_SNAPSHOT_STEPS, metadata={"help": "steps after which the image is kept (the last one always is)"}
+    )
+    early_stop: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "stop a chunk when all its starts have converged (results then depend on the chunk)"},
+    )
+    grad_eps: float = dataclasses.field(default=1e-5, metadata={"help": "added to the gradient's RMS before dividing"})
+    quantity: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "choices": QUANTITIES,
+            "help": "unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
+            "else the activation)",
+        },
+    )
+    weighted: tuple[tuple[tuple[int, float], ...], ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": "weighted sums of units; map index i picks sum i"}
+    )
+    wake: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
+            "study's objective (off: the study's search)"
+        },
+    )
+    param: str = dataclasses.field(
+        default="pixels",
+        metadata={
+            "choices": PARAMETERIZATIONS,
+            "help": "image parameterization: pixels, or fourier (decorrelated, favours smooth patterns)",
+        },
+    )
+    fourier_decay: float = dataclasses.field(
+        default=1.0, metadata={"help": "fourier: coefficients scaled by 1 / frequency^decay"}
+    )
+    jitter: float = dataclasses.field(
+        default=0.0, metadata={"help": "random shift of up to this many pixels at every step"}
+    )
+    scale: float = dataclasses.field(default=0.0, metadata={"help": "random scaling by 1 +- this at every step"})
+    rotate: float = dataclasses.field(
+        default=0.0, metadata={"help": "random rotation of up to this many degrees at every step"}
+    )
+    tv: float = dataclasses.field(default=0.0, metadata={"help": "total-variation penalty weight"})
+    l1: float = dataclasses.field(
+        default=0.0, metadata={"help": "L1 penalty weight (mean absolute standardized pixel)"}
+    )
+    blur: float = dataclasses.field(
+        default=0.0, metadata={"help": "blur penalty weight (pulls the image towards its blurred copy)"}
+    )
+    diversity: float = dataclasses.field(
+        default=0.0, metadata={"help": "weight of the diversity penalty across a map's starts (0: off)"}
+    )
+    diversity_group: int = dataclasses.field(
+        default=1, metadata={"flag": False, "help": "consecutive images that are one map's starts (for diversity)"}
+    )
+    transform_seed: int = dataclasses.field(
+        default=0, metadata={"flag": False, "help": "seed of the per-image transformation keys"}
+    )
+    precision: Precision = dataclasses.field(
+        default=DEFAULT_PRECISION,
+        metadata={
+            "help": "matmul precision of every compiled pass: highest (true float32, same results on CPU and GPU), "
+            "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)"
+        },
+    )
+
+    def __post_init__(self):
+        for s in tuple(self.snapshot_steps):
+            check_int("snapshot step", s, 0)
+        object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
+        object.__setattr__(
+            self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)
+        )
+        check_precision(self.precision)
+        check_int("steps", self.steps, 1)
+        check_float("epsilon", self.epsilon, 0, lo_open=True)
+        check_float("convergence criterion", self.conv_criterion, 0)
+        check_float("grad_eps", self.grad_eps, 0, lo_open=True)
+        for s in self.snapshot_steps:
+            check_int("snapshot step", s, 0)
+        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
+            check_float(name, getattr(self, name), 0)
+        check_int("diversity_group", self.diversity_group, 1)
+        check_int("transform_seed", self.transform_seed)
+        if self.quantity not in QUANTITIES:
+            raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
+        if self.param not in PARAMETERIZATIONS:
+            raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+        if self.scale >= 1:
+            raise JaxoipError("scale must be below 1")
+        if any(not terms for terms in self.weighted):
+            raise JaxoipError("a weighted target needs at least one term")
+
+    @property
+    def snapshots(self) -> tuple[int, ...]:
+        """0-based steps after which the image is kept: the requested ones below `steps`, and the last."""
+        return tuple(sorted({s for s in self.snapshot_steps if 0 <= s < self.steps - 1} | {self.steps - 1}))
