@@ -96,7 +96,8 @@ def markdown_report(result: SeedComparison, command: str | None = None) -> str:
             f"**untrained** = the first model against an untrained network of the same architecture. "
             f"CIs ({cfg.ci:.0%}): bootstrap over images ({cfg.bootstrap} replicates of {cfg.blocks} image blocks) and "
             f"over seed pairs (pairs sharing a model are not independent: read it as a rough spread). "
-            f"Dead channels (constant on the samples) are left out of every matching."
+            f"Dead channels (constant on the samples) are left out of every matching. "
+            f"Precision of every compiled pass (features and OIP search): **{cfg.oip.precision}**."
         ),
         "",
     ]

@@ -182,6 +182,7 @@ def test_compare_seeds_end_to_end(tmp_path, capsys, mnist):
     assert (out / "oips_Conv2D_3.png").is_file() and (out / "correlations.npz").is_file()
     report = (out / "report.md").read_text()
     assert "| mean matched r (Hungarian) |" in report and "null: untrained" in report
+    assert "(features and OIP search): **highest**" in report
 
     def no_nan(text):
         raise AssertionError(f"{text} in results.json")
