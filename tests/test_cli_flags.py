@@ -181,6 +181,7 @@ def test_a_literal_field_rejects_a_bad_choice(command, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'fp8'" in err and all(p in err for p in PRECISIONS)
+    assert err.startswith("error: ") and err.count("\n") == 1  # One line, no usage block.
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,16 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """A bad option is one line, like every other user error: `error: ...` and where the options are listed."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser whose `--help` shows every option's default."""
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    """An argument parser whose `--help` shows every option's default and whose errors are one line."""
+    return ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def flag_fields(cls: type, only: Collection[str] | None = None) -> list[dataclasses.Field]:
