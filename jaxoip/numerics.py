@@ -25,6 +25,10 @@ from jaxoip.errors import JaxoipError
 Precision = Literal["highest", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
 DEFAULT_PRECISION: Precision = "highest"
+PRECISION_HELP = (
+    "highest (true float32, same results on CPU and GPU), tf32 (the backend's fast float32) or bf16 "
+    "(bfloat16 inputs, float32 accumulation)"
+)
 
 _LAX_PRECISION = {
     "highest": jax.lax.Precision.HIGHEST,

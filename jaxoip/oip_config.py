@@ -11,7 +11,7 @@ import dataclasses
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
-from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision
+from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision
 from jaxoip.param import PARAMETERIZATIONS
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
@@ -95,8 +95,7 @@ class OIPConfig:
     precision: Precision = dataclasses.field(
         default=DEFAULT_PRECISION,
         metadata={
-            "help": "matmul precision of every compiled pass: highest (true float32, same results on CPU and GPU), "
-            "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)"
+            "help": f"matmul precision of every compiled pass: {PRECISION_HELP}"
         },
     )
 

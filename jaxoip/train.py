@@ -28,7 +28,7 @@ from jaxoip.checkpoint import epoch_manager, restore_epoch, save_epoch
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
-from jaxoip.numerics import DEFAULT_PRECISION, Precision, check_precision, precision_scope
+from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, precision_scope
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
 SCHEDULES = ("none", "power", "exponential")
@@ -63,8 +63,7 @@ class TrainConfig:
     precision: Precision = dataclasses.field(
         default=DEFAULT_PRECISION,
         metadata={
-            "help": "matmul precision of training and evaluation: highest (true float32, same results on CPU and "
-            "GPU), tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)"
+            "help": f"matmul precision of training and evaluation: {PRECISION_HELP}"
         },
     )
 

@@ -61,14 +61,13 @@ def enable_compilation_cache(enabled: bool = True) -> Path | None:
 
 def add_precision_flag(parser: argparse.ArgumentParser, what: str = "every compiled pass"):
     """--precision, for a command whose config has no precision field."""
-    from jaxoip.numerics import DEFAULT_PRECISION, PRECISIONS
+    from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help=f"matmul precision of {what}: highest (true float32, same results on CPU and GPU), "
-        "tf32 (the backend's fast float32) or bf16 (bfloat16 inputs, float32 accumulation)",
+        help=f"matmul precision of {what}: {PRECISION_HELP}",
     )
 
 
