@@ -24,14 +24,20 @@ from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_specs
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
 from jaxoip.shapes import LayerActivations
 
 
-def image_activations(trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"], layer_name: str) -> LayerActivations:
+def image_activations(
+    trained: TrainedModel,
+    pixels: Float[ArrayLike, "n H W ch"],
+    layer_name: str,
+    precision: Precision = DEFAULT_PRECISION,
+) -> LayerActivations:
     """Activations of `layer_name` for images in pixel units, in one jitted batched pass."""
     get_layer(trained.config, layer_name)
     x = trained.standardization(jnp.asarray(pixels, jnp.float32))
-    return np.asarray(batched_layer_map(trained.model, x, layer_name))
+    return np.asarray(batched_layer_map(trained.model, x, layer_name, precision=precision))
 
 
 def dataset_activations(
@@ -41,6 +47,7 @@ def dataset_activations(
     split: str = "test",
     fn: Callable[[Float[Array, " b *layer"]], PyTree[Shaped[Array, "b ..."]]] | None = None,
     batch_size: int = 500,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> LayerActivations | PyTree[Shaped[np.ndarray, "n ..."]]:
     """`fn(activations)` of `layer_name` for a whole split, from one jitted `lax.map` over batches.
 
@@ -49,7 +56,8 @@ def dataset_activations(
     """
     get_layer(trained.config, layer_name)
     images, _ = data.split(split)
-    return batched_layer_map(trained.model, trained.standardization(images), layer_name, fn, batch_size)
+    x = trained.standardization(images)
+    return batched_layer_map(trained.model, x, layer_name, fn, batch_size, precision=precision)
 
 
 def to_probabilities(
@@ -61,11 +69,13 @@ def to_probabilities(
     return jax.nn.softmax
 
 
-def class_probabilities(trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"]) -> Float[np.ndarray, "n classes"]:
+def class_probabilities(
+    trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"], precision: Precision = DEFAULT_PRECISION
+) -> Float[np.ndarray, "n classes"]:
     """Class probabilities for images in pixel units."""
     last = layer_specs(trained.config)[-1].name
     x = trained.standardization(jnp.asarray(pixels, jnp.float32))
-    return np.asarray(batched_layer_map(trained.model, x, last, to_probabilities(trained)))
+    return np.asarray(batched_layer_map(trained.model, x, last, to_probabilities(trained), precision=precision))
 
 
 # The analyses once lived in this module; their names stay importable from here (imported on first use,

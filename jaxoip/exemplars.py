@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, Int, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ def find_exemplars(
     layer_name: str = "Conv2D_3",
     k: int = 5,
     split: str = "test",
-    precision: str = "highest",
+    precision: Precision = DEFAULT_PRECISION,
 ) -> Exemplars:
     """For every map of `layer_name`, the `k` images of `split` whose most active node is highest."""
     spec = get_layer(trained.config, layer_name, ("conv", "pool"))

@@ -18,6 +18,7 @@ from jaxoip.errors import JaxoipError
 from jaxoip.grids import LayerGrid, activation_grid, image_grids
 from jaxoip.inputs import ImageSource, get_images
 from jaxoip.model import TrainedModel, get_layer
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 
 def _per_map(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +87,7 @@ def compare_images(
     per_row: int = 8,
     standardize: bool = False,
     active_level: float = 0.1,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> Comparison:
     """Layer grids of two groups of images (e.g. three 4s against three 9s) with per-map statistics.
 
@@ -101,7 +103,7 @@ def compare_images(
     )
     data = load_mnist() if needs_data else data
     imgs_a, imgs_b = get_images(group_a, data, shape), get_images(group_b, data, shape)
-    grids = image_grids(trained, layer_name, imgs_a + imgs_b, per_row, standardize)
+    grids = image_grids(trained, layer_name, imgs_a + imgs_b, per_row, standardize, precision)
     grids_a, grids_b = tuple(grids[: len(imgs_a)]), tuple(grids[len(imgs_a) :])
     acts_a = np.stack([g.activations for g in grids_a])
     acts_b = np.stack([g.activations for g in grids_b])

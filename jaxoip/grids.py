@@ -20,6 +20,7 @@ from jaxoip.data import MNIST
 from jaxoip.errors import JaxoipError
 from jaxoip.inputs import ImageSource, InputImage, get_image
 from jaxoip.model import TrainedModel, get_layer
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, precision_scope
 
 
 def standardize_maps(acts: Float[ArrayLike, "*layer"]) -> Float[np.ndarray, "*layer"]:
@@ -84,24 +85,33 @@ class LayerGrid:
         return self.grid[r * h : (r + 1) * h, c * w : (c + 1) * w]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _layer_and_output(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, layer_name: str, softmax: bool):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _layer_and_output(
+    graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, layer_name: str, softmax: bool, precision: Precision
+):
     """A few standardized images' activations at `layer_name` and class probabilities, in one compiled call.
 
     Compiled once per architecture, layer and batch size, so further grids of the same layer are cheap.
     """
-    model = nnx.merge(graphdef, params)
-    out = model(x)
-    return model(x, until=layer_name), jax.nn.softmax(out) if softmax else out
+    with precision_scope(precision):
+        model = nnx.merge(graphdef, params)
+        out = model(x)
+        return model(x, until=layer_name), jax.nn.softmax(out) if softmax else out
 
 
 def image_grids(
-    trained: TrainedModel, layer_name: str, images: list[InputImage], per_row: int, standardize: bool
+    trained: TrainedModel,
+    layer_name: str,
+    images: list[InputImage],
+    per_row: int,
+    standardize: bool,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> list[LayerGrid]:
     """The `LayerGrid` of each image, from one compiled pass over all of them."""
     graphdef, params = trained.split()
     x = trained.standardization(jnp.asarray(np.stack([i.pixels for i in images]), jnp.float32))
-    acts, probs = _layer_and_output(graphdef, params, x, layer_name, to_probabilities(trained) is not None)
+    softmax = to_probabilities(trained) is not None
+    acts, probs = _layer_and_output(graphdef, params, x, layer_name, softmax, precision)
     acts, probs = np.asarray(acts), np.asarray(probs)
     out = []
     for img, a, p in zip(images, acts, probs):
@@ -119,6 +129,7 @@ def layer_grid(
     data: MNIST | None = None,
     per_row: int = 8,
     standardize: bool = False,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> LayerGrid:
     """The activations of every map of `layer_name` (conv, pool, Flatten or dense) for one image, as a grid.
 
@@ -129,4 +140,4 @@ def layer_grid(
     if per_row < 1:
         raise JaxoipError(f"maps per row must be at least 1; got {per_row}")
     img = get_image(image, data, trained.config.input_shape)
-    return image_grids(trained, layer_name, [img], per_row, standardize)[0]
+    return image_grids(trained, layer_name, [img], per_row, standardize, precision)[0]

@@ -94,9 +94,7 @@ class OIPConfig:
     )
     precision: Precision = dataclasses.field(
         default=DEFAULT_PRECISION,
-        metadata={
-            "help": f"matmul precision of every compiled pass: {PRECISION_HELP}"
-        },
+        metadata={"help": f"matmul precision of every compiled pass: {PRECISION_HELP}"},
     )
 
     def __post_init__(self):

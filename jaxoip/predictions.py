@@ -12,6 +12,7 @@ from jaxoip.activations import dataset_activations, to_probabilities
 from jaxoip.data import MNIST
 from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel, layer_specs
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +54,13 @@ class Predictions:
         )
 
 
-def predict_split(trained: TrainedModel, data: MNIST, split: str = "test") -> Predictions:
+def predict_split(
+    trained: TrainedModel, data: MNIST, split: str = "test", precision: Precision = DEFAULT_PRECISION
+) -> Predictions:
     """Class probabilities for a whole split in one jitted batched pass."""
     images, labels = data.split(split)
     last = layer_specs(trained.config)[-1].name
-    probs = dataset_activations(trained, data, last, split, to_probabilities(trained))
+    probs = dataset_activations(trained, data, last, split, to_probabilities(trained), precision=precision)
     return Predictions(split, np.asarray(labels), np.asarray(probs, np.float64))
 
 

@@ -62,9 +62,7 @@ class TrainConfig:
     )
     precision: Precision = dataclasses.field(
         default=DEFAULT_PRECISION,
-        metadata={
-            "help": f"matmul precision of training and evaluation: {PRECISION_HELP}"
-        },
+        metadata={"help": f"matmul precision of training and evaluation: {PRECISION_HELP}"},
     )
 
     def __post_init__(self):

@@ -155,6 +155,19 @@ def test_standardized_grid_of_an_array(tiny_trained, mnist):
     assert grids._layer_and_output._cache_size() == compiled
 
 
+def test_analyses_run_at_the_precision_asked(tiny_trained, mnist):
+    """bf16 rounds the matmul inputs: close to highest (bfloat16 keeps ~3 significant digits), not equal."""
+    hi = act.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist)
+    lo = act.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist, precision="bf16")
+    assert not np.array_equal(hi.activations, lo.activations)
+    scale = np.abs(hi.activations).max()
+    np.testing.assert_allclose(lo.activations, hi.activations, atol=0.05 * scale)
+    p_hi = act.predict_split(tiny_trained, mnist, precision="highest").probabilities[:200]
+    p_lo = act.predict_split(tiny_trained, mnist, precision="bf16").probabilities[:200]
+    assert not np.array_equal(p_hi, p_lo)
+    np.testing.assert_allclose(p_lo, p_hi, atol=0.05)
+
+
 def test_bad_layer_and_per_row(tiny_trained, mnist):
     with pytest.raises(LayerError, match="valid names: Conv2D_1"):
         act.layer_grid(tiny_trained, "Conv2D_9", "test:0", mnist)

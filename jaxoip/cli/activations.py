@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="activations_out", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace the complete jaxoip output folder at --out")
-    cli.add_precision_flag(p, "the exemplar search (grids, comparisons and predictions run at highest)")
+    cli.add_precision_flag(p)
     cli.add_data_dir(p)
     return p
 
@@ -136,14 +136,24 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
     from jaxoip import plots
 
     for img in images:
-        grid = layer_grid(trained, args.layer, img, per_row=args.per_row, standardize=args.standardize)
+        grid = layer_grid(
+            trained, args.layer, img, per_row=args.per_row, standardize=args.standardize, precision=args.precision
+        )
         path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
         plots.plot_layer_grid(grid, args.cmap, path)
         p = grid.probabilities
         print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {shown / path.name}")
     if args.compare:
         comp = compare_images(
-            trained, args.layer, args.compare, args.versus, data, names, args.per_row, args.standardize
+            trained,
+            args.layer,
+            args.compare,
+            args.versus,
+            data,
+            names,
+            args.per_row,
+            args.standardize,
+            precision=args.precision,
         )
         path = stage / f"compare_{args.layer}.png"
         plots.plot_comparison(comp, args.cmap, path)
@@ -156,7 +166,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             f"wrote {shown / path.name} and {shown / csv.name}"
         )
     if args.confusion or args.misclassified or args.uncertain:
-        pred = predict_split(trained, data, "test")
+        pred = predict_split(trained, data, "test", precision=args.precision)
         print(f"test accuracy {pred.accuracy:.2%} ({int((pred.predicted != pred.labels).sum())} misclassified)")
         if args.confusion:
             cm = pred.confusion()
