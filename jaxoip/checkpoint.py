@@ -12,6 +12,7 @@ state, history) so that `jaxoip.train.train` continues an interrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -93,31 +94,38 @@ class _FailedReadFilter(logging.Filter):
 _FAILED_READS = _FailedReadFilter()
 
 
-def _quiet_orbax_teardown(state: Path):
-    """Silences the leftovers of a failed Orbax read of `state`; every other report passes on.
+@contextlib.contextmanager
+def _quiet_failed_read(state: Path):
+    """Silences the leftovers of an Orbax read of `state` that fails; every other report passes on.
 
     When a damaged file fails a restore, TensorStore's reads of the other arrays finish later, on their
     own threads. They post to Orbax's event loop, which the failed restore already closed, and Python
     reports each post through `sys.unraisablehook` ("Event loop is closed"); their failed tasks are
     logged by asyncio when collected ("Task exception was never retrieved", naming the file). Both come
     before, during and after the error reaches the caller and would bury its one line under tracebacks.
-    The filters are installed once per process; the unraisable hook chains to whatever hook was there,
-    and the log filter drops only records that name a checkpoint passed here.
+
+    The unraisable filter is installed for the read and stays only if the read fails (the reports keep
+    coming after it); it chains to the hook that was there. The log filter drops only records that name
+    a checkpoint whose read was attempted here.
     """
     _FAILED_READS.paths.add(str(state))
     logger = logging.getLogger("asyncio")
     if _FAILED_READS not in logger.filters:
         logger.addFilter(_FAILED_READS)
     previous = sys.unraisablehook
-    if getattr(previous, "_jaxoip_filter", False):
-        return
 
     def hook(unraisable):
         if not _ignore_closed_event_loop(unraisable):
             previous(unraisable)
 
-    hook._jaxoip_filter = True
     sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        raise  # The filter stays: the failed read's threads report after this.
+    else:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
 
 
 def _checkpointer():
@@ -198,9 +206,8 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     model = nnx.eval_shape(lambda: init_model(config, 0))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    _quiet_orbax_teardown(path / "state")
     try:
-        with _checkpointer() as ckptr:
+        with _quiet_failed_read(path / "state"), _checkpointer() as ckptr:
             params = ckptr.restore(path / "state", target)
     except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged or mismatched files.
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

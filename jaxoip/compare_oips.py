@@ -19,6 +19,7 @@ import numpy as np
 from jaxoip.compare_config import OIP_SOURCES, CompareConfig
 from jaxoip.errors import JaxoipError
 from jaxoip.model import TrainedModel
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
 from jaxoip.oip_similarity import cross_activation, masked_mean, oip_similarities, select_oip_maps
 
 
@@ -78,11 +79,13 @@ def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig
     )
 
 
-def responses(trained: TrainedModel, layer_name: str, images: np.ndarray) -> np.ndarray:
+def responses(
+    trained: TrainedModel, layer_name: str, images: np.ndarray, precision: Precision = DEFAULT_PRECISION
+) -> np.ndarray:
     """The search's objective (mean of each map) of every map of `layer_name` for standardized images: (N, C)."""
     from jaxoip.precursor import data_activation
 
-    return data_activation(trained.model, images, layer_name)
+    return data_activation(trained.model, images, layer_name, precision=precision)
 
 
 def pair_oip_measures(
@@ -92,14 +95,15 @@ def pair_oip_measures(
     oips_a: MapOIPs,
     oips_b: MapOIPs,
     max_shift: int,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> dict[str, np.ndarray]:
     """Every OIP measure of one pair, per matched map: map i of `oips_a` is matched to map i of `oips_b`."""
     m, r = oips_a.live.shape
     out = oip_similarities(oips_a.images, oips_b.images, oips_a.live, oips_b.live, max_shift)
     flat_a = oips_a.images.reshape(m * r, *oips_a.images.shape[2:])
     flat_b = oips_b.images.reshape(m * r, *oips_b.images.shape[2:])
-    act_b = responses(model_b, layer_name, np.concatenate([flat_a, flat_b]))  # b's maps on a's and own OIPs
-    act_a = responses(model_a, layer_name, np.concatenate([flat_b, flat_a]))
+    act_b = responses(model_b, layer_name, np.concatenate([flat_a, flat_b]), precision)  # b's maps on a's and own OIPs
+    act_a = responses(model_a, layer_name, np.concatenate([flat_b, flat_a]), precision)
     ab = cross_activation(
         act_b[: m * r].reshape(m, r, -1)[:, :, oips_b.maps],
         act_b[m * r :].reshape(m, r, -1)[np.arange(m), :, oips_b.maps],
@@ -154,7 +158,7 @@ def compare_oips(
     out = {}
     for (a, b), (ma, mb, corr) in chosen.items():
         oa, ob = subset(a, ma), subset(b, mb)
-        measures = pair_oip_measures(models[a], models[b], layer, oa, ob, config.oip_max_shift)
+        measures = pair_oip_measures(models[a], models[b], layer, oa, ob, config.oip_max_shift, config.oip.precision)
         if config.oip_source != "shared":
             measures.pop("pixel_same_start")
         out[(a, b)] = dict(maps_a=ma, maps_b=mb, corr=corr, **measures)

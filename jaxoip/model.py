@@ -262,7 +262,7 @@ def param_count(model: CNN) -> int:
 def layer_output(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    images: Float[Array, "n H W ch"],
+    images: Float[ArrayLike, "n H W ch"],
     layer_name: str,
     pre_activation: bool = False,
 ) -> Float[Array, " n *layer"]:

@@ -1,7 +1,6 @@
 """Training several seeds at once: one vmapped epoch program trains a group of seeds on shared data.
 
-Each seed ends as `jaxoip.train.train` would train it alone; `train_seeds` is also importable from
-`jaxoip.train`.
+Each seed ends as `jaxoip.train.train` would train it alone.
 """
 
 from __future__ import annotations

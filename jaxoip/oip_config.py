@@ -109,8 +109,6 @@ class OIPConfig:
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)
         check_float("grad_eps", self.grad_eps, 0, lo_open=True)
-        for s in self.snapshot_steps:
-            check_int("snapshot step", s, 0)
         for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
             check_float(name, getattr(self, name), 0)
         check_int("diversity_group", self.diversity_group, 1)

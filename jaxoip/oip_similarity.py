@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 _EPS = 1e-12
 
@@ -95,7 +95,7 @@ def _side_sums(x: jax.Array, ones_f: jax.Array, size: int, left: bool):
 
 @functools.partial(jax.jit, static_argnames=("max_shift",))
 def shift_similarity_matrix(
-    a: Float[Array, "n_a H W 1"], b: Float[Array, "n_b H W 1"], max_shift: int = 7
+    a: Float[ArrayLike, "n_a H W 1"], b: Float[ArrayLike, "n_b H W 1"], max_shift: int = 7
 ) -> tuple[Float[Array, "n_a n_b"], Float[Array, "n_a n_b"]]:
     """(N, M) maximum over shifts of the normalized cross-correlation of images a (N, H, W, 1) and b (M, H, W, 1).
 

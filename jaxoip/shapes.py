@@ -28,11 +28,6 @@ Comparing two models:
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
-# One input image (pixels 0-255 or standardized); a batch of them.
-Image = Float[np.ndarray, "H W ch"]
-Images = Float[np.ndarray, "n H W ch"]
-# Images as any array (NumPy, JAX, nested lists): what functions that convert their input accept.
-ImagesLike = Float[ArrayLike, "n H W ch"]
 # A layer's output for a batch of images, as NumPy.
 LayerActivations = Float[np.ndarray, " n *layer"]
 # Map indices into a layer's maps (or units of a dense layer).

@@ -2,7 +2,7 @@
 
 The optimizer, schedule and loss are built from `TrainConfig`; an epoch is one `lax.scan` over batches.
 `train` trains one seed (resumable from per-epoch checkpoints, `jaxoip.checkpoint.epoch_manager`);
-`train_seeds` (`jaxoip.multiseed`, importable from here too) trains several seeds at once with `jax.vmap`.
+`jaxoip.multiseed.train_seeds` trains several seeds at once with `jax.vmap`.
 The command `python -m jaxoip train` (`jaxoip.cli.train`) trains a model and writes a checkpoint folder.
 """
 

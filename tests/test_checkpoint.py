@@ -209,8 +209,12 @@ def test_teardown_filter_passes_other_reports_on(monkeypatch, tmp_path):
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    checkpoint._quiet_orbax_teardown(tmp_path / "a")
-    checkpoint._quiet_orbax_teardown(tmp_path / "b")  # Installed once: a second call does not wrap it again.
+    with checkpoint._quiet_failed_read(tmp_path / "a"):
+        pass
+    assert sys.unraisablehook == seen.append  # A read that succeeds leaves the hook as it was.
+    with pytest.raises(ValueError), checkpoint._quiet_failed_read(tmp_path / "b"):
+        raise ValueError("damaged")
+    assert sys.unraisablehook != seen.append  # After a failed read the filter stays.
     closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
     other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
     sys.unraisablehook(closed)

@@ -163,3 +163,23 @@ def test_commands_ask_xla_for_deterministic_gpu_kernels():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "--xla_gpu_deterministic_ops=true" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "module", ["jaxoip.train", "jaxoip.activations", "jaxoip.scan_all_maps", "jaxoip.compare_seeds"]
+)
+def test_module_commands_set_the_flag_before_any_backend_starts(module):
+    """`python -m jaxoip.<command>` imports the library (and JAX) first; XLA reads its flags when the first
+    backend starts, so the flag counts as long as no backend has started when the command sets it."""
+    code = (
+        "import os, runpy, sys\nfrom jax._src import xla_bridge\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n    pass\n"
+        "print(os.environ.get('XLA_FLAGS', ''), bool(xla_bridge._backends))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    flags, started = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert "--xla_gpu_deterministic_ops=true" in flags and started == "False", out.stderr

@@ -1,7 +1,8 @@
 """Shared plumbing of the `python -m jaxoip.NAME` commands.
 
 Importing this module (every command does so first) makes GPU results bit-for-bit repeatable: it adds
-`--xla_gpu_deterministic_ops=true` to XLA_FLAGS before JAX starts. Library users who need the same
+`--xla_gpu_deterministic_ops=true` to XLA_FLAGS before JAX starts a backend (`python -m jaxoip.train`
+has imported JAX by then, which is early enough). Library users who need the same
 on a GPU set that flag themselves (see the README).
 """
 
@@ -18,8 +19,14 @@ from jaxoip.errors import JaxoipError
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
+def _backend_started() -> bool:
+    """Whether JAX has started a backend: XLA reads XLA_FLAGS then, not when `jax` is imported."""
+    xla_bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(xla_bridge, "_backends", None))
+
+
 def _deterministic_xla():
-    if "jax" in sys.modules:  # Too late to change XLA's flags; the caller decided.
+    if _backend_started():  # Too late to change XLA's flags; the caller decided.
         return
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_gpu_deterministic_ops" not in flags:

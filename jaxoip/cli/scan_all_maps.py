@@ -190,7 +190,7 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
 
 def _exemplars(args, trained, data, result, bar) -> dict | None:
     """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
-    from jaxoip import activations
+    from jaxoip.exemplars import find_exemplars
     from jaxoip.model import get_layer
 
     if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
@@ -198,7 +198,7 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
     if get_layer(trained.config, args.layer).kind == "dense":
         return None
     with bar.phase("exemplars"):
-        ex = activations.find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
+        ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
     # Only patches that really activate the map: a map dead on data shows none.
     return {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
 
