@@ -264,4 +264,4 @@ def test_the_dimension_names_are_documented():
     doc = jt.__doc__
     for dim in ("`n`", "`H W ch`", "`h w c`", "`*layer`", "`classes`", "`m`", "`r`", "`c_a c_b`"):
         assert dim in doc, dim
-    assert isinstance(_pixels(2), jt.Images)
+    assert isinstance(_pixels(2), Float[np.ndarray, "n H W ch"]) and isinstance(_pixels(2), jt.LayerActivations)
