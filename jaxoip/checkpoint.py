@@ -119,13 +119,9 @@ def _quiet_failed_read(state: Path):
             previous(unraisable)
 
     sys.unraisablehook = hook
-    try:
-        yield
-    except BaseException:
-        raise  # The filter stays: the failed read's threads report after this.
-    else:
-        if sys.unraisablehook is hook:
-            sys.unraisablehook = previous
+    yield  # A failed read raises here and the filter stays: its threads report after this.
+    if sys.unraisablehook is hook:
+        sys.unraisablehook = previous
 
 
 def _checkpointer():
