@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from jaxoip.compare_oips import compare_oips, oip_pair_metrics
 from jaxoip.compare_report import write_report
 from jaxoip.compare_result import COMPARISONS, SeedComparison
 from jaxoip.data import MNIST
-from jaxoip.errors import CheckpointError, JaxoipError
+from jaxoip.errors import CheckpointError, JaxoipError, OutputError
 from jaxoip.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.model import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
 from jaxoip.similarity import (
@@ -235,15 +236,22 @@ def compare_models(
 
 def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=True):
     """One model per seed, as `train_seeds` trains them; each group of `max_parallel` seeds is saved to
-    `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again."""
+    `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again.
+
+    A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
+    """
     import shutil
 
     from jaxoip import checkpoint
     from jaxoip.multiseed import train_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
+    for p in (folder / f"seed_{s}" for s in seeds):  # Only checkpoints of ours are ever replaced.
+        if (p.exists() or p.is_symlink()) and (p.is_symlink() or not (p / "metadata.json").is_file()):
+            raise OutputError(f"{p} is not a checkpoint jaxoip wrote; move it away or choose another folder")
     for stale in folder.glob(".seed_*.tmp-*"):  # Left by a killed run; the output lock is ours.
-        shutil.rmtree(stale, ignore_errors=True)
+        if re.fullmatch(r"\.seed_-?\d+\.tmp-\d+", stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     group = max_parallel or len(seeds)
     models = []
     for lo in range(0, len(seeds), group):

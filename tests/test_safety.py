@@ -460,3 +460,16 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
     p = lambda m: nnx.to_pure_dict(nnx.state(m.model, nnx.Param))  # noqa: E731
     assert params_checksum(p(models[0])) == params_checksum(p(first[0]))
     assert math.isfinite(models[1].history["loss"][-1])
+
+
+def test_compare_seeds_model_folder_never_replaces_a_users_folder(tmp_path, mnist):
+    from jaxoip import compare
+    from jaxoip.errors import OutputError
+
+    (tmp_path / "seed_1").mkdir()
+    (tmp_path / "seed_1" / "notes.txt").write_text("mine")
+    (tmp_path / ".seed_1.tmp-notes").mkdir()  # Looks like a leftover, but not by its full name.
+    with pytest.raises(OutputError, match="seed_1 is not a checkpoint jaxoip wrote"):
+        compare.trained_models([0, 1], TrainConfig(epochs=1, train_subset=128), mnist, tmp_path, progress=False)
+    assert (tmp_path / "seed_1" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / ".seed_1.tmp-notes").is_dir() and not (tmp_path / "seed_0").exists()
