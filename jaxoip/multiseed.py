@@ -75,9 +75,9 @@ def train_seeds(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from jaxoip.progress import tqdm_class
 
-        bar = tqdm(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
+        bar = tqdm_class()(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
     out = []
     for lo in range(0, len(seeds), group):
         chunk = seeds[lo : lo + group]

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
+
+
+def tqdm_class():
+    """`tqdm.auto.tqdm`: widgets in a notebook with ipywidgets, else the text bar.
+
+    Without ipywidgets, tqdm.auto warns 'IProgress not found' once, at its import, and falls back to the
+    text bar; that fallback is what we want, so the warning is silenced here (every jaxoip bar comes from here).
+    """
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
 
 
 class Progress:
-    """A single tqdm bar whose description names the current phase; phases add their own work to it.
+    """A single tqdm bar of a job's work (e.g. image-steps); its description names the current phase.
 
-    Use `phase(name, work)` around each phase and `update(n)` inside it. A disabled Progress does nothing.
+    `add_work(n)` plans work, `update(n)` counts it done, `skip(n)` counts work done by an earlier
+    (killed) process, which is not part of the rate, so the estimate stays honest after a resume.
+    `phase(name, work)` names a phase and times it. A disabled Progress only times phases.
     """
 
     def __init__(self, enabled: bool = True, desc: str = "", unit: str = "step"):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=0, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm_class()(total=0, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
         self.seconds: dict[str, float] = {}  # Wall time of every phase, by name.
 
     def add_work(self, n: int):
@@ -23,18 +38,40 @@ class Progress:
         self.bar.refresh()
 
     @contextlib.contextmanager
-    def phase(self, name: str, work: int = 1, auto: bool = True):
+    def phase(self, name: str, work: int = 0, auto: bool = True):
         """Names the phase and adds `work` units; with `auto`, the phase counts its work done on exit."""
         self.bar.set_description_str(name)
-        self.add_work(work)
+        if work:
+            self.add_work(work)
         t0 = time.perf_counter()
         yield self
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
-        if auto:
+        if auto and work:
             self.update(work)
 
     def update(self, n: int = 1):
-        self.bar.update(n)
+        if self.bar.disable:
+            self.bar.n += n  # A disabled tqdm counts nothing; the count is still asked for (`done`).
+        else:
+            self.bar.update(n)
+
+    def skip(self, n: int):
+        """Counts `n` units done elsewhere (resumed from disk): they advance the bar but not its rate."""
+        b = self.bar
+        b.n += n
+        if not b.disable:
+            # tqdm's average rate is (n - initial) / elapsed and its smoothed rate counts n - last_print_n.
+            b.initial += n
+            b.last_print_n += n
+            b.refresh()
+
+    @property
+    def done(self) -> int:
+        return int(self.bar.n)
+
+    @property
+    def total(self) -> int:
+        return int(self.bar.total or 0)
 
     def close(self):
         self.bar.close()
@@ -44,6 +81,37 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class WeightedPart(Progress):
+    """A part of a parent `Progress` worth `work` of its units, counted by its own units (e.g. chunks).
+
+    The parent's total is not changed (the caller planned `work`); `phase(name, n)` sets the part's own
+    size `n`, and `update(k)` of its units advances the parent proportionally, `work` in all at `n`.
+    """
+
+    def __init__(self, parent: Progress, work: int):
+        self.parent, self.work, self.size, self.count = parent, int(work), 1, 0
+        self.bar, self.seconds = parent.bar, parent.seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str, work: int = 0, auto: bool = True):
+        """Sets the part's own size to `work` units (the parent's description and phase times stay)."""
+        self.size, self.count = max(1, int(work)), 0
+        yield self
+        if auto:
+            self.update(self.size - self.count)
+
+    def update(self, n: int = 1):
+        before = self.work * self.count // self.size
+        self.count = min(self.size, self.count + n)
+        self.parent.update(self.work * self.count // self.size - before)
+
+    def skip(self, n: int):
+        self.parent.skip(n)
+
+    def close(self):
+        pass
 
 
 @contextlib.contextmanager

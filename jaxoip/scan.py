@@ -81,9 +81,11 @@ def scan_maps(
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
     `data` adds each map's activation on the test images. Every compiled pass runs at
-    `config.precision`. `progress`: True (default) for one progress display over all phases, False for
-    none, or a `jaxoip.progress.Progress` to report into. With `partial_dir`, every finished group of
-    chunks of the search is kept there, and a repeated call skips them (same result as without a break).
+    `config.precision`. `progress`: True (default) for one progress display in image-steps of the search,
+    the phase as its description, False for none, or a `jaxoip.progress.Progress` to report into. With
+    `partial_dir`, every finished group of chunks of the search is kept there, and a repeated call skips
+    them (same result as without a break); `seconds` and `search_seconds` are then this call's, and
+    `earlier_search_seconds` the search time the earlier calls spent on the groups reused.
     """
     t0 = time.perf_counter()
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
@@ -106,7 +108,7 @@ def scan_maps(
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
 
     own = not isinstance(progress, Progress)
-    bar = Progress(bool(progress), f"scan {layer_name}") if own else progress
+    bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
     try:
         with bar.phase("precursor scan"):
             pre = precursor_scan(
@@ -122,7 +124,7 @@ def scan_maps(
             start_recipe, x0 = screened_starts(
                 trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, config
             )
-        res = search_in_groups(
+        res, earlier_seconds = search_in_groups(
             trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk, bar, partial_dir
         )
     finally:
@@ -145,6 +147,7 @@ def scan_maps(
         screen=screen,
         seconds=time.perf_counter() - t0,
         search_seconds=res.seconds,
+        earlier_search_seconds=earlier_seconds,
     )
 
 
@@ -213,7 +216,7 @@ def write_scan_files(
     table = result.table()
     table.to_csv(tmp / "maps.csv", index=False)
     (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
-    (tmp / "summary.json").write_text(json.dumps({**result.summary(), **(extra_summary or {})}, indent=1))
+    (tmp / "summary.json").write_text(json.dumps({**result.summary().to_dict(), **(extra_summary or {})}, indent=1))
     std = result.standardization
     arrays = {
         "map_indices": result.map_indices,

@@ -39,8 +39,9 @@ class ScanResult:
     standardization: Standardization
     seed: int
     screen: int = 1
-    seconds: float = 0.0
-    search_seconds: float = 0.0
+    seconds: float = 0.0  # This process's scan, from its arguments to the last start searched.
+    search_seconds: float = 0.0  # This process's search (part of `seconds`).
+    earlier_search_seconds: float = 0.0  # The search time of groups reused from a killed run (`partial_dir`).
     options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
@@ -97,7 +98,9 @@ class ScanResult:
 
     @property
     def image_steps_per_second(self) -> float:
-        return self.oip.objective.size * self.oip.steps_run / max(self.search_seconds, 1e-9)
+        """Over all starts and the search time of all groups, in this process or the killed one it resumed."""
+        seconds = self.search_seconds + self.earlier_search_seconds
+        return self.oip.objective.size * self.oip.steps_run / max(seconds, 1e-9)
 
     def table(self) -> pd.DataFrame:
         """One row per map: data activation, precursor row, recipe, objective statistics, flags."""
@@ -137,35 +140,92 @@ class ScanResult:
             df["dead_on_data"] = self.data_max[self.map_indices] <= 0
         return df
 
-    def summary(self) -> dict:
+    def summary(self) -> ScanSummary:
+        """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""
         t = self.table()
-        out = {
-            "layer": self.layer_name,
-            "maps": int(len(self.map_indices)),
-            "restarts": self.restarts,
-            "steps": self.config.steps,
-            "found": int(t["found"].sum()),
-            "silent_on_noise": int(t["silent_on_noise"].sum()),
-            "seconds": round(self.seconds, 2),
-            "search_seconds": round(self.search_seconds, 2),
-            "image_steps_per_second": round(self.image_steps_per_second, 1),
-            "backend": jax.default_backend(),
-            "devices": len(jax.devices()),
-            "seed": self.seed,
-            "screen": self.screen,
-            "precision": self.config.precision,
-            "jax_version": jax.__version__,
-            "woken": int((t["method"] == "woken").sum()),
-            "facet_threshold": self.facet_threshold,
-            "oip_config": dataclasses.asdict(self.config),
-            "options": self.options,
-        }
-        if "dead_on_data" in t:
-            out["dead_on_data"] = int(t["dead_on_data"].sum())
-            live = ~t["dead_on_data"]
-            out["live_maps"] = int(live.sum())
-            out["found_of_live"] = int((t["found"] & live).sum())
+        dead = t["dead_on_data"] if "dead_on_data" in t else None
+        return ScanSummary(
+            layer=self.layer_name,
+            maps=int(len(self.map_indices)),
+            restarts=self.restarts,
+            steps=self.config.steps,
+            found=int(t["found"].sum()),
+            silent_on_noise=int(t["silent_on_noise"].sum()),
+            seconds=round(self.seconds, 2),
+            search_seconds=round(self.search_seconds, 2),
+            earlier_search_seconds=round(self.earlier_search_seconds, 2),
+            image_steps_per_second=round(self.image_steps_per_second, 1),
+            backend=jax.default_backend(),
+            devices=len(jax.devices()),
+            seed=self.seed,
+            screen=self.screen,
+            precision=self.config.precision,
+            jax_version=jax.__version__,
+            woken=int((t["method"] == "woken").sum()),
+            facet_threshold=self.facet_threshold,
+            oip_config=dataclasses.asdict(self.config),
+            options=self.options,
+            dead_on_data=None if dead is None else int(dead.sum()),
+            live_maps=None if dead is None else int((~dead).sum()),
+            found_of_live=None if dead is None else int((t["found"] & ~dead).sum()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSummary:
+    """A scan's counts, settings and timings; `str()` gives a few readable lines, `to_dict()` summary.json.
+
+    Timings are this process's; after a resume, `earlier_search_seconds` is the search time the killed
+    run spent on the groups reused (so `seconds` >= `search_seconds` always holds).
+    """
+
+    layer: str
+    maps: int
+    restarts: int
+    steps: int
+    found: int
+    silent_on_noise: int
+    seconds: float
+    search_seconds: float
+    earlier_search_seconds: float
+    image_steps_per_second: float
+    backend: str
+    devices: int
+    seed: int
+    screen: int
+    precision: str
+    jax_version: str
+    woken: int
+    facet_threshold: float
+    oip_config: dict
+    options: dict
+    dead_on_data: int | None = None  # The three counts need the data pass (None without MNIST).
+    live_maps: int | None = None
+    found_of_live: int | None = None
+
+    def to_dict(self) -> dict:
+        """The fields as summary.json holds them (the data counts only when known)."""
+        out = dataclasses.asdict(self)
+        for k in ("dead_on_data", "live_maps", "found_of_live"):
+            if out[k] is None:
+                del out[k]
         return out
+
+    def __str__(self) -> str:
+        live = f" ({self.found_of_live} of {self.live_maps} live on data)" if self.live_maps is not None else ""
+        dead = "n/a (no data)" if self.dead_on_data is None else self.dead_on_data
+        earlier = f" (+{self.earlier_search_seconds:.1f} s before the resume)" if self.earlier_search_seconds else ""
+        return (
+            f"scan of {self.layer}: {self.maps} maps, {self.restarts} starts each, {self.steps} steps\n"
+            f"  OIP found for {self.found} of {self.maps}{live}; woken {self.woken}; "
+            f"silent on noise {self.silent_on_noise}; dead on data {dead}\n"
+            f"  precision {self.precision}, seed {self.seed}, {self.devices} {self.backend} device(s)\n"
+            f"  {self.seconds:.1f} s, search {self.search_seconds:.1f} s{earlier}, "
+            f"{self.image_steps_per_second:.0f} image-steps/s"
+        )
+
+    def __repr__(self) -> str:
+        return f"ScanSummary: {self}"
 
 
 def scan_facets(result: ScanResult, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:

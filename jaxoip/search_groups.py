@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 
 from jaxoip.model import CNN
 from jaxoip.oip import OIPConfig, OIPResult, search_oips
-from jaxoip.progress import Progress, as_progress
+from jaxoip.progress import Progress, WeightedPart, as_progress
 
 # Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
 GROUP_CHUNKS = 8
@@ -69,35 +69,41 @@ def search_in_groups(
     chunk: int,
     progress: bool | Progress = False,
     partial_dir: str | os.PathLike | None = None,
-) -> OIPResult:
+) -> tuple[OIPResult, float]:
     """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
 
     The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
-    `seconds` sums the search time of every group, measured when it was searched (in this run or the killed one).
+    Returns the result, whose `seconds` sums the search time of the groups searched by this process, and the
+    seconds that earlier (killed) processes spent on the groups reused from `partial_dir`.
     """
     n = len(maps)
     size = chunk * GROUP_CHUNKS
     partial = Path(partial_dir) if partial_dir is not None else None
     if partial is not None:
         partial.mkdir(parents=True, exist_ok=True)
-    parts = []
-    with as_progress(progress, total=-(-n // size), desc=f"OIP search {layer_name}", unit="group") as bar:
+    parts, earlier = [], 0.0
+    # Counted in image-steps, each chunk as it returns, so that the rate and the time left are real.
+    work = n * config.steps
+    with as_progress(progress, total=work, desc=f"OIP search {layer_name}", unit="image-step") as bar:
         for g, lo in enumerate(range(0, n, size)):
             hi = min(lo + size, n)
             key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
             path = partial / f"group_{g:05d}.npz" if partial else None
             part = _load_group(path, key)
             if part is None:
-                res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, False)
+                part_bar = WeightedPart(bar, (hi - lo) * config.steps)
+                res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, part_bar)
                 part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
                 part.update(steps_run=res.steps_run, seconds=res.seconds)
                 if path is not None:
                     tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
                     np.savez(tmp, key=key, **part)
                     os.replace(tmp, path)
+            else:
+                earlier += float(part["seconds"])
+                bar.skip((hi - lo) * config.steps)  # Done by the killed run: not part of this run's rate.
             parts.append(part)
-            bar.update(1)
     res = {k: np.concatenate([p[k] for p in parts]) for k in _RESULT_ARRAYS}
     steps_run = max(int(p["steps_run"]) for p in parts)
-    seconds = sum(float(p["seconds"]) for p in parts)
-    return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res)
+    seconds = sum(float(p["seconds"]) for p in parts) - earlier
+    return OIPResult(snapshot_steps=config.snapshots, seconds=seconds, steps_run=steps_run, **res), earlier

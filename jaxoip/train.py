@@ -293,9 +293,9 @@ def train(
         steps = start * -(-train_x.shape[0] // batch_size)
         epochs = range(start, cfg.epochs)
         if progress:
-            from tqdm.auto import tqdm
+            from jaxoip.progress import tqdm_class
 
-            epochs = tqdm(epochs, desc="training", unit="epoch", initial=start, total=cfg.epochs)
+            epochs = tqdm_class()(epochs, desc="training", unit="epoch", initial=start, total=cfg.epochs)
         for epoch in epochs:
             t0 = time.perf_counter()
             idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], batch_size)

@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
         if data is None:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
-        with Progress(not args.no_progress, f"scan {args.layer}") as bar, count_compiles() as compiles:
+        bar = Progress(not args.no_progress, f"scan {args.layer}", unit="image-step")
+        with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
             exemplars = _exemplars(args, trained, data, result, bar)
             with bar.phase("figures and tables"):
@@ -148,16 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
     s = result.summary()
-    live = f" of {s['live_maps']} live on data" if "live_maps" in s else ""
-    cpu_default = " (CPU default)" if args.restarts is None and s["backend"] == "cpu" else ""
+    live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
+    cpu_default = " (CPU default)" if args.restarts is None and s.backend == "cpu" else ""
+    earlier = f" (+{s.earlier_search_seconds:.1f} s before the resume)" if s.earlier_search_seconds else ""
     print(
-        f"{s['layer']}: OIP found for {s['found']} of {s['maps']} maps ({s.get('found_of_live', s['found'])}{live}); "
-        f"silent on noise: {s['silent_on_noise']}; dead on data: {s.get('dead_on_data', 'n/a')}; "
-        f"woken: {s['woken']}\n"
+        f"{s.layer}: OIP found for {s.found} of {s.maps} maps "
+        f"({s.found if s.found_of_live is None else s.found_of_live}{live}); "
+        f"silent on noise: {s.silent_on_noise}; dead on data: {'n/a' if s.dead_on_data is None else s.dead_on_data}; "
+        f"woken: {s.woken}\n"
         f"style {args.style}, param {args.param}, wake {'on' if args.wake else 'off'}, diversity {args.diversity}\n"
-        f"{s['restarts']} starts per map{cpu_default}, {s['steps']} steps; {s['seconds']:.1f} s total, "
-        f"search {s['search_seconds']:.1f} s, {s['image_steps_per_second']:.0f} image-steps/s on "
-        f"{s['devices']} {s['backend']} device(s), precision {s['precision']}; "
+        f"{s.restarts} starts per map{cpu_default}, {s.steps} steps; {s.seconds:.1f} s scan, "
+        f"search {s.search_seconds:.1f} s{earlier}, {s.image_steps_per_second:.0f} image-steps/s on "
+        f"{s.devices} {s.backend} device(s), precision {s.precision}; "
         f"{compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
         f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
     )
