@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxoip.plots import enhance_contrast, save_figure
+from jaxoip.plots import enhance_contrast, new_figure, save_figure
 
 if TYPE_CHECKING:
     from jaxoip.compare_result import SeedComparison
@@ -34,7 +34,7 @@ def plot_matching(result: SeedComparison, layer: str, pair=None, path=None) -> F
     d = result.details[(layer, "real", pair)]
     order = np.argsort(-d["corr"])
     after = corr[np.ix_(d["a"][order], d["b"][order])]
-    fig = Figure(figsize=(10, 4.6))
+    fig = new_figure((10, 4.6))
     axes = fig.subplots(1, 2)
     for ax, m, title in (
         (axes[0], before, "original channel order"),
@@ -64,7 +64,7 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
     a, b = pair
     o = result.oip[pair]
     n = min(max_maps, len(o["maps_a"]))
-    fig = Figure(figsize=(1.6 * n + 0.6, 4.8))
+    fig = new_figure((1.6 * n + 0.6, 4.8))
     axes = fig.subplots(2, n, squeeze=False)
     for j in range(n):
         for row, (model, m) in enumerate(((a, o["maps_a"][j]), (b, o["maps_b"][j]))):
@@ -96,7 +96,7 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
 def plot_oip_measures(result: SeedComparison, path=None) -> Figure:
     """Every OIP measure of every pair and matched map (dots), against each pair's ceiling and floor (bars)."""
     measures = [(k, t) for k, t in OIP_MEASURES if any(k in o for o in result.oip.values())]
-    fig = Figure(figsize=(3.2 * len(measures) + 0.6, 3.6))
+    fig = new_figure((3.2 * len(measures) + 0.6, 3.6))
     axes = np.atleast_1d(fig.subplots(1, len(measures), sharey=False))
     rng = np.random.default_rng(0)
     labels = [f"{result.names[a]}\nvs {result.names[b]}" for a, b in result.pairs]

@@ -9,7 +9,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, Shaped
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from jaxoip.data import MNIST
 from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
@@ -26,8 +26,14 @@ class Exemplars:
     values: Float[np.ndarray, "c k"]
     nodes: Int[np.ndarray, "c k 2"]  # row, column of the most active node
     # Per map: the input pixels of each node's receptive field; an object array of k crops where fields
-    # clipped at the border differ in size.
+    # clipped at the border differ in size. Only images that activate the map (value > 0) are exemplars:
+    # the others have image index and node -1 and no patch, so a map dead on the data has none.
     patches: list[Float[np.ndarray, "k fh fw"] | Shaped[np.ndarray, " k"]]
+
+    @property
+    def dead(self) -> Bool[np.ndarray, " c"]:
+        """Maps whose largest activation over the split is <= 0: no image activates them."""
+        return ~(self.values[:, 0] > 0)
 
 
 def _max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Array, "n c"]]:
@@ -44,7 +50,7 @@ def find_exemplars(
     split: str = "test",
     precision: Precision = DEFAULT_PRECISION,
 ) -> Exemplars:
-    """For every map of `layer_name`, the `k` images of `split` whose most active node is highest."""
+    """For every map of `layer_name`, the `k` images of `split` whose most active node is highest (and above 0)."""
     spec = get_layer(trained.config, layer_name, ("conv", "pool"))
     images, _ = data.split(split)
     k = max(1, min(k, images.shape[0]))
@@ -57,13 +63,18 @@ def find_exemplars(
     flat_node = np.take_along_axis(where.T, idx, axis=1)
     width = layer_shapes(trained.config)[spec.name][1]
     nodes = np.stack([flat_node // width, flat_node % width], axis=-1)
+    # An image that leaves the map at or below zero is no exemplar (ties at zero would pick arbitrary images).
+    inactive = ~(values > 0)
+    idx, nodes = np.where(inactive, -1, idx), np.where(inactive[..., None], -1, nodes)
     patches = []
     for m in range(idx.shape[0]):
         crops = []
-        for n in range(k):
+        for n in np.flatnonzero(~inactive[m]):
             r0, r1, c0, c1 = receptive_field(trained.config, spec.name, *nodes[m, n])
             crops.append(images[idx[m, n], r0:r1, c0:c1, 0])
-        if len({c.shape for c in crops}) == 1:
+        if not crops:
+            patches.append(np.zeros((0, 0, 0), images.dtype))
+        elif len({c.shape for c in crops}) == 1:
             patches.append(np.stack(crops))
         else:  # Fields clipped at the border differ in size; np.asarray would try to broadcast them.
             ragged = np.empty(len(crops), dtype=object)

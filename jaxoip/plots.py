@@ -7,45 +7,60 @@ single `imshow`, so 128 maps take a fraction of a second instead of hundreds of 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+# Resolution of every figure, shown (a notebook draws a Figure at its own dpi) and saved: the one place to set it.
+DPI = 150
+
+
+def new_figure(figsize=None) -> Figure:
+    """A `Figure` at `DPI`, without pyplot (no global state, no backend switch)."""
+    return Figure(figsize=figsize, dpi=DPI)
+
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kwargs) -> tuple[Figure, object]:
     """`plt.subplots` without pyplot: a new `Figure` and its axes (no global state, no backend switch)."""
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120, tight: bool = True) -> Path:
-    """Saves `fig`; writes to a temporary name first so a crash leaves no partial PNG.
+def save_figure(fig: Figure, path: str | Path, dpi: int | None = None, tight: bool = True) -> Path:
+    """Saves `fig` at `dpi` (default `DPI`); writes to a temporary name first so a crash leaves no partial PNG.
 
     `tight=False` for figures laid out by hand: a tight bounding box costs a second full draw.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format=path.suffix.lstrip(".") or "png")
+    fig.savefig(tmp, dpi=dpi or DPI, bbox_inches="tight" if tight else None, format=path.suffix.lstrip(".") or "png")
     tmp.replace(path)
     return path
 
 
 def plot_history(history: dict, path: str | Path | None = None):
     """Loss and accuracy per epoch, training and test, like the study's live epoch plot."""
-    epochs = range(1, len(history["loss"]) + 1)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    # Markers: a line through a single epoch is invisible; up to about 50 epochs they also show each one.
+    style = dict(marker="o", markersize=4 if len(epochs) <= 50 else 0)
     fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(epochs, history["loss"], label="training")
-    ax_loss.plot(epochs, history["val_loss"], label="test")
+    ax_loss.plot(epochs, history["loss"], label="training", **style)
+    ax_loss.plot(epochs, history["val_loss"], label="test", **style)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
-    ax_acc.plot(epochs, history["accuracy"], label="training")
-    ax_acc.plot(epochs, history["val_accuracy"], label="test")
+    ax_acc.plot(epochs, history["accuracy"], label="training", **style)
+    ax_acc.plot(epochs, history["val_accuracy"], label="test", **style)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        if len(epochs) == 1:  # One point: one epoch's width around it, one tick, rather than an empty range.
+            ax.set(xlim=(0.5, 1.5), xticks=[1])
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
@@ -87,18 +102,22 @@ def _pad_to(patch, h: int, w: int) -> np.ndarray:
 def oip_gallery(
     result, path=None, per_row: int | None = None, exemplars=None, facets=None, max_facets: int = 3
 ) -> Figure:
-    """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by map and objective.
+    """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by target and objective.
 
     `facets`: optional list (in `result.map_indices` order) of standardized images (F, 28, 28, 1) of each
     map's facets, best first (`jaxoip.scan_result.facet_images`); up to `max_facets` further facets are drawn
     contrast-enhanced after the best OIP, and the label gives the facet count. `exemplars`: optional
-    {map index: array (k, h, w)} of dataset patches drawn to the right (dark = bright pixel, as ink on
-    paper). One mosaic image, one `imshow`.
+    {map index: array (k, h, w)} of dataset patches (pixel units) drawn to the right with the same grey
+    scale as `plot_exemplars` and the plain OIP (white = bright pixel, as in MNIST); a map dead on the data
+    has none and is labelled so. One mosaic image, one `imshow`.
     """
     best = result.best_images[..., 0]
     pixels = np.clip(result.standardization.to_pixels(best), 0, 255) / 255.0
     objective = result.objective.max(axis=1)
     maps = result.map_indices
+    labels = result.labels
+    data_max = getattr(result, "data_max", None)
+    dead = data_max[maps] <= 0 if data_max is not None else np.zeros(len(maps), bool)
     exemplars = exemplars or {}
     k = max((len(v) for v in exemplars.values()), default=0)
     more = [np.asarray(f)[1 : 1 + max_facets, ..., 0] for f in facets] if facets is not None else []
@@ -106,7 +125,7 @@ def oip_gallery(
     h, w = best.shape[1:]
     panels = 2 + n_more + k
     per_row = per_row or max(1, min(8, 44 // panels))  # Blocks per row: about 44 tiles across.
-    # One block per map: plain, enhanced, then its exemplar patches (inverted), side by side.
+    # One block per map: plain, enhanced, then its exemplar patches, side by side.
     blocks = []
     for n, m in enumerate(maps):
         tiles = [pixels[n], enhance_contrast(best[n])]
@@ -114,38 +133,51 @@ def oip_gallery(
             extra = [enhance_contrast(f) for f in more[n]]
             tiles += extra + [np.full((h, w), np.nan, np.float32)] * (n_more - len(extra))
         patches = list(exemplars.get(int(m), []))
-        tiles += [1.0 - _pad_to(np.asarray(p) / 255.0, h, w) for p in patches]
+        dead[n] |= int(m) in exemplars and not patches  # No patch activates it: dead on the data.
+        tiles += [_pad_to(exemplar_shades(p), h, w) for p in patches]
         tiles += [np.full((h, w), np.nan, np.float32)] * (panels - len(tiles))
         blocks.append(tile_mosaic(tiles, panels, gap=1))
     label_px = 9
     cols = min(per_row, len(maps))
     mosaic = tile_mosaic(blocks, cols, gap=4, top=label_px)
     bh, bw = blocks[0].shape
-    scale = 0.016  # inches per mosaic pixel: 1.6 output pixels at 100 dpi
-    title_in = 0.45
-    fig = Figure(figsize=(mosaic.shape[1] * scale, mosaic.shape[0] * scale + title_in))
+    # Inches per mosaic pixel: 0.016 for a wide gallery; a few maps (a dense layer, a class target) get
+    # larger thumbnails, up to 0.05 (a 28-pixel tile 1.4 inches wide), about 5 inches in all.
+    scale = float(np.clip(5.0 / mosaic.shape[1], 0.016, 0.05))
+    width = max(mosaic.shape[1] * scale, 4.0)  # Room for the title, which wraps to the width.
+    title = (
+        f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"
+        + (f", then up to {max_facets} further facets (distinct patterns)" if n_more else "")
+        + (", beside the test images' most active patches" if k else "")
+    )
+    # Wrapped to the width: about 12 characters per inch at 10 points.
+    title = textwrap.fill(title, max(30, int(width * 12)), break_on_hyphens=False)
+    title_in = 0.25 + 0.18 * (title.count("\n") + 1)
+    fig = new_figure((width, mosaic.shape[0] * scale + title_in))
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] * scale / fig.get_figheight()))
     ax.imshow(mosaic, cmap=check_colormap("gray"), vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    for n, m in enumerate(maps):
+    for n in range(len(maps)):
         r, c = divmod(n, cols)
         status = f"{objective[n]:.3g}" if objective[n] > 0 else "zero"
         if facets is not None:
             status += f", {len(facets[n])} facet{'s' if len(facets[n]) != 1 else ''}"
-        ax.text(c * (bw + 4), r * (bh + 4 + label_px) + label_px - 1.5, f"map {m}: {status}", fontsize=6, va="bottom")
-    fig.text(
-        0.5,
-        1 - 0.5 * title_in / fig.get_figheight(),
-        f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"
-        + (f", then up to {max_facets} further facets (distinct patterns)" if n_more else "")
-        + (", beside the test images' most active patches" if k else ""),
-        ha="center",
-        va="center",
-        fontsize=10,
-    )
+        if dead[n]:
+            status += ", dead on data"
+        y = r * (bh + 4 + label_px) + label_px - 1.5
+        ax.text(c * (bw + 4), y, f"{labels[n]}: {status}", fontsize=6, va="bottom")
+    fig.text(0.5, 1 - 0.5 * title_in / fig.get_figheight(), title, ha="center", va="center", fontsize=10)
     if path is not None:
-        save_figure(fig, path, dpi=100, tight=False)
+        save_figure(fig, path, tight=False)
     return fig
+
+
+def exemplar_shades(patch) -> np.ndarray:
+    """Dataset pixels (0-255) as grey levels 0-1 for the "gray" colormap: as in MNIST, bright strokes are white.
+
+    The one mapping of both figures that show exemplars (`oip_gallery`, `plot_exemplars`) and of the plain OIP.
+    """
+    return np.asarray(patch, np.float32) / 255.0
 
 
 def snapshot_strip(result, map_index: int, path=None):
@@ -163,7 +195,7 @@ def snapshot_strip(result, map_index: int, path=None):
     axes[-1].plot(np.arange(1, len(trace) + 1), trace)
     axes[-1].set(xscale="log", xlabel="step", title="objective")
     axes[-1].title.set_fontsize(8)
-    fig.suptitle(f"{result.layer_name} map {map_index}: best of {result.restarts} starts", fontsize=9)
+    fig.suptitle(f"{result.layer_name} {result.labels[pos]}: best of {result.restarts} starts", fontsize=9)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
@@ -318,12 +350,16 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
 
 
 def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
-    """For every map (or `maps`), its top test images' receptive-field patches in a row, one mosaic."""
+    """For every map (or `maps`), its top test images' receptive-field patches in a row, one mosaic.
+
+    Patches are drawn as in the data (`exemplar_shades`: bright strokes white); a map that no image
+    activates has none and is labelled "dead on data".
+    """
     ex = exemplars
     maps = list(range(len(ex.patches))) if maps is None else [int(m) for m in maps]
     k = ex.image_indices.shape[1]
-    ph = max(p.shape[0] for m in maps for p in ex.patches[m])
-    pw = max(p.shape[1] for m in maps for p in ex.patches[m])
+    ph = max((p.shape[0] for m in maps for p in ex.patches[m]), default=1)
+    pw = max((p.shape[1] for m in maps for p in ex.patches[m]), default=1)
     top = 5  # pixels above each block for its label
     block_w, block_h = k * (pw + 1) + 2, ph + 1 + top
     cols = min(per_row, len(maps))
@@ -333,17 +369,18 @@ def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
         r, c = divmod(n, cols)
         for e, patch in enumerate(ex.patches[m]):
             y, x = r * block_h + top, c * block_w + e * (pw + 1)
-            mosaic[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+            mosaic[y : y + patch.shape[0], x : x + patch.shape[1]] = exemplar_shades(patch)
     fig, ax = subplots(figsize=(mosaic.shape[1] / 22 + 0.5, mosaic.shape[0] / 22 + 0.8))
-    ax.imshow(mosaic, cmap=check_colormap("gray"), vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(mosaic, cmap=check_colormap("gray"), vmin=0, vmax=1, interpolation="nearest")
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
-        ax.text(c * block_w, r * block_h + top - 0.8, f"map {m}: {ex.values[m, 0]:.3g}", fontsize=5, va="bottom")
+        status = "dead on data" if len(ex.patches[m]) == 0 else f"{ex.values[m, 0]:.3g}"
+        ax.text(c * block_w, r * block_h + top - 0.8, f"map {m}: {status}", fontsize=5, va="bottom")
     ax.axis("off")
     ax.set_title(
         f"{ex.layer_name}: top-{k} {ex.split} images per map (receptive-field patch of the most active node)",
         fontsize=8,
     )
     if path is not None:
-        save_figure(fig, path, dpi=150)
+        save_figure(fig, path)
     return fig

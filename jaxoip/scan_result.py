@@ -83,6 +83,15 @@ class ScanResult:
         return self._per_map(w)
 
     @property
+    def labels(self) -> list[str]:
+        """Each searched target's name for figures: `map 5`, or a weighted target's own description (`4-9`)."""
+        if self.config.weighted:
+            from jaxoip.targets import Target
+
+            return [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
+        return [f"map {m}" for m in self.map_indices]
+
+    @property
     def method(self) -> Shaped[np.ndarray, " m"]:
         """Per map, how its best OIP was reached: `direct`, `woken` (after ascending the pre-activation) or `none`."""
         m = np.arange(len(self.map_indices))
@@ -112,9 +121,7 @@ class ScanResult:
         pre = self.precursor.table().iloc[self.map_indices].reset_index(drop=True)
         df = pd.DataFrame({"map": self.map_indices})
         if self.config.weighted:
-            from jaxoip.targets import Target
-
-            df["target"] = [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
+            df["target"] = self.labels
         if self.data_mean is not None:
             df["data_mean"] = self.data_mean[self.map_indices]
             df["data_max"] = self.data_max[self.map_indices]

@@ -248,7 +248,9 @@ def test_exemplars_agree_with_brute_force(tiny_trained, mnist):
         best = np.array([acts[i, :, :, m].max() for i in range(len(acts))])
         expected = np.sort(best)[::-1][:k]
         np.testing.assert_allclose(ex.values[m], expected, rtol=1e-4, atol=1e-5)
-        for n in range(k):
+        live = np.flatnonzero(expected > 0)  # Only activating images are exemplars.
+        assert (ex.image_indices[m, len(live) :] == -1).all() and len(ex.patches[m]) == len(live)
+        for n in live:
             i, (r, c) = ex.image_indices[m, n], ex.nodes[m, n]
             np.testing.assert_allclose(best[i], ex.values[m, n], rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(acts[i, r, c, m], ex.values[m, n], rtol=1e-4, atol=1e-5)

@@ -202,8 +202,8 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
         return None
     with bar.phase("exemplars"):
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
-    # Only patches that really activate the map: a map dead on data shows none.
-    return {int(m): ex.patches[m][ex.values[m] > 0] for m in result.map_indices}
+    # Exemplars are only patches that really activate the map: a map dead on data has none.
+    return {int(m): ex.patches[m] for m in result.map_indices}
 
 
 def entry():
