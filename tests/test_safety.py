@@ -473,3 +473,81 @@ def test_compare_seeds_model_folder_never_replaces_a_users_folder(tmp_path, mnis
         compare.trained_models([0, 1], TrainConfig(epochs=1, train_subset=128), mnist, tmp_path, progress=False)
     assert (tmp_path / "seed_1" / "notes.txt").read_text() == "mine"
     assert (tmp_path / ".seed_1.tmp-notes").is_dir() and not (tmp_path / "seed_0").exists()
+
+
+# --- Overwrite removes only what jaxoip wrote, at every depth -------------------------------------------------
+
+
+def _write_tree(out, tree):
+    for rel, text in tree.items():
+        (out.staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out.staging / rel).write_text(text)
+
+
+def test_overwrite_keeps_user_files_inside_jaxoip_folders(tmp_path):
+    out_dir = tmp_path / "out"
+    first = {"state/a": "1", "state/d/b": "1", "models/seed_0/state/x": "1", "models/seed_0/metadata.json": "1"}
+    with prepare_output(out_dir, "x", {}) as out:
+        _write_tree(out, first)
+    marker = read_marker(out_dir)
+    assert marker["files"] == ["models", "state"] and "state/d/b" in marker["tree"] and "state/d/" in marker["tree"]
+    # The user adds files inside jaxoip's folders, and a whole folder models/seed_9.
+    (out_dir / "state" / "notes.txt").write_text("mine")
+    (out_dir / "models" / "seed_9").mkdir()
+    (out_dir / "models" / "seed_9" / "w.bin").write_text("mine")
+    (out_dir / "models" / "seed_0" / "state" / "mine.txt").write_text("mine")
+    with prepare_output(out_dir, "x", {}, overwrite=True) as out:
+        _write_tree(out, {"state/a": "2", "models/seed_1/metadata.json": "2"})
+    assert (out_dir / "state" / "notes.txt").read_text() == "mine"
+    assert (out_dir / "models" / "seed_9" / "w.bin").read_text() == "mine"
+    assert (out_dir / "models" / "seed_0" / "state" / "mine.txt").read_text() == "mine"
+    assert (out_dir / "state" / "a").read_text() == "2" and not (out_dir / "state" / "d").exists()
+    assert not (out_dir / "models" / "seed_0" / "metadata.json").exists()  # Ours: removed; the folder stays.
+    assert (out_dir / "models" / "seed_1" / "metadata.json").read_text() == "2"
+    assert "models/seed_9/w.bin" not in read_marker(out_dir)["tree"]
+    # A user's file where the new result wants to write is a clash: nothing replaced.
+    (out_dir / "state" / "b").write_text("mine")
+    with pytest.raises(OutputError, match="state/b, which jaxoip did not write"):
+        with prepare_output(out_dir, "x", {}, overwrite=True) as out:
+            _write_tree(out, {"state/b": "3"})
+    assert (out_dir / "state" / "b").read_text() == "mine" and (out_dir / "state" / "a").read_text() == "2"
+
+
+def test_save_model_overwrite_keeps_a_file_in_state(tiny_trained, tmp_path):
+    from jaxoip.checkpoint import save_model
+
+    path = save_model(tmp_path / "m", tiny_trained)
+    (path / "state" / "README.txt").write_text("mine")
+    save_model(path, tiny_trained, overwrite=True)
+    assert (path / "state" / "README.txt").read_text() == "mine"
+    load_model(path)
+
+
+def test_overwrite_of_an_old_marker_with_folders_is_refused(tmp_path):
+    out_dir = tmp_path / "old"
+    (out_dir / "state").mkdir(parents=True)
+    (out_dir / "state" / "x").write_text("?")
+    (out_dir / MARKER).write_text(json.dumps({"command": "x", "status": "complete", "files": ["state"]}))
+    with pytest.raises(OutputError, match=r"older jaxoip.*\(state/\)"):
+        with prepare_output(out_dir, "x", {}, overwrite=True):
+            pass
+    assert (out_dir / "state" / "x").read_text() == "?"
+
+
+# --- A failed run with nothing kept leaves the folder as it found it ------------------------------------------
+
+
+def test_diverged_training_leaves_the_folder_as_it_found_it(tmp_path, capsys):
+    argv = ["--epochs", "1", "--train-subset", "128", "--optimizer", "sgd", "--momentum", "0", "--schedule", "none"]
+    argv += ["--lr", "1e10", "--no-progress", "--no-cache"]
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty, new):  # The rerun of a failed run starts as cleanly as the first.
+        _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(out)], "training diverged")
+    assert not new.exists() and list(empty.iterdir()) == []
+    # A failed overwrite of a complete result keeps the result and its complete marker.
+    with prepare_output(tmp_path / "done", "train", {}) as out:
+        _write(out, **{"a.txt": "old"})
+    _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(tmp_path / "done"), "--overwrite"], "diverged")
+    assert read_marker(tmp_path / "done")["status"] == "complete" and not (tmp_path / "done" / PARTIAL).exists()
+    assert (tmp_path / "done" / "a.txt").read_text() == "old"
