@@ -63,6 +63,14 @@ def params_checksum(params) -> str:
     return h.hexdigest()
 
 
+def model_checksum(trained: TrainedModel) -> str:
+    """SHA-256 of what a model computes: its config, standardization and parameters."""
+    params = nnx.to_pure_dict(nnx.state(trained.model, nnx.Param))
+    std = trained.standardization
+    what = [trained.config.to_dict(), [float(std.mean), float(std.std)], params_checksum(params)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
 def metadata_checksum(meta: dict) -> str:
     """SHA-256 over the fields of metadata.json that change results: format, model config, standardization."""
     fields = {k: meta.get(k) for k in ("format", "model_config", "standardization", "params_checksum")}
