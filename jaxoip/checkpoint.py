@@ -2,9 +2,11 @@
 
 A checkpoint is a folder `<path>/` with `state/` (Orbax) and `metadata.json`. `save_model` writes it as a
 jaxoip output folder (`jaxoip._io.prepare_output`): staged, then moved into place, so an interrupted save
-never leaves a folder that loads. Loading refuses non-finite parameters or standardization, and checks
-both against checksums in the metadata (format 1 checkpoints, such as the shipped reference model, have no
-standardization checksum; their standardization is only checked for finiteness).
+never leaves a folder that loads. Loading refuses non-finite parameters and an unusable standardization,
+and checks the parameters against `params_checksum` and the format, model config and standardization
+against `metadata_checksum`. Only the current format is read: formats 1 and 2 left the model config (and
+format 1 the standardization) unprotected, and the format field itself is covered, so a relabelled file
+cannot skip a check.
 
 `epoch_manager`, `save_epoch` and `restore_epoch` keep a training run's latest epoch (parameters, optimizer
 state, history) so that `jaxoip.train.train` continues an interrupted run.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -30,8 +33,12 @@ from jaxoip.data import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.model import ModelConfig, TrainedModel, init_model
 
-FORMAT = "jaxoip-checkpoint/2"
-LEGACY_FORMATS = ("jaxoip-checkpoint/1",)
+FORMAT = "jaxoip-checkpoint/3"
+OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
+# Bounds of a usable standardization of image data (pixels 0..255, or 0..1): a std below 1e-3 blows inputs
+# up by a factor of more than 1000 and anything past 1e4 is not pixel statistics.
+STD_RANGE = (1e-3, 1e4)
+MAX_ABS_MEAN = 1e4
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.keras_import.
 REFERENCE_NAME = "reference_model"
 
@@ -56,23 +63,45 @@ def params_checksum(params) -> str:
     return h.hexdigest()
 
 
-def standardization_checksum(mean: float, std: float) -> str:
-    return hashlib.sha256(json.dumps([float(mean), float(std)]).encode()).hexdigest()
+def model_checksum(trained: TrainedModel) -> str:
+    """SHA-256 of what a model computes: its config, standardization and parameters."""
+    params = nnx.to_pure_dict(nnx.state(trained.model, nnx.Param))
+    std = trained.standardization
+    what = [trained.config.to_dict(), [float(std.mean), float(std.std)], params_checksum(params)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def metadata_checksum(meta: dict) -> str:
+    """SHA-256 over the fields of metadata.json that change results: format, model config, standardization."""
+    fields = {k: meta.get(k) for k in ("format", "model_config", "standardization", "params_checksum")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _check_standardization(mean, std, where: str):
-    if not (
-        isinstance(mean, (int, float)) and isinstance(std, (int, float)) and np.isfinite([mean, std]).all() and std > 0
-    ):
+    ok = (
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std))
+        and np.isfinite([mean, std]).all()
+        and STD_RANGE[0] <= std <= STD_RANGE[1]
+        and abs(mean) <= MAX_ABS_MEAN
+    )
+    if not ok:
         raise CheckpointError(
-            f"{where} has an invalid standardization (mean {mean}, std {std}; std must be finite and > 0)"
+            f"{where} has an unusable standardization (mean {mean}, std {std}): image data needs a finite mean "
+            f"within +-{MAX_ABS_MEAN:g} and a std between {STD_RANGE[0]:g} and {STD_RANGE[1]:g}"
         )
 
 
+def _layer_of(key: str) -> str:
+    """ "['Conv2D_1']['kernel']" -> "Conv2D_1 kernel"."""
+    return " ".join(re.findall(r"\['([^']*)'\]", key)) or key
+
+
 def _check_finite_params(params, where: str):
-    bad = [k for k, a in _flat_params(params).items() if not np.isfinite(a).all()]
+    bad = [_layer_of(k) for k, a in _flat_params(params).items() if not np.isfinite(a).all()]
     if bad:
-        raise CheckpointError(f"{where} has non-finite parameters ({', '.join(bad[:3])}): a diverged or corrupt model")
+        raise CheckpointError(
+            f"{where} holds non-finite weights in layer {', '.join(bad[:3])}: a diverged or damaged model"
+        )
 
 
 def _ignore_closed_event_loop(unraisable) -> bool:
@@ -149,8 +178,8 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
         "metrics": trained.metrics,
         "data_checksum": trained.data_checksum,
         "params_checksum": params_checksum(params),
-        "standardization_checksum": standardization_checksum(std.mean, std.std),
     }
+    meta["metadata_checksum"] = metadata_checksum(meta)
     # metadata.json is written last: a folder without it is never taken for a checkpoint.
     (folder / "metadata.json").write_text(json.dumps(meta, indent=1))
     return folder
@@ -175,8 +204,18 @@ def _read_metadata(path: Path) -> dict:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_file} is corrupt: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *LEGACY_FORMATS):
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{meta_file} is not a {FORMAT} file")
+    if meta.get("metadata_checksum") != metadata_checksum(meta):
+        if meta["format"] in OLD_FORMATS and "metadata_checksum" not in meta:
+            raise CheckpointError(
+                f"{path} is a {meta['format']} checkpoint, whose model config is not covered by a checksum; "
+                f"jaxoip reads only {FORMAT}: train it again"
+            )
+        raise CheckpointError(
+            f"{meta_file}: the format, model config or standardization does not match its checksum "
+            "(edited or corrupt checkpoint)"
+        )
     return meta
 
 
@@ -215,13 +254,9 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
             f"cannot restore parameters from {path}/state: they do not fit the model config in metadata.json "
             f"({', '.join(f'{k}: {got.get(k)} vs {expected[k]}' for k in diff[:3])})"
         )
+    _check_finite_params(params, str(path))
     if params_checksum(params) != meta.get("params_checksum"):
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
-    _check_finite_params(params, str(path))
-    if meta["format"] == FORMAT and meta.get("standardization_checksum") != standardization_checksum(std.mean, std.std):
-        raise CheckpointError(
-            f"{path}: the standardization does not match its checksum in metadata.json (corrupt checkpoint)"
-        )
 
     graphdef, state = nnx.split(model)
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))

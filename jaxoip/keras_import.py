@@ -206,6 +206,13 @@ def read_keras_file(path: str | os.PathLike) -> KerasModel:
         if len(arrays) != 2:
             raise CheckpointError(f"{path}: layer {names[spec.name]!r} has {len(arrays)} weight arrays, expected 2")
         params[spec.name] = {"kernel": arrays[0].astype(np.float32), "bias": arrays[1].astype(np.float32)}
+        bad = [k for k, a in params[spec.name].items() if not np.isfinite(a).all()]
+        if bad:
+            # A trained Keras model never saves NaN or inf: damaged bytes or a diverged training did.
+            raise CheckpointError(
+                f"{path} looks damaged: it holds non-finite weights in layer {names[spec.name]!r} "
+                f"({spec.name} {', '.join(bad)})"
+            )
     return KerasModel(config=config, params=params, keras_names=names)
 
 

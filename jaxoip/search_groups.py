@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -46,17 +47,25 @@ def _group_key(
 _RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero", "woken")
 
 
-def _load_group(path: Path | None, key: str | None) -> dict | None:
-    """A finished group saved by an earlier (killed) run, if it matches `key`; None otherwise."""
+def _load_group(path: Path | None, key: str | None, n: int) -> dict | None:
+    """A finished group of `n` images saved by an earlier (killed) run, if it matches `key`; None otherwise.
+
+    A damaged file (unreadable, or arrays of the wrong length or with NaN) is searched again, with a warning.
+    """
     if path is None or not path.exists():
         return None
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
-            return {k: z[k] for k in (*_RESULT_ARRAYS, "steps_run", "seconds")}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # A damaged group is searched again.
+            part = {k: np.asarray(z[k]) for k in (*_RESULT_ARRAYS, "steps_run", "seconds")}
+        if any(part[k].shape[:1] != (n,) for k in _RESULT_ARRAYS) or not np.isfinite(part["images"]).all():
+            raise ValueError("its arrays do not fit the group")
+        return part
+    except Exception as e:  # noqa: BLE001 - a damaged zip or array file raises many types.
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        print(f"warning: saved search group {path} is damaged ({why}); searching it again", file=sys.stderr)
+        return None
 
 
 def search_in_groups(
@@ -89,7 +98,7 @@ def search_in_groups(
             hi = min(lo + size, n)
             key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
             path = partial / f"group_{g:05d}.npz" if partial else None
-            part = _load_group(path, key)
+            part = _load_group(path, key, hi - lo)
             if part is None:
                 part_bar = WeightedPart(bar, (hi - lo) * config.steps)
                 res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, part_bar)

@@ -76,6 +76,7 @@ def test_mismatched_architecture(tiny_checkpoint, tmp_path):
     bad = _copy(tiny_checkpoint, tmp_path / "bad")
     meta = json.loads((bad / "metadata.json").read_text())
     meta["model_config"]["conv"][0][0] = 16
+    meta["metadata_checksum"] = checkpoint.metadata_checksum(meta)  # Consistent, but not the saved weights' shape.
     (bad / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="cannot restore"):
         load_model(bad)
@@ -157,7 +158,7 @@ def test_non_finite_parameters_are_refused(tiny_trained, tmp_path):
         checkpoint.write_checkpoint(folder, broken)
     finally:
         checkpoint._check_finite_params = monkey
-    with pytest.raises(CheckpointError, match="non-finite"):
+    with pytest.raises(CheckpointError, match="non-finite weights in layer Conv2D_1"):
         load_model(folder)
 
 
@@ -226,3 +227,68 @@ def test_teardown_filter_passes_other_reports_on(monkeypatch, tmp_path):
     assert not checkpoint._FAILED_READS.filter(record)
     record.args = (f"exception=ValueError('reading {tmp_path / 'c'}/d/1')",)
     assert checkpoint._FAILED_READS.filter(record)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["model_config"]["conv"][2].__setitem__(2, "tanh"),  # Conv2D_3 relu -> tanh
+        lambda m: m["model_config"]["dense"][1].__setitem__(1, "relu"),  # Dense_2 softmax -> relu
+        lambda m: m["standardization"].__setitem__("std", m["standardization"]["std"] * 1.01),
+        lambda m: m.__setitem__("format", "jaxoip-checkpoint/2"),
+    ],
+    ids=["conv-activation", "dense-activation", "std", "format"],
+)
+def test_edited_metadata_is_refused(tiny_checkpoint, tmp_path, edit):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    meta = json.loads((bad / "metadata.json").read_text())
+    edit(meta)
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match its checksum") as e:
+        load_model(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["jaxoip-checkpoint/1", "jaxoip-checkpoint/2"])
+def test_relabelled_old_format_without_checksum_is_refused(tiny_checkpoint, tmp_path, fmt):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["format"] = fmt
+    meta["standardization"]["std"] *= 1.01
+    del meta["metadata_checksum"]
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"is a {fmt} checkpoint, whose model config is not covered"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("std", [{"mean": 0.0, "std": 1e-30}, {"mean": 1e38, "std": 1.0}, {"mean": 1.0, "std": 1e9}])
+def test_unusable_standardization_is_refused_on_save_and_load(tiny_trained, tiny_checkpoint, tmp_path, std):
+    import dataclasses
+
+    from jaxoip.data import Standardization
+
+    broken = dataclasses.replace(tiny_trained, standardization=Standardization(**std))
+    with pytest.raises(CheckpointError, match="unusable standardization.*between 0.001 and 10000"):
+        save_model(tmp_path / "s", broken)
+    assert not (tmp_path / "s").exists()
+    # With a consistent checksum (written by hand), still refused on load.
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["standardization"] = std
+    meta["metadata_checksum"] = checkpoint.metadata_checksum(meta)
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unusable standardization"):
+        load_model(bad)
+
+
+def test_reference_model_metadata_is_checked_and_its_weights_unchanged():
+    meta = json.loads((checkpoint.reference_model_path() / "metadata.json").read_text())
+    assert meta["format"] == checkpoint.FORMAT and meta["metadata_checksum"] == checkpoint.metadata_checksum(meta)
+    # The weights the reference model was shipped with (checksum from before the format change).
+    assert meta["params_checksum"] == "0c57c6f11e12dc3300ddfe033ced8c520470ad3bd5a5e4a0534bdbe269474c97"
+    ref = load_reference_model()
+    assert params_checksum_of(ref) == meta["params_checksum"]
+
+
+def params_checksum_of(trained):
+    return checkpoint.params_checksum(nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))

@@ -249,3 +249,60 @@ def test_keras2_h5_layout_loads(keras_files, idx_dir, tmp_path):
     assert old.config == new.config == ModelConfig()
     pixels = data_lib.load_mnist(idx_dir).test_images
     np.testing.assert_array_equal(old.layer_output(pixels, "Dense_2"), new.layer_output(pixels, "Dense_2"))
+
+
+def _write_h5_of(path, params):
+    """A tf.keras 2.x style `.h5` of the study's CNN with the given {jaxoip layer: {kernel, bias}} weights."""
+    import h5py
+
+    conv = lambda name, n: {
+        "class_name": "Conv2D",
+        "config": {"name": name, "filters": n, "kernel_size": [3, 3], "activation": "relu"},
+    }  # noqa: E501, E731
+    pool = lambda name: {"class_name": "MaxPooling2D", "config": {"name": name, "pool_size": [2, 2]}}  # noqa: E731
+    dense = lambda name, n, act: {"class_name": "Dense", "config": {"name": name, "units": n, "activation": act}}  # noqa: E731
+    layers = [conv("Conv2D_1", 32), pool("Max_Pool_1"), conv("Conv2D_2", 64), pool("Max_Pool_2")]
+    layers += [conv("Conv2D_3", 128), {"class_name": "Flatten", "config": {"name": "flatten"}}]
+    layers += [dense("Dense_1", 100, "relu"), dense("Dense_2", 10, "softmax")]
+    layers[0]["config"]["batch_input_shape"] = [None, 28, 28, 1]
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": layers}}).encode()
+        g = f.create_group("model_weights")
+        for name, p in params.items():
+            g.create_group(name).attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            for k in ("kernel", "bias"):
+                g[name].create_dataset(f"{name}/{k}:0", data=np.asarray(p[k]))
+
+
+def _jaxoip_params(seed=0):
+    from flax import nnx
+
+    from jaxoip.model import init_model
+
+    return jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(init_model(ModelConfig(), seed), nnx.Param)))
+
+
+def test_keras_file_with_nan_weights_is_refused_naming_the_layer(tmp_path, idx_dir):
+    params = _jaxoip_params()
+    _write_h5_of(tmp_path / "ok.h5", params)
+    assert load_model(tmp_path / "ok.h5", data_dir=idx_dir).config == ModelConfig()  # The writer is right.
+    params["Conv2D_2"]["kernel"][0, 1, 2, 3] = np.nan
+    _write_h5_of(tmp_path / "nan.h5", params)
+    with pytest.raises(CheckpointError, match=r"nan.h5 looks damaged: .*non-finite weights in layer 'Conv2D_2'"):
+        load_model(tmp_path / "nan.h5", data_dir=idx_dir)
+
+
+def test_h5_file_with_damaged_bytes_is_reported_as_damaged(tmp_path, idx_dir, capsys):
+    import h5py
+
+    _write_h5_of(tmp_path / "damaged.h5", _jaxoip_params())
+    with h5py.File(tmp_path / "damaged.h5", "r") as f:
+        offset = f["model_weights/Dense_1/Dense_1/kernel:0"].id.get_offset()
+    raw = bytearray((tmp_path / "damaged.h5").read_bytes())
+    raw[offset + 4000 : offset + 4064] = b"\xff" * 64  # 0xffffffff is a NaN in float32.
+    (tmp_path / "damaged.h5").write_bytes(bytes(raw))
+    argv = ["--model", str(tmp_path / "damaged.h5"), "--confusion", "--out", str(tmp_path / "o")]
+    assert cli.run(activations.main, argv + ["--data-dir", str(idx_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "looks damaged" in err and "'Dense_1'" in err, err
+    assert not (tmp_path / "o").exists()

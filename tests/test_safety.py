@@ -473,3 +473,211 @@ def test_compare_seeds_model_folder_never_replaces_a_users_folder(tmp_path, mnis
         compare.trained_models([0, 1], TrainConfig(epochs=1, train_subset=128), mnist, tmp_path, progress=False)
     assert (tmp_path / "seed_1" / "notes.txt").read_text() == "mine"
     assert (tmp_path / ".seed_1.tmp-notes").is_dir() and not (tmp_path / "seed_0").exists()
+
+
+# --- Overwrite removes only what jaxoip wrote, at every depth -------------------------------------------------
+
+
+def _write_tree(out, tree):
+    for rel, text in tree.items():
+        (out.staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out.staging / rel).write_text(text)
+
+
+def test_overwrite_keeps_user_files_inside_jaxoip_folders(tmp_path):
+    out_dir = tmp_path / "out"
+    first = {"state/a": "1", "state/d/b": "1", "models/seed_0/state/x": "1", "models/seed_0/metadata.json": "1"}
+    with prepare_output(out_dir, "x", {}) as out:
+        _write_tree(out, first)
+    marker = read_marker(out_dir)
+    assert marker["files"] == ["models", "state"] and "state/d/b" in marker["tree"] and "state/d/" in marker["tree"]
+    # The user adds files inside jaxoip's folders, and a whole folder models/seed_9.
+    (out_dir / "state" / "notes.txt").write_text("mine")
+    (out_dir / "models" / "seed_9").mkdir()
+    (out_dir / "models" / "seed_9" / "w.bin").write_text("mine")
+    (out_dir / "models" / "seed_0" / "state" / "mine.txt").write_text("mine")
+    with prepare_output(out_dir, "x", {}, overwrite=True) as out:
+        _write_tree(out, {"state/a": "2", "models/seed_1/metadata.json": "2"})
+    assert (out_dir / "state" / "notes.txt").read_text() == "mine"
+    assert (out_dir / "models" / "seed_9" / "w.bin").read_text() == "mine"
+    assert (out_dir / "models" / "seed_0" / "state" / "mine.txt").read_text() == "mine"
+    assert (out_dir / "state" / "a").read_text() == "2" and not (out_dir / "state" / "d").exists()
+    assert not (out_dir / "models" / "seed_0" / "metadata.json").exists()  # Ours: removed; the folder stays.
+    assert (out_dir / "models" / "seed_1" / "metadata.json").read_text() == "2"
+    assert "models/seed_9/w.bin" not in read_marker(out_dir)["tree"]
+    # A user's file where the new result wants to write is a clash: nothing replaced.
+    (out_dir / "state" / "b").write_text("mine")
+    with pytest.raises(OutputError, match="state/b, which jaxoip did not write"):
+        with prepare_output(out_dir, "x", {}, overwrite=True) as out:
+            _write_tree(out, {"state/b": "3"})
+    assert (out_dir / "state" / "b").read_text() == "mine" and (out_dir / "state" / "a").read_text() == "2"
+
+
+def test_save_model_overwrite_keeps_a_file_in_state(tiny_trained, tmp_path):
+    from jaxoip.checkpoint import save_model
+
+    path = save_model(tmp_path / "m", tiny_trained)
+    (path / "state" / "README.txt").write_text("mine")
+    save_model(path, tiny_trained, overwrite=True)
+    assert (path / "state" / "README.txt").read_text() == "mine"
+    load_model(path)
+
+
+def test_overwrite_of_an_old_marker_with_folders_is_refused(tmp_path):
+    out_dir = tmp_path / "old"
+    (out_dir / "state").mkdir(parents=True)
+    (out_dir / "state" / "x").write_text("?")
+    (out_dir / MARKER).write_text(json.dumps({"command": "x", "status": "complete", "files": ["state"]}))
+    with pytest.raises(OutputError, match=r"older jaxoip.*\(state/\)"):
+        with prepare_output(out_dir, "x", {}, overwrite=True):
+            pass
+    assert (out_dir / "state" / "x").read_text() == "?"
+
+
+# --- A failed run with nothing kept leaves the folder as it found it ------------------------------------------
+
+
+def test_diverged_training_leaves_the_folder_as_it_found_it(tmp_path, capsys):
+    argv = ["--epochs", "1", "--train-subset", "128", "--optimizer", "sgd", "--momentum", "0", "--schedule", "none"]
+    argv += ["--lr", "1e10", "--no-progress", "--no-cache"]
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for out in (new, empty, new):  # The rerun of a failed run starts as cleanly as the first.
+        _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(out)], "training diverged")
+    assert not new.exists() and list(empty.iterdir()) == []
+    # A failed overwrite of a complete result keeps the result and its complete marker.
+    with prepare_output(tmp_path / "done", "train", {}) as out:
+        _write(out, **{"a.txt": "old"})
+    _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(tmp_path / "done"), "--overwrite"], "diverged")
+    assert read_marker(tmp_path / "done")["status"] == "complete" and not (tmp_path / "done" / PARTIAL).exists()
+    assert (tmp_path / "done" / "a.txt").read_text() == "old"
+
+
+# --- A resume must use the same inputs; --out apart from the inputs -----------------------------------------
+
+
+def _idx_dir(folder, seed):
+    """A small MNIST-shaped IDX folder; `seed` makes its pixels differ."""
+    import gzip
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for name, shape, magic in (
+        ("train-images-idx3-ubyte", (64, 28, 28), 2051),
+        ("train-labels-idx1-ubyte", (64,), 2049),
+        ("t10k-images-idx3-ubyte", (16, 28, 28), 2051),
+        ("t10k-labels-idx1-ubyte", (16,), 2049),
+    ):
+        arr = rng.integers(0, 10 if magic == 2049 else 256, shape)
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+        with gzip.open(folder / f"{name}.gz", "wb") as f:
+            f.write(header + arr.astype(np.uint8).tobytes())
+    return folder
+
+
+def _killed_after_saving(folder_arg):
+    """A stand-in for the work of a command: keeps one file of work in its partial folder, then is killed."""
+
+    def killed(*a, **k):
+        folder = Path(k.get(folder_arg) if folder_arg in k else a[-1 if folder_arg == "last" else 3])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "work.bin").write_text("done")
+        raise KeyboardInterrupt
+
+    return killed
+
+
+def test_train_resume_refuses_other_data(tmp_path, monkeypatch, capsys):
+    a, b = _idx_dir(tmp_path / "a", 1), _idx_dir(tmp_path / "b", 2)
+    out = tmp_path / "run"
+    argv = ["--epochs", "1", "--no-progress", "--no-cache", "--out", str(out)]
+    monkeypatch.setattr(train_cmd, "train", _killed_after_saving("checkpoint_dir"))
+    assert cli.run(train_cmd.main, argv + ["--data-dir", str(a)]) == 130
+    capsys.readouterr()
+    assert read_marker(out)["status"] == "running" and (out / PARTIAL / "epochs" / "work.bin").exists()
+    _one_line_exit_2(capsys, train_cmd.main, argv + ["--data-dir", str(b), "--resume"], "the data is not the")
+    monkeypatch.setenv("JAXOIP_DATA_DIR", str(b))  # The same change through the environment.
+    _one_line_exit_2(capsys, train_cmd.main, argv + ["--resume"], "the data is not the interrupted run's")
+    assert (out / PARTIAL / "epochs" / "work.bin").exists()  # The refused resume kept the work.
+    monkeypatch.setattr(train_cmd, "train", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.run(train_cmd.main, argv + ["--data-dir", str(a), "--resume"]) == 130  # Same data: goes on.
+
+
+def _saved_untrained(path, seed):
+    from jaxoip.checkpoint import save_model
+
+    model = TrainedModel(model=init_model(ModelConfig(), seed), standardization=Standardization(33.3, 78.6))
+    return save_model(path, model, overwrite=path.exists())
+
+
+def test_scan_resume_refuses_a_changed_model(tmp_path, monkeypatch, capsys):
+    from jaxoip.cli import scan_all_maps
+
+    data = _idx_dir(tmp_path / "data", 1)
+    model = _saved_untrained(tmp_path / "model", 0)
+    out = tmp_path / "scan"
+    argv = ["--model", str(model), "--maps", "0-1", "--restarts", "1", "--steps", "2", "--precursor-starts", "2"]
+    argv += ["--screen", "1", "--exemplars", "0", "--data-dir", str(data), "--no-progress", "--no-cache"]
+    argv += ["--out", str(out)]
+    monkeypatch.setattr(scan, "scan_maps", _killed_after_saving("partial_dir"))
+    assert cli.run(scan_all_maps.main, argv) == 130
+    capsys.readouterr()
+    _saved_untrained(model, 1)  # Same path, other contents.
+    _one_line_exit_2(capsys, scan_all_maps.main, argv + ["--resume"], "the model is not the interrupted run's")
+    assert (out / PARTIAL / "search" / "work.bin").exists()
+
+
+def test_compare_seeds_resume_refuses_other_data(tmp_path, monkeypatch, capsys):
+    from jaxoip import compare
+    from jaxoip.cli import compare_seeds
+
+    a, b = _idx_dir(tmp_path / "a", 1), _idx_dir(tmp_path / "b", 2)
+    out = tmp_path / "cmp"
+    argv = ["--seeds", "2", "--epochs", "1", "--no-progress", "--no-cache", "--out", str(out)]
+    monkeypatch.setattr(compare, "trained_models", _killed_after_saving("folder"))
+    monkeypatch.setenv("JAXOIP_DATA_DIR", str(a))  # --data-dir is a setting; the environment is not.
+    assert cli.run(compare_seeds.main, argv) == 130
+    capsys.readouterr()
+    monkeypatch.setenv("JAXOIP_DATA_DIR", str(b))
+    _one_line_exit_2(capsys, compare_seeds.main, argv + ["--resume"], "the data is not the interrupted run's")
+    assert (out / PARTIAL / "models" / "work.bin").exists()
+
+
+def test_out_apart_from_the_inputs(tmp_path, capsys):
+    from jaxoip.cli import activations, compare_seeds, scan_all_maps
+
+    model = _saved_untrained(tmp_path / "model", 0)
+    before = sorted(str(p) for p in model.rglob("*"))
+    data = tmp_path / "data"
+    data.mkdir()
+    cases = [
+        (scan_all_maps.main, ["--model", str(model), "--out", str(model), "--overwrite"], "is the --model input"),
+        (scan_all_maps.main, ["--model", str(model), "--out", str(model / "scan")], "lies inside the --model"),
+        (scan_all_maps.main, ["--data-dir", str(data), "--out", str(tmp_path)], "contains the --data-dir input"),
+        (train_cmd.main, ["--data-dir", str(data), "--out", str(data / "m")], "lies inside the --data-dir"),
+        (activations.main, ["--model", str(model), "--confusion", "--out", str(model / "a")], "inside the --model"),
+        (compare_seeds.main, ["--models", str(model), str(model), "--out", str(model)], "is the --models input"),
+    ]
+    for main, argv, message in cases:
+        _one_line_exit_2(capsys, main, argv, message)
+    assert sorted(str(p) for p in model.rglob("*")) == before and list(data.iterdir()) == []
+
+
+def test_damaged_saved_group_is_searched_again(tmp_path, monkeypatch, capsys):
+    trained = _untrained()
+    kwargs = dict(map_indices=[0, 1, 2, 3], restarts=2, config=OIPConfig(steps=4), precursor_starts=4, screen=2)
+    kwargs.update(chunk_size=2, seed=5, progress=False)
+    monkeypatch.setattr(search_groups, "GROUP_CHUNKS", 1)
+    whole = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
+    groups = sorted(tmp_path.glob("group_*.npz"))
+    groups[1].write_bytes(groups[1].read_bytes()[:300])  # Truncated.
+    groups[2].write_bytes(b"garbage")
+    real, calls = search_groups.search_oips, []
+    monkeypatch.setattr(search_groups, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    capsys.readouterr()
+    again = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
+    assert len(calls) == 2
+    err = capsys.readouterr().err
+    assert err.count("warning: saved search group") == 2 and "searching it again" in err, err
+    for name in ("images", "objective", "traces"):
+        np.testing.assert_array_equal(getattr(again.oip, name), getattr(whole.oip, name))

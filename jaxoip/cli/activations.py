@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from jaxoip import cli
-from jaxoip._io import prepare_output
+from jaxoip._io import check_apart, prepare_output
 from jaxoip.cli import flags
-from jaxoip.data import load_mnist
+from jaxoip.data import load_mnist, resolve_data_dir
 from jaxoip.errors import JaxoipError
 from jaxoip.exemplars import find_exemplars
 from jaxoip.grid_comparison import compare_images
@@ -118,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in specs:
         if not s.strip().endswith(".npy"):
             parse_image_spec(s)  # Fail on a malformed spec before loading anything.
+    model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
+    check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}

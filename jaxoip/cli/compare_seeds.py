@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxoip import cli
-from jaxoip._io import add_output_flags, prepare_output
+from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip.cli import flags
 from jaxoip.compare import CompareConfig
 from jaxoip.compare_report import write_report_files
@@ -78,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.enable_compilation_cache(not args.no_cache)
 
     from jaxoip import checkpoint, compare
-    from jaxoip.data import load_mnist
+    from jaxoip.data import load_mnist, resolve_data_dir
+
+    inputs = [("--models", m) for m in args.models or []] + [("--data-dir", resolve_data_dir(args.data_dir))]
+    check_apart(args.out, inputs)
 
     models = names = None
     if args.models is not None:  # Every model checked before any work.
@@ -88,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = load_mnist(args.data_dir)
+        # A resume goes on with the data (and models) it started with.
+        given = {"models": "+".join(checkpoint.model_checksum(m) for m in models)} if models else {}
+        out.check_inputs(data=data.checksum(), **given)
         if models is None:
             seeds = list(range(args.seed, args.seed + args.seeds))
             names = [f"seed_{s}" for s in seeds]

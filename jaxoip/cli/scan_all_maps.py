@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from jaxoip import cli
-from jaxoip._io import add_output_flags, prepare_output
+from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from jaxoip import checkpoint, scan
     from jaxoip._memory import check_fits
-    from jaxoip.data import HOW_TO_ADD, optional_mnist
+    from jaxoip.data import HOW_TO_ADD, optional_mnist, resolve_data_dir
     from jaxoip.oip import default_chunk_size
 
     scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.facet_threshold <= 1:
         raise JaxoipError("--facet-threshold must be between 0 and 1")
     cfg = oip_config(args)
+    model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
+    check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
@@ -135,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
         if data is None:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
+        # A resume goes on with the model and data it started with.
+        out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
         bar = Progress(not args.no_progress, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 
 from jaxoip import cli
-from jaxoip._io import add_output_flags, prepare_output
+from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip._memory import check_fits
 from jaxoip.cli import flags
 from jaxoip.model import ModelConfig
@@ -35,14 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = flags.config_from_args(TrainConfig, args)
     check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
+    from jaxoip.data import load_mnist, resolve_data_dir
+
+    check_apart(args.out, [("--data-dir", resolve_data_dir(args.data_dir))])
     cli.enable_compilation_cache(not args.no_cache)
     # Config, then the output folder, then data and compilation: a bad argument or --out fails at once.
     with prepare_output(
         args.out, "train", dataclasses.asdict(cfg), args.overwrite, args.resume, expected_bytes=16 * 2**20
     ) as out:
-        trained = train(
-            cfg, data_dir=args.data_dir, progress=not args.no_progress, checkpoint_dir=out.partial / "epochs"
-        )
+        data = load_mnist(args.data_dir)
+        out.check_inputs(data=data.checksum())  # A resume goes on with the data it started with.
+        trained = train(cfg, data=data, progress=not args.no_progress, checkpoint_dir=out.partial / "epochs")
         checkpoint.write_checkpoint(out.staging, trained)
         (out.staging / "history.json").write_text(json.dumps(trained.history, indent=1))
         plots.plot_history(trained.history, out.staging / "history.png")
