@@ -79,6 +79,48 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
         get_layer(first, name, ("conv",))
 
 
+def check_data(config: CompareConfig, data: MNIST, model_config=None) -> None:
+    """The settings that depend on the data or the architecture, refused before any training or search."""
+    from jaxoip.model import ModelConfig
+
+    n = len(data.test_images)
+    if config.test_subset is not None and config.test_subset > n:
+        raise JaxoipError(f"test subset {config.test_subset} is larger than the {n} test images")
+    used = config.test_subset or n
+    if config.blocks > used:
+        raise JaxoipError(f"blocks ({config.blocks}) must be at most the {used} test images compared")
+    if config.oip_layer is not None:
+        channels = layer_shapes(model_config or ModelConfig())[config.oip_layer][-1]
+        if config.oip_maps > channels:
+            raise JaxoipError(f"oip_maps ({config.oip_maps}) is more than the {channels} maps of {config.oip_layer}")
+
+
+def shared_seeds(model_info: Sequence[dict]) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Pairs of models trained from one seed, as (a, b, seed), and the models whose seed is unknown."""
+    seeds = [m.get("seed") for m in model_info]
+    same = [
+        (a, b, seeds[a])
+        for a, b in itertools.combinations(range(len(seeds)), 2)
+        if seeds[a] is not None and seeds[a] == seeds[b]
+    ]
+    return same, [i for i, s in enumerate(seeds) if s is None]
+
+
+def seed_warnings(names: Sequence[str], model_info: Sequence[dict]) -> list[str]:
+    """One sentence per pair of models that share their initialization, and one for unknown seeds."""
+    same, unknown = shared_seeds(model_info)
+    lines = [
+        f"models {names[a]} and {names[b]} were initialized from the same seed ({s}): 'same order' is expected"
+        for a, b, s in same
+    ]
+    if unknown:
+        lines.append(
+            f"the training seed of {', '.join(names[i] for i in unknown)} is unknown (no jaxoip training record): "
+            "a shared initialization cannot be ruled out"
+        )
+    return lines
+
+
 def untrained_models(template: TrainedModel, count: int, seed: int) -> list[TrainedModel]:
     """`count` freshly initialized networks of `template`'s architecture, keys disjoint from training seeds."""
     root = jax.random.fold_in(jax.random.key(seed), 0x0A7)
@@ -90,7 +132,8 @@ def untrained_models(template: TrainedModel, count: int, seed: int) -> list[Trai
     ]
 
 
-def _model_info(trained: TrainedModel, name: str) -> dict:
+def model_info(trained: TrainedModel, name: str) -> dict:
+    """What the report tells of a model: its name, training seed and recipe, accuracy and data."""
     return {
         "name": name,
         "seed": trained.train_config.get("seed"),
@@ -112,6 +155,7 @@ def compare_models(
     t_start = time.perf_counter()
     check_models(models, config.layers)
     names = tuple(names) if names is not None else tuple(f"model {i}" for i in range(len(models)))
+    check_data(config, data, models[0].config)
     images = data.test_images[: config.test_subset] if config.test_subset else data.test_images
     n_images = images.shape[0]
     if n_images < 2:
@@ -216,7 +260,7 @@ def compare_models(
 
     return SeedComparison(
         names=names,
-        model_info=[_model_info(m, n) for m, n in zip(models, names)],
+        model_info=[model_info(m, n) for m, n in zip(models, names)],
         pairs=pairs,
         config=config,
         pairs_table=table,
@@ -231,6 +275,12 @@ def compare_models(
         oip_objective={k: searched[k[0]].objective[j] for k, j in per_map.items()},
         oip_live={k: searched[k[0]].live[j] for k, j in per_map.items()},
         seconds=time.perf_counter() - t_start,
+        used={
+            "test_images": n_images,
+            "blocks": len(bounds) - 1,
+            "bootstrap": config.bootstrap,
+            "oip_maps": {f"{names[a]} vs {names[b]}": len(o["maps_a"]) for (a, b), o in oip.items()},
+        },
     )
 
 

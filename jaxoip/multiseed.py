@@ -60,7 +60,7 @@ def train_seeds(
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
     n = train_x.shape[0]
-    batch_size = min(cfg.batch_size, n)
+    batch_size = cfg.batch_size  # At most n (`standardized_splits` checks).
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
     tx, train_epoch = make_train_epoch(graphdef, cfg)
