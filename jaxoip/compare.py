@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -289,6 +290,7 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
     `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again.
 
     A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
+    With `progress`, the planned work is printed first and one bar counts every seed's epochs.
     """
     import shutil
 
@@ -303,14 +305,27 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
         if re.fullmatch(r"\.seed_-?\d+\.tmp-\d+", stale.name) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     group = max_parallel or len(seeds)
+    chunks = [seeds[lo : lo + group] for lo in range(0, len(seeds), group)]
+    done = lambda chunk: all((folder / f"seed_{s}" / "metadata.json").is_file() for s in chunk)  # noqa: E731
+    todo = sum(len(c) for c in chunks if not done(c))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        print(
+            f"training {todo} seeds x {cfg.epochs} epochs on {cfg.train_subset or len(data.train_images)} images, "
+            f"up to {group} seeds at a time ({len(seeds) - todo} already in {folder}); "
+            "an estimate follows the first epoch",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=cfg.epochs * todo, desc=f"training {todo} seeds", unit="seed-epoch")
     models = []
-    for lo in range(0, len(seeds), group):
-        chunk = seeds[lo : lo + group]
+    for chunk in chunks:
         paths = [folder / f"seed_{s}" for s in chunk]
-        if all((p / "metadata.json").is_file() for p in paths):
+        if done(chunk):
             models += [checkpoint.load_model(p) for p in paths]
             continue
-        trained = train_seeds(chunk, cfg, data=data, progress=progress)
+        trained = train_seeds(chunk, cfg, data=data, progress=bar if bar is not None else False)
         for p, m in zip(paths, trained):
             tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.mkdir()
@@ -319,4 +334,6 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
                 shutil.rmtree(p)
             os.replace(tmp, p)  # A model is in place whole or not at all.
         models += trained
+    if bar is not None:
+        bar.close()
     return models
