@@ -30,3 +30,9 @@ def check_float(
         raise JaxoipError(f"{name} must be {'above' if lo_open else 'at least'} {lo}, got {value}")
     if hi is not None and (value >= hi if hi_open else value > hi):
         raise JaxoipError(f"{name} must be {'below' if hi_open else 'at most'} {hi}, got {value}")
+
+
+# Bounds of integers that become JAX or NumPy values: seeds are 32-bit (`numerics.check_seed`), as both
+# `jax.random.key` (int64) and `np.random.default_rng` (no negatives) take them; step counts are int32.
+SEED_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1

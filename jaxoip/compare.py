@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,48 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
         get_layer(first, name, ("conv",))
 
 
+def check_data(config: CompareConfig, data: MNIST, model_config=None) -> None:
+    """The settings that depend on the data or the architecture, refused before any training or search."""
+    from jaxoip.model import ModelConfig
+
+    n = len(data.test_images)
+    if config.test_subset is not None and config.test_subset > n:
+        raise JaxoipError(f"test subset {config.test_subset} is larger than the {n} test images")
+    used = config.test_subset or n
+    if config.blocks > used:
+        raise JaxoipError(f"blocks ({config.blocks}) must be at most the {used} test images compared")
+    if config.oip_layer is not None:
+        channels = layer_shapes(model_config or ModelConfig())[config.oip_layer][-1]
+        if config.oip_maps > channels:
+            raise JaxoipError(f"oip_maps ({config.oip_maps}) is more than the {channels} maps of {config.oip_layer}")
+
+
+def shared_seeds(model_info: Sequence[dict]) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Pairs of models trained from one seed, as (a, b, seed), and the models whose seed is unknown."""
+    seeds = [m.get("seed") for m in model_info]
+    same = [
+        (a, b, seeds[a])
+        for a, b in itertools.combinations(range(len(seeds)), 2)
+        if seeds[a] is not None and seeds[a] == seeds[b]
+    ]
+    return same, [i for i, s in enumerate(seeds) if s is None]
+
+
+def seed_warnings(names: Sequence[str], model_info: Sequence[dict]) -> list[str]:
+    """One sentence per pair of models that share their initialization, and one for unknown seeds."""
+    same, unknown = shared_seeds(model_info)
+    lines = [
+        f"models {names[a]} and {names[b]} were initialized from the same seed ({s}): 'same order' is expected"
+        for a, b, s in same
+    ]
+    if unknown:
+        lines.append(
+            f"the training seed of {', '.join(names[i] for i in unknown)} is unknown (no jaxoip training record): "
+            "a shared initialization cannot be ruled out"
+        )
+    return lines
+
+
 def untrained_models(template: TrainedModel, count: int, seed: int) -> list[TrainedModel]:
     """`count` freshly initialized networks of `template`'s architecture, keys disjoint from training seeds."""
     root = jax.random.fold_in(jax.random.key(seed), 0x0A7)
@@ -90,7 +133,8 @@ def untrained_models(template: TrainedModel, count: int, seed: int) -> list[Trai
     ]
 
 
-def _model_info(trained: TrainedModel, name: str) -> dict:
+def model_info(trained: TrainedModel, name: str) -> dict:
+    """What the report tells of a model: its name, training seed and recipe, accuracy and data."""
     return {
         "name": name,
         "seed": trained.train_config.get("seed"),
@@ -112,6 +156,7 @@ def compare_models(
     t_start = time.perf_counter()
     check_models(models, config.layers)
     names = tuple(names) if names is not None else tuple(f"model {i}" for i in range(len(models)))
+    check_data(config, data, models[0].config)
     images = data.test_images[: config.test_subset] if config.test_subset else data.test_images
     n_images = images.shape[0]
     if n_images < 2:
@@ -216,7 +261,7 @@ def compare_models(
 
     return SeedComparison(
         names=names,
-        model_info=[_model_info(m, n) for m, n in zip(models, names)],
+        model_info=[model_info(m, n) for m, n in zip(models, names)],
         pairs=pairs,
         config=config,
         pairs_table=table,
@@ -231,6 +276,12 @@ def compare_models(
         oip_objective={k: searched[k[0]].objective[j] for k, j in per_map.items()},
         oip_live={k: searched[k[0]].live[j] for k, j in per_map.items()},
         seconds=time.perf_counter() - t_start,
+        used={
+            "test_images": n_images,
+            "blocks": len(bounds) - 1,
+            "bootstrap": config.bootstrap,
+            "oip_maps": {f"{names[a]} vs {names[b]}": len(o["maps_a"]) for (a, b), o in oip.items()},
+        },
     )
 
 
@@ -239,6 +290,7 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
     `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again.
 
     A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
+    With `progress`, the planned work is printed first and one bar counts every seed's epochs.
     """
     import shutil
 
@@ -253,14 +305,27 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
         if re.fullmatch(r"\.seed_-?\d+\.tmp-\d+", stale.name) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     group = max_parallel or len(seeds)
+    chunks = [seeds[lo : lo + group] for lo in range(0, len(seeds), group)]
+    done = lambda chunk: all((folder / f"seed_{s}" / "metadata.json").is_file() for s in chunk)  # noqa: E731
+    todo = sum(len(c) for c in chunks if not done(c))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        print(
+            f"training {todo} seeds x {cfg.epochs} epochs on {cfg.train_subset or len(data.train_images)} images, "
+            f"up to {group} seeds at a time ({len(seeds) - todo} already in {folder}); "
+            "an estimate follows the first epoch",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=cfg.epochs * todo, desc=f"training {todo} seeds", unit="seed-epoch")
     models = []
-    for lo in range(0, len(seeds), group):
-        chunk = seeds[lo : lo + group]
+    for chunk in chunks:
         paths = [folder / f"seed_{s}" for s in chunk]
-        if all((p / "metadata.json").is_file() for p in paths):
+        if done(chunk):
             models += [checkpoint.load_model(p) for p in paths]
             continue
-        trained = train_seeds(chunk, cfg, data=data, progress=progress)
+        trained = train_seeds(chunk, cfg, data=data, progress=bar if bar is not None else False)
         for p, m in zip(paths, trained):
             tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.mkdir()
@@ -269,4 +334,6 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
                 shutil.rmtree(p)
             os.replace(tmp, p)  # A model is in place whole or not at all.
         models += trained
+    if bar is not None:
+        bar.close()
     return models

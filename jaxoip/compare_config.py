@@ -6,8 +6,9 @@ import dataclasses
 import inspect
 from collections.abc import Mapping
 
-from jaxoip._check import check_float, check_int
+from jaxoip._check import INT32_MAX, check_float, check_int
 from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.numerics import check_seed
 from jaxoip.oip_config import OIPConfig
 
 OIP_SOURCES = ("scan", "shared")
@@ -92,13 +93,15 @@ class CompareConfig:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not self.layers:
             raise JaxoipError("no layer to compare")
-        check_int("max_samples", self.max_samples, 1)
-        check_int("blocks", self.blocks, 2)
+        check_int("max_samples", self.max_samples, 1, INT32_MAX)
+        check_int("blocks", self.blocks, 2, INT32_MAX)
         check_int("bootstrap", self.bootstrap, 1)
-        check_int("test_subset", self.test_subset, 2, optional=True)
+        check_int("test_subset", self.test_subset, 2, INT32_MAX, optional=True)
+        if self.test_subset is not None and self.blocks > self.test_subset:
+            raise JaxoipError(f"blocks ({self.blocks}) must be at most the test subset ({self.test_subset} images)")
         check_int("oip_maps", self.oip_maps, 1)
         check_int("oip_restarts", self.oip_restarts, 1)
-        check_int("seed", self.seed)
+        check_seed(self.seed)
         check_int("oip_max_shift", self.oip_max_shift)
         check_float("ci", self.ci, 0, 1, lo_open=True, hi_open=True)
         for t in self.thresholds:

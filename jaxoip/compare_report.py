@@ -75,11 +75,22 @@ OIP_COLUMNS = (
 )
 
 
+def _count_text(counts) -> str:
+    """'16', or '14 to 16' where pairs differ."""
+    lo, hi = min(counts, default=0), max(counts, default=0)
+    return f"{lo}" if lo == hi else f"{lo} to {hi}"
+
+
 def markdown_report(result: SeedComparison, command: str | None = None) -> str:
-    cfg = result.config
+    from jaxoip.compare import seed_warnings
+
+    cfg, used = result.config, result.used
     lines = ["# Seed comparison: the same filters, in the same order?", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
+    lines += [f"**Warning**: {w}." for w in seed_warnings(result.names, result.model_info)]
+    if lines[-1] != "":
+        lines.append("")
     lines += ["| model | seed | epochs | train subset | test accuracy |", "|---|---|---|---|---|"]
     for m in result.model_info:
         acc = m["test_accuracy"]
@@ -94,7 +105,8 @@ def markdown_report(result: SeedComparison, command: str | None = None) -> str:
             f"samples. "
             f"Nulls: **shuffled** = the same pair with the test images shuffled for the second model; "
             f"**untrained** = the first model against an untrained network of the same architecture. "
-            f"CIs ({cfg.ci:.0%}): bootstrap over images ({cfg.bootstrap} replicates of {cfg.blocks} image blocks) and "
+            f"CIs ({cfg.ci:.0%}): bootstrap over images ({used['bootstrap']} replicates of {used['blocks']} blocks of "
+            f"the {used['test_images']} test images) and "
             f"over seed pairs (pairs sharing a model are not independent: read it as a rough spread). "
             f"Dead channels (constant on the samples) are left out of every matching. "
             f"Precision of every compiled pass (features and OIP search): **{cfg.oip.precision}**."
@@ -145,7 +157,8 @@ def oip_section(result: SeedComparison) -> list[str]:
         f"## OIPs of matched {cfg.oip_layer} maps",
         "",
         (
-            f"{cfg.oip_maps} matched maps per pair (evenly spaced in the ranking of matched r), {cfg.oip_restarts} "
+            f"{_count_text(result.used['oip_maps'].values())} matched maps per pair (evenly spaced in the ranking of "
+            f"matched r; up to {cfg.oip_maps} asked, at most the live matched maps), {cfg.oip_restarts} "
             f"starts each from {source}, {cfg.oip.steps} steps. A start whose objective stayed at zero (a silent "
             f"map) is left out of every measure; a matched map without a live start on both sides is left out of "
             f"the means and marked below. Measures, averaged over pairs of different starts:"

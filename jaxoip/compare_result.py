@@ -45,6 +45,7 @@ class SeedComparison:
     oip_objective: dict
     seconds: float = 0.0
     oip_live: dict = dataclasses.field(default_factory=dict)
+    used: dict = dataclasses.field(default_factory=dict)  # The settings as run: test images, blocks, maps per pair.
 
     def metric_names(self, layer: str) -> list[str]:
         t = self.pairs_table
@@ -158,6 +159,7 @@ class SeedComparison:
             "pairs": [list(p) for p in self.pairs],
             "seconds": self.seconds,
             "backend": jax.default_backend(),
+            "used": self.used,
             "layers": {},
         }
         for layer in self.config.layers:

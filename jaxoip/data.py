@@ -178,7 +178,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise DataError(f"data_dir must be a folder path, got {data_dir!r}")
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    return str(Path(chosen).expanduser().resolve()) if chosen else None
+    if not chosen:
+        return None
+    try:
+        return str(Path(chosen).expanduser().resolve())
+    except (OSError, RuntimeError) as e:  # Python < 3.13 reports a symlink loop as RuntimeError.
+        cause = "a symlink loop" if isinstance(e, RuntimeError) else e.strerror or str(e)
+        raise DataError(f"MNIST data directory {chosen}: {cause}") from None
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None) -> MNIST:

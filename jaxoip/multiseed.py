@@ -32,6 +32,17 @@ from jaxoip.train import (
 )
 
 
+def wait_ready(tree) -> None:
+    """Waits for the arrays of `tree` in short sleeps, so that a Ctrl-C lands within a fraction of a second.
+
+    A compiled epoch runs asynchronously; blocking on its result (`np.asarray`) would hold the
+    interrupt until the epoch ends, minutes for several seeds on a CPU.
+    """
+    for leaf in jax.tree.leaves(tree):
+        while not leaf.is_ready():
+            time.sleep(0.02)
+
+
 def train_seeds(
     seeds: Sequence[int],
     cfg: TrainConfig = TrainConfig(),
@@ -39,13 +50,15 @@ def train_seeds(
     data: MNIST | None = None,
     data_dir: str | None = None,
     max_parallel: int | None = None,
-    progress: bool = True,
+    progress=True,
 ) -> list[TrainedModel]:
     """Trains one CNN per seed as `train(replace(cfg, seed=s))` would, batched over seeds with `jax.vmap`.
 
     Each seed keeps its own initialization, batch order and optimizer state; the data is shared. Up to
     `max_parallel` seeds (default: all) run in one compiled epoch program, the rest in further groups
-    that reuse it. `history["seconds"]` is the wall time of the whole group's epoch.
+    that reuse it. `history["seconds"]` is the wall time of the whole group's epoch. `progress`: True for
+    a bar of its own, or a tqdm bar of a larger run to advance by one per seed and epoch; after the
+    bar's first epoch an estimate of the time left is written to it.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -60,7 +73,7 @@ def train_seeds(
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
     n = train_x.shape[0]
-    batch_size = min(cfg.batch_size, n)
+    batch_size = cfg.batch_size  # At most n (`standardized_splits` checks).
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
     tx, train_epoch = make_train_epoch(graphdef, cfg)
@@ -73,11 +86,13 @@ def train_seeds(
     )
     schedule = learning_rate_schedule(cfg)
 
-    bar = None
-    if progress:
+    bar, own_bar = None, progress is True
+    if own_bar:
         from jaxoip.progress import tqdm_class
 
         bar = tqdm_class()(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
+    elif progress:
+        bar = progress
     out = []
     for lo in range(0, len(seeds), group):
         chunk = seeds[lo : lo + group]
@@ -92,7 +107,10 @@ def train_seeds(
             t0 = time.perf_counter()
             idx, weights = batches(shuffle_keys, epoch)
             params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
-            val_loss, val_acc = (np.asarray(v) for v in evaluate(params, test_x, test_y))
+            wait_ready(metrics)
+            val_loss, val_acc = evaluate(params, test_x, test_y)
+            wait_ready((val_loss, val_acc))
+            val_loss, val_acc = np.asarray(val_loss), np.asarray(val_acc)
             metrics = [np.asarray(m) for m in metrics]
             steps += idx.shape[1]
             seconds = time.perf_counter() - t0
@@ -104,10 +122,16 @@ def train_seeds(
                     h[k].append(v)
             if bar is not None:
                 bar.update(len(chunk))
+                if bar.n == len(chunk) and bar.total > bar.n:  # The run's first epoch, compilation included.
+                    left = (bar.total - bar.n) / len(chunk) * seconds
+                    bar.write(
+                        f"{bar.desc}: about {left / 60:.1f} min left (first epoch {seconds:.0f} s, compiling)",
+                        file=bar.fp,
+                    )
                 bar.set_postfix(val_acc=" ".join(f"{h['val_accuracy'][-1]:.4f}" for h in histories))
         for i, (seed, h) in enumerate(zip(chunk, histories)):
             one = jax.tree.map(lambda a: a[i], params)  # noqa: B023 - used at once
             out.append(trained_model(nnx.merge(graphdef, one), std, h, dataclasses.replace(cfg, seed=seed), data))
-    if bar is not None:
+    if own_bar:
         bar.close()
     return out

@@ -11,12 +11,14 @@ import dataclasses
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
-from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision
+from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, check_seed
 from jaxoip.param import PARAMETERIZATIONS
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
 QUANTITIES = ("auto", "activation", "pre")
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
+# Far beyond the study's 600; more would run for days, and the step counter is int32 on device.
+MAX_STEPS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +107,14 @@ class OIPConfig:
             self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)
         )
         check_precision(self.precision)
-        check_int("steps", self.steps, 1)
+        check_int("steps", self.steps, 1, MAX_STEPS)
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)
         check_float("grad_eps", self.grad_eps, 0, lo_open=True)
         for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
             check_float(name, getattr(self, name), 0)
         check_int("diversity_group", self.diversity_group, 1)
-        check_int("transform_seed", self.transform_seed)
+        check_seed(self.transform_seed)
         if self.quantity not in QUANTITIES:
             raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
         if self.param not in PARAMETERIZATIONS:

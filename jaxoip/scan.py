@@ -52,7 +52,7 @@ def check_scan_args(
     check_int("restarts", restarts, 1, optional=True)
     check_int("precursor starts", precursor_starts, 1)
     check_int("screen", screen, 1)
-    check_int("seed", seed)
+    check_seed(seed)
     check_int("chunk size", chunk_size, 1, optional=True)
 
 

@@ -22,17 +22,26 @@ import optax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int, Key
 
-from jaxoip._check import check_float, check_int
+from jaxoip._check import INT32_MAX, check_float, check_int
 from jaxoip._memory import check_fits
 from jaxoip.checkpoint import epoch_manager, restore_epoch, save_epoch
 from jaxoip.data import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.model import CNN, ModelConfig, TrainedModel, init_model, layer_specs
-from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, precision_scope
+from jaxoip.numerics import (
+    DEFAULT_PRECISION,
+    PRECISION_HELP,
+    Precision,
+    check_precision,
+    check_seed,
+    precision_scope,
+)
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
 SCHEDULES = ("none", "power", "exponential")
 REGULARIZERS = ("none", "l2", "l1")
+# Far beyond the study's 40; with MNIST's 60,000 images even batch 1 keeps the step count within int32.
+MAX_EPOCHS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +83,19 @@ class TrainConfig:
         ):
             if value not in options:
                 raise JaxoipError(f"unknown {name} {value!r}; choose from {', '.join(options)}")
-        check_int("epochs", self.epochs, 1)
-        check_int("batch size", self.batch_size, 1)
+        check_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        check_int("batch size", self.batch_size, 1, INT32_MAX)
         check_float("learning rate", self.learning_rate, 0, lo_open=True)
         check_float("momentum", self.momentum, 0, 1, hi_open=True)
         check_float("decay rate", self.decay_rate, 0, lo_open=self.schedule == "exponential")
-        check_int("decay steps", self.decay_steps, 1)
+        check_int("decay steps", self.decay_steps, 1, INT32_MAX)
         check_float("regularization parameter", self.reg_param, 0)
-        check_int("seed", self.seed)
-        check_int("train subset", self.train_subset, 1, optional=True)
+        check_seed(self.seed)
+        check_int("train subset", self.train_subset, 1, INT32_MAX, optional=True)
+        if self.train_subset is not None and self.batch_size > self.train_subset:
+            raise JaxoipError(
+                f"batch size {self.batch_size} is larger than the train subset of {self.train_subset} images"
+            )
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Int[ArrayLike, ""]], Float[ArrayLike, ""]]:
@@ -205,6 +218,18 @@ def make_evaluate(graphdef: nnx.GraphDef, batch_size: int = 1000, precision: Pre
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
+def check_training_data(cfg: TrainConfig, data: MNIST) -> None:
+    """The recipe's sizes against the data; refused rather than shrunk, so that the recorded recipe is the one run."""
+    n = len(data.train_images)
+    if cfg.train_subset is not None and cfg.train_subset > n:
+        raise JaxoipError(f"train subset {cfg.train_subset} is larger than the {n} training images")
+    n = cfg.train_subset or n
+    if cfg.batch_size > n:
+        raise JaxoipError(f"batch size {cfg.batch_size} is larger than the {n} training images")
+    if cfg.epochs * -(-n // cfg.batch_size) > INT32_MAX:  # The optimizer counts steps in int32.
+        raise JaxoipError(f"{cfg.epochs} epochs at batch size {cfg.batch_size} exceed {INT32_MAX} steps")
+
+
 def standardized_splits(
     data: MNIST, cfg: TrainConfig
 ) -> tuple[
@@ -213,9 +238,8 @@ def standardized_splits(
     tuple[Float[Array, "n_test H W ch"], Int[Array, " n_test"]],
 ]:
     """Standardization fitted on the (subset of the) training images, and both splits standardized on device."""
+    check_training_data(cfg, data)
     train_x, train_y = data.train_images, data.train_labels
-    if cfg.train_subset is not None and cfg.train_subset > len(train_x):
-        raise JaxoipError(f"train subset {cfg.train_subset} is larger than the {len(train_x)} training images")
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
     std = Standardization.fit(train_x)
@@ -271,8 +295,7 @@ def train(
     check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
-    # A batch larger than the data is the whole data, as in Keras (padding it would only waste memory).
-    batch_size = min(cfg.batch_size, train_x.shape[0])
+    batch_size = cfg.batch_size  # At most the training images (`standardized_splits` checks).
 
     init_key, shuffle_key = jax.random.split(jax.random.key(cfg.seed))
     model = init_model(model_config, init_key)

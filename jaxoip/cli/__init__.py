@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jaxoip.errors import JaxoipError
+from jaxoip.errors import JaxoipError, OutputError
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
@@ -97,6 +97,10 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except JaxoipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # The file system refused a path: a name too long, a symlink loop, a full disk.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except Exception as e:
         from jaxoip._memory import is_out_of_memory
 
@@ -110,16 +114,47 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         return 130
 
 
+class _Stdout:
+    """The standard output, whose write errors (`> /dev/full`) are one `OutputError`, not a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _checked(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            raise OutputError(f"cannot write the standard output: {e.strerror or e}") from None
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+
 def execute(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):
     """The process entry of a command: `run`, then exit with its status.
 
-    After a failure the process ends without the interpreter's teardown (`os._exit`, output flushed):
+    A standard output that cannot be written is a failure too (one line on stderr). After a failure
+    the process ends without the interpreter's teardown (`os._exit`, output flushed):
     Orbax's and TensorStore's background threads otherwise print "Event loop is closed" tracebacks
     under the one-line error when a damaged checkpoint was being read.
     """
-    code = run(main, argv)
-    if code != 0:
+    sys.stdout = _Stdout(sys.stdout)
+    try:
+        code = run(main, argv)
+    except SystemExit as e:  # argparse's --help and option errors.
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    try:
         sys.stdout.flush()
+    except OutputError as e:  # Buffered text is written only now: the run's report is lost.
+        print(f"error: {e}", file=sys.stderr)
+        code = code or 2
+    if code != 0:
         sys.stderr.flush()
         os._exit(code)
     raise SystemExit(code)

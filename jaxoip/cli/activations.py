@@ -18,12 +18,12 @@ from jaxoip import cli
 from jaxoip._io import check_apart, prepare_output
 from jaxoip.cli import flags
 from jaxoip.data import load_mnist, resolve_data_dir
-from jaxoip.errors import JaxoipError
+from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.exemplars import find_exemplars
 from jaxoip.grid_comparison import compare_images
 from jaxoip.grids import layer_grid
 from jaxoip.inputs import get_images, parse_image_spec
-from jaxoip.model import get_layer
+from jaxoip.model import get_layer, layer_shapes
 from jaxoip.predictions import least_confident, misclassified, most_confused, predict_split
 
 
@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
+    maps = layer_shapes(trained.config)[args.layer][-1]
+    if (args.image or args.compare) and args.per_row > maps:  # A grid row wider than the layer is empty cells.
+        raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
     with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
         data = load_mnist(args.data_dir)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxoip import cli
+from jaxoip._check import SEED_MAX
 from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip.cli import flags
 from jaxoip.compare import CompareConfig
@@ -24,7 +25,7 @@ from jaxoip.compare_report import write_report_files
 from jaxoip.errors import JaxoipError
 from jaxoip.model import ModelConfig, get_layer
 from jaxoip.oip import OIPConfig
-from jaxoip.train import TrainConfig
+from jaxoip.train import TrainConfig, check_training_data
 
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(args.models)}")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise JaxoipError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    if args.models is None and args.seed + args.seeds - 1 > SEED_MAX:
+        raise JaxoipError(f"the training seeds {args.seed}..{args.seed + args.seeds - 1} go beyond {SEED_MAX}")
     cli.enable_compilation_cache(not args.no_cache)
 
     from jaxoip import checkpoint, compare
@@ -84,13 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_apart(args.out, inputs)
 
     models = names = None
+    data = load_mnist(args.data_dir)  # Small; its sizes bound the settings, checked before any work.
     if args.models is not None:  # Every model checked before any work.
         models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
         names = [Path(m).name for m in args.models]
         compare.check_models(models, layers)
+        for line in compare.seed_warnings(names, [compare.model_info(m, n) for m, n in zip(models, names)]):
+            print(f"warning: {line}", file=sys.stderr)
+    else:
+        check_training_data(tcfg, data)
+    compare.check_data(cfg, data, models[0].config if models else None)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
-        data = load_mnist(args.data_dir)
         # A resume goes on with the data (and models) it started with.
         given = {"models": "+".join(checkpoint.model_checksum(m) for m in models)} if models else {}
         out.check_inputs(data=data.checksum(), **given)
