@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxoip.checkpoint import resolve_model
-from jaxoip.model import layer_output
-from jaxoip.noise import initial_images, standardize_image, start_keys
-from jaxoip.oip import OIPConfig, default_chunk_size, search_oips
+from jaxoip.models.checkpoint import resolve_model
+from jaxoip.models.cnn import layer_output
+from jaxoip.oip.noise import initial_images, standardize_image, start_keys
+from jaxoip.oip.search import OIPConfig, default_chunk_size, search_oips
 
 
 def study_step_fn(model, layer_name: str, map_index: int, epsilon: float):

@@ -19,10 +19,10 @@ import time
 import jax
 import numpy as np
 
-from jaxoip.checkpoint import resolve_model
-from jaxoip.noise import initial_images, start_keys
-from jaxoip.oip import OIPConfig, default_chunk_size, search_oips
-from jaxoip.transforms import style_config
+from jaxoip.models.checkpoint import resolve_model
+from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.search import OIPConfig, default_chunk_size, search_oips
+from jaxoip.oip.transforms import style_config
 
 
 def configs(steps: int, restarts: int) -> dict[str, OIPConfig]:

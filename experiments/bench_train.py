@@ -18,9 +18,9 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run from a checkout without installing.
-from jaxoip.data import load_mnist  # noqa: E402
-from jaxoip.multiseed import train_seeds  # noqa: E402
-from jaxoip.train import TrainConfig, train  # noqa: E402
+from jaxoip.data.mnist import load_mnist  # noqa: E402
+from jaxoip.models.multiseed import train_seeds  # noqa: E402
+from jaxoip.models.train import TrainConfig, train  # noqa: E402
 
 
 def steady_epoch_seconds(history: dict) -> float:

@@ -18,11 +18,11 @@ _EXPORTS = {
         "OutOfMemoryError",
         "OutputError",
     ),
-    "jaxoip.data": ("MNIST", "Standardization", "load_mnist"),
+    "jaxoip.data.mnist": ("MNIST", "Standardization", "load_mnist"),
     "jaxoip.numerics": ("PRECISIONS", "precision_scope"),
     "jaxoip.compiles": ("count_compiles",),
     "jaxoip.progress": ("Progress",),
-    "jaxoip.model": (
+    "jaxoip.models.cnn": (
         "CNN",
         "ModelConfig",
         "TrainedModel",
@@ -33,22 +33,22 @@ _EXPORTS = {
         "batched_layer_map",
         "receptive_field",
     ),
-    "jaxoip.train": ("TrainConfig", "evaluate_model"),
-    "jaxoip.multiseed": ("train_seeds",),
-    "jaxoip.checkpoint": ("load_model", "load_reference_model", "save_model"),
-    "jaxoip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
-    "jaxoip.oip": ("OIPConfig", "OIPResult", "search_oips"),
-    "jaxoip.targets": ("Target", "parse_terms", "search_arguments"),
-    "jaxoip.transforms": ("STYLES", "style_config"),
-    "jaxoip.facets": ("MapFacets", "map_facets"),
-    "jaxoip.precursor": ("PrecursorResult", "precursor_scan", "data_activation"),
-    "jaxoip.scan": ("scan_maps", "write_scan"),
-    "jaxoip.scan_result": ("ScanResult", "facet_images"),
-    "jaxoip.activations": ("dataset_activations",),
-    "jaxoip.inputs": ("get_image",),
-    "jaxoip.grids": ("layer_grid", "LayerGrid"),
-    "jaxoip.grid_comparison": ("compare_images", "Comparison", "map_summary"),
-    "jaxoip.predictions": (
+    "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
+    "jaxoip.models.multiseed": ("train_seeds",),
+    "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model"),
+    "jaxoip.oip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
+    "jaxoip.oip.search": ("OIPConfig", "OIPResult", "search_oips"),
+    "jaxoip.oip.targets": ("Target", "parse_terms", "search_arguments"),
+    "jaxoip.oip.transforms": ("STYLES", "style_config"),
+    "jaxoip.oip.facets": ("MapFacets", "map_facets"),
+    "jaxoip.oip.precursor": ("PrecursorResult", "precursor_scan", "data_activation"),
+    "jaxoip.oip.scan": ("scan_maps", "write_scan"),
+    "jaxoip.oip.scan_result": ("ScanResult", "facet_images"),
+    "jaxoip.analysis.activations": ("dataset_activations",),
+    "jaxoip.data.inputs": ("get_image",),
+    "jaxoip.analysis.grids": ("layer_grid", "LayerGrid"),
+    "jaxoip.analysis.grid_comparison": ("compare_images", "Comparison", "map_summary"),
+    "jaxoip.analysis.predictions": (
         "predict_split",
         "Predictions",
         "misclassified",
@@ -56,16 +56,16 @@ _EXPORTS = {
         "confusion_matrix",
         "most_confused",
     ),
-    "jaxoip.exemplars": ("find_exemplars", "Exemplars"),
-    "jaxoip.compare": ("CompareConfig", "compare_models"),
-    "jaxoip.compare_result": ("SeedComparison",),
-    "jaxoip.compare_report": ("write_report",),
-    "jaxoip.similarity": ("linear_cka", "correlation_matrix", "match_channels", "semi_match"),
-    "jaxoip.oip_similarity": ("shift_similarity_matrix", "cross_activation"),
+    "jaxoip.analysis.exemplars": ("find_exemplars", "Exemplars"),
+    "jaxoip.seeds.compare": ("CompareConfig", "compare_models"),
+    "jaxoip.seeds.result": ("SeedComparison",),
+    "jaxoip.seeds.report": ("write_report",),
+    "jaxoip.seeds.similarity": ("linear_cka", "correlation_matrix", "match_channels", "semi_match"),
+    "jaxoip.seeds.oip_similarity": ("shift_similarity_matrix", "cross_activation"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-# `jaxoip.train` is the training module; its main function is exported as `train_model`.
-_WHERE["train_model"] = "jaxoip.train"
+# `jaxoip.models.train` is the training module; its main function is exported as `train_model`.
+_WHERE["train_model"] = "jaxoip.models.train"
 _RENAMED = {"train_model": "train"}
 
 __all__ = sorted(_WHERE)

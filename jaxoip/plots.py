@@ -105,7 +105,7 @@ def oip_gallery(
     """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by target and objective.
 
     `facets`: optional list (in `result.map_indices` order) of standardized images (F, 28, 28, 1) of each
-    map's facets, best first (`jaxoip.scan_result.facet_images`); up to `max_facets` further facets are drawn
+    map's facets, best first (`jaxoip.oip.scan_result.facet_images`); up to `max_facets` further facets are drawn
     contrast-enhanced after the best OIP, and the label gives the facet count. `exemplars`: optional
     {map index: array (k, h, w)} of dataset patches (pixel units) drawn to the right with the same grey
     scale as `plot_exemplars` and the plain OIP (white = bright pixel, as in MNIST); a map dead on the data
@@ -202,7 +202,7 @@ def snapshot_strip(result, map_index: int, path=None):
     return fig
 
 
-# --- Activation analysis (jaxoip.activations) --------------------------------------------------------------
+# --- Activation analysis (jaxoip.analysis.activations) --------------------------------------------------------------
 
 
 def check_colormap(name: str):

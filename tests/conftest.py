@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from jaxoip import data as data_lib
+from jaxoip.data import mnist as data_lib
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -19,14 +19,14 @@ def mnist():
 @pytest.fixture(scope="session")
 def tiny_trained(mnist):
     """The default CNN after two epochs on 4,000 real images (about 95% test accuracy), seconds on CPU."""
-    from jaxoip.train import TrainConfig, train
+    from jaxoip.models.train import TrainConfig, train
 
     return train(TrainConfig(epochs=2, train_subset=4000, seed=0), data=mnist, progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_trained, tmp_path_factory):
-    from jaxoip.checkpoint import save_model
+    from jaxoip.models.checkpoint import save_model
 
     return save_model(tmp_path_factory.mktemp("ckpt") / "model", tiny_trained)
 
@@ -34,6 +34,6 @@ def tiny_checkpoint(tiny_trained, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference():
     """The shipped reference model (40 epochs, 99.37% test accuracy)."""
-    from jaxoip.checkpoint import load_reference_model
+    from jaxoip.models.checkpoint import load_reference_model
 
     return load_reference_model()

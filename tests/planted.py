@@ -4,8 +4,8 @@ wake, and a dense network whose nodes are maximized by a known pattern (a ring).
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxoip.data import Standardization
-from jaxoip.model import ModelConfig, TrainedModel, init_model
+from jaxoip.data.mnist import Standardization
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 
 PLANTED_CONFIG = ModelConfig(conv=((1, 3, "linear"), (2, 3, "relu")), pool=(2,), dense=((10, "softmax"),))
 DEAD, COARSE = 0, 1

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxoip.model import map_activation
-from jaxoip.noise import standardize_image
+from jaxoip.models.cnn import map_activation
+from jaxoip.oip.noise import standardize_image
 
 
 def make_objectives(graphdef: nnx.GraphDef, layer_name: str, node: tuple[int, int] | None = None):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import activations as act
-from jaxoip import cli, grids
+from jaxoip import cli
+from jaxoip.analysis import activations as act
+from jaxoip.analysis import grids
 from jaxoip.cli import activations as act_cmd
-from jaxoip.data import MNIST
+from jaxoip.data.mnist import MNIST
 from jaxoip.errors import DataError, JaxoipError, LayerError
-from jaxoip.model import ModelConfig, init_model, layer_output, receptive_field
+from jaxoip.models.cnn import ModelConfig, init_model, layer_output, receptive_field
 
 # --- Grids on hand-made activations -------------------------------------------------------------------------
 
@@ -363,7 +364,7 @@ def test_module_runs_and_fails_cleanly(tiny_checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "jaxoip.activations",
+            "jaxoip.analysis.activations",
             "--model",
             str(tiny_checkpoint),
             "--image",

@@ -7,7 +7,7 @@ import jaxoip
 def test_every_public_name_resolves():
     for name in jaxoip.__all__:
         assert getattr(jaxoip, name) is not None, name
-    assert jaxoip.train_model is jaxoip.train.train  # The module keeps its name.
+    assert jaxoip.train_model is jaxoip.models.train.train  # The module keeps its name.
 
 
 def test_commands_run_as_modules_without_double_import_warning():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import checkpoint
-from jaxoip.checkpoint import load_model, load_reference_model, save_model
 from jaxoip.errors import CheckpointError
-from jaxoip.train import evaluate_model
+from jaxoip.models import checkpoint
+from jaxoip.models.checkpoint import load_model, load_reference_model, save_model
+from jaxoip.models.train import evaluate_model
 
 
 def _params(trained):
@@ -206,7 +206,7 @@ def test_teardown_filter_passes_other_reports_on(monkeypatch, tmp_path):
     import sys
     import types
 
-    from jaxoip import checkpoint
+    from jaxoip.models import checkpoint
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
@@ -265,7 +265,7 @@ def test_relabelled_old_format_without_checksum_is_refused(tiny_checkpoint, tmp_
 def test_unusable_standardization_is_refused_on_save_and_load(tiny_trained, tiny_checkpoint, tmp_path, std):
     import dataclasses
 
-    from jaxoip.data import Standardization
+    from jaxoip.data.mnist import Standardization
 
     broken = dataclasses.replace(tiny_trained, standardization=Standardization(**std))
     with pytest.raises(CheckpointError, match="unusable standardization.*between 0.001 and 10000"):

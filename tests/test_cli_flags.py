@@ -13,10 +13,10 @@ from jaxoip.cli import compare_seeds as compare_cmd
 from jaxoip.cli import flags
 from jaxoip.cli import scan_all_maps as scan_cmd
 from jaxoip.cli import train as train_cmd
-from jaxoip.compare import CompareConfig
+from jaxoip.models.train import TrainConfig
 from jaxoip.numerics import PRECISIONS
-from jaxoip.oip import OIPConfig
-from jaxoip.train import TrainConfig
+from jaxoip.oip.search import OIPConfig
+from jaxoip.seeds.compare import CompareConfig
 
 COMMANDS = {
     "train": train_cmd,

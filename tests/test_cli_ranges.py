@@ -14,16 +14,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxoip import cli, compare
-from jaxoip.checkpoint import save_model
+from jaxoip import cli
 from jaxoip.cli import activations as activations_cmd
 from jaxoip.cli import compare_seeds as compare_cmd
 from jaxoip.cli import scan_all_maps as scan_cmd
 from jaxoip.cli import train as train_cmd
 from jaxoip.errors import JaxoipError
-from jaxoip.model import TrainedModel
-from jaxoip.multiseed import wait_ready
-from jaxoip.train import TrainConfig, train
+from jaxoip.models.checkpoint import save_model
+from jaxoip.models.cnn import TrainedModel
+from jaxoip.models.multiseed import wait_ready
+from jaxoip.models.train import TrainConfig, train
+from jaxoip.seeds import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,11 @@ def test_path_errors_are_one_line(capsys, tmp_path):
 def test_a_full_standard_output_is_a_failure_without_traceback():
     with open("/dev/full", "w") as full:
         r = subprocess.run(
-            [sys.executable, "-m", "jaxoip.train", "--help"], stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT
+            [sys.executable, "-m", "jaxoip.models.train", "--help"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
     assert r.returncode == 2
     assert r.stderr.strip() == "error: cannot write the standard output: No space left on device"

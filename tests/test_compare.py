@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli, compare, features, similarity
-from jaxoip.checkpoint import save_model
+from jaxoip import cli
 from jaxoip.compare_seeds import main
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
-from jaxoip.model import ModelConfig, TrainedModel, init_model
-from jaxoip.multiseed import train_seeds
-from jaxoip.train import TrainConfig, train
+from jaxoip.models.checkpoint import save_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.models.multiseed import train_seeds
+from jaxoip.models.train import TrainConfig, train
+from jaxoip.seeds import compare, features, similarity
 
 
 @pytest.fixture(scope="module")

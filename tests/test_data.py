@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from jaxoip import data as data_lib
-from jaxoip.data import DATA_DIR_ENV, MNIST, Standardization, load_idx_dir, load_mnist, resolve_data_dir
+from jaxoip.data import mnist as data_lib
+from jaxoip.data.mnist import DATA_DIR_ENV, MNIST, Standardization, load_idx_dir, load_mnist, resolve_data_dir
 from jaxoip.errors import DataError
 
 

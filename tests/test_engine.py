@@ -14,7 +14,7 @@ import jaxoip
 from jaxoip import numerics
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
-from jaxoip.oip import OIPConfig, chunk_layout, search_oips
+from jaxoip.oip.search import OIPConfig, chunk_layout, search_oips
 
 
 def _starts(n, seed=0):
@@ -166,7 +166,7 @@ def test_commands_ask_xla_for_deterministic_gpu_kernels():
 
 
 @pytest.mark.parametrize(
-    "module", ["jaxoip.train", "jaxoip.activations", "jaxoip.scan_all_maps", "jaxoip.compare_seeds"]
+    "module", ["jaxoip.models.train", "jaxoip.analysis.activations", "jaxoip.scan_all_maps", "jaxoip.compare_seeds"]
 )
 def test_module_commands_set_the_flag_before_any_backend_starts(module):
     """`python -m jaxoip.<command>` imports the library (and JAX) first; XLA reads its flags when the first

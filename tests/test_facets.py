@@ -1,9 +1,9 @@
 import jax.numpy as jnp
 import numpy as np
 
-from jaxoip import facets
-from jaxoip.noise import initial_images, start_keys
-from jaxoip.oip import OIPConfig, search_oips
+from jaxoip.oip import facets
+from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.search import OIPConfig, search_oips
 
 
 def _blob(cy, cx, size=28):

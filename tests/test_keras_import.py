@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from jaxoip import cli
-from jaxoip import data as data_lib
-from jaxoip.checkpoint import load_model
 from jaxoip.cli import activations, scan_all_maps
-from jaxoip.data import Standardization
+from jaxoip.data import mnist as data_lib
+from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, DataError
-from jaxoip.keras_import import parse_config
-from jaxoip.model import ModelConfig
+from jaxoip.models.checkpoint import load_model
+from jaxoip.models.cnn import ModelConfig
+from jaxoip.models.keras import parse_config
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # Before keras is imported: its default backend is TensorFlow.
 needs_keras = pytest.mark.skipif(
@@ -277,7 +277,7 @@ def _write_h5_of(path, params):
 def _jaxoip_params(seed=0):
     from flax import nnx
 
-    from jaxoip.model import init_model
+    from jaxoip.models.cnn import init_model
 
     return jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(init_model(ModelConfig(), seed), nnx.Param)))
 

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from jaxoip.errors import LayerError
-from jaxoip.model import (
+from jaxoip.models.cnn import (
     ModelConfig,
     batched_layer_map,
     conv2d,
@@ -108,7 +108,7 @@ def test_custom_config():
 
 @pytest.mark.parametrize("layer", ["Conv2D_1", "Max_Pool_1", "Conv2D_2", "Max_Pool_2", "Conv2D_3"])
 def test_map_activation_equals_full_layer(layer):
-    from jaxoip.model import map_activation
+    from jaxoip.models.cnn import map_activation
 
     model = init_model(seed=4)
     x = jax.random.normal(jax.random.key(0), (5, 28, 28, 1))

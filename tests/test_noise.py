@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from jaxoip.errors import JaxoipError
-from jaxoip.noise import RECIPES, Recipe, get_recipes, initial_images, start_keys
+from jaxoip.oip.noise import RECIPES, Recipe, get_recipes, initial_images, start_keys
 
 
 def test_starts_are_standardized_and_deterministic():

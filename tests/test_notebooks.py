@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxoip.data import DATA_DIR_ENV, resolve_data_dir
+from jaxoip.data.mnist import DATA_DIR_ENV, resolve_data_dir
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[test]')")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[test]')")

@@ -8,8 +8,8 @@ import pytest
 from planted import COARSE, DEAD, planted_model
 
 from jaxoip.errors import LayerError
-from jaxoip.noise import initial_images, start_keys
-from jaxoip.oip import OIPConfig, search_oips
+from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.search import OIPConfig, search_oips
 
 CFG = OIPConfig(steps=30)
 MAPS = np.array([0, 3, 5, 7, 9, 11])
@@ -114,9 +114,9 @@ def test_sharded_over_four_host_devices(tiny_checkpoint, tmp_path):
         f"""
         import jax, numpy as np
         assert len(jax.devices()) == 4, jax.devices()
-        from jaxoip.checkpoint import load_model
-        from jaxoip.noise import initial_images, start_keys
-        from jaxoip.oip import OIPConfig, search_oips
+        from jaxoip.models.checkpoint import load_model
+        from jaxoip.oip.noise import initial_images, start_keys
+        from jaxoip.oip.search import OIPConfig, search_oips
         m = load_model({str(tiny_checkpoint)!r})
         maps = np.array({MAPS.tolist()})
         x0 = np.asarray(initial_images(start_keys(0, maps, 1).reshape(-1), ["study"]))

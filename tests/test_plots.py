@@ -7,10 +7,10 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from jaxoip import plots
-from jaxoip.data import Standardization
-from jaxoip.exemplars import Exemplars, find_exemplars
-from jaxoip.oip import OIPConfig, OIPResult
-from jaxoip.scan_result import ScanResult
+from jaxoip.analysis.exemplars import Exemplars, find_exemplars
+from jaxoip.data.mnist import Standardization
+from jaxoip.oip.scan_result import ScanResult
+from jaxoip.oip.search import OIPConfig, OIPResult
 from tests.planted import DEAD, planted_model
 
 

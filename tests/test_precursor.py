@@ -1,8 +1,8 @@
 import numpy as np
 from planted import COARSE, DEAD, planted_model
 
-from jaxoip.noise import DEFAULT_RECIPES
-from jaxoip.precursor import data_activation, precursor_scan
+from jaxoip.oip.noise import DEFAULT_RECIPES
+from jaxoip.oip.precursor import data_activation, precursor_scan
 
 
 def test_planted_coarse_map_and_dead_map():

@@ -9,12 +9,13 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxoip import scan, search_groups
-from jaxoip.data import Standardization
-from jaxoip.model import ModelConfig, TrainedModel, init_model
-from jaxoip.oip import OIPConfig
+from jaxoip.data.mnist import Standardization
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.oip import groups as search_groups
+from jaxoip.oip import scan
+from jaxoip.oip.scan_result import ScanSummary
+from jaxoip.oip.search import OIPConfig
 from jaxoip.progress import Progress, WeightedPart
-from jaxoip.scan_result import ScanSummary
 
 KWARGS = dict(map_indices=[0, 1, 2], restarts=2, config=OIPConfig(steps=4), precursor_starts=4, screen=2, seed=5)
 

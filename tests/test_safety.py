@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli, scan, search_groups
-from jaxoip import train as train_lib
+from jaxoip import cli
 from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_marker
-from jaxoip.checkpoint import load_model, params_checksum
 from jaxoip.cli import train as train_cmd
-from jaxoip.compare import CompareConfig
-from jaxoip.data import Standardization, load_mnist
+from jaxoip.data.mnist import Standardization, load_mnist
 from jaxoip.errors import (
     CheckpointError,
     DataError,
@@ -30,9 +27,14 @@ from jaxoip.errors import (
     OutOfMemoryError,
     OutputError,
 )
-from jaxoip.model import ModelConfig, TrainedModel, init_model
-from jaxoip.oip import OIPConfig, check_finite, search_oips
-from jaxoip.train import TrainConfig
+from jaxoip.models import train as train_lib
+from jaxoip.models.checkpoint import load_model, params_checksum
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.models.train import TrainConfig
+from jaxoip.oip import groups as search_groups
+from jaxoip.oip import scan
+from jaxoip.oip.search import OIPConfig, check_finite, search_oips
+from jaxoip.seeds.compare import CompareConfig
 
 
 def _one_line_exit_2(capsys, main, argv, message):
@@ -222,7 +224,7 @@ def test_train_config_refuses(field, value):
     ],
 )
 def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
+    monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
     _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()
 
@@ -271,7 +273,7 @@ def test_compare_config_refuses(kwargs):
     ],
 )
 def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)
     from jaxoip import scan_all_maps
 
     _one_line_exit_2(capsys, scan_all_maps.main, argv + ["--out", str(tmp_path / "o")], message)
@@ -340,9 +342,9 @@ def test_out_of_memory_is_one_line(capsys, monkeypatch):
 
     err = _one_line_exit_2(capsys, main, [], "out of memory")
     assert "--batch-size" in err
-    from jaxoip._memory import check_fits
+    from jaxoip.models.memory import check_fits
 
-    monkeypatch.setattr("jaxoip._memory.available_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)
     with pytest.raises(OutOfMemoryError, match=r"use --chunk-size \d+ or less"):
         check_fits(ModelConfig(), 10**9, "a chunk", "--chunk-size")
     check_fits(ModelConfig(), 64, "a chunk", "--chunk-size")
@@ -366,7 +368,7 @@ def _env():
 def test_killed_training_resumes_to_identical_weights(tmp_path, mnist):
     """A real `train` command killed with SIGKILL after its first epoch, then finished with --resume."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "jaxoip.train", "--epochs", "2", "--train-subset", "256", "--seed", "3"]
+    args = [sys.executable, "-m", "jaxoip.models.train", "--epochs", "2", "--train-subset", "256", "--seed", "3"]
     args += ["--no-progress", "--out", str(out)]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -432,7 +434,8 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
 
 
 def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch):
-    from jaxoip import compare, multiseed
+    from jaxoip.models import multiseed
+    from jaxoip.seeds import compare
 
     cfg = TrainConfig(epochs=1, train_subset=128)
     real, trained_seeds = multiseed.train_seeds, []
@@ -463,8 +466,8 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
 
 
 def test_compare_seeds_model_folder_never_replaces_a_users_folder(tmp_path, mnist):
-    from jaxoip import compare
     from jaxoip.errors import OutputError
+    from jaxoip.seeds import compare
 
     (tmp_path / "seed_1").mkdir()
     (tmp_path / "seed_1" / "notes.txt").write_text("mine")
@@ -514,7 +517,7 @@ def test_overwrite_keeps_user_files_inside_jaxoip_folders(tmp_path):
 
 
 def test_save_model_overwrite_keeps_a_file_in_state(tiny_trained, tmp_path):
-    from jaxoip.checkpoint import save_model
+    from jaxoip.models.checkpoint import save_model
 
     path = save_model(tmp_path / "m", tiny_trained)
     (path / "state" / "README.txt").write_text("mine")
@@ -604,7 +607,7 @@ def test_train_resume_refuses_other_data(tmp_path, monkeypatch, capsys):
 
 
 def _saved_untrained(path, seed):
-    from jaxoip.checkpoint import save_model
+    from jaxoip.models.checkpoint import save_model
 
     model = TrainedModel(model=init_model(ModelConfig(), seed), standardization=Standardization(33.3, 78.6))
     return save_model(path, model, overwrite=path.exists())
@@ -628,8 +631,8 @@ def test_scan_resume_refuses_a_changed_model(tmp_path, monkeypatch, capsys):
 
 
 def test_compare_seeds_resume_refuses_other_data(tmp_path, monkeypatch, capsys):
-    from jaxoip import compare
     from jaxoip.cli import compare_seeds
+    from jaxoip.seeds import compare
 
     a, b = _idx_dir(tmp_path / "a", 1), _idx_dir(tmp_path / "b", 2)
     out = tmp_path / "cmp"

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from jaxoip import cli, scan_all_maps
-from jaxoip.oip import OIPConfig
-from jaxoip.scan import scan_maps
+from jaxoip.oip.scan import scan_maps
+from jaxoip.oip.search import OIPConfig
 
 ARGS = ["--steps", "12", "--restarts", "2", "--precursor-starts", "8", "--no-progress"]
 
@@ -100,7 +100,7 @@ def test_help():
 
 def test_runs_without_mnist(tmp_path, monkeypatch, capsys):
     """A fresh machine: the shipped model, no data folder, no tensorflow-datasets; the search still runs."""
-    from jaxoip import data as data_lib
+    from jaxoip.data import mnist as data_lib
     from jaxoip.errors import DataError
 
     def no_tfds():

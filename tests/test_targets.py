@@ -7,9 +7,9 @@ from flax import nnx
 from planted import ASLEEP_NODE, COARSE, DEAD, LIVE_NODE, planted_dense_model, planted_model, ring_pattern
 
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.noise import initial_images, start_keys
-from jaxoip.oip import OIPConfig, make_search, search_oips
-from jaxoip.targets import Target, parse_terms, search_arguments
+from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.search import OIPConfig, make_search, search_oips
+from jaxoip.oip.targets import Target, parse_terms, search_arguments
 
 
 @pytest.mark.parametrize(

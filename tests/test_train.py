@@ -6,11 +6,18 @@ import optax
 import pytest
 from flax import nnx
 
-import jaxoip.train as train_lib
+import jaxoip.models.train as train_lib
 from jaxoip import cli
 from jaxoip.cli import train as train_cmd
 from jaxoip.errors import JaxoipError
-from jaxoip.train import TrainConfig, epoch_batches, evaluate_model, learning_rate_schedule, make_optimizer, train
+from jaxoip.models.train import (
+    TrainConfig,
+    epoch_batches,
+    evaluate_model,
+    learning_rate_schedule,
+    make_optimizer,
+    train,
+)
 
 
 def test_short_training_beats_90_percent(tiny_trained, mnist):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from planted import LIVE_NODE, planted_dense_model, ring_pattern
 
-from jaxoip import transforms
 from jaxoip.errors import JaxoipError
-from jaxoip.noise import initial_images, start_keys
-from jaxoip.oip import OIPConfig, search_oips
-from jaxoip.param import fourier_scale, to_image, to_params
+from jaxoip.oip import transforms
+from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.param import fourier_scale, to_image, to_params
+from jaxoip.oip.search import OIPConfig, search_oips
 
 ROBUST = transforms.style_config("robust", steps=30)
 

@@ -102,7 +102,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except Exception as e:
-        from jaxoip._memory import is_out_of_memory
+        from jaxoip.models.memory import is_out_of_memory
 
         if not is_out_of_memory(e):
             raise

@@ -16,15 +16,15 @@ import pandas as pd
 
 from jaxoip import cli
 from jaxoip._io import check_apart, prepare_output
+from jaxoip.analysis.exemplars import find_exemplars
+from jaxoip.analysis.grid_comparison import compare_images
+from jaxoip.analysis.grids import layer_grid
+from jaxoip.analysis.predictions import least_confident, misclassified, most_confused, predict_split
 from jaxoip.cli import flags
-from jaxoip.data import load_mnist, resolve_data_dir
+from jaxoip.data.inputs import get_images, parse_image_spec
+from jaxoip.data.mnist import load_mnist, resolve_data_dir
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.exemplars import find_exemplars
-from jaxoip.grid_comparison import compare_images
-from jaxoip.grids import layer_grid
-from jaxoip.inputs import get_images, parse_image_spec
-from jaxoip.model import get_layer, layer_shapes
-from jaxoip.predictions import least_confident, misclassified, most_confused, predict_split
+from jaxoip.models.cnn import get_layer, layer_shapes
 
 
 def _file_stem(name: str) -> str:
@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jaxoip import checkpoint, plots
+    from jaxoip import plots
+    from jaxoip.models import checkpoint
 
     if not (
         args.image

@@ -20,12 +20,12 @@ from jaxoip import cli
 from jaxoip._check import SEED_MAX
 from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip.cli import flags
-from jaxoip.compare import CompareConfig
-from jaxoip.compare_report import write_report_files
 from jaxoip.errors import JaxoipError
-from jaxoip.model import ModelConfig, get_layer
-from jaxoip.oip import OIPConfig
-from jaxoip.train import TrainConfig, check_training_data
+from jaxoip.models.cnn import ModelConfig, get_layer
+from jaxoip.models.train import TrainConfig, check_training_data
+from jaxoip.oip.search import OIPConfig
+from jaxoip.seeds.compare import CompareConfig
+from jaxoip.seeds.report import write_report_files
 
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"the training seeds {args.seed}..{args.seed + args.seeds - 1} go beyond {SEED_MAX}")
     cli.enable_compilation_cache(not args.no_cache)
 
-    from jaxoip import checkpoint, compare
-    from jaxoip.data import load_mnist, resolve_data_dir
+    from jaxoip.data.mnist import load_mnist, resolve_data_dir
+    from jaxoip.models import checkpoint
+    from jaxoip.seeds import compare
 
     inputs = [("--models", m) for m in args.models or []] + [("--data-dir", resolve_data_dir(args.data_dir))]
     check_apart(args.out, inputs)

@@ -5,9 +5,9 @@ map on an accelerator (8 on a CPU), the study's plain ascent with the wake-up of
 Writes a gallery, per-map tables and arrays to --out.
 
 Targets: `--layer Dense_2 --maps 4` searches the input that makes the network say 4 (the class logit);
-`--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.targets` for the syntax).
+`--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.oip.targets` for the syntax).
 `--style robust`, `--param fourier` and `--diversity` give Lucid-style regularized, smooth or diverse
-patterns (see `jaxoip.transforms`, `jaxoip.param`, `jaxoip.facets`).
+patterns (see `jaxoip.oip.transforms`, `jaxoip.oip.param`, `jaxoip.oip.facets`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from jaxoip._io import add_output_flags, check_apart, prepare_output
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
-from jaxoip.facets import FACET_THRESHOLD
-from jaxoip.noise import DEFAULT_RECIPES, get_recipes
-from jaxoip.oip import OIPConfig, check_target
+from jaxoip.oip.facets import FACET_THRESHOLD
+from jaxoip.oip.noise import DEFAULT_RECIPES, get_recipes
+from jaxoip.oip.search import OIPConfig, check_target
+from jaxoip.oip.targets import Target
+from jaxoip.oip.transforms import STYLES, style_config
 from jaxoip.progress import Progress
-from jaxoip.targets import Target
-from jaxoip.transforms import STYLES, style_config
 
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
@@ -112,10 +112,11 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
-    from jaxoip import checkpoint, scan
-    from jaxoip._memory import check_fits
-    from jaxoip.data import HOW_TO_ADD, optional_mnist, resolve_data_dir
-    from jaxoip.oip import default_chunk_size
+    from jaxoip.data.mnist import HOW_TO_ADD, optional_mnist, resolve_data_dir
+    from jaxoip.models import checkpoint
+    from jaxoip.models.memory import check_fits
+    from jaxoip.oip import scan
+    from jaxoip.oip.search import default_chunk_size
 
     scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
     if args.exemplars < 0:
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _scan(args, trained, cfg, recipes, data, out, bar):
-    from jaxoip import scan
+    from jaxoip.oip import scan
 
     result = scan.scan_maps(
         trained,
@@ -197,8 +198,8 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
 
 def _exemplars(args, trained, data, result, bar) -> dict | None:
     """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
-    from jaxoip.exemplars import find_exemplars
-    from jaxoip.model import get_layer
+    from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.models.cnn import get_layer
 
     if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
         return None

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from jaxoip import cli
 from jaxoip._io import add_output_flags, check_apart, prepare_output
-from jaxoip._memory import check_fits
 from jaxoip.cli import flags
-from jaxoip.model import ModelConfig
-from jaxoip.train import TrainConfig, train
+from jaxoip.models.cnn import ModelConfig
+from jaxoip.models.memory import check_fits
+from jaxoip.models.train import TrainConfig, train
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,12 +30,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxoip import checkpoint, plots
+    from jaxoip import plots
+    from jaxoip.models import checkpoint
 
     args = _parser().parse_args(argv)
     cfg = flags.config_from_args(TrainConfig, args)
     check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
-    from jaxoip.data import load_mnist, resolve_data_dir
+    from jaxoip.data.mnist import load_mnist, resolve_data_dir
 
     check_apart(args.out, [("--data-dir", resolve_data_dir(args.data_dir))])
     cli.enable_compilation_cache(not args.no_cache)

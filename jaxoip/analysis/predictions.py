@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float, Int
 
-from jaxoip.activations import dataset_activations, to_probabilities
-from jaxoip.data import MNIST
+from jaxoip.analysis.activations import dataset_activations, to_probabilities
+from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
-from jaxoip.model import TrainedModel, layer_specs
+from jaxoip.models.cnn import TrainedModel, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

@@ -7,7 +7,7 @@ import math
 import jax
 
 from jaxoip.errors import OutOfMemoryError
-from jaxoip.model import ModelConfig, layer_shapes
+from jaxoip.models.cnn import ModelConfig, layer_shapes
 
 # Forward activations, their gradients, and XLA's temporaries: a generous multiple of the activations.
 _FACTOR = 6

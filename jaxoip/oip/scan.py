@@ -1,7 +1,7 @@
 """The study's whole search for every map of a layer: precursor scan, screened starts, then the OIP search.
 
-`scan_maps` returns a `ScanResult` (`jaxoip.scan_result`: arrays and a per-map DataFrame, for notebooks);
-the search runs in saved groups (`jaxoip.search_groups`) so that a killed scan resumes. `write_scan` writes
+`scan_maps` returns a `ScanResult` (`jaxoip.oip.scan_result`: arrays and a per-map DataFrame, for notebooks);
+the search runs in saved groups (`jaxoip.oip.groups`) so that a killed scan resumes. `write_scan` writes
 the gallery, tables and arrays of `python -m jaxoip scan_all_maps`.
 """
 
@@ -21,18 +21,18 @@ from jaxtyping import Float, Int
 
 from jaxoip._check import check_int
 from jaxoip._io import prepare_output
-from jaxoip._memory import check_fits
-from jaxoip.data import MNIST
+from jaxoip.analysis.exemplars import Exemplars
+from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
-from jaxoip.exemplars import Exemplars
-from jaxoip.model import TrainedModel, get_layer, layer_shapes
-from jaxoip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
+from jaxoip.models.cnn import TrainedModel, get_layer, layer_shapes
+from jaxoip.models.memory import check_fits
 from jaxoip.numerics import check_seed
-from jaxoip.oip import OIPConfig, check_target, default_chunk_size
-from jaxoip.precursor import PrecursorResult, data_activation, precursor_scan
+from jaxoip.oip.groups import search_in_groups
+from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
+from jaxoip.oip.precursor import PrecursorResult, data_activation, precursor_scan
+from jaxoip.oip.scan_result import ScanResult, facet_images
+from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
 from jaxoip.progress import Progress
-from jaxoip.scan_result import ScanResult, facet_images
-from jaxoip.search_groups import search_in_groups
 from jaxoip.shapes import MapIndices
 
 

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
-from jaxoip.data import MNIST
-from jaxoip.model import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+from jaxoip.data.mnist import MNIST
+from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jaxoip._io import prepare_output
-from jaxoip.compare_plots import plot_matched_oips, plot_matching, plot_oip_measures
+from jaxoip.seeds.plots import plot_matched_oips, plot_matching, plot_oip_measures
 
 if TYPE_CHECKING:
-    from jaxoip.compare_result import SeedComparison
+    from jaxoip.seeds.result import SeedComparison
 
 
 def _fmt(v) -> str:
@@ -82,7 +82,7 @@ def _count_text(counts) -> str:
 
 
 def markdown_report(result: SeedComparison, command: str | None = None) -> str:
-    from jaxoip.compare import seed_warnings
+    from jaxoip.seeds.compare import seed_warnings
 
     cfg, used = result.config, result.used
     lines = ["# Seed comparison: the same filters, in the same order?", ""]

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip.model import CNN
-from jaxoip.oip import OIPConfig, OIPResult, search_oips
+from jaxoip.models.cnn import CNN
+from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
 from jaxoip.progress import Progress, WeightedPart, as_progress
 
 # Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
@@ -34,7 +34,7 @@ def _group_key(
     """What a saved group's results depend on: the model, the target, the start images and the search."""
     from flax import nnx
 
-    from jaxoip.checkpoint import params_checksum
+    from jaxoip.models.checkpoint import params_checksum
 
     h = hashlib.sha256()
     h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())

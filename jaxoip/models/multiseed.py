@@ -1,6 +1,6 @@
 """Training several seeds at once: one vmapped epoch program trains a group of seeds on shared data.
 
-Each seed ends as `jaxoip.train.train` would train it alone.
+Each seed ends as `jaxoip.models.train.train` would train it alone.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxoip._memory import check_fits
-from jaxoip.data import MNIST, load_mnist
+from jaxoip.data.mnist import MNIST, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.model import ModelConfig, TrainedModel, init_model
-from jaxoip.train import (
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.models.memory import check_fits
+from jaxoip.models.train import (
     HISTORY_KEYS,
     TrainConfig,
     check_converging,

@@ -21,13 +21,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import ArrayLike, Bool, Float, Int
 
-from jaxoip import facets, param, targets, transforms
 from jaxoip._check import check_int
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.model import CNN, ModelConfig, map_activation
-from jaxoip.noise import standardize_image
+from jaxoip.models.cnn import CNN, ModelConfig, map_activation
 from jaxoip.numerics import precision_scope
-from jaxoip.oip_config import OIPConfig
+from jaxoip.oip import facets, param, targets, transforms
+from jaxoip.oip.config import OIPConfig
+from jaxoip.oip.noise import standardize_image
 from jaxoip.progress import Progress
 
 

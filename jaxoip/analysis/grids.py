@@ -15,11 +15,11 @@ import numpy as np
 from flax import nnx
 from jaxtyping import ArrayLike, Float
 
-from jaxoip.activations import to_probabilities
-from jaxoip.data import MNIST
+from jaxoip.analysis.activations import to_probabilities
+from jaxoip.data.inputs import ImageSource, InputImage, get_image
+from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
-from jaxoip.inputs import ImageSource, InputImage, get_image
-from jaxoip.model import TrainedModel, get_layer
+from jaxoip.models.cnn import TrainedModel, get_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, precision_scope
 
 

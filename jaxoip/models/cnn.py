@@ -14,7 +14,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
 from jaxoip import numerics
-from jaxoip.data import Standardization
+from jaxoip.data.mnist import Standardization
 from jaxoip.errors import LayerError
 
 LayerKind = Literal["conv", "pool", "flatten", "dense"]

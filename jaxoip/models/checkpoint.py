@@ -9,7 +9,7 @@ format 1 the standardization) unprotected, and the format field itself is covere
 cannot skip a check.
 
 `epoch_manager`, `save_epoch` and `restore_epoch` keep a training run's latest epoch (parameters, optimizer
-state, history) so that `jaxoip.train.train` continues an interrupted run.
+state, history) so that `jaxoip.models.train.train` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 from flax import nnx
 
 from jaxoip._io import prepare_output
-from jaxoip.data import Standardization
+from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.model import ModelConfig, TrainedModel, init_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -39,7 +39,7 @@ OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
 # up by a factor of more than 1000 and anything past 1e4 is not pixel statistics.
 STD_RANGE = (1e-3, 1e4)
 MAX_ABS_MEAN = 1e4
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.keras_import.
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.models.keras.
 REFERENCE_NAME = "reference_model"
 
 
@@ -227,7 +227,7 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     """
     path = Path(path).absolute()
     if path.suffix.lower() in KERAS_SUFFIXES:
-        from jaxoip.keras_import import load_keras_model
+        from jaxoip.models.keras import load_keras_model
 
         return load_keras_model(path, data_dir)
     meta = _read_metadata(path)

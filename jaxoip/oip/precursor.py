@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
-from jaxoip import targets
 from jaxoip.errors import JaxoipError
-from jaxoip.model import CNN, batched_layer_map
-from jaxoip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
+from jaxoip.models.cnn import CNN, batched_layer_map
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
-from jaxoip.oip import OIPConfig, check_target
+from jaxoip.oip import targets
+from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
+from jaxoip.oip.search import OIPConfig, check_target
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ def precursor_scan(
     """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps).
 
     `key`: an integer seed (the draws come from fold_in(key(seed), PRECURSOR_STREAM), as in `scan_maps`)
-    or a PRNG key used as the root directly. With `cfg`, the maps are its targets (`jaxoip.targets`:
+    or a PRNG key used as the root directly. With `cfg`, the maps are its targets (`jaxoip.oip.targets`:
     dense nodes, logits, weighted sums) and its precision is used.
     """
     recipes = get_recipes(recipes)

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Float, Int
 from scipy.cluster import hierarchy
 
-from jaxoip.model import layer_specs
+from jaxoip.models.cnn import layer_specs
 
 FACET_THRESHOLD = 0.5
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from jaxoip.plots import enhance_contrast, new_figure, save_figure
 
 if TYPE_CHECKING:
-    from jaxoip.compare_result import SeedComparison
+    from jaxoip.seeds.result import SeedComparison
 
 # (measure key, title) of the OIP measures figure.
 OIP_MEASURES = (

@@ -1,8 +1,8 @@
 """The OIP search's settings: `OIPConfig`, validated on construction, and the values it accepts.
 
-The search itself is `jaxoip.oip`; the toolkit fields are explained where they act: `jaxoip.targets`
-(quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles), `jaxoip.param` (param) and
-`jaxoip.facets` (diversity).
+The search itself is `jaxoip.oip.search`; the toolkit fields are explained where they act: `jaxoip.oip.targets`
+(quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles), `jaxoip.oip.param` (param) and
+`jaxoip.oip.facets` (diversity).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
 from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, check_seed
-from jaxoip.param import PARAMETERIZATIONS
+from jaxoip.oip.param import PARAMETERIZATIONS
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
 QUANTITIES = ("auto", "activation", "pre")
@@ -26,8 +26,8 @@ class OIPConfig:
     """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
 
     The toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
-    `jaxoip.targets` (quantity, weighted), `jaxoip.transforms` (jitter ... blur, the styles),
-    `jaxoip.param` (param) and `jaxoip.facets` (diversity).
+    `jaxoip.oip.targets` (quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles),
+    `jaxoip.oip.param` (param) and `jaxoip.oip.facets` (diversity).
     """
 
     steps: int = dataclasses.field(default=600, metadata={"help": "gradient steps"})

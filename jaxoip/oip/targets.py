@@ -31,9 +31,9 @@ from flax import nnx
 from jaxtyping import Int
 
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.model import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
+from jaxoip.models.cnn import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
 from jaxoip.numerics import precision_scope
-from jaxoip.oip_config import QUANTITIES, OIPConfig
+from jaxoip.oip.config import QUANTITIES, OIPConfig
 
 Terms = tuple[tuple[int, float], ...]
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxoip.errors import JaxoipError
-from jaxoip.oip_config import OIPConfig
+from jaxoip.oip.config import OIPConfig
 
 STYLES: dict[str, dict] = {
     "study": {},

@@ -1,7 +1,8 @@
 """Input images for the analyses: MNIST specs ('test:19'), .npy files or pixel arrays, checked once.
 
 An `InputImage` carries pixels (0-255) of the model's input shape and where they came from; the layer
-grids (`jaxoip.grids`) and group comparisons (`jaxoip.grid_comparison`) take images in any of these forms.
+grids (`jaxoip.analysis.grids`) and group comparisons (`jaxoip.analysis.grid_comparison`) take images in
+any of these forms.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from jaxoip.data import MNIST, load_mnist
+from jaxoip.data.mnist import MNIST, load_mnist
 from jaxoip.errors import DataError, JaxoipError
 
 

@@ -26,15 +26,15 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jaxoip.compare_config import CONV_LAYERS, CompareConfig
-from jaxoip.compare_oips import compare_oips, oip_pair_metrics
-from jaxoip.compare_report import write_report
-from jaxoip.compare_result import COMPARISONS, SeedComparison
-from jaxoip.data import MNIST
+from jaxoip.data.mnist import MNIST
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
-from jaxoip.features import kernel_vectors, layer_features, positions_per_image, sample_positions
-from jaxoip.model import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
-from jaxoip.similarity import (
+from jaxoip.models.cnn import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
+from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
+from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions
+from jaxoip.seeds.oips import compare_oips, oip_pair_metrics
+from jaxoip.seeds.report import write_report
+from jaxoip.seeds.result import COMPARISONS, SeedComparison
+from jaxoip.seeds.similarity import (
     block_bounds,
     block_moments,
     cka_from_totals,
@@ -48,7 +48,7 @@ from jaxoip.similarity import (
     weighted,
 )
 
-# Names that lived here before the module was split, still importable from jaxoip.compare.
+# Names that lived here before the module was split, still importable from jaxoip.seeds.compare.
 __all__ = [
     "COMPARISONS",
     "CONV_LAYERS",
@@ -82,7 +82,7 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
 
 def check_data(config: CompareConfig, data: MNIST, model_config=None) -> None:
     """The settings that depend on the data or the architecture, refused before any training or search."""
-    from jaxoip.model import ModelConfig
+    from jaxoip.models.cnn import ModelConfig
 
     n = len(data.test_images)
     if config.test_subset is not None and config.test_subset > n:
@@ -294,8 +294,8 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
     """
     import shutil
 
-    from jaxoip import checkpoint
-    from jaxoip.multiseed import train_seeds
+    from jaxoip.models import checkpoint
+    from jaxoip.models.multiseed import train_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
     for p in (folder / f"seed_{s}" for s in seeds):  # Only checkpoints of ours are ever replaced.

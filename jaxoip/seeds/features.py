@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxoip import numerics
 from jaxoip.errors import JaxoipError
-from jaxoip.model import TrainedModel, get_layer, layer_output, layer_shapes, pad_batches
+from jaxoip.models.cnn import TrainedModel, get_layer, layer_output, layer_shapes, pad_batches
 
 
 def positions_per_image(layer_hw: tuple[int, int], images: int, max_samples: int) -> int:

@@ -1,6 +1,6 @@
 """`ScanResult`: a whole-layer scan's arrays, indexed per map and start, with its per-map table and summary.
 
-`jaxoip.scan.scan_maps` makes one; `jaxoip.scan.write_scan` writes it; notebooks read its `table()`.
+`jaxoip.oip.scan.scan_maps` makes one; `jaxoip.oip.scan.write_scan` writes it; notebooks read its `table()`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
-from jaxoip.data import Standardization
-from jaxoip.facets import FACET_THRESHOLD, MapFacets, map_facets
-from jaxoip.oip import OIPConfig, OIPResult
-from jaxoip.precursor import PrecursorResult
+from jaxoip.data.mnist import Standardization
+from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
+from jaxoip.oip.precursor import PrecursorResult
+from jaxoip.oip.search import OIPConfig, OIPResult
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ class ScanResult:
     def labels(self) -> list[str]:
         """Each searched target's name for figures: `map 5`, or a weighted target's own description (`4-9`)."""
         if self.config.weighted:
-            from jaxoip.targets import Target
+            from jaxoip.oip.targets import Target
 
             return [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
         return [f"map {m}" for m in self.map_indices]
@@ -99,7 +99,7 @@ class ScanResult:
         return np.where(~self.found, "none", np.where(woke, "woken", "direct"))
 
     def facets(self, threshold: float | None = None) -> list[MapFacets]:
-        """Each map's starts grouped into facets (`jaxoip.facets.map_facets`)."""
+        """Each map's starts grouped into facets (`jaxoip.oip.facets.map_facets`)."""
         threshold = self.facet_threshold if threshold is None else threshold
         if threshold not in self._facets:  # table(), summary(), oips.npz and the gallery all ask for them.
             self._facets[threshold] = scan_facets(self, threshold)

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxoip.data import DATA_DIR_ENV, Standardization, optional_mnist
+from jaxoip.data.mnist import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
-from jaxoip.model import ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model, layer_specs
 
 _IGNORED = {"InputLayer", "Dropout"}  # Identity at inference.
 

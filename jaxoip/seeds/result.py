@@ -12,7 +12,7 @@ import pandas as pd
 from jaxtyping import Float
 
 if TYPE_CHECKING:
-    from jaxoip.compare_config import CompareConfig
+    from jaxoip.seeds.config import CompareConfig
 
 COMPARISONS = ("real", "shuffled", "untrained")
 

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float
 
-from jaxoip.data import MNIST, load_mnist
+from jaxoip.analysis.grids import LayerGrid, activation_grid, image_grids
+from jaxoip.data.inputs import ImageSource, get_images
+from jaxoip.data.mnist import MNIST, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.grids import LayerGrid, activation_grid, image_grids
-from jaxoip.inputs import ImageSource, get_images
-from jaxoip.model import TrainedModel, get_layer
+from jaxoip.models.cnn import TrainedModel, get_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

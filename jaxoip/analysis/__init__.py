@@ -1,0 +1,1 @@
+"""Activations of real images: layer grids, group comparisons, predictions and dataset exemplars."""

@@ -1,0 +1,1 @@
+"""Do independently trained copies learn the same filters? Features, similarity, matching, OIPs, report."""
