@@ -174,7 +174,10 @@ def test_damaged_orbax_files_give_one_line_without_asyncio_noise(tiny_checkpoint
         if f.is_file() and f.name != "_METADATA":
             f.write_bytes(b"garbage")
     for bad in (truncated, garbage):
-        code = f"from jaxoip import cli, checkpoint; cli.execute(lambda a: checkpoint.load_model({str(bad)!r}))"
+        code = (
+            "from jaxoip import cli; from jaxoip.models import checkpoint; "
+            f"cli.execute(lambda a: checkpoint.load_model({str(bad)!r}))"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -192,7 +195,7 @@ def test_repeated_damaged_reads_stay_quiet(tiny_checkpoint, tmp_path):
         if f.is_file() and f.stat().st_size > 10_000:
             f.write_bytes(f.read_bytes()[:1000])
     code = (
-        "import time\nfrom jaxoip import checkpoint\nfrom jaxoip.errors import CheckpointError\n"
+        "import time\nfrom jaxoip.models import checkpoint\nfrom jaxoip.errors import CheckpointError\n"
         f"for _ in range(5):\n    try:\n        checkpoint.load_model({str(bad)!r})\n"
         "    except CheckpointError:\n        pass\ntime.sleep(1)\nimport gc\ngc.collect()\nprint('done')\n"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def train_seeds(
     data: MNIST | None = None,
     data_dir: str | None = None,
     max_parallel: int | None = None,
-    progress=True,
+    progress: bool | Any = True,
 ) -> list[TrainedModel]:
     """Trains one CNN per seed as `train(replace(cfg, seed=s))` would, batched over seeds with `jax.vmap`.
 
