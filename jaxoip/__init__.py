@@ -19,6 +19,7 @@ _EXPORTS = {
         "OutputError",
     ),
     "jaxoip.data.mnist": ("MNIST", "Standardization", "load_mnist"),
+    "jaxoip.data.images": ("load_images",),
     "jaxoip.numerics": ("PRECISIONS", "precision_scope"),
     "jaxoip.compiles": ("count_compiles",),
     "jaxoip.progress": ("Progress",),
