@@ -36,7 +36,7 @@ _EXPORTS = {
     ),
     "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
     "jaxoip.models.multiseed": ("train_seeds",),
-    "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model"),
+    "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model", "upgrade_checkpoint"),
     "jaxoip.oip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
     "jaxoip.oip.search": ("OIPConfig", "OIPResult", "search_oips"),
     "jaxoip.oip.targets": ("Target", "parse_terms", "search_arguments"),

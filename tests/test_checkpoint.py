@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip.errors import CheckpointError
+from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.models import checkpoint
 from jaxoip.models.checkpoint import load_model, load_reference_model, save_model
 from jaxoip.models.train import evaluate_model
@@ -295,3 +295,51 @@ def test_reference_model_metadata_is_checked_and_its_weights_unchanged():
 
 def params_checksum_of(trained):
     return checkpoint.params_checksum(nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))
+
+
+def _as_format_2(folder, std_scale=1.0):
+    """Rewrites a checkpoint's metadata as jaxoip 0.1's format 2 wrote it (standardization checksum, no config one)."""
+    import hashlib
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["format"] = "jaxoip-checkpoint/2"
+    del meta["metadata_checksum"]
+    s = meta["standardization"]
+    meta["standardization_checksum"] = hashlib.sha256(
+        json.dumps([float(s["mean"]), float(s["std"])]).encode()
+    ).hexdigest()
+    s["std"] *= std_scale
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_an_old_checkpoint_is_upgraded_into_a_new_folder(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    from jaxoip.models.checkpoint import upgrade_checkpoint
+
+    old = _as_format_2(_copy(tiny_checkpoint, tmp_path / "old"))
+    before = (old / "metadata.json").read_text()
+    with pytest.raises(CheckpointError, match=r"jaxoip-checkpoint/2 checkpoint.*jaxoip.upgrade_checkpoint"):
+        load_model(old)
+    new = upgrade_checkpoint(old, tmp_path / "new")
+    assert (old / "metadata.json").read_text() == before  # The old folder is left as it was.
+    a, b = load_model(tiny_checkpoint), load_model(new)
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    np.testing.assert_array_equal(a.layer_output(x, "Dense_2"), b.layer_output(x, "Dense_2"))
+    assert b.standardization == a.standardization
+    with pytest.raises(JaxoipError):  # The new folder exists now: nothing is replaced.
+        upgrade_checkpoint(old, tmp_path / "new")
+
+
+def test_an_edited_old_checkpoint_is_not_upgraded(tiny_checkpoint, tmp_path):
+    from jaxoip.models.checkpoint import upgrade_checkpoint
+
+    edited = _as_format_2(_copy(tiny_checkpoint, tmp_path / "old"), std_scale=1.5)
+    with pytest.raises(CheckpointError, match="standardization does not match its checksum"):
+        upgrade_checkpoint(edited, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(CheckpointError, match="is not a checkpoint|no checkpoint"):
+        upgrade_checkpoint(tmp_path / "missing", tmp_path / "new")
+    with pytest.raises(CheckpointError, match="two folder paths"):
+        upgrade_checkpoint(None, tmp_path / "new")

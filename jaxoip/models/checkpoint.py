@@ -192,7 +192,8 @@ def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool =
     return out.path
 
 
-def _read_metadata(path: Path) -> dict:
+def _read_metadata(path: Path, old_formats: bool = False) -> dict:
+    """metadata.json of the checkpoint folder `path`, checked against its checksum (`old_formats`: as written)."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     if not path.is_dir():
@@ -206,17 +207,34 @@ def _read_metadata(path: Path) -> dict:
         raise CheckpointError(f"{meta_file} is corrupt: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{meta_file} is not a {FORMAT} file")
+    if old_formats and meta["format"] in OLD_FORMATS:
+        if "metadata_checksum" in meta:
+            raise CheckpointError(f"{meta_file}: a {meta['format']} file has no metadata_checksum (edited checkpoint)")
+        std = meta.get("standardization") or {}
+        if meta["format"] == "jaxoip-checkpoint/2" and meta.get("standardization_checksum") != _old_std_checksum(
+            std.get("mean"), std.get("std")
+        ):
+            raise CheckpointError(f"{meta_file}: the standardization does not match its checksum (edited checkpoint)")
+        return meta
     if meta.get("metadata_checksum") != metadata_checksum(meta):
         if meta["format"] in OLD_FORMATS and "metadata_checksum" not in meta:
             raise CheckpointError(
                 f"{path} is a {meta['format']} checkpoint, whose model config is not covered by a checksum; "
-                f"jaxoip reads only {FORMAT}: train it again"
+                f"check its model_config, then re-save it with jaxoip.upgrade_checkpoint(path, new_path)"
             )
         raise CheckpointError(
             f"{meta_file}: the format, model config or standardization does not match its checksum "
             "(edited or corrupt checkpoint)"
         )
     return meta
+
+
+def _old_std_checksum(mean, std) -> str:
+    """The standardization checksum of format 2 (read only by `upgrade_checkpoint`)."""
+    try:
+        return hashlib.sha256(json.dumps([float(mean), float(std)]).encode()).hexdigest()
+    except (TypeError, ValueError):
+        return ""
 
 
 def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
@@ -230,7 +248,11 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         from jaxoip.models.keras import load_keras_model
 
         return load_keras_model(path, data_dir)
-    meta = _read_metadata(path)
+    return _restore(path, _read_metadata(path))
+
+
+def _restore(path: Path, meta: dict) -> TrainedModel:
+    """The model of the checkpoint folder `path`, whose checked metadata is `meta`."""
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         std = Standardization(**meta["standardization"])
@@ -268,6 +290,20 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
         data_checksum=meta.get("data_checksum", ""),
         metrics=meta.get("metrics", {}),
     )
+
+
+def upgrade_checkpoint(path: str | os.PathLike, new_path: str | os.PathLike) -> Path:
+    """Re-saves a format-1 or -2 checkpoint at `path` as the current format in the new folder `new_path`.
+
+    Those formats did not cover the model config by a checksum (format 1 not the standardization either),
+    so jaxoip no longer loads them: check `metadata.json`'s model config first, then upgrade. The parameters
+    (and, in format 2, the standardization) are still verified against their checksums; `path` is not changed.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(new_path, (str, os.PathLike)):
+        raise CheckpointError(f"upgrade_checkpoint takes two folder paths, got {path!r} and {new_path!r}")
+    path = Path(path).absolute()
+    meta = _read_metadata(path, old_formats=True)
+    return save_model(new_path, _restore(path, meta))
 
 
 def reference_model_path() -> Path:
