@@ -364,7 +364,7 @@ def test_module_runs_and_fails_cleanly(tiny_checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "jaxoip.analysis.activations",
+            "jaxoip.activations",
             "--model",
             str(tiny_checkpoint),
             "--image",

@@ -79,7 +79,7 @@ def test_path_errors_are_one_line(capsys, tmp_path):
 def test_a_full_standard_output_is_a_failure_without_traceback():
     with open("/dev/full", "w") as full:
         r = subprocess.run(
-            [sys.executable, "-m", "jaxoip.models.train", "--help"],
+            [sys.executable, "-m", "jaxoip.train", "--help"],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
