@@ -1,5 +1,5 @@
 """The study's plain ascent exactly as jaxoip ran it before the toolkit (issue 10), as a reference:
-`OIPConfig()` must give bit-identical results."""
+`OIPConfig(wake=False)` must give bit-identical results."""
 
 import jax
 import jax.numpy as jnp

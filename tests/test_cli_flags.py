@@ -95,13 +95,54 @@ def test_renamed_and_skipped_fields():
     assert "--transform-seed" not in scan_cmd._parser().format_help()
 
 
-def test_no_arguments_give_the_dataclass_defaults():
-    assert flags.config_from_args(TrainConfig, train_cmd._parser().parse_args([])) == TrainConfig()
-    # The commands start with wake-up on; everything else is the library's default.
-    assert scan_cmd.oip_config(scan_cmd._parser().parse_args([])) == OIPConfig(wake=True)
+def _differences(got, want) -> dict:
+    """Field -> (command's value, library's value) where two configs of one class differ."""
+    return {
+        f.name: (getattr(got, f.name), getattr(want, f.name))
+        for f in dataclasses.fields(want)
+        if getattr(got, f.name) != getattr(want, f.name)
+    }
+
+
+def test_no_arguments_give_the_library_defaults_field_by_field():
+    # One default per option: a command run with no arguments builds exactly the library's configs.
+    assert _differences(flags.config_from_args(TrainConfig, train_cmd._parser().parse_args([])), TrainConfig()) == {}
+    scan = scan_cmd.oip_config(scan_cmd._parser().parse_args([]))
+    assert _differences(scan, OIPConfig()) == {}  # --jitter ... --blur from --style study, transform_seed from --seed
+    assert scan.wake and OIPConfig().wake  # Wake-up on in both; --no-wake / wake=False is the study's search.
     cfg, tcfg = compare_cmd.configs(compare_cmd._parser().parse_args([]))
-    assert cfg == CompareConfig(oip=OIPConfig(wake=True)) and tcfg == TrainConfig()
+    assert _differences(cfg, CompareConfig()) == {}
+    assert _differences(cfg.oip, CompareConfig().oip) == {} and _differences(cfg.oip, OIPConfig()) == {}
+    assert _differences(tcfg, TrainConfig()) == {}
     assert activations_cmd._parser().parse_args([]).precision == "highest"
+
+
+def test_scan_options_default_as_scan_maps():
+    import inspect
+
+    from jaxoip.oip.scan import scan_maps
+
+    args = scan_cmd._parser().parse_args([])
+    library = {k: p.default for k, p in inspect.signature(scan_maps).parameters.items()}
+    # restarts: None in both, resolved once by `scan.default_restarts` (16, or 8 on a CPU).
+    for option, name in {
+        "layer": "layer_name",
+        "maps": "map_indices",
+        "restarts": "restarts",
+        "precursor_starts": "precursor_starts",
+        "screen": "screen",
+        "seed": "seed",
+        "node": "node",
+        "chunk_size": "chunk_size",
+    }.items():
+        assert getattr(args, option) == library[name], option
+    assert tuple(args.recipes.split(",")) == tuple(library["recipes"])
+
+
+def test_a_diverging_command_default_is_caught():
+    parser = scan_cmd._parser()
+    parser.set_defaults(epsilon=0.02)
+    assert _differences(scan_cmd.oip_config(parser.parse_args([])), OIPConfig()) == {"epsilon": (0.02, 0.01)}
 
 
 def test_train_values_round_trip():

@@ -49,7 +49,7 @@ def test_study_config_is_bit_identical_to_the_study_search(tiny_trained):
     graphdef, params = nnx.split(tiny_trained.model)
     maps = np.array([0, 3, 5, 7], np.int32)
     x0 = _starts(4)
-    cfg = OIPConfig(steps=25)
+    cfg = OIPConfig(steps=25, wake=False)
     new = jax.device_get(jax.jit(make_search(graphdef, "Conv2D_3", cfg, None))(params, x0, maps))
     old = jax.device_get(jax.jit(make_study_search(graphdef, "Conv2D_3", cfg, None))(params, x0, maps))
     for k in old:
@@ -95,7 +95,7 @@ def test_wake_reaches_a_node_dead_on_noise():
     trained = planted_dense_model()
     x0 = _starts(3)
     maps = np.full(3, ASLEEP_NODE)
-    plain = search_oips(trained.model, "Dense_1", maps, x0, OIPConfig(steps=150, epsilon=0.05))
+    plain = search_oips(trained.model, "Dense_1", maps, x0, OIPConfig(steps=150, epsilon=0.05, wake=False))
     assert np.all(plain.objective == 0) and plain.stayed_zero.all()
     woken = search_oips(trained.model, "Dense_1", maps, x0, OIPConfig(steps=150, epsilon=0.05, wake=True))
     assert np.all(woken.objective > 0) and woken.woken.all() and not woken.stayed_zero.any()
@@ -105,7 +105,7 @@ def test_wake_conv_map_silent_on_fine_noise():
     trained = planted_model()  # Threshold 80: no fine-noise start reaches it.
     x0 = np.asarray(initial_images(start_keys(0, [DEAD, COARSE], 3).reshape(-1), ["fine"]))
     maps = np.repeat([DEAD, COARSE], 3)
-    plain = search_oips(trained.model, "Conv2D_2", maps, x0, OIPConfig(steps=40))
+    plain = search_oips(trained.model, "Conv2D_2", maps, x0, OIPConfig(steps=40, wake=False))
     assert np.all(plain.objective == 0)
     res = search_oips(trained.model, "Conv2D_2", maps, x0, OIPConfig(steps=40, wake=True))
     assert np.all(res.objective[3:] > 0) and res.woken[3:].all()

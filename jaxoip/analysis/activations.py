@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
 
+from jaxoip._check import check_data, check_finite_images, check_trained
 from jaxoip.data.mnist import MNIST
 from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
@@ -35,8 +36,8 @@ def image_activations(
     precision: Precision = DEFAULT_PRECISION,
 ) -> LayerActivations:
     """Activations of `layer_name` for images in pixel units, in one jitted batched pass."""
-    get_layer(trained.config, layer_name)
-    x = trained.standardization(jnp.asarray(pixels, jnp.float32))
+    get_layer(check_trained(trained).config, layer_name)
+    x = trained.standardization(jnp.asarray(check_finite_images("the images", pixels), jnp.float32))
     return np.asarray(batched_layer_map(trained.model, x, layer_name, precision=precision))
 
 
@@ -54,9 +55,9 @@ def dataset_activations(
     Without `fn` the raw activations come back: (10000, 3, 3, 128) floats for Conv2D_3 of the test set
     (46 MB) but 865 MB for Conv2D_1; reduce large layers with `fn` (batch -> per-image results).
     """
-    get_layer(trained.config, layer_name)
-    images, _ = data.split(split)
-    x = trained.standardization(images)
+    get_layer(check_trained(trained).config, layer_name)
+    images, _ = check_data(data).split(split)
+    x = trained.standardization(check_finite_images(f"the {split} images", images))
     return batched_layer_map(trained.model, x, layer_name, fn, batch_size, precision=precision)
 
 
@@ -73,8 +74,9 @@ def class_probabilities(
     trained: TrainedModel, pixels: Float[ArrayLike, "n H W ch"], precision: Precision = DEFAULT_PRECISION
 ) -> Float[np.ndarray, "n classes"]:
     """Class probabilities for images in pixel units."""
+    check_trained(trained)
     last = layer_specs(trained.config)[-1].name
-    x = trained.standardization(jnp.asarray(pixels, jnp.float32))
+    x = trained.standardization(jnp.asarray(check_finite_images("the images", pixels), jnp.float32))
     return np.asarray(batched_layer_map(trained.model, x, last, to_probabilities(trained), precision=precision))
 
 

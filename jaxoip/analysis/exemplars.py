@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
+from jaxoip._check import check_data, check_finite_images, check_int, check_trained
 from jaxoip.data.mnist import MNIST
 from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
@@ -51,8 +52,10 @@ def find_exemplars(
     precision: Precision = DEFAULT_PRECISION,
 ) -> Exemplars:
     """For every map of `layer_name`, the `k` images of `split` whose most active node is highest (and above 0)."""
-    spec = get_layer(trained.config, layer_name, ("conv", "pool"))
-    images, _ = data.split(split)
+    spec = get_layer(check_trained(trained).config, layer_name, ("conv", "pool"))
+    check_int("k (exemplars per map)", k, 1)
+    images, _ = check_data(data).split(split)
+    images = check_finite_images(f"the {split} images", images)
     k = max(1, min(k, images.shape[0]))
     best, where = batched_layer_map(
         trained.model, trained.standardization(images), spec.name, _max_node, precision=precision

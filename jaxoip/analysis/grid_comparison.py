@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float
 
+from jaxoip._check import check_data, check_trained
 from jaxoip.analysis.grids import LayerGrid, activation_grid, image_grids
 from jaxoip.data.inputs import ImageSource, get_images
 from jaxoip.data.mnist import MNIST, load_mnist
@@ -94,7 +95,8 @@ def compare_images(
     Groups are lists of specs/arrays or comma-separated specs ('test:4,test:6'); all images go through
     the network in one batched pass.
     """
-    get_layer(trained.config, layer_name)
+    get_layer(check_trained(trained).config, layer_name)
+    check_data(data, optional=True)
     if per_row < 1:
         raise JaxoipError(f"maps per row must be at least 1; got {per_row}")
     shape = trained.config.input_shape

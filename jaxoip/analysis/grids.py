@@ -15,11 +15,12 @@ import numpy as np
 from flax import nnx
 from jaxtyping import ArrayLike, Float
 
+from jaxoip._check import check_data, check_trained
 from jaxoip.analysis.activations import to_probabilities
 from jaxoip.data.inputs import ImageSource, InputImage, get_image
 from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, get_layer
+from jaxoip.models.cnn import TrainedModel, check_finite_outputs, get_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, precision_scope
 
 
@@ -113,6 +114,7 @@ def image_grids(
     softmax = to_probabilities(trained) is not None
     acts, probs = _layer_and_output(graphdef, params, x, layer_name, softmax, precision)
     acts, probs = np.asarray(acts), np.asarray(probs)
+    check_finite_outputs(trained.model, (acts, probs), layer_name)
     out = []
     for img, a, p in zip(images, acts, probs):
         shown = standardize_maps(a) if standardize else a
@@ -136,8 +138,8 @@ def layer_grid(
     `image`: 'test:19', 'train:7', a .npy file or pixels (0-255). `standardize`: the study's per-map
     scaling (`standardize_maps`) for display; `activations` stay raw.
     """
-    get_layer(trained.config, layer_name)
+    get_layer(check_trained(trained).config, layer_name)
     if per_row < 1:
         raise JaxoipError(f"maps per row must be at least 1; got {per_row}")
-    img = get_image(image, data, trained.config.input_shape)
+    img = get_image(image, check_data(data, optional=True), trained.config.input_shape)
     return image_grids(trained, layer_name, [img], per_row, standardize, precision)[0]

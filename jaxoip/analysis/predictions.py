@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float, Int
 
+from jaxoip._check import check_data, check_trained, check_type
 from jaxoip.analysis.activations import dataset_activations, to_probabilities
 from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
@@ -58,7 +59,8 @@ def predict_split(
     trained: TrainedModel, data: MNIST, split: str = "test", precision: Precision = DEFAULT_PRECISION
 ) -> Predictions:
     """Class probabilities for a whole split in one jitted batched pass."""
-    images, labels = data.split(split)
+    check_trained(trained)
+    images, labels = check_data(data).split(split)
     last = layer_specs(trained.config)[-1].name
     probs = dataset_activations(trained, data, last, split, to_probabilities(trained), precision=precision)
     return Predictions(split, np.asarray(labels), np.asarray(probs, np.float64))
@@ -66,6 +68,7 @@ def predict_split(
 
 def misclassified(pred: Predictions, n: int | None = None) -> pd.DataFrame:
     """The wrongly classified images, the most confidently wrong first (at most `n`)."""
+    check_type("pred", pred, Predictions, " (from predict_split)")
     wrong = np.flatnonzero(pred.predicted != pred.labels)
     wrong = wrong[np.argsort(-pred.confidence[wrong], kind="stable")]
     return pred.table(wrong[:n] if n is not None else wrong)
@@ -73,6 +76,7 @@ def misclassified(pred: Predictions, n: int | None = None) -> pd.DataFrame:
 
 def least_confident(pred: Predictions, n: int = 10) -> pd.DataFrame:
     """The `n` images whose most probable class has the lowest probability, least sure first."""
+    check_type("pred", pred, Predictions, " (from predict_split)")
     order = np.argsort(pred.confidence, kind="stable")[:n]
     table = pred.table(order)
     table["correct"] = table["label"] == table["predicted"]

@@ -48,8 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int, default=None, help="seeds per compiled training program (default: all)")
     options = flags.add_flags(p, CompareConfig)
     options["seed"].help = "first training seed (seeds S..S+N-1); " + options["seed"].help
-    # Wake-up is on here, so that every map is compared by a real OIP.
-    flags.add_flags(p, OIPConfig, prefix="oip-", only=_OIP_FIELDS, defaults={"wake": True})
+    flags.add_flags(p, OIPConfig, prefix="oip-", only=_OIP_FIELDS)
     p.add_argument("--out", default="compare_out", help="report folder")
     cli.add_engine_flags(p)
     add_output_flags(p, "report folder")
@@ -97,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {line}", file=sys.stderr)
     else:
         check_training_data(tcfg, data)
-    compare.check_data(cfg, data, models[0].config if models else None)
+    compare.check_settings(cfg, data, models[0].config if models else None)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # A resume goes on with the data (and models) it started with.

@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         help="study: plain gradient ascent; robust: random jitter 2 px, scale 0.9-1.1, rotation 10 deg at every "
         "step, total variation 0.05, blur 0.5",
     )
-    # The search itself: OIPConfig's fields. Wake-up is on by default here; --jitter ... --blur default to --style.
-    options = flags.add_flags(p, OIPConfig, defaults={"wake": True, **dict.fromkeys(_STYLE_FIELDS)})
+    # The search itself: OIPConfig's fields, with its defaults; --jitter ... --blur default to --style's preset.
+    options = flags.add_flags(p, OIPConfig, defaults=dict.fromkeys(_STYLE_FIELDS))
     for name in _STYLE_FIELDS:
         options[name].help += f" (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})"
     p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from jaxoip._check import check_finite_images
 from jaxoip.data.mnist import MNIST, load_mnist
 from jaxoip.errors import DataError, JaxoipError
 
@@ -49,6 +50,7 @@ def get_image(image: ImageSource, data: MNIST | None = None, input_shape: tuple[
     spec and only when `data` is None.
     """
     if isinstance(image, InputImage):
+        check_finite_images(f"the image {image.name}", np.asarray(image.pixels)[None])
         return image
     name = "array"
     if isinstance(image, (str, Path)) and str(image).endswith(".npy"):
@@ -78,8 +80,7 @@ def get_image(image: ImageSource, data: MNIST | None = None, input_shape: tuple[
         pixels = pixels[0]
     if pixels.shape != input_shape:
         raise JaxoipError(f"an image must have shape {input_shape} (or {input_shape[:-1]}); got {shape}")
-    if not np.isfinite(pixels).all():
-        raise JaxoipError("the image contains NaN or infinite pixels")
+    check_finite_images(f"the image {name}", pixels[None])
     return InputImage(pixels, name)
 
 

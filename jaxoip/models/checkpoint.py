@@ -243,6 +243,9 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     A Keras file of the study's CNN (`.keras`, legacy `.h5`) loads too; its input standardization comes
     from MNIST's training set in `data_dir` (default: `$JAXOIP_DATA_DIR`), as in the study.
     """
+    from jaxoip._check import check_type
+
+    check_type("path", path, (str, os.PathLike), " (a checkpoint folder or .keras/.h5 file)", CheckpointError)
     path = Path(path).absolute()
     if path.suffix.lower() in KERAS_SUFFIXES:
         from jaxoip.models.keras import load_keras_model

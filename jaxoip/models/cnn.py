@@ -14,8 +14,9 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
 from jaxoip import numerics
+from jaxoip._check import check_cnn, check_finite_images, check_model_config, check_type, nonfinite_parameters
 from jaxoip.data.mnist import Standardization
-from jaxoip.errors import LayerError
+from jaxoip.errors import DivergenceError, LayerError
 
 LayerKind = Literal["conv", "pool", "flatten", "dense"]
 _ACTIVATIONS = {
@@ -79,6 +80,7 @@ class LayerSpec:
 
 def layer_specs(config: ModelConfig) -> tuple[LayerSpec, ...]:
     """The layers in forward order, with the study's names."""
+    check_model_config(config)
     specs = []
     for i, (filters, kernel, act) in enumerate(config.conv):
         specs.append(LayerSpec(f"Conv2D_{i + 1}", "conv", filters, kernel, act))
@@ -96,6 +98,7 @@ def layer_names(config: ModelConfig) -> tuple[str, ...]:
 
 def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = None) -> LayerSpec:
     """The spec of layer `name`; a clear error listing valid names otherwise."""
+    check_type("a layer name", name, str, error=LayerError)
     specs = [s for s in layer_specs(config) if kinds is None or s.kind in kinds]
     for s in specs:
         if s.name == name:
@@ -106,7 +109,7 @@ def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = No
 
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch axis) of every layer."""
-    h, w, c = config.input_shape
+    h, w, c = check_model_config(config).input_shape
     shapes = {}
     for s in layer_specs(config):
         if s.kind == "conv":
@@ -176,11 +179,14 @@ def max_pool(x: jax.Array, size: int) -> jax.Array:
     """Non-overlapping max pooling (floor mode), as a reshape and max.
 
     Same values as `lax.reduce_window`, but its gradient avoids XLA's select-and-scatter,
-    which makes training and the OIP search about 2x faster on CPU.
+    which makes training and the OIP search about 2x faster on CPU. A NaN in a window gives NaN.
     """
     b, h, w, c = x.shape
     h2, w2 = h // size, w // size
-    return x[:, : h2 * size, : w2 * size].reshape(b, h2, size, w2, size, c).max(axis=(2, 4))
+    windows = x[:, : h2 * size, : w2 * size].reshape(b, h2, size, w2, size, c)
+    # XLA:CPU's vectorized max reduction skips NaNs (a window of NaNs gives -inf, so a model with NaN
+    # weights reported finite probabilities): put them back, so that a NaN always propagates.
+    return jnp.where(jnp.isnan(windows).any(axis=(2, 4)), jnp.nan, windows.max(axis=(2, 4)))
 
 
 class CNN(nnx.Module):
@@ -251,8 +257,8 @@ def map_activation(model: CNN, images, layer_name: str, map_indices, pre_activat
 
 def init_model(config: ModelConfig = ModelConfig(), seed: int | Key[Array, ""] = 0) -> CNN:
     """A freshly initialized CNN; `seed` is an int or a PRNG key."""
-    key = jax.random.key(seed) if isinstance(seed, int) else seed
-    return CNN(config, rngs=nnx.Rngs(params=key))
+    check_model_config(config)
+    return CNN(config, rngs=nnx.Rngs(params=numerics.as_key(seed)))
 
 
 def param_count(model: CNN) -> int:
@@ -308,14 +314,30 @@ def batched_layer_map(
     compiled program: pass a module-level function (the same object on every call), not a fresh
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
     """
-    get_layer(model.config, layer_name)
+    get_layer(check_cnn(model).config, layer_name)
     numerics.check_precision(precision)
     graphdef, params = nnx.split(model)
-    images = np.asarray(images, np.float32)
+    images = check_finite_images("the images", images).astype(np.float32)
     batch_size = max(1, min(batch_size, images.shape[0]))
     xs, n = pad_batches(images, batch_size)
     out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
-    return jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(out))
+    out = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(out))
+    check_finite_outputs(model, out, layer_name)
+    return out
+
+
+def check_finite_outputs(model: CNN, out: PyTree[np.ndarray], layer_name: str):
+    """Refuses non-finite results of finite images (so no NaN is reported as a finding), naming the cause."""
+    bad = [a for a in jax.tree.leaves(out) if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
+    if not bad:
+        return
+    params = nonfinite_parameters(model)
+    cause = (
+        f"the model has NaN or infinite weights ({', '.join(params[:3])}{', ...' if len(params) > 3 else ''})"
+        if params
+        else "the activations overflow float32"
+    )
+    raise DivergenceError(f"non-finite values from layer {layer_name}: {cause}")
 
 
 @dataclasses.dataclass
@@ -342,5 +364,7 @@ class TrainedModel:
     ) -> Float[Array, " n *layer"]:
         """Activation of `layer_name` for images in pixel units."""
         graphdef, params = self.split()
+        if not isinstance(pixels, jax.core.Tracer):  # Checked on the host; a traced call is the caller's.
+            pixels = check_finite_images("the images", pixels)
         x = self.standardization(jnp.asarray(pixels, jnp.float32))
         return layer_output(graphdef, params, x, layer_name, pre_activation)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxoip._check import check_data, check_model_config, check_type
 from jaxoip.data.mnist import MNIST, load_mnist
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
@@ -31,6 +32,7 @@ from jaxoip.models.train import (
     standardized_splits,
     trained_model,
 )
+from jaxoip.numerics import check_seed
 
 
 def wait_ready(tree) -> None:
@@ -61,6 +63,13 @@ def train_seeds(
     a bar of its own, or a tqdm bar of a larger run to advance by one per seed and epoch; after the
     bar's first epoch an estimate of the time left is written to it.
     """
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise JaxoipError(f"seeds must be a list of integers, got {type(seeds).__name__}")
+    for s in seeds:
+        check_seed(s)
+    check_type("cfg", cfg, TrainConfig)
+    check_model_config(model_config)
+    check_data(data, optional=True)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise JaxoipError("no seed given")

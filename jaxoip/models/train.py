@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int, Key
 
-from jaxoip._check import INT32_MAX, check_float, check_int
+from jaxoip._check import INT32_MAX, check_data, check_float, check_int, check_model_config, check_trained, check_type
 from jaxoip.data.mnist import MNIST, Standardization, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.models.checkpoint import epoch_manager, restore_epoch, save_epoch
@@ -292,6 +292,9 @@ def train(
     With `checkpoint_dir`, the state after every epoch is kept there (Orbax `CheckpointManager`) and a
     run interrupted before its end continues from its last epoch, to the same weights as without a break.
     """
+    check_type("cfg", cfg, TrainConfig)
+    check_model_config(model_config)
+    check_data(data, optional=True)
     check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
@@ -349,7 +352,8 @@ def evaluate_model(
     trained: TrainedModel, data: MNIST, split: str = "test", precision: Precision = DEFAULT_PRECISION
 ) -> dict[str, float]:
     """Cross-entropy and accuracy of a trained model on a split of `data`; one compiled program per shape."""
-    images, labels = data.split(split)
+    check_trained(trained)
+    images, labels = check_data(data).split(split)
     graphdef, params = nnx.split(trained.model)
     loss, acc = _evaluate_jit(
         params,

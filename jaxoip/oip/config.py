@@ -8,6 +8,7 @@ The search itself is `jaxoip.oip.search`; the toolkit fields are explained where
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
@@ -21,11 +22,39 @@ STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 MAX_STEPS = 1_000_000
 
 
+Terms = tuple[tuple[int, float], ...]
+
+
+def check_terms(terms, what: str = "a weighted target") -> Terms:
+    """(unit, weight) pairs with integer units >= 0 and finite weights, zero weights dropped; one line if the
+    sum is empty or zero (a zero target has nothing to ascend)."""
+    if isinstance(terms, (str, bytes)) or not hasattr(terms, "__iter__"):
+        raise JaxoipError(f"{what} must be a sequence of (unit, weight) pairs, got {terms!r}")
+    out: dict[int, float] = {}
+    for term in terms:
+        try:
+            u, w = term
+        except (TypeError, ValueError):
+            raise JaxoipError(f"{what}: a term must be a (unit, weight) pair, got {term!r}") from None
+        check_int(f"{what}: unit", u, 0)
+        check_float(f"{what}: weight of unit {u}", w)
+        out[int(u)] = out.get(int(u), 0.0) + float(w)
+    if not out:
+        raise JaxoipError(f"{what} needs at least one term")
+    if not math.isfinite(sum(abs(w) for w in out.values())):
+        raise JaxoipError(f"{what}: the weights overflow")
+    kept = tuple((u, w) for u, w in sorted(out.items()) if w != 0)
+    if not kept:
+        raise JaxoipError(f"{what} is zero: its weights add up to 0 for every unit, so there is nothing to search")
+    return kept
+
+
 @dataclasses.dataclass(frozen=True)
 class OIPConfig:
     """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
 
-    The toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
+    Wake-up is on by default, as in the commands (`wake=False`: exactly the study's search). The other
+    toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
     `jaxoip.oip.targets` (quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles),
     `jaxoip.oip.param` (param) and `jaxoip.oip.facets` (diversity).
     """
@@ -55,7 +84,7 @@ class OIPConfig:
         default=(), metadata={"flag": False, "help": "weighted sums of units; map index i picks sum i"}
     )
     wake: bool = dataclasses.field(
-        default=False,
+        default=True,
         metadata={
             "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
             "study's objective (off: the study's search)"
@@ -103,8 +132,12 @@ class OIPConfig:
         for s in tuple(self.snapshot_steps):
             check_int("snapshot step", s, 0)
         object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
+        if isinstance(self.weighted, (str, bytes)) or not hasattr(self.weighted, "__iter__"):
+            raise JaxoipError(f"weighted must be sums of (unit, weight) pairs, got {self.weighted!r}")
         object.__setattr__(
-            self, "weighted", tuple(tuple((int(u), float(w)) for u, w in terms) for terms in self.weighted)
+            self,
+            "weighted",
+            tuple(check_terms(terms, f"weighted target {k}") for k, terms in enumerate(self.weighted)),
         )
         check_precision(self.precision)
         check_int("steps", self.steps, 1, MAX_STEPS)
@@ -121,8 +154,6 @@ class OIPConfig:
             raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
         if self.scale >= 1:
             raise JaxoipError("scale must be below 1")
-        if any(not terms for terms in self.weighted):
-            raise JaxoipError("a weighted target needs at least one term")
 
     @property
     def snapshots(self) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
+from jaxoip._check import check_cnn
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import CNN, batched_layer_map
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
@@ -108,7 +109,7 @@ def precursor_scan(
     dense nodes, logits, weighted sums) and its precision is used.
     """
     recipes = get_recipes(recipes)
-    check_target(model.config, layer_name, [0], node, cfg)
+    check_target(check_cnn(model).config, layer_name, [0], node, cfg)
     if int(starts) < 1:
         raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
     root = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
@@ -137,7 +138,7 @@ def data_activation(
 
     With `cfg`, its precision replaces `precision`.
     """
-    check_target(model.config, layer_name, [0], node, cfg)
+    check_target(check_cnn(model).config, layer_name, [0], node, cfg)
     if cfg is not None:
         precision = cfg.precision
         if targets.is_custom(model.config, layer_name, cfg):

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip._check import check_int
+from jaxoip._check import check_data, check_int, check_trained, check_type
 from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST
@@ -88,6 +88,9 @@ def scan_maps(
     `earlier_search_seconds` the search time the earlier calls spent on the groups reused.
     """
     t0 = time.perf_counter()
+    check_trained(trained)
+    check_type("config", config, OIPConfig)
+    check_data(data, optional=True)
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
     get_layer(trained.config, layer_name, ("conv", "pool", "dense"))
@@ -196,6 +199,7 @@ def write_scan(
 ) -> Path:
     """Writes the scan into the new or empty folder `out` (see `write_scan_files`), by the rules of
     `jaxoip._io.prepare_output`."""
+    check_type("result", result, ScanResult, " (from scan_maps)")
     with prepare_output(out, "write_scan", {}, overwrite=overwrite) as o:
         write_scan_files(result, o.staging, snapshot_maps, all_starts, exemplars, extra_summary)
     return o.path

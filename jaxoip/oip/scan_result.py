@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
+from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
@@ -246,6 +247,7 @@ def facet_images(
     """For the gallery: per map (in `result.map_indices` order) a dict with `map`, `images` (F, 28, 28, 1)
     standardized representatives, `pixels` (same in pixel units), `objectives` (F,) and `sizes` (F,) (starts
     per facet), facets ordered by objective (the first is the map's best OIP)."""
+    check_type("result", result, ScanResult, " (from scan_maps)")
     out = []
     for i, f in enumerate(result.facets(threshold)):  # Computed once per ScanResult and threshold.
         imgs = result.images[i][f.representatives]

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import ArrayLike, Bool, Float, Int
 
-from jaxoip._check import check_int
+from jaxoip._check import check_cnn, check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.models.cnn import CNN, ModelConfig, map_activation
 from jaxoip.numerics import precision_scope
@@ -256,13 +256,12 @@ def search_oips(
     """
     from jaxoip.progress import as_progress
 
-    model_config = model.config
+    model_config = check_cnn(model).config
+    check_type("cfg", cfg, OIPConfig)
     graphdef, params = nnx.split(model)
     check_target(model_config, layer_name, map_indices, node, cfg)
     map_indices = np.asarray(map_indices).astype(np.int32).reshape(-1)
-    init_images = np.asarray(init_images, np.float32)
-    if not np.isfinite(init_images).all():
-        raise JaxoipError("start images hold NaN or infinite values")
+    init_images = check_finite_images("the start images", init_images).astype(np.float32)
     if chunk_size is not None:
         check_int("chunk size", chunk_size, 1)
     n = init_images.shape[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Iterable
 
@@ -30,16 +31,16 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Int
 
+from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
 from jaxoip.numerics import precision_scope
-from jaxoip.oip.config import QUANTITIES, OIPConfig
-
-Terms = tuple[tuple[int, float], ...]
+from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_terms
 
 
 def parse_terms(text: str) -> Terms:
     """'4-9' -> ((4, 1.0), (9, -1.0)); see the module docstring for the syntax. Repeated units add up."""
+    check_type("a target", text, str)
     pieces = []
     for chunk in str(text).replace(" ", "").split(","):
         pieces += [p for p in re.split(r"(?<=\d)(?=[+-])", chunk) if p]
@@ -51,8 +52,10 @@ def parse_terms(text: str) -> Terms:
         if m is None:
             raise JaxoipError(f"cannot read target term {p!r} in {text!r}; write e.g. 4-9, 4,-1*9 or 0.5*3+0.5*8")
         w = (-1.0 if m.group(1) == "-" else 1.0) * float(m.group(2) or 1.0)
+        if not math.isfinite(w):
+            raise JaxoipError(f"the weight of target term {p!r} in {text!r} is not a finite number")
         weights[int(m.group(3))] = weights.get(int(m.group(3)), 0.0) + w
-    return tuple(sorted(weights.items()))
+    return check_terms(tuple(sorted(weights.items())), f"target {text!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +92,14 @@ def search_arguments(
     Plain units keep `cfg` and search their indices; otherwise `cfg.weighted` holds the sums and
     image i searches sum i.
     """
+    if isinstance(targets, Target) or not isinstance(targets, Iterable):
+        raise JaxoipError(f"targets must be a list of Target, got {type(targets).__name__}")
     targets = list(targets)
     if not targets:
         raise JaxoipError("no target given")
+    for t in targets:
+        check_type("a target", t, Target, " (Target.parse(layer, '4-9'))")
+    check_type("cfg", cfg, OIPConfig)
     if len({(t.layer, t.node) for t in targets}) > 1:
         raise JaxoipError("all targets of one search must share their layer and node")
     if all(t.single is not None for t in targets):

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import pandas as pd
 
+from jaxoip._check import check_data as check_dataset
+from jaxoip._check import check_trained, check_type
 from jaxoip.data.mnist import MNIST
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
 from jaxoip.models.cnn import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
@@ -67,6 +69,10 @@ __all__ = [
 
 def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LAYERS) -> None:
     """At least two models, one architecture, and `layers` conv layers of it; a JaxoipError otherwise."""
+    if isinstance(models, (str, bytes)) or not hasattr(models, "__len__"):
+        raise JaxoipError(f"models must be a list of TrainedModel, got {type(models).__name__}")
+    for i, m in enumerate(models):
+        check_trained(m, f"model {i}")
     if len(models) < 2:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(models)}")
     first = models[0].config
@@ -80,7 +86,7 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
         get_layer(first, name, ("conv",))
 
 
-def check_data(config: CompareConfig, data: MNIST, model_config=None) -> None:
+def check_settings(config: CompareConfig, data: MNIST, model_config=None) -> None:
     """The settings that depend on the data or the architecture, refused before any training or search."""
     from jaxoip.models.cnn import ModelConfig
 
@@ -154,9 +160,11 @@ def compare_models(
 ) -> SeedComparison:
     """Compares every pair of `models` layer by layer, with both nulls and bootstrap CIs (see module doc)."""
     t_start = time.perf_counter()
+    check_type("config", config, CompareConfig)
     check_models(models, config.layers)
+    check_dataset(data)
     names = tuple(names) if names is not None else tuple(f"model {i}" for i in range(len(models)))
-    check_data(config, data, models[0].config)
+    check_settings(config, data, models[0].config)
     images = data.test_images[: config.test_subset] if config.test_subset else data.test_images
     n_images = images.shape[0]
     if n_images < 2:
