@@ -69,6 +69,15 @@ def _study_cnn(keras, seed=0):
     return model
 
 
+def _functional(keras, sequential):
+    """The same network and weights through Keras' functional API: `keras.Model(inputs, outputs)`."""
+    inputs = keras.Input((28, 28, 1))
+    x = inputs
+    for layer in sequential.layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
     keras = pytest.importorskip("keras", reason="keras is not installed (pip install -e '.[test]')")
@@ -76,11 +85,14 @@ def keras_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("keras")
     model.save(d / "study.keras")
     model.save(d / "study.h5")
+    functional = _functional(keras, model)
+    functional.save(d / "functional.keras")
+    functional.save(d / "functional.h5")
     return model, d
 
 
 @needs_keras
-@pytest.mark.parametrize("name", ["study.keras", "study.h5"])
+@pytest.mark.parametrize("name", ["study.keras", "study.h5", "functional.keras", "functional.h5"])
 def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
     keras_model, d = keras_files
     trained = load_model(d / name, data_dir=idx_dir)
@@ -102,6 +114,20 @@ def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
     np.testing.assert_allclose(got_hidden, np.asarray(hidden), atol=1e-5, rtol=1e-5)
     assert np.ptp(expected, axis=0).max() > 0.05  # Outputs that tell the images apart, far above the tolerance.
     assert trained.train_config["keras_layers"]["Dense_1"] == keras_model.layers[-2].name
+
+
+@needs_keras
+def test_a_functional_model_with_a_branch_is_refused_naming_the_layer(tmp_path, idx_dir):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((28, 28, 1))
+    a = layers.Conv2D(4, 3, activation="relu", name="left")(inputs)
+    b = layers.Conv2D(4, 3, activation="relu", name="right")(inputs)
+    x = layers.Dense(10, activation="softmax")(layers.Flatten()(layers.Add(name="merge")([a, b])))
+    keras.Model(inputs, x).save(tmp_path / "branch.keras")
+    with pytest.raises(CheckpointError, match=r"layer 'right' \(Conv2D\) is fed by 'input_layer.*single chain"):
+        load_model(tmp_path / "branch.keras", data_dir=idx_dir)
 
 
 @needs_keras
@@ -181,7 +207,10 @@ def test_parse_config_maps_layers_by_order():
     config, names = parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.h5")
     assert config == ModelConfig(conv=((4, 3, "relu"), (4, 3, "relu")), pool=(2,), dense=((7, "linear"), (3, "linear")))
     assert names == ["conv2d", "Max_Pool_1", "conv2d", "d0", "d1"]
-    with pytest.raises(CheckpointError, match="only Sequential"):
+    with pytest.raises(CheckpointError, match="only Sequential or single-chain functional"):
+        parse_config({"class_name": "Subclassed", "config": {"layers": layers}}, "m.h5")
+    # A functional config whose layers carry no inbound nodes is not a chain.
+    with pytest.raises(CheckpointError, match=r"layer .* takes 0 inputs; only models whose layers form a single chain"):
         parse_config({"class_name": "Functional", "config": {"layers": layers}}, "m.h5")
 
 

@@ -1,5 +1,7 @@
 """The study's own Keras models as jaxoip CNNs: `.keras` (Keras 3) and legacy `.h5` files, read with h5py.
 
+Sequential models and functional ones (`keras.Model(inputs, outputs)`) whose layers form a single chain.
+
 A `.keras` file is a zip of `config.json` and `model.weights.h5`; a legacy `.h5` file holds the config
 in the `model_config` attribute and the weights under `model_weights/<layer>`. Both map onto
 `ModelConfig`: conv and pool layers in order become `Conv2D_i` / `Max_Pool_i` (the study's names),
@@ -72,14 +74,58 @@ def _input_shape(layers: list[dict], model_config: dict) -> tuple[int, ...] | No
     return tuple(build[1:]) if build else None
 
 
+def _inbound_names(layer: dict) -> list[str]:
+    """Names of the layers that feed `layer`: Keras 3 (`keras_history`) or Keras 2 (`[[name, 0, 0, {}]]`) form."""
+    names = []
+    for node in layer.get("inbound_nodes") or []:
+        if isinstance(node, dict):  # Keras 3: {"args": [tensor, ...], "kwargs": {...}}.
+            for arg in node.get("args", []):
+                for tensor in arg if isinstance(arg, list) else [arg]:
+                    history = tensor.get("config", {}).get("keras_history") if isinstance(tensor, dict) else None
+                    if history:
+                        names.append(history[0])
+        else:  # Keras 2: a list of [layer name, node index, tensor index, kwargs].
+            names += [inbound[0] for inbound in node if isinstance(inbound, list) and inbound]
+    return names
+
+
+def _chain(model_config: dict, source: str) -> list[dict]:
+    """The layers of a functional model that form a single chain, in order; one line naming a branch otherwise."""
+    layers = model_config.get("layers", [])
+    previous = None
+    for layer in layers:
+        name, kind = layer.get("name") or layer.get("config", {}).get("name", "?"), layer.get("class_name")
+        inbound = _inbound_names(layer)
+        expected = [] if previous is None else [previous]
+        if inbound != expected:
+            what = f"takes {len(inbound)} inputs" if len(inbound) != 1 else f"is fed by {inbound[0]!r}"
+            raise CheckpointError(
+                f"{source}: layer {name!r} ({kind}) {what}; only models whose layers form a single chain are "
+                f"supported (no branches, skips or merges)"
+            )
+        previous = name
+    outputs = model_config.get("output_layers") or []
+    outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
+    if len(outputs) > 1 or (outputs and previous is not None and outputs[0][0] != previous):
+        raise CheckpointError(f"{source}: only models with one output, at the end of their chain, are supported")
+    return layers
+
+
 def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]:
-    """(jaxoip config, Keras names of the conv, pool and dense layers in jaxoip's order) of a Keras config."""
-    if model_json.get("class_name") != "Sequential":
+    """(jaxoip config, Keras names of the conv, pool and dense layers in jaxoip's order) of a Keras config.
+
+    Sequential models, and functional models (`keras.Model(inputs, outputs)`) whose layers form one chain.
+    """
+    kind = model_json.get("class_name")
+    if kind not in ("Sequential", "Functional", "Model"):
         raise CheckpointError(
-            f"{source}: only Sequential Keras models are supported, got {model_json.get('class_name')!r}"
+            f"{source}: only Sequential or single-chain functional Keras models are supported, got {kind!r}"
         )
     model_config = model_json.get("config", {})
-    layers = model_config if isinstance(model_config, list) else model_config.get("layers", [])
+    if kind == "Sequential":
+        layers = model_config if isinstance(model_config, list) else model_config.get("layers", [])
+    else:
+        layers = _chain(model_config if isinstance(model_config, dict) else {}, source)
     model_config = model_config if isinstance(model_config, dict) else {}
     conv, pool, dense, names, stage, prev = [], [], [], [], "conv", None
     for layer in layers:
@@ -188,7 +234,7 @@ def _read_legacy_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
 
 
 def read_keras_file(path: str | os.PathLike) -> KerasModel:
-    """Reads a Sequential Keras CNN of the study's shape; a one-line `CheckpointError` otherwise."""
+    """Reads a Keras CNN of the study's shape (Sequential or a functional chain); one line otherwise."""
     path = Path(path).absolute()
     if not path.is_file():
         raise CheckpointError(f"no Keras model file at {path}")
