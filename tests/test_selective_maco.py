@@ -172,7 +172,6 @@ def test_maco_and_selective_from_the_command_line(tiny_checkpoint, tiny_trained,
         (["--selective", "-1"], "selective must be at least 0"),
         (["--selective", "inf"], "selective must be a finite number"),
         (["--selective", "1", "--layer", "Dense_2", "--target", "4-9"], "does not apply to weighted targets"),
-        (["--param", "mac"], "invalid choice: 'mac'"),
     ],
 )
 def test_bad_arguments_one_line(tiny_checkpoint, tmp_path, capsys, extra, message):
