@@ -7,7 +7,9 @@ Writes a gallery, per-map tables and arrays to --out.
 Targets: `--layer Dense_2 --maps 4` searches the input that makes the network say 4 (the class logit);
 `--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.oip.targets` for the syntax).
 `--style robust`, `--param fourier` and `--diversity` give Lucid-style regularized, smooth or diverse
-patterns (see `jaxoip.oip.transforms`, `jaxoip.oip.param`, `jaxoip.oip.facets`).
+patterns (see `jaxoip.oip.transforms`, `jaxoip.oip.param`, `jaxoip.oip.facets`); `--param maco` keeps the
+training images' amplitude spectrum and optimizes the phase, and `--selective` ascends the target against
+the layer's other maps (see `jaxoip.oip.targets`); both need MNIST.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+        scan.check_needs_data(cfg, data)
         if data is None:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
@@ -162,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({s.found if s.found_of_live is None else s.found_of_live}{live}); "
         f"silent on noise: {s.silent_on_noise}; dead on data: {'n/a' if s.dead_on_data is None else s.dead_on_data}; "
         f"woken: {s.woken}\n"
-        f"style {args.style}, param {args.param}, wake {'on' if args.wake else 'off'}, diversity {args.diversity}\n"
+        f"style {args.style}, param {args.param}, wake {'on' if args.wake else 'off'}, diversity {args.diversity}, "
+        f"selective {args.selective}\n"
         f"{s.restarts} starts per map{cpu_default}, {s.steps} steps; {s.seconds:.1f} s scan, "
         f"search {s.search_seconds:.1f} s{earlier}, {s.image_steps_per_second:.0f} image-steps/s on "
         f"{s.devices} {s.backend} device(s), precision {s.precision}; "

@@ -1,8 +1,8 @@
 """The OIP search's settings: `OIPConfig`, validated on construction, and the values it accepts.
 
 The search itself is `jaxoip.oip.search`; the toolkit fields are explained where they act: `jaxoip.oip.targets`
-(quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles), `jaxoip.oip.param` (param) and
-`jaxoip.oip.facets` (diversity).
+(quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles), `jaxoip.oip.param` (param),
+`jaxoip.oip.facets` (diversity) and `jaxoip.oip.targets` (selective).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class OIPConfig:
         default="pixels",
         metadata={
             "choices": PARAMETERIZATIONS,
-            "help": "image parameterization: pixels, or fourier (decorrelated, favours smooth patterns)",
+            "help": "image parameterization: pixels, fourier (decorrelated, favours smooth patterns), or maco "
+            "(optimizes the Fourier phase, the magnitude fixed to the training images' mean spectrum)",
         },
     )
     fourier_decay: float = dataclasses.field(
@@ -116,6 +117,13 @@ class OIPConfig:
     )
     diversity: float = dataclasses.field(
         default=0.0, metadata={"help": "weight of the diversity penalty across a map's starts (0: off)"}
+    )
+    selective: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "ascend the target's activation over its largest on the test images minus this times the mean "
+            "of the same ratio over the layer's other maps (0: off)"
+        },
     )
     diversity_group: int = dataclasses.field(
         default=1, metadata={"flag": False, "help": "consecutive images that are one map's starts (for diversity)"}
@@ -144,7 +152,7 @@ class OIPConfig:
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)
         check_float("grad_eps", self.grad_eps, 0, lo_open=True)
-        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
+        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay", "selective"):
             check_float(name, getattr(self, name), 0)
         check_int("diversity_group", self.diversity_group, 1)
         check_seed(self.transform_seed)
@@ -154,6 +162,11 @@ class OIPConfig:
             raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
         if self.scale >= 1:
             raise JaxoipError("scale must be below 1")
+        if self.selective > 0 and self.weighted:
+            raise JaxoipError(
+                "selective compares one map with the layer's other maps; "
+                "it does not apply to weighted targets (--target)"
+            )
 
     @property
     def snapshots(self) -> tuple[int, ...]:

@@ -30,8 +30,11 @@ def _group_key(
     config: OIPConfig,
     node: tuple[int, int] | None,
     chunk: int,
+    data_max: np.ndarray | None = None,
+    magnitude: np.ndarray | None = None,
 ) -> str:
-    """What a saved group's results depend on: the model, the target, the start images and the search."""
+    """What a saved group's results depend on: the model, the target, the start images, the search and
+    the data it normalizes by (selective) or takes its spectrum from (maco)."""
     from flax import nnx
 
     from jaxoip.models.checkpoint import params_checksum
@@ -41,6 +44,9 @@ def _group_key(
     h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())
     h.update(np.ascontiguousarray(x0, np.float32).tobytes())
+    for extra in (data_max, magnitude):  # Which one is given follows from the config hashed above.
+        if extra is not None:
+            h.update(np.ascontiguousarray(extra, np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -78,6 +84,8 @@ def search_in_groups(
     chunk: int,
     progress: bool | Progress = False,
     partial_dir: str | os.PathLike | None = None,
+    data_max: np.ndarray | None = None,
+    magnitude: np.ndarray | None = None,
 ) -> tuple[OIPResult, float]:
     """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
 
@@ -96,12 +104,18 @@ def search_in_groups(
     with as_progress(progress, total=work, desc=f"OIP search {layer_name}", unit="image-step") as bar:
         for g, lo in enumerate(range(0, n, size)):
             hi = min(lo + size, n)
-            key = _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk) if partial else None
+            key = (
+                _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, data_max, magnitude)
+                if partial
+                else None
+            )
             path = partial / f"group_{g:05d}.npz" if partial else None
             part = _load_group(path, key, hi - lo)
             if part is None:
                 part_bar = WeightedPart(bar, (hi - lo) * config.steps)
-                res = search_oips(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, part_bar)
+                res = search_oips(
+                    model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, part_bar, data_max, magnitude
+                )
                 part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
                 part.update(steps_run=res.steps_run, seconds=res.seconds)
                 if path is not None:

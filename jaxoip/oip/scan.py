@@ -29,6 +29,7 @@ from jaxoip.models.memory import check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
+from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import PrecursorResult, data_activation, precursor_scan
 from jaxoip.oip.scan_result import ScanResult, facet_images
 from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
@@ -80,7 +81,9 @@ def scan_maps(
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
-    `data` adds each map's activation on the test images. Every compiled pass runs at
+    `data` adds each map's activation on the test images; the selective objective (`config.selective`)
+    normalizes by its maxima and MACO (`config.param` maco) takes its magnitude from the mean amplitude
+    spectrum of the training images, so both need `data`. Every compiled pass runs at
     `config.precision`. `progress`: True (default) for one progress display in image-steps of the search,
     the phase as its description, False for none, or a `jaxoip.progress.Progress` to report into. With
     `partial_dir`, every finished group of chunks of the search is kept there, and a repeated call skips
@@ -97,6 +100,7 @@ def scan_maps(
     n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
     maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node, config)
+    check_needs_data(config, data)
     restarts = default_restarts() if restarts is None else int(restarts)
     seed = check_seed(seed)
     maps = maps.astype(np.int32)
@@ -123,12 +127,26 @@ def scan_maps(
                 x = trained.standardization(data.test_images)
                 acts = data_activation(trained.model, x, layer_name, node, cfg=config)
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
+        magnitude = None
+        if config.param == "maco":
+            with bar.phase("maco spectrum"):
+                magnitude = maco_magnitude(trained.standardization(data.train_images))
         with bar.phase("screening starts"):
             start_recipe, x0 = screened_starts(
                 trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, config
             )
         res, earlier_seconds = search_in_groups(
-            trained.model, layer_name, np.repeat(maps, restarts), x0, config, node, chunk, bar, partial_dir
+            trained.model,
+            layer_name,
+            np.repeat(maps, restarts),
+            x0,
+            config,
+            node,
+            chunk,
+            bar,
+            partial_dir,
+            data_max if config.selective > 0 else None,
+            magnitude,
         )
     finally:
         if own:
@@ -152,6 +170,22 @@ def scan_maps(
         search_seconds=res.seconds,
         earlier_search_seconds=earlier_seconds,
     )
+
+
+def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:
+    """One line when the search needs MNIST and has none: the selective objective and MACO do."""
+    if data is not None:
+        return
+    if config.selective > 0:
+        raise JaxoipError(
+            "--selective needs the test images: it normalizes each map by its largest activation on them; "
+            "no MNIST data was found"
+        )
+    if config.param == "maco":
+        raise JaxoipError(
+            "--param maco needs the training images: its fixed magnitude is their mean amplitude spectrum; "
+            "no MNIST data was found"
+        )
 
 
 def screened_starts(

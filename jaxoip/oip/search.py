@@ -23,7 +23,7 @@ from jaxtyping import ArrayLike, Bool, Float, Int
 
 from jaxoip._check import check_cnn, check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.models.cnn import CNN, ModelConfig, map_activation
+from jaxoip.models.cnn import CNN, ModelConfig, layer_shapes, map_activation
 from jaxoip.numerics import precision_scope
 from jaxoip.oip import facets, param, targets, transforms
 from jaxoip.oip.config import OIPConfig
@@ -74,7 +74,7 @@ def make_objectives(graphdef: nnx.GraphDef, layer_name: str, node: tuple[int, in
 
 
 def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: tuple[int, int] | None = None):
-    """Pure (params, images (N,H,W,1), map_indices (N,)) -> dict of results, for one chunk.
+    """Pure (params, images (N,H,W,1), map_indices (N,), data_max, magnitude) -> dict of results, for one chunk.
 
     Each loop iteration costs one forward and one backward pass: the objective of image x_t comes
     with its gradient, so the trace entry of step t - 1 is written one iteration late. The loop
@@ -82,12 +82,16 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
     Toolkit options (all static, in `cfg`): the image is stepped in `cfg.param` coordinates; the
     objective is measured on a randomly transformed copy (per-image keys from `transforms.image_keys`);
     penalties and the diversity term are subtracted; with `cfg.wake` a ReLU target at zero is replaced
-    by its pre-activation. Traces hold the objective of the (transformed) image each step was taken
-    on; the final objective is that of the untransformed final image.
+    by its pre-activation; with `cfg.selective` the whole layer is computed and the selective objective
+    (`targets.make_selective_objectives`, normalized by `data_max` (C,)) ascended; with `cfg.param` maco
+    the image's amplitude spectrum is `magnitude` (H, W//2+1). Traces hold the objective (the target's
+    value) of the (transformed) image each step was taken on; the final objective is that of the
+    untransformed final image.
     """
     snaps = jnp.asarray(cfg.snapshots)
     plain_objectives = make_objectives(graphdef, layer_name, node)
     target_objectives = targets.make_target_objectives(graphdef, layer_name, node, cfg)
+    selective_objectives = targets.make_selective_objectives(graphdef, layer_name, node, cfg)
 
     def rms_normalize(g):
         return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
@@ -100,7 +104,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
         trace = jax.lax.dynamic_update_slice(trace, obj[:, None], (0, jnp.maximum(t - 1, 0)))
         return trace, conv_step, active | (obj > 0)
 
-    def search(params, x0, maps):
+    def search(params, x0, maps, data_max=None, magnitude=None):
         n, shape = x0.shape[0], x0.shape[1:3]
         custom = cfg.wake or targets.is_custom(nnx.merge(graphdef, params).config, layer_name, cfg)
         keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
@@ -111,6 +115,9 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         def objectives(x):
             """(study objective, objective to ascend, asleep) per image."""
+            if cfg.selective > 0:
+                obj, selective, wake_obj, asleep = selective_objectives(params, x, maps, data_max)
+                return obj, jnp.where(asleep, wake_obj, selective), asleep
             if not custom:
                 obj = plain_objectives(params, x, maps)
                 return obj, obj, jnp.zeros((n,), bool)
@@ -118,7 +125,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             return obj, jnp.where(asleep, wake_obj, obj), asleep
 
         def total(p, t):
-            x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay))(p)
+            x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude))(p)
             if cfg.param != "pixels":
                 # Through the standardization: the gradient then vanishes only at the best standardized
                 # image, whatever the metric of the parameters (pixels keep the study's step).
@@ -141,7 +148,9 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             (_, (obj, asleep)), g = value_and_grad(p, t)
             trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
             p = p + cfg.epsilon * jax.vmap(rms_normalize)(g)
-            x = jax.vmap(lambda q: standardize_image(param.to_image(cfg.param, q, shape, cfg.fourier_decay)))(p)
+            x = jax.vmap(
+                lambda q: standardize_image(param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude))
+            )(p)
             snapshots = jnp.where((snaps == t)[None, :, None, None, None], x[:, None], snapshots)
             return t + 1, x, obj, trace, snapshots, conv_step, active, woken | asleep
 
@@ -200,14 +209,14 @@ def default_chunk_size(n_devices: int | None = None) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "cfg", "node"))
-def _search_chunk(params, x0, maps, *, graphdef, layer_name, cfg, node):
+def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, layer_name, cfg, node):
     """The whole search for one chunk, one compiled program per (architecture, layer, config, node, shape).
 
     Inputs placed with a sharding (`jax.device_put`) carry it into the program, so one jitted function
     serves one device and many.
     """
     with precision_scope(cfg.precision):
-        return make_search(graphdef, layer_name, cfg, node)(params, x0, maps)
+        return make_search(graphdef, layer_name, cfg, node)(params, x0, maps, data_max, magnitude)
 
 
 def chunk_layout(n: int, chunk_size: int | None, n_devices: int, group: int = 1) -> tuple[int, int]:
@@ -223,6 +232,36 @@ def chunk_layout(n: int, chunk_size: int | None, n_devices: int, group: int = 1)
         chunk = 1 << max(0, math.ceil(math.log2(max(n, 1)))) if group == 1 else n
     chunk = max(multiple, math.ceil(chunk / multiple) * multiple)
     return chunk, math.ceil(n / chunk)
+
+
+def check_search_data(model_config: ModelConfig, layer_name: str, cfg: OIPConfig, data_max, magnitude):
+    """(data_max, magnitude) as float32 arrays where `cfg` uses them, else None; one line naming what is
+    missing or malformed."""
+    if cfg.selective > 0:
+        if data_max is None:
+            raise JaxoipError(
+                "the selective objective needs every map's largest activation on the test images (data_max); none given"
+            )
+        data_max = np.asarray(data_max, np.float32)
+        c = layer_shapes(model_config)[layer_name][-1]
+        if data_max.shape != (c,) or not np.isfinite(data_max).all():
+            raise JaxoipError(
+                f"data_max must hold {c} finite values, one per unit of {layer_name}; got shape {data_max.shape}"
+            )
+    else:
+        data_max = None
+    if cfg.param == "maco":
+        if magnitude is None:
+            raise JaxoipError("the maco parameterization needs the training images' amplitude spectrum; none given")
+        magnitude = np.asarray(magnitude, np.float32)
+        h, w = model_config.input_shape[:2]
+        if magnitude.shape != (h, w // 2 + 1) or not np.isfinite(magnitude).all() or not (magnitude > 0).any():
+            raise JaxoipError(
+                f"the maco magnitude must be {h}x{w // 2 + 1} finite values, not all zero; got {magnitude.shape}"
+            )
+    else:
+        magnitude = None
+    return data_max, magnitude
 
 
 def check_finite(res: dict):
@@ -247,8 +286,14 @@ def search_oips(
     node: tuple[int, int] | None = None,
     chunk_size: int | None = None,
     progress: bool | Progress = False,
+    data_max: Float[ArrayLike, " c"] | None = None,
+    magnitude: Float[ArrayLike, "H Wr"] | None = None,
 ) -> OIPResult:
     """Runs the OIP search for standardized images `init_images`, image i driving map `map_indices[i]`.
+
+    `data_max` (with `cfg.selective`): every unit's largest value over the test images, as
+    `jaxoip.oip.precursor.data_activation` gives it. `magnitude` (with `cfg.param` maco): the fixed
+    amplitude spectrum, `jaxoip.oip.param.maco_magnitude` of the standardized training images.
 
     All chunks are dispatched before any result is fetched. Results do not depend on `chunk_size` or
     the device count (up to float rounding), except with `cfg.early_stop`. `progress`: True for a
@@ -264,6 +309,7 @@ def search_oips(
     init_images = check_finite_images("the start images", init_images).astype(np.float32)
     if chunk_size is not None:
         check_int("chunk size", chunk_size, 1)
+    data_max, magnitude = check_search_data(model_config, layer_name, cfg, data_max, magnitude)
     n = init_images.shape[0]
     if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
         raise JaxoipError(
@@ -284,7 +330,11 @@ def search_oips(
         x, m = x_all[c * chunk : (c + 1) * chunk], m_all[c * chunk : (c + 1) * chunk]
         if sharding is not None:
             x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
-        pending.append(_search_chunk(params, x, m, graphdef=graphdef, layer_name=layer_name, cfg=cfg, node=node))
+        pending.append(
+            _search_chunk(
+                params, x, m, data_max, magnitude, graphdef=graphdef, layer_name=layer_name, cfg=cfg, node=node
+            )
+        )
     parts, steps_run = [], 0
     with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:
         for out in pending:

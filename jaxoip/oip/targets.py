@@ -15,6 +15,12 @@ index with an optional `weight*` in front:
     0.5*3+0.5*8
 
 In the batched search (`OIPConfig.weighted`), image i then drives the weighted sum number `maps[i]`.
+
+The selective objective (`OIPConfig.selective` = lambda > 0, `make_selective_objectives`) ascends the
+target's normalized value minus lambda times the mean normalized value of the layer's other units,
+a unit's value normalized by its largest value over the test images (`data_max`). It computes the
+whole layer at every step. A unit whose largest value on data is not positive (dead on data) has no
+scale: as the target it is normalized by 1, and it is left out of the other units' mean.
 """
 
 from __future__ import annotations
@@ -239,6 +245,49 @@ def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
             return obj, obj, jnp.zeros(obj.shape, bool)
         wake_obj = pre_map[:, node[0], node[1]] if node is not None else pre_map.max(axis=(1, 2))
         return obj, wake_obj, obj <= 0
+
+    return fn
+
+
+def selective_value(values, maps, data_max, lam: float):
+    """(N,): normalized target value minus `lam` times the mean normalized value of the other units,
+    from every unit's values (N, C), the targets (N,) and the units' largest values on data (C,)."""
+    live = data_max[None, :] > 0
+    normalized = values / jnp.where(live, data_max[None, :], 1.0)
+    target = jnp.take_along_axis(normalized, maps[:, None], axis=1)[:, 0]
+    others = live & (jnp.arange(values.shape[1])[None, :] != maps[:, None])
+    mean_others = jnp.where(others, normalized, 0.0).sum(axis=1) / jnp.maximum(others.sum(axis=1), 1)
+    return target - lam * mean_others
+
+
+def make_selective_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
+    """Pure (params, x (N,H,W,1), maps (N,), data_max (C,)) -> (objective, selective objective, wake
+    objective, asleep), each (N,); the objective is the target's value, as without `cfg.selective`."""
+
+    def fn(params, x, maps, data_max):
+        model = nnx.merge(graphdef, params)
+        config = model.config
+        quantity = resolve_quantity(config, layer_name, cfg.quantity)
+        relu = activation_name(config, layer_name) == "relu"
+        wake = cfg.wake and relu and quantity == "activation"
+        # One pass over the whole layer: with wake-up the pre-activation, the ReLU of it (for a pool
+        # layer too, as ReLU commutes with max pooling) the activation.
+        full = layer_values(model, x, layer_name, quantity == "pre" or wake)
+        pre_full, full = full, (jax.nn.relu(full) if wake else full)
+        if full.ndim == 4:
+            values = full[:, node[0], node[1]] if node is not None else full.mean(axis=(1, 2))
+        else:
+            values = full
+        obj = jnp.take_along_axis(values, maps[:, None], axis=1)[:, 0]
+        selective = selective_value(values, maps, data_max, cfg.selective)
+        if not wake:
+            return obj, selective, obj, jnp.zeros(obj.shape, bool)
+        pre = jnp.take_along_axis(pre_full, maps.reshape(-1, *(1,) * (pre_full.ndim - 1)), axis=-1)[..., 0]
+        if pre.ndim == 3:
+            wake_obj = pre[:, node[0], node[1]] if node is not None else pre.max(axis=(1, 2))
+        else:
+            wake_obj = pre
+        return obj, selective, wake_obj, obj <= 0
 
     return fn
 
