@@ -39,10 +39,24 @@ def test_outputs_exist_and_parse(scan_out):
         "found",
         "silent_on_noise",
         "dead_on_data",
+        "superstimulus",
+        "selectivity_rank",
+        "selectivity_ratio",
+        "stability",
+        "two_choice_oip",
+        "two_choice_exemplars",
+        "two_choice_oip_minmax",
+        "two_choice_exemplars_minmax",
     ):
         assert col in table, col
-    assert len(json.loads((scan_out / "maps.json").read_text())) == 4
+    rows = json.loads((scan_out / "maps.json").read_text())
+    assert len(rows) == 4
+    # Issue 16: maps dead on data have no superstimulus: empty in the CSV, null in the JSON.
+    dead = table["dead_on_data"].to_numpy()
+    assert table["superstimulus"][dead].isna().all() and table["superstimulus"][~dead].notna().all()
+    assert all(r["superstimulus"] is None for r, d in zip(rows, dead) if d)
     summary = json.loads((scan_out / "summary.json").read_text())
+    assert summary["quality"]["two_choice"]["chance"] == 0.5
     assert summary["maps"] == 4 and summary["restarts"] == 2 and summary["steps"] == 12
     arrays = np.load(scan_out / "oips.npz")
     assert arrays["best_images"].shape == (4, 28, 28, 1)

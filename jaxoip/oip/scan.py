@@ -27,10 +27,12 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel, get_layer, layer_shapes
 from jaxoip.models.memory import check_fits
 from jaxoip.numerics import check_seed
+from jaxoip.oip import quality as quality_lib
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import PrecursorResult, data_activation, precursor_scan
+from jaxoip.oip.quality import QualityConfig
 from jaxoip.oip.scan_result import ScanResult, facet_images
 from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
 from jaxoip.progress import Progress
@@ -75,6 +77,7 @@ def scan_maps(
     chunk_size: int | None = None,
     progress: bool | Progress = True,
     partial_dir: str | os.PathLike | None = None,
+    quality: QualityConfig | None = QualityConfig(),
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
@@ -88,7 +91,8 @@ def scan_maps(
     the phase as its description, False for none, or a `jaxoip.progress.Progress` to report into. With
     `partial_dir`, every finished group of chunks of the search is kept there, and a repeated call skips
     them (same result as without a break); `seconds` and `search_seconds` are then this call's, and
-    `earlier_search_seconds` the search time the earlier calls spent on the groups reused.
+    `earlier_search_seconds` the search time the earlier calls spent on the groups reused. `quality`: the
+    per-map measures (`jaxoip.oip.quality`; those beyond `stability` need `data`), None for none.
     """
     t0 = time.perf_counter()
     check_trained(trained)
@@ -121,13 +125,11 @@ def scan_maps(
             pre = precursor_scan(
                 trained.model, layer_name, recipes, precursor_starts, seed, node, config.precision, config
             )
-        data_mean = data_max = None
-        if data is not None:
-            with bar.phase("data pass"):
+        selective_max = magnitude = None
+        if config.selective > 0:  # The selective objective normalizes by the maps' maxima over the test images.
+            with bar.phase("data maxima"):
                 x = trained.standardization(data.test_images)
-                acts = data_activation(trained.model, x, layer_name, node, cfg=config)
-                data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
-        magnitude = None
+                selective_max = data_activation(trained.model, x, layer_name, node, cfg=config).max(axis=0)
         if config.param == "maco":
             with bar.phase("maco spectrum"):
                 magnitude = maco_magnitude(trained.standardization(data.train_images))
@@ -145,13 +147,37 @@ def scan_maps(
             chunk,
             bar,
             partial_dir,
-            data_max if config.selective > 0 else None,
+            selective_max,
             magnitude,
         )
+        data_mean = data_max = acts = on_best = min_images = None
+        if data is not None:
+            with bar.phase("data pass"):
+                x = trained.standardization(data.test_images)
+                obj = res.objective.reshape(len(maps), restarts)
+                best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
+                # The best OIPs ride along with the test images: one compiled pass for both.
+                acts = data_activation(trained.model, np.concatenate([x, best]), layer_name, node, cfg=config)
+                acts, on_best = acts[: len(x)], acts[len(x) :]
+                data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
+            if quality is not None and quality.min_starts > 0:
+                with bar.phase("minimizing OIPs"):
+                    min_images = quality_lib.minimizing_oips(
+                        trained.model,
+                        layer_name,
+                        maps,
+                        x0,
+                        restarts,
+                        config,
+                        node,
+                        quality.min_starts,
+                        chunk,
+                        magnitude,
+                    )
     finally:
         if own:
             bar.close()
-    return ScanResult(
+    result = ScanResult(
         layer_name=layer_name,
         map_indices=maps,
         restarts=restarts,
@@ -170,6 +196,10 @@ def scan_maps(
         search_seconds=res.seconds,
         earlier_search_seconds=earlier_seconds,
     )
+    if quality is not None:
+        x = None if data is None else trained.standardization(data.test_images)
+        result.quality = quality_lib.measure(result, quality, x, acts, on_best, min_images)
+    return result
 
 
 def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:

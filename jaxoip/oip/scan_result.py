@@ -16,6 +16,7 @@ from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
+from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
 
 
@@ -45,6 +46,7 @@ class ScanResult:
     earlier_search_seconds: float = 0.0  # The search time of groups reused from a killed run (`partial_dir`).
     options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
+    quality: MapQuality | None = None  # The per-map measures (`jaxoip.oip.quality`), set by `scan_maps`.
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
@@ -146,6 +148,9 @@ class ScanResult:
         df["silent_on_noise"] = self.precursor.silent_on_noise[self.map_indices]
         if self.data_max is not None:
             df["dead_on_data"] = self.data_max[self.map_indices] <= 0
+        for name, v in (self.quality.columns() if self.quality is not None else {}).items():
+            # Undefined measures (e.g. maps dead on data) stay empty in maps.csv, null in maps.json.
+            df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
         return df
 
     def summary(self) -> ScanSummary:
@@ -176,6 +181,7 @@ class ScanResult:
             dead_on_data=None if dead is None else int(dead.sum()),
             live_maps=None if dead is None else int((~dead).sum()),
             found_of_live=None if dead is None else int((t["found"] & ~dead).sum()),
+            quality=None if self.quality is None else self.quality.summary,
         )
 
 
@@ -210,11 +216,12 @@ class ScanSummary:
     dead_on_data: int | None = None  # The three counts need the data pass (None without MNIST).
     live_maps: int | None = None
     found_of_live: int | None = None
+    quality: dict | None = None  # Aggregates of the per-map measures (`jaxoip.oip.quality.summarize`).
 
     def to_dict(self) -> dict:
         """The fields as summary.json holds them (the data counts only when known)."""
         out = dataclasses.asdict(self)
-        for k in ("dead_on_data", "live_maps", "found_of_live"):
+        for k in ("dead_on_data", "live_maps", "found_of_live", "quality"):
             if out[k] is None:
                 del out[k]
         return out

@@ -1,0 +1,129 @@
+"""Issue 16 item 1: the per-map measures on a planted model with known answers, against a NumPy forward pass."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxoip
+from jaxoip.data.mnist import Standardization
+from jaxoip.errors import JaxoipError
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.oip import quality
+from jaxoip.oip.config import OIPConfig
+
+# Dense_1 (ReLU) nodes of a flattened standardized image match a ring, a vertical bar and K fixed pixel-noise
+# patterns with either sign. Dense_2 (ReLU): RING and BAR pass their node on; NOISE is the mean of the 2K
+# noise nodes (sum of |projection|): its OIP mixes noise patterns with signs of its own, unrelated to the
+# signs with which the digits that drive it match them.
+K_NOISE = 16
+QUALITY_CONFIG = ModelConfig(conv=(), pool=(), dense=((2 + 2 * K_NOISE, "relu"), (3, "relu"), (10, "softmax")))
+RING, NOISE, BAR = 0, 1, 2
+STD = Standardization(33.3, 78.6)
+
+
+def _weights() -> tuple[np.ndarray, np.ndarray]:
+    """(784, 2 + 2K) unit-norm, zero-mean templates (ring, bar, +-noise) and the (2 + 2K, 3) second layer."""
+    yy, xx = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    ring = np.exp(-((np.hypot(yy - 13.5, xx - 13.5) - 7.0) ** 2) / 4.0)
+    bar = np.exp(-((xx - 13.5) ** 2) / 3.0) * (np.abs(yy - 13.5) < 10)
+    noise = list(np.random.default_rng(7).normal(size=(K_NOISE, 28, 28)))
+    unit = lambda t: (t - t.mean()) / np.linalg.norm(t - t.mean())  # noqa: E731
+    noise = [unit(t) for t in noise]
+    w1 = np.stack([unit(ring), unit(bar), *noise, *[-t for t in noise]], axis=-1).reshape(784, 2 + 2 * K_NOISE)
+    w2 = np.zeros((2 + 2 * K_NOISE, 3))
+    w2[0, RING], w2[1, BAR], w2[2:, NOISE] = 1.0, 1.0, 1.0 / K_NOISE
+    return w1, w2
+
+
+def planted_quality_model() -> TrainedModel:
+    w1, w2 = _weights()
+    model = init_model(QUALITY_CONFIG, 0)
+    state = nnx.state(model, nnx.Param)
+    state["Dense_1"]["kernel"][...] = jnp.asarray(w1, jnp.float32)
+    state["Dense_1"]["bias"][...] = jnp.zeros((2 + 2 * K_NOISE,))
+    state["Dense_2"]["kernel"][...] = jnp.asarray(w2, jnp.float32)
+    state["Dense_2"]["bias"][...] = jnp.zeros((3,))
+    nnx.update(model, state)
+    return TrainedModel(model=model, standardization=STD)
+
+
+def numpy_forward(x: np.ndarray) -> np.ndarray:
+    """(N, 3) Dense_2 of the planted model for standardized images (N, 28, 28, 1), NumPy only."""
+    w1, w2 = _weights()
+    return np.maximum(np.maximum(x.reshape(len(x), -1).astype(np.float64) @ w1, 0) @ w2, 0)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(mnist):
+    return dataclasses.replace(mnist, test_images=mnist.test_images[:2000], test_labels=mnist.test_labels[:2000])
+
+
+@pytest.fixture(scope="module")
+def planted_scan(small_mnist):
+    kw = dict(restarts=4, precursor_starts=8, screen=2, seed=3, data=small_mnist, progress=False)
+    cfg = OIPConfig(steps=100, epsilon=0.05)
+    return jaxoip.scan_maps(planted_quality_model(), "Dense_2", config=cfg, **kw), kw, cfg
+
+
+def test_planted_answers(planted_scan):
+    """The ring map's OIP is selective and explains it; the noise map's OIP explains nothing."""
+    scan, _, _ = planted_scan
+    t = scan.table().set_index("map")
+    print(t[["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *quality.TWO_CHOICE]].T)
+    assert t.loc[RING, "selectivity_rank"] == 0 and t.loc[RING, "selectivity_ratio"] > 1
+    assert t.loc[RING, "two_choice_oip"] >= 0.95
+    assert abs(t.loc[NOISE, "two_choice_oip"] - 0.5) <= 0.2
+
+
+def test_superstimulus_and_selectivity_match_numpy(planted_scan, small_mnist):
+    scan, _, _ = planted_scan
+    t = scan.table()
+    on_oip = numpy_forward(scan.best_images)  # (m, 3): every map on every map's best OIP
+    data_max = numpy_forward(STD(small_mnist.test_images)).max(axis=0)
+    for i, m in enumerate(scan.map_indices):
+        norm = on_oip[i] / data_max
+        np.testing.assert_allclose(t["superstimulus"][i], norm[m], rtol=1e-4)
+        others = np.delete(norm, m)
+        assert t["selectivity_rank"][i] == int((others > norm[m]).sum())
+        with np.errstate(divide="ignore"):  # No other map responds: inf.
+            np.testing.assert_allclose(t["selectivity_ratio"][i], norm[m] / others.max(), rtol=1e-4)
+
+
+def test_measures_in_range_and_reproducible(planted_scan):
+    scan, kw, cfg = planted_scan
+    t = scan.table()
+    assert (t["superstimulus"] > 0).all() and (t["selectivity_ratio"] > 0).all()
+    assert t["selectivity_rank"].between(0, 2).all()
+    assert t["stability"].between(-1, 1).all()
+    for col in quality.TWO_CHOICE:
+        assert t[col].between(0, 1).all(), col
+    s = scan.summary().to_dict()["quality"]["two_choice"]
+    assert s["chance"] == 0.5
+    for k in ("two_choice_oip", "two_choice_exemplars"):
+        lo, hi = s[k]["ci95"]
+        assert 0 <= lo <= s[k]["mean"] <= hi <= 1
+    again = jaxoip.scan_maps(planted_quality_model(), "Dense_2", config=cfg, **kw)
+    cols = ["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *quality.TWO_CHOICE]
+    assert again.table()[cols].equals(t[cols])
+    assert again.summary().to_dict()["quality"] == scan.summary().to_dict()["quality"]
+
+
+def test_undefined_measures_stay_empty():
+    """A map dead on data gets no superstimulus or selectivity; a tie at the top counts half in two-choice."""
+    on_oip = np.array([[2.0, 1.0], [0.0, 3.0]])
+    data_max = np.array([1.0, 0.0])
+    assert np.isnan(quality.superstimulus(on_oip[[0, 1], [0, 1]], data_max)[1])
+    rank, ratio = quality.selectivity(on_oip, np.array([0, 1]), data_max)
+    assert rank[0] == 0 and ratio[0] == np.inf and np.isnan(rank[1]) and np.isnan(ratio[1])
+    sim = np.array([[[0.9], [0.1], [0.5], [0.1]]])  # strong queries 0.9, 0.1; weak 0.5, 0.1
+    assert quality.two_choice_accuracy(sim, np.ones((1, 1), bool))[0] == 0.75
+
+
+def test_quality_config_checked():
+    with pytest.raises(JaxoipError, match="query fraction"):
+        quality.QualityConfig(query_frac=0.7)
+    with pytest.raises(JaxoipError, match="pairs"):
+        quality.QualityConfig(pairs=0)
