@@ -24,6 +24,7 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks in notebooks/"
 
 
+@pytest.mark.slow  # Minutes each; `pytest -m slow` (CI runs it).
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_and_shows_its_figures(path, mnist, monkeypatch):
     monkeypatch.setenv("JAXOIP_NOTEBOOK_QUICK", "1")

@@ -1,28 +1,94 @@
-"""The README stays true: every command in it parses, and its Python example runs."""
+"""The README stays true: every command in it parses, its examples run top to bottom, its script is the file.
 
+`test_readme_examples_run_in_order` (slow) runs, in README order and in one empty temporary folder that
+plays the project root (it holds `jaxoip/reference_model`, a link to the shipped model), every line of
+the README's bash blocks that starts with `python -m jaxoip` (in this process, through `jaxoip.cli.run`).
+Other lines are not run there: setting up, activating the environment, and `python examples/from_python.py`,
+which writes nothing and has its own test (`test_example_script_runs_as_a_script`, a new process with
+JAXOIP_EXAMPLE_QUICK=1). The rules:
+- tiny settings: each option in TINY[command] that a line gives with a larger value takes TINY's value,
+  and one it does not give is added (`--epochs` and `--train-subset` of compare_seeds only with `--seeds`);
+  commands that compute also get `--no-progress --no-cache`;
+- a line commented `# error: A ... B` must exit with status 2, printing A and B;
+- a line commented `# interrupted (Ctrl-C) after epoch N` (train) or `after group N` (scan_all_maps) gets a
+  KeyboardInterrupt right after it saved epoch N or search group N, and must exit with status 130;
+- every other line must exit with status 0, and its `--out` folder must be marked complete.
+"""
+
+import importlib
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from jaxoip.__main__ import COMMANDS
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+EXAMPLE = ROOT / "examples" / "from_python.py"
+
+TINY = {
+    "scan_all_maps": {"--steps": 8, "--restarts": 2, "--precursor-starts": 8, "--screen": 2},
+    "train": {"--epochs": 2, "--train-subset": 640},
+    "compare_seeds": {
+        "--test-subset": 500,
+        "--max-samples": 20_000,
+        "--blocks": 10,
+        "--bootstrap": 20,
+        "--oip-maps": 4,
+        "--oip-restarts": 2,
+        "--oip-steps": 8,
+        "--epochs": 1,
+        "--train-subset": 640,
+    },
+    "activations": {},
+}
+ENGINE = ("--no-progress", "--no-cache")  # For the commands that take them (not activations).
 
 
-def _commands() -> list[list[str]]:
-    """Every `python -m jaxoip ...` line of the README's bash blocks, as argv (comments dropped)."""
+def _bash_lines() -> list[tuple[list[str], str]]:
+    """(words, comment) of every line of the README's bash blocks, `&&`-joined commands split, in order."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
         for line in block.splitlines():
-            for part in line.split("&&"):
+            code, _, comment = line.partition("  #")  # The README's comments follow two or more spaces.
+            for part in code.split("&&"):
                 words = shlex.split(part, comments=True)
-                if words[:3] == ["python", "-m", "jaxoip"]:
-                    out.append(words[3:])
-                elif words[:2] == ["python", "-m"] and words[2].startswith("jaxoip."):
-                    out.append([words[2].removeprefix("jaxoip."), *words[3:]])
+                if words:
+                    out.append((words, comment.strip()))
     return out
+
+
+def _commands() -> list[list[str]]:
+    """Every `python -m jaxoip ...` line of the README's bash blocks, as argv (command name first)."""
+    out = []
+    for words, _ in _bash_lines():
+        if words[:3] == ["python", "-m", "jaxoip"]:
+            out.append(words[3:])
+        elif words[:2] == ["python", "-m"] and words[2].startswith("jaxoip."):
+            out.append([words[2].removeprefix("jaxoip."), *words[3:]])
+    return out
+
+
+def tiny(argv: list[str]) -> list[str]:
+    """`argv` (command name first) at the TINY settings, by the rules in this module's docstring."""
+    name, args = argv[0], list(argv[1:])
+    for opt, cap in TINY[name].items():
+        if name == "compare_seeds" and opt in ("--epochs", "--train-subset") and "--seeds" not in args:
+            continue
+        if opt in args:
+            i = args.index(opt) + 1
+            args[i] = str(min(int(args[i]), cap))
+        else:
+            args += [opt, str(cap)]
+    if name != "activations":
+        args += list(ENGINE)
+    return [name, *args]
 
 
 def test_the_readme_has_commands_for_every_command():
@@ -31,16 +97,121 @@ def test_the_readme_has_commands_for_every_command():
 
 @pytest.mark.parametrize("argv", _commands(), ids=lambda a: " ".join(a)[:60])
 def test_readme_command_parses(argv):
-    """Each command's options exist and take the given values (a renamed flag fails here)."""
-    import importlib
-
+    """Each command's options exist and take the given values (a renamed flag fails here), also at tiny settings."""
     module = importlib.import_module(COMMANDS[argv[0]][0])
     module._parser().parse_args(argv[1:])
+    module._parser().parse_args(tiny(argv)[1:])
 
 
-def test_readme_python_example_runs(mnist):
-    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["scan"].images.shape == (16, 4, 28, 28, 1)
-    assert namespace["res"].images.shape == (8, 28, 28, 1)
+def test_tiny_caps_given_values_and_adds_missing_ones():
+    got = tiny(["train", "--epochs", "40", "--seed", "1", "--out", "r"])
+    assert got == ["train", "--epochs", "2", "--seed", "1", "--out", "r", "--train-subset", "640", *ENGINE]
+    assert tiny(["train", "--epochs", "1"])[:3] == ["train", "--epochs", "1"]  # Already smaller: kept.
+    assert "--epochs" not in tiny(["compare_seeds", "--models", "a", "b"])  # Only with --seeds.
+
+
+def test_readme_shows_the_example_script():
+    """The README's Python block is examples/from_python.py, the file that is run as a script (slow test below)."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks == [EXAMPLE.read_text()]
+    assert ["python", "examples/from_python.py"] in [words for words, _ in _bash_lines()]
+
+
+def _example_env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAXOIP_EXAMPLE_QUICK": "1", **extra}
+
+
+def test_example_script_names_a_folder_that_hides_the_package(tmp_path):
+    """Beside a folder named jaxoip/ (a checkout), `import jaxoip` finds that folder; the script says so in one line.
+
+    `python -S` (no site-packages, so no installed jaxoip) makes the folder the only `jaxoip` to import.
+    """
+    (tmp_path / "jaxoip").mkdir()
+    script = tmp_path / "from_python.py"
+    script.write_text(EXAMPLE.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-S", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: the folder {tmp_path / 'jaxoip'} hides the installed jaxoip package; run this script from another "
+        "folder, or install with: pip install -e . --config-settings editable_mode=compat"
+    ]
+
+
+@pytest.mark.slow
+def test_example_script_runs_as_a_script(tmp_path, mnist):
+    """`python examples/from_python.py` from another folder prints its table and shapes (tiny settings)."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE)], cwd=tmp_path, env=_example_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "best_objective" in out and "method" in out
+    assert "images (4, 2, 28, 28, 1) traces (4, 2, 20)" in out
+    objectives = re.search(r"objective of each \(map, start\): (.*)", out).group(1).split()
+    assert len(objectives) == 8 and all(float(v) == float(v) for v in objectives)  # 8 finite numbers, no NaN.
+    assert "Conv2D_2 activations of 8 test images: (8, 11, 11, 64)" in out
+
+
+def _interrupt(monkeypatch, what: str, n: int):
+    """A KeyboardInterrupt right after epoch `n` is saved (what='epoch') or search group `n` is done ('group')."""
+    from jaxoip.oip import groups as search_groups
+    from jaxoip.models import train as train_lib
+
+    if what == "epoch":
+        real = train_lib.save_epoch
+
+        def save_then_stop(manager, epoch, *a, **k):
+            real(manager, epoch, *a, **k)
+            if epoch == n:
+                manager.wait_until_finished()
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_lib, "save_epoch", save_then_stop)
+    else:
+        real, calls = search_groups.search_oips, []
+
+        def stop_after_n(*a, **k):
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real(*a, **k)
+
+        monkeypatch.setattr(search_groups, "search_oips", stop_after_n)
+
+
+@pytest.mark.slow
+def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
+    """Every example of the README, top to bottom, at tiny settings (rules in this module's docstring)."""
+    from jaxoip import cli
+
+    (tmp_path / "jaxoip").mkdir()
+    (tmp_path / "jaxoip" / "reference_model").symlink_to(ROOT / "jaxoip" / "reference_model")
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for words, comment in _bash_lines():
+        if words[:2] == ["python", "-m"] and (words[2] == "jaxoip" or words[2].startswith("jaxoip.")):
+            argv = words[3:] if words[2] == "jaxoip" else [words[2].removeprefix("jaxoip."), *words[3:]]
+        else:
+            continue
+        argv = tiny(argv)
+        line = " ".join(argv)
+        with monkeypatch.context() as m:
+            stop = re.match(r"interrupted \(Ctrl-C\) after (epoch|group) (\d+)", comment)
+            if stop:
+                _interrupt(m, stop.group(1), int(stop.group(2)))
+            code = cli.run(importlib.import_module(COMMANDS[argv[0]][0]).main, argv[1:])
+        err = capsys.readouterr().err
+        if comment.startswith("error:"):
+            assert code == 2, f"{line}: exit {code}, expected the error {comment!r}"
+            for piece in comment.removeprefix("error:").split("..."):
+                assert piece.strip() in err, f"{line}: {piece.strip()!r} not in {err!r}"
+        elif stop:
+            assert code == 130, f"{line}: exit {code}, expected an interruption: {err[-2000:]}"
+        else:
+            assert code == 0, f"{line}: exit {code}: {err[-2000:]}"
+            out = argv[argv.index("--out") + 1] if "--out" in argv else None
+            if out is not None:
+                assert json.loads((tmp_path / out / ".jaxoip.json").read_text())["status"] == "complete", line
+        ran.append(argv[0])
+    assert set(ran) >= set(COMMANDS)
