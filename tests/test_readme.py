@@ -155,8 +155,8 @@ def test_example_script_runs_as_a_script(tmp_path, mnist):
 
 def _interrupt(monkeypatch, what: str, n: int):
     """A KeyboardInterrupt right after epoch `n` is saved (what='epoch') or search group `n` is done ('group')."""
-    from jaxoip.oip import groups as search_groups
     from jaxoip.models import train as train_lib
+    from jaxoip.oip import groups as search_groups
 
     if what == "epoch":
         real = train_lib.save_epoch
