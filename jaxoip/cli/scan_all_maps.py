@@ -133,6 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node, cfg)
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    # Every option that sizes an array, memory included, before the output folder is touched.
+    scan.check_scan(
+        trained,
+        args.layer,
+        args.maps,
+        args.restarts,
+        cfg,
+        recipes,
+        args.precursor_starts,
+        args.screen,
+        args.seed,
+        args.node,
+        args.chunk_size,
+    )
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
