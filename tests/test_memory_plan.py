@@ -99,3 +99,30 @@ def test_format_bytes():
     assert format_bytes(2.4e12) == "2.4 TB"
     assert format_bytes(23e9) == "23 GB"
     assert format_bytes(512) == "512 B"
+
+
+@pytest.mark.parametrize("command", ["scan_all_maps", "train", "activations", "compare_seeds"])
+def test_a_backend_jax_cannot_start_is_named(command, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "bogus"}
+    argv = [sys.executable, "-m", f"jaxoip.{command}", "--out", str(tmp_path / "o")]
+    argv += ["--confusion"] if command == "activations" else []
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: JAX cannot start a backend (JAX_PLATFORMS=bogus): "), p.stderr
+    assert p.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_of_memory_names_the_commands_options(capsys):
+    def main(argv):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59000000000 bytes.")
+
+    err = _refused(capsys, main, [], "out of memory")
+    assert "--batch-size" in err  # The default.
+    assert cli.run(main, [], memory_options="--restarts or --screen") == 2
+    err = capsys.readouterr().err
+    assert "use a smaller --restarts or --screen" in err and "--batch-size" not in err

@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    cli.check_backend()
     from jaxoip import plots
     from jaxoip.models import checkpoint
 
@@ -210,7 +211,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
 
 def entry():
     """The `jaxoip-activations` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--exemplars")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def configs(args: argparse.Namespace) -> tuple[CompareConfig, TrainConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    cli.check_backend()
     cfg, tcfg = configs(args)
     layers = cfg.layers
     if args.models is None and args.seeds < 2:
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry():
     """The `jaxoip-compare-seeds` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts")
 
 
 if __name__ == "__main__":

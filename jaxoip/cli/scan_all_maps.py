@@ -112,6 +112,7 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    cli.check_backend()
     from jaxoip.data.mnist import HOW_TO_ADD, optional_mnist, resolve_data_dir
     from jaxoip.models import checkpoint
     from jaxoip.models.memory import check_fits
@@ -227,7 +228,7 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
 
 def entry():
     """The `jaxoip-scan-all-maps` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--restarts, --screen, --precursor-starts or --chunk-size")
 
 
 if __name__ == "__main__":
