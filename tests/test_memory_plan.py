@@ -126,3 +126,24 @@ def test_out_of_memory_names_the_commands_options(capsys):
     assert cli.run(main, [], memory_options="--restarts or --screen") == 2
     err = capsys.readouterr().err
     assert "use a smaller --restarts or --screen" in err and "--batch-size" not in err
+
+
+def test_divergence_suggests_epsilon_only_with_finite_inputs_and_weights():
+    import numpy as np
+
+    from jaxoip.errors import DivergenceError, JaxoipError
+    from jaxoip.oip.config import check_terms
+    from jaxoip.oip.search import check_finite
+
+    res = {
+        "images": np.full((2, 28, 28, 1), np.nan, np.float32),
+        "objective": np.zeros(2, np.float32),
+        "traces": np.full((2, 5), np.nan, np.float32),
+    }
+    with pytest.raises(DivergenceError, match="try a smaller epsilon"):
+        check_finite(res, {"w": np.ones(3, np.float32)})
+    with pytest.raises(DivergenceError, match="non-finite weights") as e:
+        check_finite(res, {"w": np.array([1.0, np.nan], np.float32)})
+    assert "epsilon" not in str(e.value)
+    with pytest.raises(JaxoipError, match="weight of unit 4"):  # Refused before any search.
+        check_terms([(4, float("inf"))])
