@@ -84,3 +84,41 @@ def find_exemplars(
             ragged[:] = crops
             patches.append(ragged)
     return Exemplars(spec.name, split, idx, values, nodes, patches)
+
+
+# matplotlib's Agg renderer refuses a figure of 2^23 pixels or more in either direction.
+_AGG_MAX_PIXELS = 2**23
+
+
+def check_exemplar_figure(config, layer_name: str, k: int, n_images: int, per_row: int = 8) -> None:
+    """Refuses a top-`k` exemplar figure (`jaxoip.plots.plot_exemplars`' layout) too large to draw or to hold,
+    before any work."""
+    from jaxoip.errors import OutputError
+    from jaxoip.models.memory import PlannedArray, check_arrays
+    from jaxoip.plots import DPI
+
+    h, w, maps = layer_shapes(config)[layer_name]
+    r0, r1, c0, c1 = receptive_field(config, layer_name, h // 2, w // 2)
+    given, k = k, max(1, min(int(k), n_images))
+    cols = min(per_row, maps)
+    rows = -(-maps // cols)
+    # plot_exemplars: blocks of k patches (1 px apart) per map, 22 mosaic pixels per inch, at DPI.
+    width = round((cols * (k * (c1 - c0 + 1) + 2) / 22 + 0.5) * DPI)
+    height = round((rows * (r1 - r0 + 6) / 22 + 0.8) * DPI)
+    if max(width, height) >= _AGG_MAX_PIXELS:
+        raise OutputError(
+            f"--exemplars {given}: the exemplar figure of {layer_name} would be {width}x{height} pixels, more than "
+            f"matplotlib draws ({_AGG_MAX_PIXELS} in each direction); use --exemplars "
+            f"{max(1, k * (_AGG_MAX_PIXELS - 1) // width)} or less"
+        )
+    check_arrays(
+        [
+            PlannedArray(
+                f"--exemplars {given}",
+                "the exemplar figure",
+                f"{width}x{height} pixels x 4 bytes, {maps} maps x {k} patches",
+                width * height * 4,
+                device=False,
+            )
+        ]
+    )

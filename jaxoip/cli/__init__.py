@@ -90,8 +90,29 @@ def add_engine_flags(parser: argparse.ArgumentParser, precision: bool = True):
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
-def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Runs a command; a user error becomes one line on stderr and exit status 2."""
+def check_backend():
+    """Starts JAX's backend at once, so that a platform it cannot start is one line naming it, not a later failure
+    (e.g. 'cannot restore parameters')."""
+    import jax
+
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        platforms = os.environ.get("JAX_PLATFORMS")
+        where = f" (JAX_PLATFORMS={platforms})" if platforms is not None else ""
+        raise JaxoipError(f"JAX cannot start a backend{where}: {first[:200]}") from None
+
+
+def run(
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+    memory_options: str = "--batch-size or --chunk-size",
+) -> int:
+    """Runs a command; a user error becomes one line on stderr and exit status 2.
+
+    `memory_options`: the command's options that size its work, named when it runs out of memory.
+    """
     try:
         return int(main(argv) or 0)
     except JaxoipError as e:
@@ -107,7 +128,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         if not is_out_of_memory(e):
             raise
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        print(f"error: out of memory ({first[:200]}); use a smaller --batch-size or --chunk-size", file=sys.stderr)
+        print(f"error: out of memory ({first[:200]}); use a smaller {memory_options}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -136,7 +157,11 @@ class _Stdout:
         return self._checked(self._stream.flush)
 
 
-def execute(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):
+def execute(
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+    memory_options: str = "--batch-size or --chunk-size",
+):
     """The process entry of a command: `run`, then exit with its status.
 
     A standard output that cannot be written is a failure too (one line on stderr). After a failure
@@ -146,7 +171,7 @@ def execute(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     """
     sys.stdout = _Stdout(sys.stdout)
     try:
-        code = run(main, argv)
+        code = run(main, argv, memory_options)
     except SystemExit as e:  # argparse's --help and option errors.
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
     try:

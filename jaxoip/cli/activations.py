@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    cli.check_backend()
     from jaxoip import plots
     from jaxoip.models import checkpoint
 
@@ -123,12 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
+    data = load_mnist(args.data_dir)  # Before the output folder: a bad data path is no output problem.
+    if args.exemplars:
+        from jaxoip.analysis.exemplars import check_exemplar_figure
+
+        check_exemplar_figure(trained.config, args.layer, args.exemplars, len(data.test_images))
     maps = layer_shapes(trained.config)[args.layer][-1]
     if (args.image or args.compare) and args.per_row > maps:  # A grid row wider than the layer is empty cells.
         raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
     with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
-        data = load_mnist(args.data_dir)
         # Every image spec is resolved before the first figure: a bad one fails with nothing written.
         images = get_images(args.image, data, trained.config.input_shape) if args.image else []
         if args.compare:
@@ -206,7 +211,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
 
 def entry():
     """The `jaxoip-activations` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--exemplars")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def configs(args: argparse.Namespace) -> tuple[CompareConfig, TrainConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    cli.check_backend()
     cfg, tcfg = configs(args)
     layers = cfg.layers
     if args.models is None and args.seeds < 2:
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {line}", file=sys.stderr)
     else:
         check_training_data(tcfg, data)
-    compare.check_settings(cfg, data, models[0].config if models else None)
+    compare.check_settings(cfg, data, models[0].config if models else None, len(models) if models else args.seeds)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # A resume goes on with the data (and models) it started with.
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry():
     """The `jaxoip-compare-seeds` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts")
 
 
 if __name__ == "__main__":

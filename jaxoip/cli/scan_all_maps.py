@@ -114,6 +114,7 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    cli.check_backend()
     from jaxoip.data.mnist import HOW_TO_ADD, optional_mnist, resolve_data_dir
     from jaxoip.models import checkpoint
     from jaxoip.models.memory import check_fits
@@ -135,6 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node, cfg)
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    # Every option that sizes an array, memory included, before the output folder is touched.
+    scan.check_scan(
+        trained,
+        args.layer,
+        args.maps,
+        args.restarts,
+        cfg,
+        recipes,
+        args.precursor_starts,
+        args.screen,
+        args.seed,
+        args.node,
+        args.chunk_size,
+    )
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
@@ -217,7 +232,7 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
 
 def entry():
     """The `jaxoip-scan-all-maps` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--restarts, --screen, --precursor-starts or --chunk-size")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip.models import checkpoint
 
     args = _parser().parse_args(argv)
+    cli.check_backend()
     cfg = flags.config_from_args(TrainConfig, args)
     check_fits(ModelConfig(), min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     from jaxoip.data.mnist import load_mnist, resolve_data_dir
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry():
     """The `jaxoip-train` console script."""
-    cli.execute(main)
+    cli.execute(main, memory_options="--batch-size")
 
 
 if __name__ == "__main__":

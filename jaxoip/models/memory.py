@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 
@@ -26,16 +28,72 @@ def available_bytes() -> int:
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
+    return host_available_bytes()
 
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def _proc_kib(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def host_available_bytes() -> int:
+    """The host memory a new array can still take: the available memory, within the address-space limit."""
+    import os
+    import resource
+
+    free = _proc_kib("/proc/meminfo", "MemAvailable:")
+    if free is None:
+        free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    # Under `ulimit -v` an allocation beyond the limit aborts inside XLA, whatever the free memory.
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        free = min(free, limit - (_proc_kib("/proc/self/status", "VmSize:") or 0))
+    return max(0, free)
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes in decimal units, e.g. '2.4 TB', '23 GB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            break
+        n /= 1000
+    return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedArray:
+    """An array a run will hold: the options that size it, what it is, how its bytes add up, and where it lives."""
+
+    options: str  # e.g. "--screen 10000000"
+    what: str  # e.g. "the candidate images"
+    formula: str  # e.g. "128 maps x 8 restarts x 10000000 screen x 28x28x1x4 bytes"
+    nbytes: int
+    device: bool = True  # False: host memory only (NumPy results)
+
+
+def check_arrays(planned: Sequence[PlannedArray]) -> None:
+    """Raises `OutOfMemoryError` naming the options and the cause when a planned array cannot fit in memory.
+
+    Computed from the sizes alone, before any work: an array too large for the device or the host would
+    otherwise abort inside XLA (or the allocator) with no useful message.
+    """
+    if not planned:
+        return
+    host = host_available_bytes()
+    device = available_bytes() if any(p.device for p in planned) else host
+    for p in sorted(planned, key=lambda p: -p.nbytes):
+        free = device if p.device else host
+        if p.nbytes > free:
+            raise OutOfMemoryError(
+                f"{p.options} needs {format_bytes(p.nbytes)} for {p.what} ({p.formula}); "
+                f"available: {format_bytes(free)}"
+            )
 
 
 def check_fits(config: ModelConfig, images: int, what: str, flag: str, fixed_bytes: int = 0):

@@ -25,7 +25,7 @@ from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel, get_layer, layer_shapes
-from jaxoip.models.memory import check_fits
+from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
 from jaxoip.oip.groups import search_in_groups
@@ -95,28 +95,12 @@ def scan_maps(
     per-map measures (`jaxoip.oip.quality`; those beyond `stability` need `data`), None for none.
     """
     t0 = time.perf_counter()
-    check_trained(trained)
-    check_type("config", config, OIPConfig)
+    maps, restarts, config, recipes, chunk = check_scan(
+        trained, layer_name, map_indices, restarts, config, recipes, precursor_starts, screen, seed, node, chunk_size
+    )
     check_data(data, optional=True)
-    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
-    recipes = get_recipes(recipes)
-    get_layer(trained.config, layer_name, ("conv", "pool", "dense"))
-    n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
-    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
-    check_target(trained.config, layer_name, maps, node, config)
     check_needs_data(config, data)
-    restarts = default_restarts() if restarts is None else int(restarts)
     seed = check_seed(seed)
-    maps = maps.astype(np.int32)
-    chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
-    if config.diversity > 0:
-        # A map's starts must share a chunk: groups of `restarts` consecutive images.
-        if restarts < 2:
-            raise JaxoipError("diversity needs at least 2 starts per map")
-        config = dataclasses.replace(config, diversity_group=restarts)
-        unit = math.lcm(restarts, len(jax.devices()))
-        chunk = max(1, round(chunk / unit)) * unit
-    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
@@ -216,6 +200,127 @@ def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:
             "--param maco needs the training images: its fixed magnitude is their mean amplitude spectrum; "
             "no MNIST data was found"
         )
+
+
+def check_scan(
+    trained: TrainedModel,
+    layer_name: str = "Conv2D_3",
+    map_indices: MapIndices | None = None,
+    restarts: int | None = None,
+    config: OIPConfig = OIPConfig(),
+    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
+    precursor_starts: int = 64,
+    screen: int = 8,
+    seed: int = 0,
+    node: tuple[int, int] | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Int[np.ndarray, " m"], int, OIPConfig, tuple[Recipe, ...], int]:
+    """`scan_maps`'s arguments checked, memory included, before any work: the maps, restarts, config,
+    recipes and chunk size it will use."""
+    check_trained(trained)
+    check_type("config", config, OIPConfig)
+    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
+    recipes = get_recipes(recipes)
+    get_layer(trained.config, layer_name, ("conv", "pool", "dense"))
+    n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
+    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
+    check_target(trained.config, layer_name, maps, node, config)
+    restarts = default_restarts() if restarts is None else int(restarts)
+    maps = maps.astype(np.int32)
+    chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
+    if config.diversity > 0:
+        # A map's starts must share a chunk: groups of `restarts` consecutive images.
+        if restarts < 2:
+            raise JaxoipError("diversity needs at least 2 starts per map")
+        config = dataclasses.replace(config, diversity_group=restarts)
+        unit = math.lcm(restarts, len(jax.devices()))
+        chunk = max(1, round(chunk / unit)) * unit
+    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
+    check_arrays(
+        scan_arrays(
+            trained.config.input_shape,
+            n_maps,
+            len(maps),
+            restarts,
+            config,
+            len(recipes),
+            precursor_starts,
+            screen,
+            chunk,
+        )
+    )
+    return maps, restarts, config, recipes, chunk
+
+
+def scan_arrays(
+    input_shape: tuple[int, ...],
+    units: int,
+    maps: int,
+    restarts: int,
+    config: OIPConfig,
+    n_recipes: int,
+    precursor_starts: int,
+    screen: int,
+    chunk: int,
+) -> list[PlannedArray]:
+    """The large arrays of a scan: `units` maps measured by the precursor scan, `maps` searched."""
+    image = math.prod(input_shape) * 4
+    shape = "x".join(str(v) for v in input_shape) + "x4 bytes"
+    snaps, steps = len(config.snapshots), config.steps
+    cand = maps * restarts * screen
+    n = maps * restarts
+    planned = [
+        PlannedArray(
+            f"--precursor-starts {precursor_starts}",
+            "the precursor images",
+            f"{n_recipes} recipes x {precursor_starts} starts x {shape}",
+            n_recipes * precursor_starts * image,
+        ),
+        PlannedArray(
+            f"--precursor-starts {precursor_starts}",
+            "the precursor activations",
+            f"{n_recipes} recipes x {precursor_starts} starts x {units} maps x 4 bytes",
+            n_recipes * precursor_starts * units * 4,
+            device=False,
+        ),
+        PlannedArray(
+            f"--restarts {restarts} --screen {screen}",
+            "the candidate images",
+            f"{maps} maps x {restarts} restarts x {screen} screen x {shape}",
+            cand * image,
+        ),
+        PlannedArray(
+            f"--restarts {restarts}",
+            "the searched images and their snapshots",
+            f"{maps} maps x {restarts} restarts x (1 + {snaps} snapshots) x {shape}",
+            n * (1 + snaps) * image,
+            device=False,
+        ),
+        PlannedArray(
+            f"--restarts {restarts} --steps {steps}",
+            "the objective traces",
+            f"{maps} maps x {restarts} restarts x {steps} steps x 4 bytes",
+            n * steps * 4,
+            device=False,
+        ),
+        PlannedArray(
+            f"--chunk-size {chunk} --steps {steps}",
+            "a search chunk's traces and snapshots",
+            f"{chunk} images x ({steps} steps x 4 bytes + {snaps} snapshots x {shape})",
+            chunk * (steps * 4 + snaps * image),
+        ),
+    ]
+    if screen > 1:
+        planned.append(
+            PlannedArray(
+                f"--restarts {restarts} --screen {screen}",
+                "the candidates' activations",
+                f"{maps} maps x {restarts} restarts x {screen} screen x {units} maps x 4 bytes",
+                cand * units * 4,
+                device=False,
+            )
+        )
+    return planned
 
 
 def screened_starts(

@@ -264,8 +264,12 @@ def check_search_data(model_config: ModelConfig, layer_name: str, cfg: OIPConfig
     return data_max, magnitude
 
 
-def check_finite(res: dict):
-    """Stops on a diverged search (non-finite images or objectives) instead of reporting NaN as a finding."""
+def check_finite(res: dict, params=None):
+    """Stops on a diverged search (non-finite images or objectives) instead of reporting NaN as a finding.
+
+    A smaller epsilon is suggested only when the model's `params` (when given) are finite: a NaN or
+    infinite weight diverges whatever the step size.
+    """
     bad = ~(np.isfinite(res["images"]).all(axis=(1, 2, 3)) & np.isfinite(res["objective"]))
     if bad.any():
         i = int(np.argmax(bad))
@@ -273,7 +277,11 @@ def check_finite(res: dict):
         at = f"step {int(steps[0])}" if steps.size else "the last step"
         raise DivergenceError(
             f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); "
-            "try a smaller epsilon"
+            + (
+                "try a smaller epsilon"
+                if params is None or all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(params))
+                else "the model has non-finite weights"
+            )
         )
 
 
@@ -343,5 +351,5 @@ def search_oips(
             parts.append(out)
             bar.update(1)
     res = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
-    check_finite(res)
+    check_finite(res, params)
     return OIPResult(snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res)

@@ -14,6 +14,7 @@ a bootstrap over images and one over seed pairs. `compare_report` writes the rep
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -86,9 +87,11 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
         get_layer(first, name, ("conv",))
 
 
-def check_settings(config: CompareConfig, data: MNIST, model_config=None) -> None:
-    """The settings that depend on the data or the architecture, refused before any training or search."""
+def check_settings(config: CompareConfig, data: MNIST, model_config=None, n_models: int = 2) -> None:
+    """The settings that depend on the data or the architecture, refused before any training or search;
+    memory included, for `n_models` models."""
     from jaxoip.models.cnn import ModelConfig
+    from jaxoip.models.memory import check_arrays
 
     n = len(data.test_images)
     if config.test_subset is not None and config.test_subset > n:
@@ -100,6 +103,70 @@ def check_settings(config: CompareConfig, data: MNIST, model_config=None) -> Non
         channels = layer_shapes(model_config or ModelConfig())[config.oip_layer][-1]
         if config.oip_maps > channels:
             raise JaxoipError(f"oip_maps ({config.oip_maps}) is more than the {channels} maps of {config.oip_layer}")
+    check_arrays(compare_arrays(config, model_config or ModelConfig(), used, n_models))
+
+
+def compare_arrays(config: CompareConfig, model_config, n_images: int, n_models: int) -> list:
+    """The large arrays of a comparison of `n_models` models on `n_images` test images."""
+    from jaxoip.models.memory import PlannedArray
+    from jaxoip.oip.noise import DEFAULT_RECIPES
+    from jaxoip.oip.scan import scan_arrays
+    from jaxoip.oip.search import default_chunk_size
+
+    shapes = layer_shapes(model_config)
+    pairs = n_models * (n_models - 1) // 2
+    blocks = min(config.blocks, n_images)
+    planned = [
+        PlannedArray(
+            f"--bootstrap {config.bootstrap}",
+            "the bootstrap weights",
+            f"{config.bootstrap} replicates x {blocks} blocks x 8 bytes",
+            config.bootstrap * blocks * 8,
+            device=False,
+        ),
+        PlannedArray(
+            f"--bootstrap {config.bootstrap} (with {pairs} pairs of models)",
+            "the bootstrap replicates of every pair",
+            f"{config.bootstrap} replicates x {pairs} pairs x {len(COMPARISONS)} comparisons x 16 metrics x 8 bytes",
+            config.bootstrap * pairs * len(COMPARISONS) * 16 * 8,
+            device=False,
+        ),
+        PlannedArray(
+            f"--seeds (or --models): {n_models} models",
+            "the correlation matrices of every pair",
+            f"{pairs} pairs x {len(COMPARISONS)} comparisons x sum of maps^2 of {', '.join(config.layers)} x 4 bytes",
+            pairs * len(COMPARISONS) * sum(shapes[layer][-1] ** 2 for layer in config.layers) * 4,
+            device=False,
+        ),
+    ]
+    for layer in config.layers:
+        h, w, c = shapes[layer]
+        k = positions_per_image((h, w), n_images, config.max_samples)
+        planned.append(
+            PlannedArray(
+                f"--max-samples {config.max_samples} --test-subset {n_images} ({n_models} models)",
+                f"the sampled features of {layer}",
+                f"{2 * n_models} trained and untrained models x {n_images} images x {k} positions x {c} maps x 4 bytes",
+                2 * n_models * n_images * k * c * 4,
+                device=False,
+            )
+        )
+    if config.oip_layer is not None:
+        options = dict(config.oip_scan_options)
+        for p in scan_arrays(
+            model_config.input_shape,
+            shapes[config.oip_layer][-1],
+            config.oip_maps,
+            config.oip_restarts,
+            config.oip,
+            len(options.get("recipes", DEFAULT_RECIPES)),
+            options.get("precursor_starts", 64),
+            options.get("screen", 8),
+            min(options.get("chunk_size") or default_chunk_size(), config.oip_maps * config.oip_restarts),
+        ):
+            flags = p.options.replace("--restarts", "--oip-restarts").replace("--steps", "--oip-steps")
+            planned.append(dataclasses.replace(p, options=f"{flags} (--oip-maps {config.oip_maps})"))
+    return planned
 
 
 def shared_seeds(model_info: Sequence[dict]) -> tuple[list[tuple[int, int, int]], list[int]]:
@@ -164,7 +231,7 @@ def compare_models(
     check_models(models, config.layers)
     check_dataset(data)
     names = tuple(names) if names is not None else tuple(f"model {i}" for i in range(len(models)))
-    check_settings(config, data, models[0].config)
+    check_settings(config, data, models[0].config, len(models))
     images = data.test_images[: config.test_subset] if config.test_subset else data.test_images
     n_images = images.shape[0]
     if n_images < 2:
