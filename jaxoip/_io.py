@@ -275,6 +275,8 @@ def prepare_output(
     or full disk is refused at once (`OutputError`). `config` (JSON-able) is recorded in the marker and
     must match on `resume`. With `overwrite`, only files that jaxoip's marker lists are replaced.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputError(f"the output folder must be a path, got {type(path).__name__}")
     path = Path(path).absolute()
     if overwrite and resume:
         raise OutputError("--overwrite and --resume exclude each other")

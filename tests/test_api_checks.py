@@ -221,3 +221,17 @@ def test_public_functions_refuse_wrong_types_with_a_jaxoip_error(reference, smal
         pytest.fail(f"{call}({bad!r}) raised {type(e).__name__}: {e}")
     else:
         assert isinstance(bad, str), f"{call}({bad!r}) was accepted"
+
+
+def test_save_model_and_write_report_refuse_wrong_types(tiny_trained, tmp_path):
+    from jaxoip.errors import JaxoipError, OutputError
+    from jaxoip.models.checkpoint import save_model
+    from jaxoip.seeds.report import write_report
+
+    with pytest.raises(OutputError, match="the output folder must be a path, got NoneType"):
+        save_model(None, tiny_trained)
+    with pytest.raises(JaxoipError, match="must be a TrainedModel"):
+        save_model(tmp_path / "m", "not a model")
+    with pytest.raises(JaxoipError, match="the comparison must be a SeedComparison"):
+        write_report(None, tmp_path / "r")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()

@@ -72,7 +72,15 @@ def test_path_errors_are_one_line(capsys, tmp_path):
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     argv = ["--epochs", "1", "--data-dir", str(tmp_path / "loop1")]
-    _refused(capsys, train_cmd.main, argv, "loop1: a symlink loop", tmp_path / "out")
+    _refused(capsys, train_cmd.main, argv, "loop1) cannot be used: a symlink loop", tmp_path / "out")
+
+
+@pytest.mark.parametrize("main", [train_cmd.main, scan_cmd.main, activations_cmd.main, compare_cmd.main])
+def test_a_data_path_too_long_is_named_as_the_data_path(main, capsys, tmp_path, monkeypatch):
+    # Not "cannot write to <out>": the output folder is fine, the data path ($JAXOIP_DATA_DIR) is not.
+    monkeypatch.setenv("JAXOIP_DATA_DIR", str(tmp_path / ("a" * 300)))
+    argv = ["--image", "test:1"] if main is activations_cmd.main else []
+    _refused(capsys, main, argv, "a) cannot be used: File name too long", tmp_path / "out")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")

@@ -335,3 +335,32 @@ def test_h5_file_with_damaged_bytes_is_reported_as_damaged(tmp_path, idx_dir, ca
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "looks damaged" in err and "'Dense_1'" in err, err
     assert not (tmp_path / "o").exists()
+
+
+@needs_keras
+def test_a_colour_model_is_refused_at_load(tmp_path, idx_dir):
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(8, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.save(tmp_path / "colour.keras")
+    with pytest.raises(CheckpointError, match=r"colour\.keras: the model takes 32x32x3 images; .*only 28x28x1"):
+        load_model(tmp_path / "colour.keras", data_dir=idx_dir)
+
+
+def test_a_checkpoint_of_another_input_shape_is_refused_at_load(tmp_path):
+    from jaxoip.models.checkpoint import save_model
+    from jaxoip.models.cnn import TrainedModel, init_model
+
+    config = ModelConfig(conv=((4, 3, "relu"),), pool=(2,), dense=((10, "softmax"),), input_shape=(32, 32, 3))
+    path = save_model(tmp_path / "m", TrainedModel(init_model(config, 0), Standardization(120.0, 60.0)))
+    with pytest.raises(CheckpointError, match="the model takes 32x32x3 images"):
+        load_model(path)

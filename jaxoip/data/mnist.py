@@ -180,11 +180,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if not chosen:
         return None
+    where = f"--data-dir {chosen}" if data_dir is not None else f"{DATA_DIR_ENV}={chosen}"
     try:
-        return str(Path(chosen).expanduser().resolve())
+        path = Path(chosen).expanduser().resolve()
+        path.stat()  # A name too long, a loop or a forbidden folder is the data path's fault, said here.
+    except FileNotFoundError:
+        pass  # Reported by the loader, which names the missing files.
     except (OSError, RuntimeError) as e:  # Python < 3.13 reports a symlink loop as RuntimeError.
         cause = "a symlink loop" if isinstance(e, RuntimeError) else e.strerror or str(e)
-        raise DataError(f"MNIST data directory {chosen}: {cause}") from None
+        raise DataError(f"MNIST data directory ({where}) cannot be used: {cause}") from None
+    return str(path)
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None) -> MNIST:

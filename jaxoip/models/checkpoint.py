@@ -31,7 +31,7 @@ from flax import nnx
 from jaxoip._io import prepare_output
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -187,6 +187,9 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
 
 def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool = False) -> Path:
     """Writes `trained` to the new or empty folder `path` (replacing a jaxoip checkpoint there with `overwrite`)."""
+    from jaxoip._check import check_trained
+
+    check_trained(trained)
     with prepare_output(path, "save_model", {}, overwrite=overwrite) as out:
         write_checkpoint(out.staging, trained)
     return out.path
@@ -261,6 +264,7 @@ def _restore(path: Path, meta: dict) -> TrainedModel:
         std = Standardization(**meta["standardization"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
+    check_supported_input(config, str(path))
     _check_standardization(std.mean, std.std, f"{path}/metadata.json")
 
     model = nnx.eval_shape(lambda: init_model(config, 0))

@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 from jaxoip import numerics
 from jaxoip._check import check_cnn, check_finite_images, check_model_config, check_type, nonfinite_parameters
 from jaxoip.data.mnist import Standardization
-from jaxoip.errors import DivergenceError, LayerError
+from jaxoip.errors import CheckpointError, DivergenceError, LayerError
 
 LayerKind = Literal["conv", "pool", "flatten", "dense"]
 _ACTIVATIONS = {
@@ -62,6 +62,20 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**d)
+
+
+# The input the search's noise recipes, the facets' shifts and the figures are written for so far.
+SUPPORTED_INPUT = (28, 28, 1)
+
+
+def check_supported_input(config: ModelConfig, where: str) -> None:
+    """Refuses, at load, a model whose input is not 28x28x1: it would load, then fail deep in a search."""
+    if tuple(config.input_shape) != SUPPORTED_INPUT:
+        h, w, c = (tuple(config.input_shape) + (None,) * 3)[:3]
+        raise CheckpointError(
+            f"{where}: the model takes {h}x{w}x{c} images; jaxoip supports only 28x28x1 (MNIST-sized grayscale) "
+            "models so far"
+        )
 
 
 def _check_activation(name: str):

@@ -26,7 +26,7 @@ from flax import nnx
 
 from jaxoip.data.mnist import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model, layer_specs
 
 _IGNORED = {"InputLayer", "Dropout"}  # Identity at inference.
 
@@ -242,6 +242,7 @@ def read_keras_file(path: str | os.PathLike) -> KerasModel:
     if not isinstance(model_json, dict):
         raise CheckpointError(f"{path}: the model config is not a Keras model description")
     config, keras_names = parse_config(model_json, str(path))
+    check_supported_input(config, str(path))
     params, names = {}, {}
     trainable = [s for s in layer_specs(config) if s.kind in ("conv", "dense")]
     by_kind = [s for s in layer_specs(config) if s.kind != "flatten"]

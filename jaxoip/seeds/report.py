@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxoip._check import check_type
 from jaxoip._io import prepare_output
 from jaxoip.seeds.plots import plot_matched_oips, plot_matching, plot_oip_measures
 
@@ -209,6 +210,9 @@ def write_report(
 ) -> Path:
     """Writes the report into the new or empty folder `out` (see `write_report_files`), through
     `jaxoip._io.prepare_output`: a folder holding anything jaxoip did not write is refused."""
+    from jaxoip.seeds.result import SeedComparison
+
+    check_type("the comparison", result, SeedComparison, " (from jaxoip.compare_models)")
     with prepare_output(out, "write_report", {}, overwrite=overwrite) as o:
         write_report_files(result, o.staging, command)
     return o.path
