@@ -12,6 +12,7 @@ Images and layers:
 - `classes`: the output layer's classes (10).
 - `grid_h grid_w`: a layer grid in cells of `h x w` (a dense layer's node is a 1x1 cell).
 - `fh fw`: a receptive field's height and width in input pixels.
+- `H Wr`: an image's real 2-D Fourier spectrum (`rfft2`: `Wr` = W // 2 + 1 columns), e.g. MACO's magnitude.
 
 Searches and training:
 

@@ -34,6 +34,7 @@ NO_ARRAYS = {
     "layer_names",
     "layer_shapes",
     "least_confident",
+    "load_images",
     "load_mnist",
     "load_model",
     "load_reference_model",
@@ -46,6 +47,7 @@ NO_ARRAYS = {
     "style_config",
     "train_model",
     "train_seeds",
+    "upgrade_checkpoint",
     "write_report",
     "write_scan",
 }

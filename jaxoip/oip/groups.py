@@ -84,8 +84,8 @@ def search_in_groups(
     chunk: int,
     progress: bool | Progress = False,
     partial_dir: str | os.PathLike | None = None,
-    data_max: np.ndarray | None = None,
-    magnitude: np.ndarray | None = None,
+    data_max: Float[np.ndarray, " c"] | None = None,
+    magnitude: Float[np.ndarray, "H Wr"] | None = None,
 ) -> tuple[OIPResult, float]:
     """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
 
