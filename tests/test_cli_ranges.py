@@ -165,6 +165,7 @@ def test_seed_warnings_only_for_shared_or_unknown_seeds():
     ]
 
 
+@pytest.mark.slow
 def test_compare_seeds_stops_at_ctrl_c_and_resumes(tmp_path):
     out = tmp_path / "out"
     argv = [

@@ -148,6 +148,7 @@ def _scan_cmd(out, cache):
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_second_run_loads_its_programs_from_the_cache(tmp_path, mnist):
     first = _scan_cmd(tmp_path / "a", tmp_path / "cache")
     second = _scan_cmd(tmp_path / "b", tmp_path / "cache")

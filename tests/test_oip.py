@@ -109,6 +109,7 @@ def test_bad_targets(tiny_trained, starts, kwargs, match):
         search_oips(tiny_trained.model, args["layer_name"], args["map_indices"], starts[:1], CFG, node=args["node"])
 
 
+@pytest.mark.slow
 def test_sharded_over_four_host_devices(tiny_checkpoint, tmp_path):
     """The same search on 4 forced CPU devices (batch axis sharded) gives the same images."""
     script = textwrap.dedent(

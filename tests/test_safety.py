@@ -365,6 +365,7 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_identical_weights(tmp_path, mnist):
     """A real `train` command killed with SIGKILL after its first epoch, then finished with --resume."""
     out = tmp_path / "run"
@@ -636,7 +637,7 @@ def test_compare_seeds_resume_refuses_other_data(tmp_path, monkeypatch, capsys):
 
     a, b = _idx_dir(tmp_path / "a", 1), _idx_dir(tmp_path / "b", 2)
     out = tmp_path / "cmp"
-    argv = ["--seeds", "2", "--epochs", "1", "--no-progress", "--no-cache", "--out", str(out)]
+    argv = ["--seeds", "2", "--epochs", "1", "--blocks", "4", "--no-progress", "--no-cache", "--out", str(out)]
     monkeypatch.setattr(compare, "trained_models", _killed_after_saving("folder"))
     monkeypatch.setenv("JAXOIP_DATA_DIR", str(a))  # --data-dir is a setting; the environment is not.
     assert cli.run(compare_seeds.main, argv) == 130

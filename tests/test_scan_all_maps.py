@@ -131,6 +131,7 @@ def test_runs_without_mnist(tmp_path, monkeypatch, capsys):
     assert np.isfinite(table["best_objective"]).all()
 
 
+@pytest.mark.slow
 def test_toolkit_options_recorded(tiny_checkpoint, mnist, tmp_path):
     """A weighted class target with the robust style, Fourier images and diversity, from the command line."""
     out = tmp_path / "out"

@@ -147,6 +147,7 @@ def test_maco_search_keeps_the_magnitude(mnist):
     assert (res.traces[:, -1] >= res.traces[:, 0]).all() and (res.traces[:, -1] > res.traces[:, 0]).any()
 
 
+@pytest.mark.slow
 def test_maco_and_selective_from_the_command_line(tiny_checkpoint, tiny_trained, mnist, tmp_path):
     """`--param maco --selective 1` runs, is recorded, and equals the API's scan from the same seed."""
     out = tmp_path / "out"
