@@ -248,15 +248,16 @@ class OutputDir:
 def _clean_stale(path: Path):
     """Removes staging folders of earlier runs inside `path`, a folder whose marker says jaxoip wrote it.
 
-    Only inside: nothing beside the folder is touched, whatever its name. The caller holds the lock, so
-    no other live run is writing these.
+    Only inside: nothing beside the folder is touched, whatever its name. The caller holds the lock and
+    has not made its own staging folder yet, so no live run is writing these: one named with this
+    process's pid is a killed run's too (a container's next process often gets the same pid).
     """
     for tmp in path.glob(TMP_PREFIX + "*"):
         try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
+            int(tmp.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid():
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import jaxoip
 
 
@@ -10,6 +12,7 @@ def test_every_public_name_resolves():
     assert jaxoip.train_model is jaxoip.models.train.train  # The module keeps its name.
 
 
+@pytest.mark.slow
 def test_commands_run_as_modules_without_double_import_warning():
     for command in ("train", "scan_all_maps", "activations", "compare_seeds"):
         proc = subprocess.run(

@@ -121,6 +121,7 @@ def test_wait_ready_lets_an_interrupt_land_before_the_result():
     y.block_until_ready()
 
 
+@pytest.mark.slow
 def test_compare_seeds_report_states_what_ran_and_warns_of_a_shared_seed(tmp_path, capsys, mnist):
     small = dataclasses.replace(mnist, train_images=mnist.train_images[:256], train_labels=mnist.train_labels[:256])
     a = train(TrainConfig(epochs=1, seed=0), data=small, progress=False)

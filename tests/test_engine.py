@@ -169,6 +169,7 @@ def test_commands_ask_xla_for_deterministic_gpu_kernels():
 @pytest.mark.parametrize(
     "module", ["jaxoip.train", "jaxoip.activations", "jaxoip.scan_all_maps", "jaxoip.compare_seeds"]
 )
+@pytest.mark.slow
 def test_module_commands_set_the_flag_before_any_backend_starts(module):
     """`python -m jaxoip.<command>` imports the library (and JAX) first; XLA reads its flags when the first
     backend starts, so the flag counts as long as no backend has started when the command sets it."""

@@ -122,10 +122,21 @@ def test_out_of_memory_names_the_commands_options(capsys):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59000000000 bytes.")
 
     err = _refused(capsys, main, [], "out of memory")
-    assert "--batch-size" in err  # The default.
+    assert "use a smaller batch or chunk size" in err  # A function of no command's module.
     assert cli.run(main, [], memory_options="--restarts or --screen") == 2
     err = capsys.readouterr().err
     assert "use a smaller --restarts or --screen" in err and "--batch-size" not in err
+    # However a command is started (console script, python -m jaxoip <command>, python -m jaxoip.<command>),
+    # its own options are named: they come from its module.
+    for module, options in [
+        ("jaxoip.cli.scan_all_maps", "--restarts, --screen, --precursor-starts or --chunk-size"),
+        ("jaxoip.cli.activations", "--exemplars"),
+        ("jaxoip.cli.train", "--batch-size"),
+    ]:
+        __import__(module)
+        main.__module__ = module
+        assert cli.run(main, []) == 2
+        assert f"use a smaller {options}" in capsys.readouterr().err
 
 
 def test_divergence_suggests_epsilon_only_with_finite_inputs_and_weights():

@@ -685,3 +685,32 @@ def test_damaged_saved_group_is_searched_again(tmp_path, monkeypatch, capsys):
     assert err.count("warning: saved search group") == 2 and "searching it again" in err, err
     for name in ("images", "objective", "traces"):
         np.testing.assert_array_equal(getattr(again.oip, name), getattr(whole.oip, name))
+
+
+@pytest.mark.parametrize("mode", ["resume", "overwrite"])
+def test_a_killed_runs_staging_folder_with_this_pid_does_not_block_the_folder(tmp_path, mode):
+    # After a SIGKILL the staging folder survives; in a container the next process often has the same pid.
+    out = tmp_path / "out"
+    with prepare_output(out, "test", {"a": 1}) as o:
+        (o.staging / "result.txt").write_text("first")
+    marker = read_marker(out)
+    marker["status"] = "running"
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / PARTIAL).mkdir()
+    (out / PARTIAL / "work.bin").write_text("kept work")
+    leftover = out / f"{TMP_PREFIX}{os.getpid()}"
+    leftover.mkdir()
+    (leftover / "half.txt").write_text("half-written")
+    with prepare_output(out, "test", {"a": 1}, overwrite=mode == "overwrite", resume=mode == "resume") as o:
+        (o.staging / "result.txt").write_text("second")
+    assert (out / "result.txt").read_text() == "second" and read_marker(out)["status"] == "complete"
+    assert not leftover.exists()
+
+
+def test_compare_seeds_refuses_models_with_the_same_name(tmp_path, capsys):
+    from jaxoip.cli import compare_seeds
+
+    a, b = _saved_untrained(tmp_path / "a" / "model", 0), _saved_untrained(tmp_path / "b" / "model", 1)
+    argv = ["--models", str(a), str(b), "--out", str(tmp_path / "cmp")]
+    _one_line_exit_2(capsys, compare_seeds.main, argv, "--models share the name 'model'")
+    assert not (tmp_path / "cmp").exists()

@@ -104,15 +104,22 @@ def check_backend():
         raise JaxoipError(f"JAX cannot start a backend{where}: {first[:200]}") from None
 
 
+def _memory_options(main: Callable) -> str:
+    """The options that size a command's work: its module's `MEMORY_OPTIONS`."""
+    return getattr(sys.modules.get(getattr(main, "__module__", ""), None), "MEMORY_OPTIONS", "batch or chunk size")
+
+
 def run(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
-    memory_options: str = "--batch-size or --chunk-size",
+    memory_options: str | None = None,
 ) -> int:
     """Runs a command; a user error becomes one line on stderr and exit status 2.
 
-    `memory_options`: the command's options that size its work, named when it runs out of memory.
+    `memory_options`: the command's options that size its work, named when it runs out of memory
+    (default: the `MEMORY_OPTIONS` of `main`'s module, however the command was started).
     """
+    memory_options = memory_options or _memory_options(main)
     try:
         return int(main(argv) or 0)
     except JaxoipError as e:
@@ -160,7 +167,7 @@ class _Stdout:
 def execute(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
-    memory_options: str = "--batch-size or --chunk-size",
+    memory_options: str | None = None,
 ):
     """The process entry of a command: `run`, then exit with its status.
 

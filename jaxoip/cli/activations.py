@@ -26,6 +26,8 @@ from jaxoip.data.mnist import load_mnist, resolve_data_dir
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import get_layer, layer_shapes
 
+# Named when the command runs out of memory, however it was started (`cli.run`).
+MEMORY_OPTIONS = "--exemplars"
 
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", name.removesuffix(".npy")) or "image"
@@ -211,7 +213,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
 
 def entry():
     """The `jaxoip-activations` console script."""
-    cli.execute(main, memory_options="--exemplars")
+    cli.execute(main)
 
 
 if __name__ == "__main__":

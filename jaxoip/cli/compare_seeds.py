@@ -10,8 +10,8 @@ are kept as each group of seeds finishes, so `--resume` after a kill skips the s
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +30,9 @@ from jaxoip.seeds.report import write_report_files
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
 
+
+# Named when the command runs out of memory, however it was started (`cli.run`).
+MEMORY_OPTIONS = "--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts"
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
@@ -90,15 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = names = None
     data = load_mnist(args.data_dir)  # Small; its sizes bound the settings, checked before any work.
     if args.models is not None:  # Every model checked before any work.
-        models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
         names = [Path(m).name for m in args.models]
+        if len(set(names)) < len(names):
+            same = sorted({n for n in names if names.count(n) > 1})
+            raise JaxoipError(f"--models share the name {same[0]!r}: give folders or files with distinct names")
+        models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
         compare.check_models(models, layers)
         for line in compare.seed_warnings(names, [compare.model_info(m, n) for m, n in zip(models, names)]):
             print(f"warning: {line}", file=sys.stderr)
     else:
         check_training_data(tcfg, data)
     compare.check_settings(cfg, data, models[0].config if models else None, len(models) if models else args.seeds)
-    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "out")}
+    skip = ("overwrite", "resume", "no_progress", "no_cache", "out")  # They do not change the results.
+    config = {k: v for k, v in vars(args).items() if k not in skip}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # A resume goes on with the data (and models) it started with.
         given = {"models": "+".join(checkpoint.model_checksum(m) for m in models)} if models else {}
@@ -115,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
         write_report_files(result, out.staging, command=command)
         if args.models is None:
-            os.replace(out.partial / "models", out.staging / "models")
+            # A copy: the trained models stay in the partial folder until the results are in place, so a
+            # failure while finishing leaves them for --resume.
+            shutil.copytree(out.partial / "models", out.staging / "models")
     for layer in layers:
         print(result.headline(layer))
     print(f"wrote {out.path}/report.md ({result.seconds:.0f} s)")
@@ -124,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry():
     """The `jaxoip-compare-seeds` console script."""
-    cli.execute(main, memory_options="--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts")
+    cli.execute(main)
 
 
 if __name__ == "__main__":

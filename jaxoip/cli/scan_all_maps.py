@@ -35,6 +35,9 @@ from jaxoip.progress import Progress
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
 
+# Named when the command runs out of memory, however it was started (`cli.run`).
+MEMORY_OPTIONS = "--restarts, --screen, --precursor-starts or --chunk-size"
+
 def _node(text: str) -> tuple[int, int]:
     try:
         i, j = (int(v) for v in text.split(","))
@@ -232,7 +235,7 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
 
 def entry():
     """The `jaxoip-scan-all-maps` console script."""
-    cli.execute(main, memory_options="--restarts, --screen, --precursor-starts or --chunk-size")
+    cli.execute(main)
 
 
 if __name__ == "__main__":

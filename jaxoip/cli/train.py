@@ -18,6 +18,8 @@ from jaxoip.models.cnn import ModelConfig
 from jaxoip.models.memory import check_fits
 from jaxoip.models.train import TrainConfig, train
 
+# Named when the command runs out of memory, however it was started (`cli.run`).
+MEMORY_OPTIONS = "--batch-size"
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser("python -m jaxoip.train", "Train the study's CNN on MNIST.")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry():
     """The `jaxoip-train` console script."""
-    cli.execute(main, memory_options="--batch-size")
+    cli.execute(main)
 
 
 if __name__ == "__main__":
