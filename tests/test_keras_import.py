@@ -364,3 +364,16 @@ def test_a_checkpoint_of_another_input_shape_is_refused_at_load(tmp_path):
     path = save_model(tmp_path / "m", TrainedModel(init_model(config, 0), Standardization(120.0, 60.0)))
     with pytest.raises(CheckpointError, match="the model takes 32x32x3 images"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Conv2D", "config": {"kernel_size": 3}}]}},
+        {"class_name": "Sequential", "config": {"layers": ["not a layer"]}},
+        {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"units": "many"}}]}},
+    ],
+)
+def test_a_malformed_keras_config_is_one_line(config):
+    with pytest.raises(CheckpointError, match=r"m\.keras: (malformed Keras model config|layer)"):
+        parse_config(config, "m.keras")

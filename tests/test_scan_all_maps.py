@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from jaxoip import cli, scan_all_maps
+from jaxoip.errors import JaxoipError
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.search import OIPConfig
 
@@ -191,3 +192,22 @@ def test_help_documents_every_option_default(capsys):
     ):
         assert option in text, option
     assert "(default: study)" in text and "(default: True)" in text  # --wake
+
+
+@pytest.mark.slow
+def test_facet_threshold_reaches_the_measures_and_write_scan_takes_exemplars(tiny_trained, mnist, tmp_path):
+    from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.oip.scan import write_scan
+
+    cfg = OIPConfig(steps=5)
+    result = scan_maps(
+        tiny_trained, "Conv2D_3", [0, 1], 3, cfg, precursor_starts=4, data=mnist, progress=False, facet_threshold=0.99
+    )
+    assert result.facet_threshold == 0.99
+    # The two-choice OIP references are the facets at the scan's threshold: as many as the table says.
+    assert result.table()["facets"].tolist() == [len(f.sizes) for f in result.facets()]
+    ex = find_exemplars(tiny_trained, mnist, "Conv2D_3", k=2)
+    out = write_scan(result, tmp_path / "scan", exemplars=ex)
+    assert (out / "gallery.png").stat().st_size > 0
+    with pytest.raises(JaxoipError, match="facet threshold"):
+        scan_maps(tiny_trained, "Conv2D_3", [0], 2, cfg, data=mnist, progress=False, facet_threshold=2.0)

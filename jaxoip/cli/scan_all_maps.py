@@ -212,9 +212,9 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         chunk_size=args.chunk_size,
         progress=bar,
         partial_dir=out.partial / "search",
+        facet_threshold=args.facet_threshold,
     )
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
-    result.facet_threshold = args.facet_threshold
     return result
 
 

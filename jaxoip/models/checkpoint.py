@@ -356,7 +356,8 @@ def restore_epoch(manager, params, opt_state):
         )
     except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files.
         raise JaxoipError(
-            f"cannot resume from epoch {epoch}: its checkpoint is damaged ({str(e).splitlines()[0][:200]})"
+            f"cannot resume from epoch {epoch}: its checkpoint is damaged "
+            f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})"
         ) from None
     return epoch, r.state["params"], r.state["opt_state"], {k: list(v) for k, v in r.history.items()}
 

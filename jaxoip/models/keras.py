@@ -115,7 +115,16 @@ def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]
     """(jaxoip config, Keras names of the conv, pool and dense layers in jaxoip's order) of a Keras config.
 
     Sequential models, and functional models (`keras.Model(inputs, outputs)`) whose layers form one chain.
+    A config with missing or mistyped fields is one line too.
     """
+    try:
+        return _parse_config(model_json, source)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {str(e)[:120]}"
+        raise CheckpointError(f"{source}: malformed Keras model config ({what})") from None
+
+
+def _parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]:
     kind = model_json.get("class_name")
     if kind not in ("Sequential", "Functional", "Model"):
         raise CheckpointError(

@@ -41,7 +41,8 @@ def _group_key(
 
     h = hashlib.sha256()
     h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())
-    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
+    # The devices too: the batch is sharded over them, and a search is bit-identical only at one count.
+    h.update(repr((layer_name, node, config, chunk, jax.default_backend(), len(jax.devices()))).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())
     h.update(np.ascontiguousarray(x0, np.float32).tobytes())
     for extra in (data_max, magnitude):  # Which one is given follows from the config hashed above.

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip._check import check_data, check_int, check_trained, check_type
+from jaxoip._check import check_data, check_float, check_int, check_trained, check_type
 from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST
@@ -28,6 +28,7 @@ from jaxoip.models.cnn import TrainedModel, get_layer, layer_shapes
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
+from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.param import maco_magnitude
@@ -78,6 +79,7 @@ def scan_maps(
     progress: bool | Progress = True,
     partial_dir: str | os.PathLike | None = None,
     quality: QualityConfig | None = QualityConfig(),
+    facet_threshold: float = FACET_THRESHOLD,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
@@ -93,6 +95,8 @@ def scan_maps(
     them (same result as without a break); `seconds` and `search_seconds` are then this call's, and
     `earlier_search_seconds` the search time the earlier calls spent on the groups reused. `quality`: the
     per-map measures (`jaxoip.oip.quality`; those beyond `stability` need `data`), None for none.
+    `facet_threshold`: the shift-invariant correlation for two starts to share a facet (the facets the
+    table shows, and the OIP references of the two-choice task).
     """
     t0 = time.perf_counter()
     maps, restarts, config, recipes, chunk = check_scan(
@@ -100,6 +104,7 @@ def scan_maps(
     )
     check_data(data, optional=True)
     check_needs_data(config, data)
+    check_float("facet threshold", facet_threshold, 0, 1)
     seed = check_seed(seed)
 
     own = not isinstance(progress, Progress)
@@ -179,6 +184,7 @@ def scan_maps(
         seconds=time.perf_counter() - t0,
         search_seconds=res.seconds,
         earlier_search_seconds=earlier_seconds,
+        facet_threshold=float(facet_threshold),
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)
@@ -362,7 +368,7 @@ def write_scan(
     out: str | os.PathLike,
     snapshot_maps: Iterable[int] | None = None,
     all_starts: bool = False,
-    exemplars: Exemplars | None = None,
+    exemplars: Exemplars | dict[int, list] | None = None,
     extra_summary: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -379,12 +385,17 @@ def write_scan_files(
     folder: str | os.PathLike,
     snapshot_maps: Iterable[int] | None = None,
     all_starts: bool = False,
-    exemplars: Exemplars | None = None,
+    exemplars: Exemplars | dict[int, list] | None = None,
     extra_summary: dict | None = None,
 ):
-    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`."""
+    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`.
+
+    `exemplars`: `find_exemplars`' result for the scan's layer, or its patches by map index, for the gallery.
+    """
     from jaxoip import plots
 
+    if isinstance(exemplars, Exemplars):
+        exemplars = {int(m): exemplars.patches[m] for m in result.map_indices}
     tmp = Path(folder)
     table = result.table()
     table.to_csv(tmp / "maps.csv", index=False)
