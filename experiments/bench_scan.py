@@ -41,6 +41,9 @@ def run_scan(extra: list[str], cache: Path, out: Path) -> dict:
         "image_steps_per_second": s["image_steps_per_second"],
         "backend": s["backend"],
         "precision": s["precision"],
+        "maps_found": s.get("found"),
+        "maps_woken": s.get("woken"),
+        "quality": s.get("quality"),  # The per-map measures' distributions (issue 16).
     }
 
 
