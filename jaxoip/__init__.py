@@ -62,7 +62,7 @@ _EXPORTS = {
     "jaxoip.seeds.result": ("SeedComparison",),
     "jaxoip.seeds.report": ("write_report",),
     "jaxoip.seeds.similarity": ("linear_cka", "correlation_matrix", "match_channels", "semi_match"),
-    "jaxoip.seeds.oip_similarity": ("shift_similarity_matrix", "cross_activation"),
+    "jaxoip.oip.similarity": ("shift_similarity_matrix", "cross_activation"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # `jaxoip.models.train` is the training module; its main function is exported as `train_model`.

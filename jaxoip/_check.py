@@ -60,52 +60,9 @@ def check_finite_images(what: str, images) -> np.ndarray:
     return x
 
 
-def nonfinite_parameters(model) -> list[str]:
-    """The paths of the model's parameters that hold NaN or infinite values (checked on the host)."""
-    import jax
-    from flax import nnx
-
-    bad = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
-        if not np.isfinite(np.asarray(leaf)).all():
-            bad.append(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).removesuffix(".value"))
-    return bad
-
-
 def check_type(name: str, value, cls: type | tuple[type, ...], hint: str = "", error: type = JaxoipError):
     """`value` if it is an instance of `cls`; else one line naming what was expected and what came."""
     if not isinstance(value, cls):
         want = " or ".join(c.__name__ for c in cls) if isinstance(cls, tuple) else cls.__name__
         raise error(f"{name} must be a {want}{hint}, got {type(value).__name__}")
     return value
-
-
-def check_trained(trained, name: str = "the model"):
-    """A `TrainedModel` (what `load_model` and `load_reference_model` return)."""
-    from jaxoip.models.cnn import TrainedModel
-
-    return check_type(name, trained, TrainedModel, " (from jaxoip.load_model or jaxoip.load_reference_model)")
-
-
-def check_cnn(model, name: str = "the model"):
-    """A `CNN` (the `.model` of a `TrainedModel`)."""
-    from jaxoip.models.cnn import CNN, TrainedModel
-
-    hint = "; pass its .model" if isinstance(model, TrainedModel) else " (the .model of a TrainedModel)"
-    return check_type(name, model, CNN, hint)
-
-
-def check_data(data, optional: bool = False):
-    """An `MNIST` (from `load_mnist`); None passes when `optional`."""
-    from jaxoip.data.mnist import MNIST
-
-    if data is None and optional:
-        return None
-    return check_type("data", data, MNIST, " (from jaxoip.load_mnist)", DataError)
-
-
-def check_model_config(config):
-    """A `ModelConfig`."""
-    from jaxoip.models.cnn import ModelConfig
-
-    return check_type("the model config", config, ModelConfig)

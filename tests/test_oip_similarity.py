@@ -10,8 +10,8 @@ from jaxoip.data.mnist import Standardization
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 from jaxoip.oip.search import OIPConfig
+from jaxoip.oip.similarity import cross_activation, restart_pair_means, shift_similarity, shift_similarity_matrix
 from jaxoip.seeds.compare import CompareConfig
-from jaxoip.seeds.oip_similarity import cross_activation, restart_pair_means, shift_similarity, shift_similarity_matrix
 from jaxoip.seeds.oips import map_oips, oip_pair_metrics, pair_oip_measures
 from tests.planted import DEAD, planted_model
 

@@ -18,8 +18,9 @@ from jaxoip.analysis import activations, grids, predictions
 from jaxoip.data.mnist import Standardization
 from jaxoip.models.cnn import ModelConfig, TrainedModel, batched_layer_map, init_model
 from jaxoip.oip import noise, precursor
+from jaxoip.oip import similarity as oip_similarity
 from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
-from jaxoip.seeds import oip_similarity, similarity
+from jaxoip.seeds import similarity
 
 PUBLIC = {name: getattr(jaxoip, name) for name in jaxoip.__all__}
 # Names an annotation may use without importing them at run time (`if TYPE_CHECKING:` against a cycle).
@@ -66,7 +67,7 @@ NOT_YET_CONVERTED = {
     "plots",
     "seeds.compare",
     "seeds.features",
-    "seeds.oip_similarity",
+    "oip.similarity",
     "seeds.oips",
     "seeds.plots",
     "seeds.report",

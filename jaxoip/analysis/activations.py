@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
 
-from jaxoip._check import check_data, check_finite_images, check_trained
-from jaxoip.data.mnist import MNIST
-from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_specs
+from jaxoip._check import check_finite_images
+from jaxoip.data.mnist import MNIST, check_data
+from jaxoip.models.cnn import TrainedModel, batched_layer_map, check_trained, get_layer, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 from jaxoip.shapes import LayerActivations
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
-from jaxoip._check import check_data, check_finite_images, check_int, check_trained
-from jaxoip.data.mnist import MNIST
-from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+from jaxoip._check import check_finite_images, check_int
+from jaxoip.data.mnist import MNIST, check_data
+from jaxoip.models.cnn import TrainedModel, batched_layer_map, check_trained, get_layer, layer_shapes, receptive_field
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

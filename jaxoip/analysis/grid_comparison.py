@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float
 
-from jaxoip._check import check_data, check_trained
 from jaxoip.analysis.grids import LayerGrid, activation_grid, image_grids
 from jaxoip.data.inputs import ImageSource, get_images
-from jaxoip.data.mnist import MNIST, load_mnist
+from jaxoip.data.mnist import MNIST, check_data, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, get_layer
+from jaxoip.models.cnn import TrainedModel, check_trained, get_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

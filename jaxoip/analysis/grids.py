@@ -15,12 +15,11 @@ import numpy as np
 from flax import nnx
 from jaxtyping import ArrayLike, Float
 
-from jaxoip._check import check_data, check_trained
 from jaxoip.analysis.activations import to_probabilities
 from jaxoip.data.inputs import ImageSource, InputImage, get_image
-from jaxoip.data.mnist import MNIST
+from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, check_finite_outputs, get_layer
+from jaxoip.models.cnn import TrainedModel, check_finite_outputs, check_trained, get_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, precision_scope
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from jaxtyping import ArrayLike, Float, Int
 
-from jaxoip._check import check_data, check_trained, check_type
+from jaxoip._check import check_type
 from jaxoip.analysis.activations import dataset_activations, to_probabilities
-from jaxoip.data.mnist import MNIST
+from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, layer_specs
+from jaxoip.models.cnn import TrainedModel, check_trained, layer_specs
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 

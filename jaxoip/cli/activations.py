@@ -29,6 +29,7 @@ from jaxoip.models.cnn import get_layer, layer_shapes
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--exemplars"
 
+
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", name.removesuffix(".npy")) or "image"
 

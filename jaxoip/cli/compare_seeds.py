@@ -34,6 +34,7 @@ _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oi
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts"
 
+
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
         "python -m jaxoip.compare_seeds", "Compare the feature maps of independently trained copies of the CNN."

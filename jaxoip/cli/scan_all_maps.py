@@ -38,6 +38,7 @@ _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--restarts, --screen, --precursor-starts or --chunk-size"
 
+
 def _node(text: str) -> tuple[int, int]:
     try:
         i, j = (int(v) for v in text.split(","))

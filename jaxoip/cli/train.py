@@ -21,6 +21,7 @@ from jaxoip.models.train import TrainConfig, train
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--batch-size"
 
+
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser("python -m jaxoip.train", "Train the study's CNN on MNIST.")
     p.add_argument("--out", default="runs/model", help="checkpoint folder to write, with history.json/png")

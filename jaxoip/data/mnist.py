@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
+from jaxoip._check import check_type
 from jaxoip.errors import DataError
 
 DATA_DIR_ENV = "JAXOIP_DATA_DIR"
@@ -223,3 +224,10 @@ def data_available(data_dir: str | os.PathLike | None = None) -> bool:
     except DataError:
         return False
     return True
+
+
+def check_data(data, optional: bool = False):
+    """An `MNIST` (from `load_mnist`); None passes when `optional`."""
+    if data is None and optional:
+        return None
+    return check_type("data", data, MNIST, " (from jaxoip.load_mnist)", DataError)

@@ -187,7 +187,7 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
 
 def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool = False) -> Path:
     """Writes `trained` to the new or empty folder `path` (replacing a jaxoip checkpoint there with `overwrite`)."""
-    from jaxoip._check import check_trained
+    from jaxoip.models.cnn import check_trained
 
     check_trained(trained)
     with prepare_output(path, "save_model", {}, overwrite=overwrite) as out:

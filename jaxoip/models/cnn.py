@@ -14,7 +14,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
 from jaxoip import numerics
-from jaxoip._check import check_cnn, check_finite_images, check_model_config, check_type, nonfinite_parameters
+from jaxoip._check import check_finite_images, check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, DivergenceError, LayerError
 
@@ -382,3 +382,34 @@ class TrainedModel:
             pixels = check_finite_images("the images", pixels)
         x = self.standardization(jnp.asarray(pixels, jnp.float32))
         return layer_output(graphdef, params, x, layer_name, pre_activation)
+
+
+# --- Argument checks of the public functions that take a model (one line for a wrong type) ---------------
+
+
+def check_trained(trained, name: str = "the model"):
+    """A `TrainedModel` (what `load_model` and `load_reference_model` return)."""
+    return check_type(name, trained, TrainedModel, " (from jaxoip.load_model or jaxoip.load_reference_model)")
+
+
+def check_cnn(model, name: str = "the model"):
+    """A `CNN` (the `.model` of a `TrainedModel`)."""
+    hint = "; pass its .model" if isinstance(model, TrainedModel) else " (the .model of a TrainedModel)"
+    return check_type(name, model, CNN, hint)
+
+
+def check_model_config(config):
+    """A `ModelConfig`."""
+    return check_type("the model config", config, ModelConfig)
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """The paths of the model's parameters that hold NaN or infinite values (checked on the host)."""
+    import jax
+    from flax import nnx
+
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+        if not np.isfinite(np.asarray(leaf)).all():
+            bad.append(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).removesuffix(".value"))
+    return bad

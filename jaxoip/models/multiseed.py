@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxoip._check import check_data, check_model_config, check_type
-from jaxoip.data.mnist import MNIST, load_mnist
+from jaxoip._check import check_type
+from jaxoip.data.mnist import MNIST, check_data, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, check_model_config, init_model
 from jaxoip.models.memory import check_fits
 from jaxoip.models.train import (
     HISTORY_KEYS,

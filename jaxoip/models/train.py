@@ -22,11 +22,11 @@ import optax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int, Key
 
-from jaxoip._check import INT32_MAX, check_data, check_float, check_int, check_model_config, check_trained, check_type
-from jaxoip.data.mnist import MNIST, Standardization, load_mnist
+from jaxoip._check import INT32_MAX, check_float, check_int, check_type
+from jaxoip.data.mnist import MNIST, Standardization, check_data, load_mnist
 from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.models.checkpoint import epoch_manager, restore_epoch, save_epoch
-from jaxoip.models.cnn import CNN, ModelConfig, TrainedModel, init_model, layer_specs
+from jaxoip.models.cnn import CNN, ModelConfig, TrainedModel, check_model_config, check_trained, init_model, layer_specs
 from jaxoip.models.memory import check_fits
 from jaxoip.numerics import (
     DEFAULT_PRECISION,

@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
-from jaxoip._check import check_cnn
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import CNN, batched_layer_map
+from jaxoip.models.cnn import CNN, batched_layer_map, check_cnn
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
 from jaxoip.oip import targets
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes

@@ -48,7 +48,7 @@ from jaxtyping import Bool, Float, Int
 
 from jaxoip._check import check_float, check_int
 from jaxoip.oip.facets import shift_similarity
-from jaxoip.seeds.oip_similarity import shift_similarity_matrix
+from jaxoip.oip.similarity import shift_similarity_matrix
 
 CHANCE = 0.5
 QUALITY_STREAM = 2  # Host-side draws (split, pairs, ties, bootstrap) from SeedSequence([seed, stream]).

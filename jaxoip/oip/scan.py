@@ -19,12 +19,12 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip._check import check_data, check_float, check_int, check_trained, check_type
+from jaxoip._check import check_float, check_int, check_type
 from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
-from jaxoip.data.mnist import MNIST
+from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, get_layer, layer_shapes
+from jaxoip.models.cnn import TrainedModel, check_trained, get_layer, layer_shapes
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib

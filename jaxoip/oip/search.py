@@ -21,9 +21,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import ArrayLike, Bool, Float, Int
 
-from jaxoip._check import check_cnn, check_finite_images, check_int, check_type
+from jaxoip._check import check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.models.cnn import CNN, ModelConfig, layer_shapes, map_activation
+from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, layer_shapes, map_activation
 from jaxoip.numerics import precision_scope
 from jaxoip.oip import facets, param, targets, transforms
 from jaxoip.oip.config import OIPConfig

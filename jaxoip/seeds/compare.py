@@ -27,16 +27,16 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jaxoip._check import check_data as check_dataset
-from jaxoip._check import check_trained, check_type
+from jaxoip._check import check_type
 from jaxoip.data.mnist import MNIST
+from jaxoip.data.mnist import check_data as check_dataset
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
-from jaxoip.models.cnn import TrainedModel, get_layer, init_model, layer_shapes, layer_specs
+from jaxoip.models.cnn import TrainedModel, check_trained, get_layer, init_model, layer_shapes, layer_specs
 from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
 from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.seeds.oips import compare_oips, oip_pair_metrics
 from jaxoip.seeds.report import write_report
-from jaxoip.seeds.result import COMPARISONS, SeedComparison
+from jaxoip.seeds.result import COMPARISONS, SeedComparison, seed_warnings, shared_seeds  # noqa: F401 - part of this module's API
 from jaxoip.seeds.similarity import (
     block_bounds,
     block_moments,
@@ -167,32 +167,6 @@ def compare_arrays(config: CompareConfig, model_config, n_images: int, n_models:
             flags = p.options.replace("--restarts", "--oip-restarts").replace("--steps", "--oip-steps")
             planned.append(dataclasses.replace(p, options=f"{flags} (--oip-maps {config.oip_maps})"))
     return planned
-
-
-def shared_seeds(model_info: Sequence[dict]) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """Pairs of models trained from one seed, as (a, b, seed), and the models whose seed is unknown."""
-    seeds = [m.get("seed") for m in model_info]
-    same = [
-        (a, b, seeds[a])
-        for a, b in itertools.combinations(range(len(seeds)), 2)
-        if seeds[a] is not None and seeds[a] == seeds[b]
-    ]
-    return same, [i for i, s in enumerate(seeds) if s is None]
-
-
-def seed_warnings(names: Sequence[str], model_info: Sequence[dict]) -> list[str]:
-    """One sentence per pair of models that share their initialization, and one for unknown seeds."""
-    same, unknown = shared_seeds(model_info)
-    lines = [
-        f"models {names[a]} and {names[b]} were initialized from the same seed ({s}): 'same order' is expected"
-        for a, b, s in same
-    ]
-    if unknown:
-        lines.append(
-            f"the training seed of {', '.join(names[i] for i in unknown)} is unknown (no jaxoip training record): "
-            "a shared initialization cannot be ruled out"
-        )
-    return lines
 
 
 def untrained_models(template: TrainedModel, count: int, seed: int) -> list[TrainedModel]:

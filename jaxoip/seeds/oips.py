@@ -19,8 +19,8 @@ import numpy as np
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
+from jaxoip.oip.similarity import cross_activation, masked_mean, oip_similarities, select_oip_maps
 from jaxoip.seeds.config import OIP_SOURCES, CompareConfig
-from jaxoip.seeds.oip_similarity import cross_activation, masked_mean, oip_similarities, select_oip_maps
 
 
 @dataclasses.dataclass

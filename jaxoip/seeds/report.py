@@ -83,7 +83,7 @@ def _count_text(counts) -> str:
 
 
 def markdown_report(result: SeedComparison, command: str | None = None) -> str:
-    from jaxoip.seeds.compare import seed_warnings
+    from jaxoip.seeds.result import seed_warnings
 
     cfg, used = result.config, result.used
     lines = ["# Seed comparison: the same filters, in the same order?", ""]

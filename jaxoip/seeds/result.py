@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import jax
@@ -189,3 +191,29 @@ class SeedComparison:
         if self.oip:
             out["oip"] = {f"{self.names[a]} vs {self.names[b]}": dict(o) for (a, b), o in self.oip.items()}
         return clean(out)
+
+
+def shared_seeds(model_info: Sequence[dict]) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Pairs of models trained from one seed, as (a, b, seed), and the models whose seed is unknown."""
+    seeds = [m.get("seed") for m in model_info]
+    same = [
+        (a, b, seeds[a])
+        for a, b in itertools.combinations(range(len(seeds)), 2)
+        if seeds[a] is not None and seeds[a] == seeds[b]
+    ]
+    return same, [i for i, s in enumerate(seeds) if s is None]
+
+
+def seed_warnings(names: Sequence[str], model_info: Sequence[dict]) -> list[str]:
+    """One sentence per pair of models that share their initialization, and one for unknown seeds."""
+    same, unknown = shared_seeds(model_info)
+    lines = [
+        f"models {names[a]} and {names[b]} were initialized from the same seed ({s}): 'same order' is expected"
+        for a, b, s in same
+    ]
+    if unknown:
+        lines.append(
+            f"the training seed of {', '.join(names[i] for i in unknown)} is unknown (no jaxoip training record): "
+            "a shared initialization cannot be ruled out"
+        )
+    return lines
