@@ -341,7 +341,7 @@ def test_out_of_memory_is_one_line(capsys, monkeypatch):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59000000000 bytes.")
 
     err = _one_line_exit_2(capsys, main, [], "out of memory")
-    assert "--batch-size" in err
+    assert "use a smaller batch or chunk size" in err  # A function outside the commands' modules.
     from jaxoip.models.memory import check_fits
 
     monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)

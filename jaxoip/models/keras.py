@@ -119,6 +119,8 @@ def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]
     """
     try:
         return _parse_config(model_json, source)
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {str(e)[:120]}"
         raise CheckpointError(f"{source}: malformed Keras model config ({what})") from None
