@@ -27,7 +27,7 @@ from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.noise import DEFAULT_RECIPES, get_recipes
-from jaxoip.oip.search import OIPConfig, check_target
+from jaxoip.oip.search import OIPConfig
 from jaxoip.oip.targets import Target
 from jaxoip.oip.transforms import STYLES, style_config
 from jaxoip.progress import Progress
@@ -138,7 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
-    check_target(trained.config, args.layer, args.maps if args.maps is not None else [0], args.node, cfg)
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
     scan.check_scan(

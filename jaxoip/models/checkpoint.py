@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -31,7 +30,7 @@ from flax import nnx
 from jaxoip._io import prepare_output
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model, nonfinite_parameters
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -91,13 +90,8 @@ def _check_standardization(mean, std, where: str):
         )
 
 
-def _layer_of(key: str) -> str:
-    """ "['Conv2D_1']['kernel']" -> "Conv2D_1 kernel"."""
-    return " ".join(re.findall(r"\['([^']*)'\]", key)) or key
-
-
 def _check_finite_params(params, where: str):
-    bad = [_layer_of(k) for k, a in _flat_params(params).items() if not np.isfinite(a).all()]
+    bad = nonfinite_parameters(params)
     if bad:
         raise CheckpointError(
             f"{where} holds non-finite weights in layer {', '.join(bad[:3])}: a diverged or damaged model"

@@ -403,13 +403,12 @@ def check_model_config(config):
     return check_type("the model config", config, ModelConfig)
 
 
-def nonfinite_parameters(model) -> list[str]:
-    """The paths of the model's parameters that hold NaN or infinite values (checked on the host)."""
-    import jax
-    from flax import nnx
-
+def nonfinite_parameters(model: nnx.Module | PyTree) -> list[str]:
+    """The paths ("Conv2D_1.kernel") of the parameters that hold NaN or infinite values, checked on the host;
+    `model` is a module or its parameters (an `nnx.State` or a pure dict, as a checkpoint holds them)."""
+    params = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
     bad = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if not np.isfinite(np.asarray(leaf)).all():
             bad.append(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).removesuffix(".value"))
     return bad

@@ -23,7 +23,7 @@ from jaxtyping import ArrayLike, Bool, Float, Int
 
 from jaxoip._check import check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, layer_shapes, map_activation
+from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, layer_shapes, map_activation, nonfinite_parameters
 from jaxoip.numerics import precision_scope
 from jaxoip.oip import facets, param, targets, transforms
 from jaxoip.oip.config import OIPConfig
@@ -279,7 +279,7 @@ def check_finite(res: dict, params=None):
             f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); "
             + (
                 "try a smaller epsilon"
-                if params is None or all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(params))
+                if params is None or not nonfinite_parameters(params)
                 else "the model has non-finite weights"
             )
         )
