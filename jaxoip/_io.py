@@ -253,11 +253,9 @@ def _clean_stale(path: Path):
     process's pid is a killed run's too (a container's next process often gets the same pid).
     """
     for tmp in path.glob(TMP_PREFIX + "*"):
-        try:
-            int(tmp.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if tmp.is_dir() and not tmp.is_symlink():
+        pid = tmp.name[len(TMP_PREFIX) :]
+        # Exactly the names staging folders get (`TMP_PREFIX` + a pid), real folders, not links.
+        if pid.isascii() and pid.isdigit() and tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

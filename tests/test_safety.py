@@ -714,3 +714,17 @@ def test_compare_seeds_refuses_models_with_the_same_name(tmp_path, capsys):
     argv = ["--models", str(a), str(b), "--out", str(tmp_path / "cmp")]
     _one_line_exit_2(capsys, compare_seeds.main, argv, "--models share the name 'model'")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_only_folders_named_like_staging_folders_are_cleaned(tmp_path):
+    out = tmp_path / "out"
+    with prepare_output(out, "test", {}) as o:
+        (o.staging / "result.txt").write_text("first")
+    stale, other = out / f"{TMP_PREFIX}123", out / f"{TMP_PREFIX}notes-123"
+    for folder in (stale, other):
+        folder.mkdir()
+        (folder / "f.txt").write_text("x")
+    with prepare_output(out, "test", {}, overwrite=True) as o:
+        (o.staging / "result.txt").write_text("second")
+    assert not stale.exists()  # A killed run's staging folder.
+    assert (other / "f.txt").read_text() == "x"  # Not a name jaxoip gives: left alone.
