@@ -15,7 +15,7 @@ from jaxoip.data import mnist as data_lib
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, DataError
 from jaxoip.models.checkpoint import load_model
-from jaxoip.models.cnn import ModelConfig
+from jaxoip.models.cnn import ModelConfig, get_layer, layer_aliases, layer_names, layer_shapes, param_count
 from jaxoip.models.keras import parse_config
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # Before keras is imported: its default backend is TensorFlow.
@@ -96,7 +96,11 @@ def keras_files(tmp_path_factory):
 def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
     keras_model, d = keras_files
     trained = load_model(d / name, data_dir=idx_dir)
-    assert trained.config == ModelConfig()  # The study's architecture, 208,982 parameters.
+    # The study's architecture (208,982 parameters), its layers under their Keras names and the study's.
+    assert param_count(trained.model) == 208_982
+    assert [layer_shapes(trained.config)[n] for n in layer_names(ModelConfig()) if n != "Flatten"] == [
+        s for n, s in layer_shapes(ModelConfig()).items() if n != "Flatten"
+    ]
     mnist = data_lib.load_mnist(idx_dir)
     assert trained.standardization == Standardization.fit(mnist.train_images)
     pixels = mnist.test_images
@@ -161,11 +165,11 @@ def test_unsupported_keras_model_is_one_line(tmp_path, idx_dir):
     from keras import layers
 
     model = keras.Sequential(
-        [keras.Input((28, 28, 1)), layers.Conv2D(8, 3, padding="same"), layers.Flatten(), layers.Dense(10)]
+        [keras.Input((28, 28, 1)), layers.Conv2D(8, 3), layers.LayerNormalization(name="ln"), layers.Flatten()]
     )
-    model.save(tmp_path / "same.keras")
-    with pytest.raises(CheckpointError, match="only valid, stride-1 convolutions"):
-        load_model(tmp_path / "same.keras", data_dir=idx_dir)
+    model.save(tmp_path / "ln.keras")
+    with pytest.raises(CheckpointError, match=r"layer 'ln' \(LayerNormalization\) is not supported"):
+        load_model(tmp_path / "ln.keras", data_dir=idx_dir)
     model.save_weights(tmp_path / "only.weights.h5")
     with pytest.raises(CheckpointError, match="no model config"):
         load_model(tmp_path / "only.weights.h5", data_dir=idx_dir)
@@ -181,12 +185,14 @@ _CONV = _layer("Conv2D", filters=4, kernel_size=[3, 3], activation="relu")
 @pytest.mark.parametrize(
     "layers, message",
     [
-        ([_CONV, _layer("BatchNormalization"), _layer("Flatten"), _layer("Dense", units=10)], "does not fit"),
+        ([_CONV, _layer("LayerNormalization"), _layer("Flatten")], r"'layernormalization' \(LayerNormalization\) is"),
         ([_CONV, _layer("Flatten"), _layer("Dense", units=10, activation="gelu")], "activation 'gelu'"),
-        ([_CONV, _layer("MaxPooling2D", pool_size=[2, 2], strides=[1, 1]), _layer("Flatten")], "non-overlapping"),
-        ([_CONV, _CONV, _layer("MaxPooling2D", pool_size=[2, 2]), _layer("Flatten")], "does not fit"),
-        ([_CONV, _layer("Dense", units=10)], "does not fit"),
-        ([_layer("Flatten"), _layer("Dense", units=10)], "needs conv layers"),
+        ([_layer("Conv2D", filters=4, kernel_size=[3, 3], dilation_rate=[2, 2]), _layer("Flatten")], "dilated"),
+        ([_layer("Conv2D", filters=4, kernel_size=[3, 2]), _layer("Flatten")], "only square kernels"),
+        ([_CONV, _layer("Dense", units=10)], "needs a flatten or global pooling"),
+        ([_CONV], "must end in a vector output"),
+        ([_CONV, _layer("Rescaling", scale=0.5), _layer("Flatten")], "preprocessing is supported only as the first"),
+        ([_layer("ReLU", max_value=6.0), _layer("Flatten")], "only a plain ReLU"),
     ],
 )
 def test_parse_config_rejects_other_architectures(layers, message):
@@ -204,9 +210,12 @@ def test_parse_config_maps_layers_by_order():
         _layer("Dense", name="d0", units=7),
         _layer("Dense", name="d1", units=3),
     ]
-    config, names = parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.h5")
-    assert config == ModelConfig(conv=((4, 3, "relu"), (4, 3, "relu")), pool=(2,), dense=((7, "linear"), (3, "linear")))
-    assert names == ["conv2d", "Max_Pool_1", "conv2d", "d0", "d1"]
+    layers[2] = _layer("Conv2D", name="conv2d_1", filters=4, kernel_size=[3, 3], activation="relu")
+    config, preprocessing = parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.h5")
+    assert preprocessing == []
+    assert layer_names(config) == ("conv2d", "Max_Pool_1", "conv2d_1", "flatten", "d0", "d1")
+    assert layer_aliases(config) == {"Conv2D_1": "conv2d", "Conv2D_2": "conv2d_1", "Dense_1": "d0", "Dense_2": "d1"}
+    assert layer_shapes(config)["Dense_1"] == (7,) and get_layer(config, "Conv2D_2").name == "conv2d_1"
     with pytest.raises(CheckpointError, match="only Sequential or single-chain functional"):
         parse_config({"class_name": "Subclassed", "config": {"layers": layers}}, "m.h5")
     # A functional config whose layers carry no inbound nodes is not a chain.
@@ -275,7 +284,7 @@ def test_keras2_h5_layout_loads(keras_files, idx_dir, tmp_path):
     keras_model, d = keras_files
     _write_keras2_h5(tmp_path / "keras2.h5", keras_model)
     old, new = load_model(tmp_path / "keras2.h5", data_dir=idx_dir), load_model(d / "study.keras", data_dir=idx_dir)
-    assert old.config == new.config == ModelConfig()
+    assert old.config == new.config and param_count(new.model) == 208_982
     pixels = data_lib.load_mnist(idx_dir).test_images
     np.testing.assert_array_equal(old.layer_output(pixels, "Dense_2"), new.layer_output(pixels, "Dense_2"))
 
@@ -314,7 +323,7 @@ def _jaxoip_params(seed=0):
 def test_keras_file_with_nan_weights_is_refused_naming_the_layer(tmp_path, idx_dir):
     params = _jaxoip_params()
     _write_h5_of(tmp_path / "ok.h5", params)
-    assert load_model(tmp_path / "ok.h5", data_dir=idx_dir).config == ModelConfig()  # The writer is right.
+    assert param_count(load_model(tmp_path / "ok.h5", data_dir=idx_dir).model) == 208_982  # The writer is right.
     params["Conv2D_2"]["kernel"][0, 1, 2, 3] = np.nan
     _write_h5_of(tmp_path / "nan.h5", params)
     with pytest.raises(CheckpointError, match=r"nan.h5 looks damaged: .*non-finite weights in layer 'Conv2D_2'"):
@@ -337,33 +346,16 @@ def test_h5_file_with_damaged_bytes_is_reported_as_damaged(tmp_path, idx_dir, ca
     assert not (tmp_path / "o").exists()
 
 
-@needs_keras
-def test_a_colour_model_is_refused_at_load(tmp_path, idx_dir):
-    import keras
-    from keras import layers
-
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            layers.Conv2D(8, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.save(tmp_path / "colour.keras")
-    with pytest.raises(CheckpointError, match=r"colour\.keras: the model takes 32x32x3 images; .*only 28x28x1"):
-        load_model(tmp_path / "colour.keras", data_dir=idx_dir)
-
-
-def test_a_checkpoint_of_another_input_shape_is_refused_at_load(tmp_path):
+def test_a_colour_checkpoint_round_trips(tmp_path):
     from jaxoip.models.checkpoint import save_model
     from jaxoip.models.cnn import TrainedModel, init_model
 
     config = ModelConfig(conv=((4, 3, "relu"),), pool=(2,), dense=((10, "softmax"),), input_shape=(32, 32, 3))
-    path = save_model(tmp_path / "m", TrainedModel(init_model(config, 0), Standardization(120.0, 60.0)))
-    with pytest.raises(CheckpointError, match="the model takes 32x32x3 images"):
-        load_model(path)
+    trained = TrainedModel(init_model(config, 0), Standardization((120.0, 110.0, 100.0), (60.0, 61.0, 62.0)))
+    loaded = load_model(save_model(tmp_path / "m", trained))
+    assert loaded.config == config and loaded.standardization == trained.standardization
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.layer_output(pixels, "Dense_1"), trained.layer_output(pixels, "Dense_1"))
 
 
 @pytest.mark.parametrize(

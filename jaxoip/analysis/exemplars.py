@@ -13,7 +13,15 @@ from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from jaxoip._check import check_finite_images, check_int
 from jaxoip.data.mnist import MNIST, check_data
-from jaxoip.models.cnn import TrainedModel, batched_layer_map, check_trained, get_layer, layer_shapes, receptive_field
+from jaxoip.models.cnn import (
+    MAP_KINDS,
+    TrainedModel,
+    batched_layer_map,
+    check_trained,
+    get_layer,
+    layer_shapes,
+    receptive_field,
+)
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 
@@ -52,7 +60,7 @@ def find_exemplars(
     precision: Precision = DEFAULT_PRECISION,
 ) -> Exemplars:
     """For every map of `layer_name`, the `k` images of `split` whose most active node is highest (and above 0)."""
-    spec = get_layer(check_trained(trained).config, layer_name, ("conv", "pool"))
+    spec = get_layer(check_trained(trained).config, layer_name, MAP_KINDS)
     check_int("k (exemplars per map)", k, 1)
     images, _ = check_data(data).split(split)
     images = check_finite_images(f"the {split} images", images)

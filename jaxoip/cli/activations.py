@@ -24,7 +24,7 @@ from jaxoip.cli import flags
 from jaxoip.data.inputs import get_images, parse_image_spec
 from jaxoip.data.mnist import load_mnist, resolve_data_dir
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.models.cnn import get_layer, layer_shapes
+from jaxoip.models.cnn import MAP_KINDS, get_layer, layer_shapes
 
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--exemplars"
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
     trained = checkpoint.resolve_model(args.model, args.data_dir)
-    get_layer(trained.config, args.layer, ("conv", "pool") if args.exemplars else None)
+    get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
     data = load_mnist(args.data_dir)  # Before the output folder: a bad data path is no output problem.
     if args.exemplars:
         from jaxoip.analysis.exemplars import check_exemplar_figure

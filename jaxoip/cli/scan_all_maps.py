@@ -221,11 +221,11 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
 def _exemplars(args, trained, data, result, bar) -> dict | None:
     """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
     from jaxoip.analysis.exemplars import find_exemplars
-    from jaxoip.models.cnn import get_layer
+    from jaxoip.models.cnn import VECTOR_KINDS, get_layer
 
     if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
         return None
-    if get_layer(trained.config, args.layer).kind == "dense":
+    if get_layer(trained.config, args.layer).kind in VECTOR_KINDS:
         return None
     with bar.phase("exemplars"):
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)

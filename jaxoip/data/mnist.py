@@ -54,23 +54,52 @@ class MNIST:
 
 @dataclasses.dataclass(frozen=True)
 class Standardization:
-    """Pixel mean and standard deviation of the training set; maps pixels <-> network inputs."""
+    """Pixel mean and standard deviation (one value, or one per channel); maps pixels <-> network inputs.
 
-    mean: float
-    std: float
+    The study standardized with one mean and std over MNIST's training set; a Keras model's `Rescaling`
+    and `Normalization` layers become per-channel values.
+    """
+
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+
+    def __post_init__(self):
+        for field in ("mean", "std"):  # Lists (e.g. from JSON) become tuples, so the object stays hashable.
+            v = getattr(self, field)
+            if isinstance(v, (list, tuple, np.ndarray)):
+                object.__setattr__(self, field, tuple(float(x) for x in np.ravel(v)))
 
     @classmethod
     def fit(cls, train_images: np.ndarray) -> Standardization:
         x = np.asarray(train_images, np.float64)
         return cls(mean=float(x.mean()), std=float(x.std()))
 
+    @classmethod
+    def identity(cls) -> Standardization:
+        """For a network that takes its inputs as they are."""
+        return cls(mean=0.0, std=1.0)
+
+    def _values(self, ndim: int):
+        """Mean and std as given (scalars), or per channel with the images' rank (JAX refuses rank promotion)."""
+        shape = (1,) * (ndim - 1) + (-1,)
+        as_array = lambda v: np.asarray(v, np.float32).reshape(shape) if isinstance(v, tuple) else v  # noqa: E731
+        return as_array(self.mean), as_array(self.std)
+
     def __call__(self, pixels: Float[ArrayLike, "*shape"]) -> Float[ArrayLike, "*shape"]:
-        """Standardized images from pixels (0-255), NumPy or JAX as given."""
-        return (pixels - self.mean) / self.std
+        """Standardized images from pixels, NumPy or JAX as given."""
+        mean, std = self._values(np.ndim(pixels))
+        return (pixels - mean) / std
 
     def to_pixels(self, standardized: Float[ArrayLike, "*shape"]) -> Float[ArrayLike, "*shape"]:
-        """Pixels (0-255) from standardized images."""
-        return standardized * self.std + self.mean
+        """Pixels from standardized images."""
+        mean, std = self._values(np.ndim(standardized))
+        return standardized * std + mean
+
+    def to_dict(self) -> dict:
+        return {
+            "mean": list(self.mean) if isinstance(self.mean, tuple) else self.mean,
+            "std": list(self.std) if isinstance(self.std, tuple) else self.std,
+        }
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:

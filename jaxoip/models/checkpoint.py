@@ -30,7 +30,7 @@ from flax import nnx
 from jaxoip._io import prepare_output
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model, nonfinite_parameters
+from jaxoip.models.cnn import WEIGHTS, ModelConfig, TrainedModel, init_model, nonfinite_parameters
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -64,9 +64,9 @@ def params_checksum(params) -> str:
 
 def model_checksum(trained: TrainedModel) -> str:
     """SHA-256 of what a model computes: its config, standardization and parameters."""
-    params = nnx.to_pure_dict(nnx.state(trained.model, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(trained.model, WEIGHTS))
     std = trained.standardization
-    what = [trained.config.to_dict(), [float(std.mean), float(std.std)], params_checksum(params)]
+    what = [trained.config.to_dict(), [std.mean, std.std], params_checksum(params)]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -77,11 +77,12 @@ def metadata_checksum(meta: dict) -> str:
 
 
 def _check_standardization(mean, std, where: str):
+    values = [v for x in (mean, std) for v in (x if isinstance(x, (list, tuple)) else [x])]
     ok = (
-        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std))
-        and np.isfinite([mean, std]).all()
-        and STD_RANGE[0] <= std <= STD_RANGE[1]
-        and abs(mean) <= MAX_ABS_MEAN
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        and np.isfinite(values).all()
+        and all(STD_RANGE[0] <= s <= STD_RANGE[1] for s in (std if isinstance(std, (list, tuple)) else [std]))
+        and all(abs(m) <= MAX_ABS_MEAN for m in (mean if isinstance(mean, (list, tuple)) else [mean]))
     )
     if not ok:
         raise CheckpointError(
@@ -156,7 +157,7 @@ def _checkpointer():
 def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
     """Writes `state/` and `metadata.json` of `trained` into the existing, empty folder `folder`."""
     folder = Path(folder).absolute()
-    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, nnx.Param)))
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, WEIGHTS)))
     _check_finite_params(params, "the model to save")
     std = trained.standardization
     _check_standardization(std.mean, std.std, "the model to save")
@@ -166,7 +167,7 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
     meta = {
         "format": FORMAT,
         "model_config": trained.config.to_dict(),
-        "standardization": {"mean": std.mean, "std": std.std},
+        "standardization": std.to_dict(),
         "train_config": trained.train_config,
         "history": trained.history,
         "metrics": trained.metrics,
@@ -258,11 +259,10 @@ def _restore(path: Path, meta: dict) -> TrainedModel:
         std = Standardization(**meta["standardization"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
-    check_supported_input(config, str(path))
     _check_standardization(std.mean, std.std, f"{path}/metadata.json")
 
     model = nnx.eval_shape(lambda: init_model(config, 0))
-    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    abstract = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     try:
         with _quiet_failed_read(path / "state"), _checkpointer() as ckptr:

@@ -1,11 +1,15 @@
-"""The study's own Keras models as jaxoip CNNs: `.keras` (Keras 3) and legacy `.h5` files, read with h5py.
+"""Keras CNNs as jaxoip CNNs: `.keras` (Keras 3) and legacy `.h5` files, read with h5py (Keras is not needed).
 
-Sequential models and functional ones (`keras.Model(inputs, outputs)`) whose layers form a single chain.
+Sequential models and functional ones (`keras.Model(inputs, outputs)`) whose layers form a single chain of
+Conv2D (any padding and stride), MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+BatchNormalization, Activation, ReLU, Dropout, Flatten and Dense layers, after optional leading
+Rescaling/Normalization layers, which become the model's standardization. Anything else is refused in
+one line naming the layer.
 
 A `.keras` file is a zip of `config.json` and `model.weights.h5`; a legacy `.h5` file holds the config
-in the `model_config` attribute and the weights under `model_weights/<layer>`. Both map onto
-`ModelConfig`: conv and pool layers in order become `Conv2D_i` / `Max_Pool_i` (the study's names),
-the dense layers after the flatten become `Dense_1`, `Dense_2`, ... by order, whatever Keras named them.
+in the `model_config` attribute and the weights under `model_weights/<layer>`. Both map onto an explicit
+`ModelConfig(layers=...)`. Layers keep their Keras names; the i-th convolution, a max pooling right after
+it and the i-th dense layer also answer to the study's `Conv2D_i`, `Max_Pool_i` and `Dense_i`.
 Keras flattens NHWC in row-major order, as `CNN` does, so dense kernels are used as stored.
 """
 
@@ -26,18 +30,16 @@ from flax import nnx
 
 from jaxoip.data.mnist import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, check_supported_input, init_model, layer_specs
-
-_IGNORED = {"InputLayer", "Dropout"}  # Identity at inference.
+from jaxoip.models.cnn import WEIGHTS, LayerSpec, ModelConfig, TrainedModel, init_model, layer_aliases, layer_specs
 
 
 @dataclasses.dataclass(frozen=True)
 class KerasModel:
-    """A Keras CNN read from a file: the jaxoip config and the parameters by jaxoip layer name."""
+    """A Keras CNN read from a file: the jaxoip config, the weights by layer name, the input preprocessing."""
 
     config: ModelConfig
-    params: dict[str, dict[str, np.ndarray]]  # "Conv2D_1" -> {"kernel": HWIO, "bias": ...}
-    keras_names: dict[str, str]  # jaxoip layer name -> Keras layer name
+    params: dict[str, dict[str, np.ndarray]]  # "conv2d" -> {"kernel": HWIO, "bias": ...}
+    standardization: Standardization | None  # From leading Rescaling/Normalization layers; None without them.
 
 
 def _h5py():
@@ -111,8 +113,8 @@ def _chain(model_config: dict, source: str) -> list[dict]:
     return layers
 
 
-def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]:
-    """(jaxoip config, Keras names of the conv, pool and dense layers in jaxoip's order) of a Keras config.
+def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[dict]]:
+    """(jaxoip config, the leading Rescaling/Normalization layers' Keras configs) of a Keras model config.
 
     Sequential models, and functional models (`keras.Model(inputs, outputs)`) whose layers form one chain.
     A config with missing or mistyped fields is one line too.
@@ -126,7 +128,11 @@ def parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]
         raise CheckpointError(f"{source}: malformed Keras model config ({what})") from None
 
 
-def _parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]]:
+_POOLS = {"MaxPooling2D": "max", "AveragePooling2D": "avg"}
+_PREPROCESSING = ("Rescaling", "Normalization")
+
+
+def _parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[dict]]:
     kind = model_json.get("class_name")
     if kind not in ("Sequential", "Functional", "Model"):
         raise CheckpointError(
@@ -138,50 +144,113 @@ def _parse_config(model_json: dict, source: str) -> tuple[ModelConfig, list[str]
     else:
         layers = _chain(model_config if isinstance(model_config, dict) else {}, source)
     model_config = model_config if isinstance(model_config, dict) else {}
-    conv, pool, dense, names, stage, prev = [], [], [], [], "conv", None
+    specs, preprocessing = [], []
     for layer in layers:
         kind, c = layer.get("class_name"), layer.get("config", {})
-        where = f"{source}: layer {c.get('name', '?')!r} ({kind})"
-        if kind in _IGNORED:
+        name = c.get("name", "")
+        where = f"{source}: layer {name!r} ({kind})"
+        if c.get("data_format", "channels_last") != "channels_last":
+            raise CheckpointError(f"{where}: only channels_last layers are supported")
+        if kind == "InputLayer":
             continue
-        if kind == "Conv2D" and stage == "conv":
-            if c.get("padding", "valid") != "valid" or _square(c.get("strides", 1), "stride", where) != 1:
-                raise CheckpointError(f"{where}: only valid, stride-1 convolutions are supported")
-            if _square(c.get("dilation_rate", 1), "dilation", where) != 1 or c.get("groups", 1) != 1:
-                raise CheckpointError(f"{where}: dilated or grouped convolutions are not supported")
-            if c.get("data_format", "channels_last") != "channels_last" or not c.get("use_bias", True):
-                raise CheckpointError(f"{where}: only channels_last convolutions with a bias are supported")
-            conv.append(
-                (int(c["filters"]), _square(c["kernel_size"], "kernel", where), _activation(c.get("activation"), where))
-            )
-        elif kind == "MaxPooling2D" and prev == "Conv2D" and len(pool) == len(conv) - 1:
-            # jaxoip's pool i follows conv i: pools directly after the first convs, none after a conv without one.
-            size = _square(c.get("pool_size", 2), "pool", where)
-            strides = c.get("strides") or size
-            if _square(strides, "pool stride", where) != size or c.get("padding", "valid") != "valid":
-                raise CheckpointError(f"{where}: only non-overlapping, valid max pooling is supported")
-            pool.append(size)
-        elif kind == "Flatten" and stage == "conv":
-            stage = "dense"
-        elif kind == "Dense" and stage == "dense":
-            if not c.get("use_bias", True):
-                raise CheckpointError(f"{where}: only dense layers with a bias are supported")
-            dense.append((int(c["units"]), _activation(c.get("activation"), where)))
-        else:
+        if kind in _PREPROCESSING:
+            if specs:
+                raise CheckpointError(f"{where}: input preprocessing is supported only as the first layers")
+            preprocessing.append(layer)
+            continue
+        spec = _layer_spec(kind, c, name, where)
+        if spec is None:
             raise CheckpointError(
-                f"{where} does not fit the study's CNN (Conv2D [MaxPooling2D] ..., Flatten, Dense ...)"
+                f"{where} is not supported: jaxoip reads chains of Conv2D, MaxPooling2D, AveragePooling2D, "
+                "GlobalAveragePooling2D, BatchNormalization, Activation, ReLU, Dropout, Flatten and Dense layers "
+                "(after optional Rescaling/Normalization)"
             )
-        if kind != "Flatten":
-            names.append(c.get("name", ""))
-        prev = kind
-    if not conv or not dense:
-        raise CheckpointError(f"{source}: the Keras model needs conv layers, a Flatten and dense layers")
+        specs.append(spec)
+    if not specs:
+        raise CheckpointError(f"{source}: the Keras model has no layers jaxoip reads")
     shape = _input_shape(layers, model_config) or (28, 28, 1)
     try:
-        config = ModelConfig(conv=tuple(conv), pool=tuple(pool), dense=tuple(dense), input_shape=shape)
+        config = ModelConfig(input_shape=shape, layers=tuple(specs))
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
-    return config, names
+    return config, preprocessing
+
+
+def _layer_spec(kind: str, c: dict, name: str, where: str) -> LayerSpec | None:
+    """The jaxoip layer of one Keras layer's config; None for a kind jaxoip does not read."""
+    try:
+        if kind == "Conv2D":
+            if _square(c.get("dilation_rate", 1), "dilation", where) != 1 or c.get("groups", 1) != 1:
+                raise CheckpointError(f"{where}: dilated or grouped convolutions are not supported")
+            return LayerSpec(
+                name,
+                "conv",
+                int(c["filters"]),
+                _square(c["kernel_size"], "kernel", where),
+                _activation(c.get("activation"), where),
+                stride=_square(c.get("strides", 1), "stride", where),
+                padding=c.get("padding", "valid"),
+            )
+        if kind in _POOLS:
+            size = _square(c.get("pool_size", 2), "pool", where)
+            stride = _square(c.get("strides") or size, "pool stride", where)
+            return LayerSpec(name, "pool", size, stride=stride, padding=c.get("padding", "valid"), pool=_POOLS[kind])
+        if kind == "GlobalAveragePooling2D":
+            if c.get("keepdims"):
+                raise CheckpointError(f"{where}: keepdims=True is not supported")
+            return LayerSpec(name, "gap")
+        if kind == "BatchNormalization":
+            if c.get("axis", -1) not in (-1, 3, [-1], [3]) or c.get("renorm"):
+                raise CheckpointError(f"{where}: only batch normalization over the channels is supported")
+            return LayerSpec(name, "batchnorm", epsilon=float(c.get("epsilon", 1e-3)))
+        if kind == "Activation":
+            return LayerSpec(name, "activation", activation=_activation(c.get("activation"), where))
+        if kind == "ReLU":
+            if c.get("max_value") is not None or c.get("negative_slope", 0) or c.get("threshold", 0):
+                raise CheckpointError(f"{where}: only a plain ReLU (no max_value, slope or threshold) is supported")
+            return LayerSpec(name, "activation", activation="relu")
+        if kind in ("Dropout", "SpatialDropout2D"):
+            return LayerSpec(name, "dropout", rate=float(c.get("rate", 0.0)))
+        if kind == "Flatten":
+            return LayerSpec(name, "flatten")
+        if kind == "Dense":
+            return LayerSpec(name, "dense", int(c["units"]), activation=_activation(c.get("activation"), where))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    return None
+
+
+def _preprocessing_standardization(
+    layers: list[dict], weights: dict[str, list[np.ndarray]], channels: int, source: str
+) -> Standardization | None:
+    """The standardization that leading Rescaling and Normalization layers compute, composed in order:
+    pixels -> (pixels - mean) / std, per channel."""
+    if not layers:
+        return None
+    mean, std = np.zeros(channels), np.ones(channels)
+    for layer in layers:
+        c, name = layer.get("config", {}), layer.get("config", {}).get("name", "?")
+        where = f"{source}: layer {name!r} ({layer.get('class_name')})"
+        try:
+            if layer["class_name"] == "Rescaling":  # x * scale + offset
+                scale = np.broadcast_to(np.asarray(c.get("scale", 1.0), np.float64), (channels,))
+                offset = np.broadcast_to(np.asarray(c.get("offset", 0.0), np.float64), (channels,))
+                mean, std = mean - offset * std / scale, std / scale
+            else:  # (x - m) / max(sqrt(v), 1e-7), Keras's Normalization
+                if c.get("invert") or c.get("axis", [-1]) not in (-1, [-1], 3, [3]):
+                    raise CheckpointError(f"{where}: only a per-channel, non-inverted Normalization is supported")
+                stored = weights.get(name, [])
+                m = c.get("mean") if c.get("mean") is not None else stored[0]
+                v = c.get("variance") if c.get("variance") is not None else stored[1]
+                m = np.broadcast_to(np.asarray(m, np.float64).ravel(), (channels,))
+                v = np.broadcast_to(np.asarray(v, np.float64).ravel(), (channels,))
+                mean, std = mean + m * std, std * np.maximum(np.sqrt(v), 1e-7)
+        except (IndexError, ValueError, TypeError):
+            raise CheckpointError(f"{where}: its mean and variance cannot be read") from None
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError(f"{source}: the input preprocessing gives a non-finite or zero scale")
+    collapse = lambda v: float(v[0]) if (v == v[0]).all() else tuple(float(x) for x in v)  # noqa: E731
+    return Standardization(mean=collapse(mean), std=collapse(std))
 
 
 def _snake(class_name: str) -> str:
@@ -244,34 +313,61 @@ def _read_legacy_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
     return model_json, weights
 
 
+_WEIGHT_NAMES = {"conv": ("kernel", "bias"), "dense": ("kernel", "bias")}
+
+
+def _layer_weights(spec: LayerSpec, arrays: list[np.ndarray], keras_config: dict, where: str) -> dict[str, np.ndarray]:
+    """The jaxoip variables of one layer from its Keras weight arrays (in Keras's order)."""
+    arrays = [np.asarray(a, np.float32) for a in arrays]
+    if spec.kind in _WEIGHT_NAMES:
+        if len(arrays) == 1 and not keras_config.get("use_bias", True):  # No bias: a zero one computes the same.
+            arrays.append(np.zeros(arrays[0].shape[-1], np.float32))
+        if len(arrays) != 2:
+            raise CheckpointError(f"{where}: {len(arrays)} weight arrays, expected 2")
+        return dict(zip(_WEIGHT_NAMES[spec.kind], arrays))
+    # BatchNormalization: [gamma if scale], [beta if center], moving mean, moving variance.
+    names = [
+        n for n, on in (("scale", keras_config.get("scale", True)), ("bias", keras_config.get("center", True))) if on
+    ]
+    names += ["mean", "var"]
+    if len(arrays) != len(names):
+        raise CheckpointError(f"{where}: {len(arrays)} weight arrays, expected {len(names)}")
+    got = dict(zip(names, arrays))
+    got.setdefault("scale", np.ones_like(got["mean"]))
+    got.setdefault("bias", np.zeros_like(got["mean"]))
+    return got
+
+
 def read_keras_file(path: str | os.PathLike) -> KerasModel:
-    """Reads a Keras CNN of the study's shape (Sequential or a functional chain); one line otherwise."""
+    """Reads a Keras CNN (Sequential or a functional chain of the supported layers); one line otherwise."""
     path = Path(path).absolute()
     if not path.is_file():
         raise CheckpointError(f"no Keras model file at {path}")
     model_json, weights = (_read_keras_v3 if path.suffix.lower() == ".keras" else _read_legacy_h5)(path)
     if not isinstance(model_json, dict):
         raise CheckpointError(f"{path}: the model config is not a Keras model description")
-    config, keras_names = parse_config(model_json, str(path))
-    check_supported_input(config, str(path))
-    params, names = {}, {}
-    trainable = [s for s in layer_specs(config) if s.kind in ("conv", "dense")]
-    by_kind = [s for s in layer_specs(config) if s.kind != "flatten"]
-    for spec, keras_name in zip(by_kind, keras_names):
-        names[spec.name] = keras_name
-    for spec in trainable:
-        arrays = weights.get(names[spec.name], [])
-        if len(arrays) != 2:
-            raise CheckpointError(f"{path}: layer {names[spec.name]!r} has {len(arrays)} weight arrays, expected 2")
-        params[spec.name] = {"kernel": arrays[0].astype(np.float32), "bias": arrays[1].astype(np.float32)}
+    config, preprocessing = parse_config(model_json, str(path))
+    keras_configs = _layer_configs(model_json)
+    params = {}
+    for spec in layer_specs(config):
+        if spec.kind not in ("conv", "dense", "batchnorm"):
+            continue
+        where = f"{path}: layer {spec.name!r}"
+        params[spec.name] = _layer_weights(spec, weights.get(spec.name, []), keras_configs.get(spec.name, {}), where)
         bad = [k for k, a in params[spec.name].items() if not np.isfinite(a).all()]
         if bad:
             # A trained Keras model never saves NaN or inf: damaged bytes or a diverged training did.
             raise CheckpointError(
-                f"{path} looks damaged: it holds non-finite weights in layer {names[spec.name]!r} "
-                f"({spec.name} {', '.join(bad)})"
+                f"{path} looks damaged: it holds non-finite weights in layer {spec.name!r} ({', '.join(bad)})"
             )
-    return KerasModel(config=config, params=params, keras_names=names)
+    std = _preprocessing_standardization(preprocessing, weights, config.input_shape[-1], str(path))
+    return KerasModel(config=config, params=params, standardization=std)
+
+
+def _layer_configs(model_json: dict) -> dict[str, dict]:
+    config = model_json.get("config", {})
+    layers = config if isinstance(config, list) else config.get("layers", []) if isinstance(config, dict) else []
+    return {layer.get("config", {}).get("name", ""): layer.get("config", {}) for layer in layers}
 
 
 def keras_standardization(data_dir: str | os.PathLike | None, path: Path) -> tuple[Standardization, str]:
@@ -286,28 +382,31 @@ def keras_standardization(data_dir: str | os.PathLike | None, path: Path) -> tup
 
 
 def load_keras_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
-    """A `TrainedModel` from a Keras file of the study's CNN, standardized with MNIST's training set."""
+    """A `TrainedModel` from a Keras file. Leading Rescaling/Normalization layers are its standardization;
+    without them it is standardized with MNIST's training set, as in the study."""
     path = Path(path).absolute()
     keras_model = read_keras_file(path)
     model = init_model(keras_model.config, 0)
     expected = {
-        name: {k: v.shape for k, v in p.items()} for name, p in nnx.to_pure_dict(nnx.state(model, nnx.Param)).items()
+        name: {k: v.shape for k, v in p.items()} for name, p in nnx.to_pure_dict(nnx.state(model, WEIGHTS)).items()
     }
     got = {name: {k: v.shape for k, v in p.items()} for name, p in keras_model.params.items()}
     if got != expected:
-        bad = [
-            f"{keras_model.keras_names[n]}: {got[n]} vs {expected[n]}" for n in expected if got.get(n) != expected[n]
-        ]
+        bad = [f"{n}: {got.get(n)} vs {expected[n]}" for n in expected if got.get(n) != expected[n]]
         raise CheckpointError(f"{path}: weight shapes do not fit the layer config ({'; '.join(bad[:2])})")
-    std, source = keras_standardization(data_dir, path)
+    if keras_model.standardization is not None:
+        std, source = keras_model.standardization, "the model's Rescaling/Normalization layers"
+    else:
+        std, source = keras_standardization(data_dir, path)
     graphdef, state = nnx.split(model)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, keras_model.params))
+    names = {s.name: s.name for s in layer_specs(keras_model.config)}
     return TrainedModel(
         model=nnx.merge(graphdef, state),
         standardization=std,
         train_config={
             "source": f"keras:{path}",
-            "keras_layers": keras_model.keras_names,
+            "keras_layers": {**names, **layer_aliases(keras_model.config)},
             "standardization_data": source,
         },
     )

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip.models.cnn import CNN
+from jaxoip.models.cnn import CNN, WEIGHTS
 from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
 from jaxoip.progress import Progress, WeightedPart, as_progress
 
@@ -40,7 +40,7 @@ def _group_key(
     from jaxoip.models.checkpoint import params_checksum
 
     h = hashlib.sha256()
-    h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, nnx.Param))).encode())
+    h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, WEIGHTS))).encode())
     # The devices too: the batch is sharded over them, and a search is bit-identical only at one count.
     h.update(repr((layer_name, node, config, chunk, jax.default_backend(), len(jax.devices()))).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())

@@ -24,7 +24,7 @@ from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import TrainedModel, check_trained, get_layer, layer_shapes
+from jaxoip.models.cnn import SEARCH_KINDS, TrainedModel, check_trained, get_layer, layer_shapes
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
@@ -227,7 +227,7 @@ def check_scan(
     check_type("config", config, OIPConfig)
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
-    get_layer(trained.config, layer_name, ("conv", "pool", "dense"))
+    get_layer(trained.config, layer_name, SEARCH_KINDS)
     n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
     maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node, config)

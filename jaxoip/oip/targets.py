@@ -39,7 +39,16 @@ from jaxtyping import Int
 
 from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.models.cnn import _ACTIVATIONS, get_layer, layer_shapes, layer_specs, map_activation, max_pool, pad_batches
+from jaxoip.models.cnn import (
+    _ACTIVATIONS,
+    SEARCH_KINDS,
+    VECTOR_KINDS,
+    activation_name,
+    get_layer,
+    layer_shapes,
+    map_activation,
+    pad_batches,
+)
 from jaxoip.numerics import precision_scope
 from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_terms
 
@@ -127,17 +136,20 @@ def is_custom(model_config, layer_name: str, cfg) -> bool:
     """Whether the target needs this module (dense layer, weighted sums or pre-activations)."""
     spec = get_layer(model_config, layer_name)
     return (
-        spec.kind == "dense" or bool(cfg.weighted) or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
+        spec.kind in VECTOR_KINDS
+        or bool(cfg.weighted)
+        or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
     )
 
 
 def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
-    """Validates a target: a conv, pool or dense layer, indices in range, the node inside the map."""
-    spec = get_layer(config, layer_name, ("conv", "pool", "dense"))
+    """Validates a target: a map or vector layer, indices in range, the node inside the map."""
+    spec = get_layer(config, layer_name, SEARCH_KINDS)
     shape = layer_shapes(config)[layer_name]
     c = shape[-1]
     weighted = cfg.weighted if cfg is not None else ()
-    what = "dense node" if spec.kind == "dense" else "map index"
+    vector = spec.kind in VECTOR_KINDS
+    what = "dense node" if vector else "map index"
     maps = np.asarray(map_indices)
     if maps.size == 0:
         raise LayerError("no map index given")
@@ -146,16 +158,14 @@ def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
         bad = int(maps[(maps < 0) | (maps >= n)][0])
         if weighted:
             raise LayerError(f"weighted target {bad} out of range: {n} given")
-        raise LayerError(
-            f"{what} {bad} out of range: {layer_name} has {'nodes' if spec.kind == 'dense' else 'maps'} 0..{c - 1}"
-        )
+        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if vector else 'maps'} 0..{c - 1}")
     for terms in weighted:
         for u, _ in terms:
             if not 0 <= u < c:
                 raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{c - 1}")
     if node is not None:
-        if spec.kind == "dense":
-            raise LayerError(f"--node applies to conv and pool maps, not to the dense layer {layer_name}")
+        if vector:
+            raise LayerError(f"--node applies to maps, not to the vector layer {layer_name}")
         i, j = node
         h, w = shape[0], shape[1]
         if not (0 <= i < h and 0 <= j < w):
@@ -164,29 +174,10 @@ def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
         resolve_quantity(config, layer_name, cfg.quantity)
 
 
-def activation_name(model_config, layer_name: str) -> str:
-    """The activation of a layer; for a pool layer, that of the conv below it."""
-    specs = layer_specs(model_config)
-    c = [s.name for s in specs].index(get_layer(model_config, layer_name).name)
-    while specs[c].kind == "pool":
-        c -= 1
-    return specs[c].activation
-
-
 def layer_values(model, x, layer_name: str, pre: bool) -> jax.Array:
     """All units of a layer for a batch: (N, H, W, C) or (N, C); `pre`: before the activation
     (for a pool layer: the pooled pre-activation of the conv below, as pooling commutes with it)."""
-    if not pre:
-        return model(x, until=layer_name)
-    specs = layer_specs(model.config)
-    names = [s.name for s in specs]
-    i = c = names.index(layer_name)
-    while specs[c].kind == "pool":
-        c -= 1
-    out = model(x, until=specs[c].name, pre_activation=True)
-    for s in specs[c + 1 : i + 1]:
-        out = max_pool(out, s.size)
-    return out
+    return model(x, until=layer_name, pre_activation=pre)
 
 
 def unit_values(model, x, layer_name: str, node, pre: bool) -> jax.Array:
@@ -231,7 +222,7 @@ def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
                 return obj, obj, jnp.zeros(obj.shape, bool)
             asleep = (jnp.maximum(w, 0) * post_v).sum(axis=1) <= 0
             return obj, (w * unit_values(model, x, layer_name, node, True)).sum(axis=1), asleep
-        if spec.kind == "dense":
+        if spec.kind in VECTOR_KINDS:
             pre_all = model(x, until=layer_name, pre_activation=True)
             pre = jnp.take_along_axis(pre_all, maps[:, None], axis=1)[:, 0]
             if quantity == "pre":
