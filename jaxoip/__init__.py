@@ -25,7 +25,9 @@ _EXPORTS = {
     "jaxoip.progress": ("Progress",),
     "jaxoip.models.cnn": (
         "CNN",
+        "LayerSpec",
         "ModelConfig",
+        "Network",
         "TrainedModel",
         "init_model",
         "layer_names",
@@ -34,6 +36,7 @@ _EXPORTS = {
         "batched_layer_map",
         "receptive_field",
     ),
+    "jaxoip.models.adapter": ("from_nnx",),
     "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
     "jaxoip.models.multiseed": ("train_seeds",),
     "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model", "upgrade_checkpoint"),

@@ -238,12 +238,18 @@ def _old_std_checksum(mean, std) -> str:
 def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
     """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum.
 
-    A Keras file of the study's CNN (`.keras`, legacy `.h5`) loads too; its input standardization comes
-    from MNIST's training set in `data_dir` (default: `$JAXOIP_DATA_DIR`), as in the study.
+    A Keras file (`.keras`, legacy `.h5`) loads too; without leading Rescaling/Normalization layers its input
+    standardization comes from MNIST's training set in `data_dir` (default: `$JAXOIP_DATA_DIR`), as in the
+    study. `path/to/file.py:factory` runs `factory()`, which returns `jaxoip.from_nnx(...)` of a
+    researcher's own module.
     """
     from jaxoip._check import check_type
 
     check_type("path", path, (str, os.PathLike), " (a checkpoint folder or .keras/.h5 file)", CheckpointError)
+    from jaxoip.models.adapter import is_factory, load_factory
+
+    if is_factory(path):
+        return load_factory(path)
     path = Path(path).absolute()
     if path.suffix.lower() in KERAS_SUFFIXES:
         from jaxoip.models.keras import load_keras_model

@@ -34,7 +34,7 @@ MAP_KINDS = ("conv", "pool", "batchnorm", "activation", "dropout", "maps")
 VECTOR_KINDS = ("gap", "dense", "units")
 # Layers an OIP search can target: the map layers and the vector layers.
 SEARCH_KINDS = (*MAP_KINDS, *VECTOR_KINDS)
-_KINDS = ("conv", "pool", "gap", "batchnorm", "activation", "dropout", "flatten", "dense")
+_KINDS = ("conv", "pool", "gap", "batchnorm", "activation", "dropout", "flatten", "dense", "maps", "units")
 # The variables a trained network is: parameters and batch-normalization statistics (what checkpoints hold).
 WEIGHTS = (nnx.Param, nnx.BatchStat)
 _ACTIVATIONS = {

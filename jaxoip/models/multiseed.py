@@ -18,12 +18,13 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import MNIST, check_data, load_mnist
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import ModelConfig, TrainedModel, check_model_config, init_model
+from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 from jaxoip.models.memory import check_fits
 from jaxoip.models.train import (
     HISTORY_KEYS,
     TrainConfig,
     check_converging,
+    check_trainable,
     epoch_batches,
     learning_rate_schedule,
     make_evaluate,
@@ -68,7 +69,7 @@ def train_seeds(
     for s in seeds:
         check_seed(s)
     check_type("cfg", cfg, TrainConfig)
-    check_model_config(model_config)
+    check_trainable(model_config)
     check_data(data, optional=True)
     seeds = [int(s) for s in seeds]
     if not seeds:

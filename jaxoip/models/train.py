@@ -121,6 +121,21 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     }[cfg.optimizer]()
 
 
+def check_trainable(model_config) -> ModelConfig:
+    """A built-in `ModelConfig` that `train` can train: batch normalization and dropout behave differently in
+    training (batch statistics, random masks), which this trainer does not implement; one line otherwise."""
+    if not isinstance(model_config, ModelConfig):
+        check_model_config(model_config)
+        raise JaxoipError("only a built-in ModelConfig can be trained; a researcher's own module trains elsewhere")
+    odd = [s for s in layer_specs(model_config) if s.kind in ("batchnorm", "dropout")]
+    if odd:
+        raise JaxoipError(
+            f"layer {odd[0].name!r} ({odd[0].kind}): training with batch normalization or dropout is not supported "
+            "yet; load a model trained elsewhere (a Keras file) to analyze it"
+        )
+    return model_config
+
+
 def regularization(params: nnx.State, model_config: ModelConfig, cfg: TrainConfig) -> Float[Array, ""]:
     """L2 (sum of squares) or L1 penalty on the dense kernels, as Keras' kernel_regularizer."""
     if cfg.regularizer == "none":
@@ -293,7 +308,7 @@ def train(
     run interrupted before its end continues from its last epoch, to the same weights as without a break.
     """
     check_type("cfg", cfg, TrainConfig)
-    check_model_config(model_config)
+    check_trainable(model_config)
     check_data(data, optional=True)
     check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
     data = data if data is not None else load_mnist(data_dir)
