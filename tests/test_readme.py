@@ -3,7 +3,7 @@
 `test_readme_examples_run_in_order` (slow) runs, in README order and in one empty temporary folder that
 plays the project root (it holds `jaxoip/reference_model`, a link to the shipped model), every line of
 the README's bash blocks that starts with `python -m jaxoip` (in this process, through `jaxoip.cli.run`).
-Other lines are not run there: setting up, activating the environment, and `python examples/from_python.py`,
+Other lines are not run there: setting up, activating the environment, and the example scripts (`python examples/*.py`),
 which writes nothing and has its own test (`test_example_script_runs_as_a_script`, a new process with
 JAXOIP_EXAMPLE_QUICK=1). The rules:
 - tiny settings: each option in TINY[command] that a line gives with a larger value takes TINY's value,
@@ -31,6 +31,7 @@ from jaxoip.__main__ import COMMANDS
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 EXAMPLE = ROOT / "examples" / "from_python.py"
+OWN_MODEL = ROOT / "examples" / "own_model.py"
 
 TINY = {
     "scan_all_maps": {"--steps": 8, "--restarts": 2, "--precursor-starts": 8, "--screen": 2},
@@ -110,11 +111,13 @@ def test_tiny_caps_given_values_and_adds_missing_ones():
     assert "--epochs" not in tiny(["compare_seeds", "--models", "a", "b"])  # Only with --seeds.
 
 
-def test_readme_shows_the_example_script():
-    """The README's Python block is examples/from_python.py, the file that is run as a script (slow test below)."""
+def test_readme_shows_the_example_scripts():
+    """The README's Python blocks are examples/from_python.py and examples/own_model.py, the files that are run
+    as scripts (slow tests below)."""
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert blocks == [EXAMPLE.read_text()]
-    assert ["python", "examples/from_python.py"] in [words for words, _ in _bash_lines()]
+    assert blocks == [EXAMPLE.read_text(), OWN_MODEL.read_text()]
+    for script in ("examples/from_python.py", "examples/own_model.py"):
+        assert ["python", script] in [words for words, _ in _bash_lines()]
 
 
 def _example_env(**extra) -> dict:
@@ -153,6 +156,19 @@ def test_example_script_runs_as_a_script(tmp_path, mnist):
     assert "Conv2D_2 activations of 8 test images: (8, 11, 11, 64)" in out
 
 
+@pytest.mark.slow
+def test_own_model_example_runs_as_a_script(tmp_path, mnist):
+    """`python examples/own_model.py` prints the module's layers, a scan table, exemplars and a grid's shape."""
+    proc = subprocess.run(
+        [sys.executable, str(OWN_MODEL)], cwd=tmp_path, env=_example_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "layers: stem.layers.0, stem, blocks.0.conv, blocks.0, blocks.1.conv, blocks.1, classifier" in out
+    assert "best_objective" in out and "top test images of blocks.0 map 0: [" in out
+    assert "stem activations of test image 0: (28, 28, 8)" in out
+
+
 def _interrupt(monkeypatch, what: str, n: int):
     """A KeyboardInterrupt right after epoch `n` is saved (what='epoch') or search group `n` is done ('group')."""
     from jaxoip.models import train as train_lib
@@ -187,6 +203,7 @@ def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
 
     (tmp_path / "jaxoip").mkdir()
     (tmp_path / "jaxoip" / "reference_model").symlink_to(ROOT / "jaxoip" / "reference_model")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # --model examples/own_model.py:factory
     monkeypatch.chdir(tmp_path)
     ran = []
     for words, comment in _bash_lines():
