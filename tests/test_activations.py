@@ -174,7 +174,7 @@ def test_bad_layer_and_per_row(tiny_trained, mnist):
         act.layer_grid(tiny_trained, "Conv2D_9", "test:0", mnist)
     with pytest.raises(JaxoipError, match="at least 1"):
         act.layer_grid(tiny_trained, "Conv2D_3", "test:0", mnist, per_row=0)
-    with pytest.raises(LayerError, match="conv/pool layer"):
+    with pytest.raises(LayerError, match="map layer"):
         act.find_exemplars(tiny_trained, mnist, "Dense_1")
 
 

@@ -97,7 +97,7 @@ def test_early_stop_ends_when_all_converged(tiny_trained, starts):
     "kwargs, match",
     [
         (dict(layer_name="Conv2D_9"), "valid names"),
-        (dict(layer_name="Flatten"), "conv/pool/dense layer"),
+        (dict(layer_name="Flatten"), "map or vector layer"),
         (dict(map_indices=[128]), "map index 128 out of range"),
         (dict(node=(3, 0)), "outside the 3x3 maps"),
     ],

@@ -80,9 +80,9 @@ def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--layer", "Conv2D_7"], "unknown conv/pool/dense layer 'Conv2D_7'"),
+        (["--layer", "Conv2D_7"], "unknown map or vector layer 'Conv2D_7'"),
         (["--layer", "Dense_2", "--maps", "4", "--target", "4-9"], "either --maps or --target"),
-        (["--layer", "Dense_1", "--node", "0,0"], "not to the dense layer"),
+        (["--layer", "Dense_1", "--node", "0,0"], "not to the vector layer"),
         (["--layer", "Dense_2", "--target", "4-19"], "dense node 19 out of range"),
         (["--layer", "Dense_2", "--target", "4*"], "cannot read target term"),
         (["--tv", "-1"], "tv must be at least 0"),

@@ -116,9 +116,9 @@ def test_wake_conv_map_silent_on_fine_noise():
 @pytest.mark.parametrize(
     "layer, maps, node, cfg, match",
     [
-        ("Flatten", [0], None, None, "conv/pool/dense layer"),
+        ("Flatten", [0], None, None, "map or vector layer"),
         ("Dense_2", [10], None, None, "dense node 10 out of range"),
-        ("Dense_1", [0], (0, 0), None, "not to the dense layer"),
+        ("Dense_1", [0], (0, 0), None, "not to the vector layer"),
         ("Dense_2", [1], None, OIPConfig(weighted=(((4, 1.0),),)), "weighted target 1 out of range"),
         ("Dense_2", [0], None, OIPConfig(weighted=(((12, 1.0),),)), "dense node 12 out of range"),
     ],

@@ -253,7 +253,8 @@ def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = No
     for s in specs:
         if s.name == name:
             return s
-    what = "layer" if kinds is None else "/".join(k for k in kinds if k in _KINDS) + " layer"
+    what = {None: "layer", MAP_KINDS: "map layer", SEARCH_KINDS: "map or vector layer"}.get(kinds)
+    what = what or "/".join(kinds) + " layer"
     raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(s.name for s in specs)}")
 
 
