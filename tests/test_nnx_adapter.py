@@ -131,3 +131,10 @@ def test_the_search_recovers_a_planted_optimum():
     ring = np.asarray(ring_pattern()).reshape(-1)
     corr = res.images.reshape(2, -1) @ ring / ring.size
     assert np.all(corr > 0.95), corr
+
+
+def test_the_seed_comparison_says_it_takes_jaxoips_cnn(user_model):
+    from jaxoip.seeds.compare import check_models
+
+    with pytest.raises(JaxoipError, match="model 0 is a module of your own: the seed comparison compares"):
+        check_models([user_model, user_model])

@@ -31,7 +31,7 @@ from jaxoip._check import check_type
 from jaxoip.data.mnist import MNIST
 from jaxoip.data.mnist import check_data as check_dataset
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
-from jaxoip.models.cnn import TrainedModel, check_trained, get_layer, init_model, layer_shapes, layer_specs
+from jaxoip.models.cnn import CNN, TrainedModel, check_trained, get_layer, init_model, layer_shapes, layer_specs
 from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
 from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.seeds.oips import compare_oips, oip_pair_metrics
@@ -76,13 +76,18 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
         check_trained(m, f"model {i}")
     if len(models) < 2:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(models)}")
+    for i, m in enumerate(models):
+        if not isinstance(m.model, CNN):
+            raise JaxoipError(
+                f"model {i} is a module of your own: the seed comparison compares convolution kernels and layers "
+                "by name, which it does for jaxoip's CNN (a ModelConfig, a checkpoint or a Keras file)"
+            )
     first = models[0].config
     for i, m in enumerate(models[1:], 1):
         if m.config != first:
-            raise CheckpointError(
-                f"models 0 and {i} have different architectures: conv {first.conv}, dense {first.dense} "
-                f"vs conv {m.config.conv}, dense {m.config.dense}"
-            )
+            theirs = ", ".join(f"{s.name} {s.kind} {s.size}" for s in layer_specs(m.config))
+            ours = ", ".join(f"{s.name} {s.kind} {s.size}" for s in layer_specs(first))
+            raise CheckpointError(f"models 0 and {i} have different architectures: {ours} vs {theirs}")
     for name in layers:
         get_layer(first, name, ("conv",))
 
