@@ -398,7 +398,7 @@ def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
     ph = max((p.shape[0] for m in maps for p in ex.patches[m]), default=1)
     pw = max((p.shape[1] for m in maps for p in ex.patches[m]), default=1)
     # Colour patches (fh, fw, C) give an RGB mosaic.
-    colour = any(np.ndim(p) == 3 and np.shape(p)[-1] > 1 for m in maps for p in ex.patches[m])
+    colour = any(np.ndim(p) == 3 and np.shape(p)[-1] in (3, 4) for m in maps for p in ex.patches[m])
     top = 5  # pixels above each block for its label
     block_w, block_h = k * (pw + 1) + 2, ph + 1 + top
     cols = min(per_row, len(maps))

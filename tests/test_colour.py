@@ -8,6 +8,7 @@ from PIL import Image
 
 from jaxoip.data.images import _dataset
 from jaxoip.data.mnist import Standardization
+from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 from jaxoip.oip import noise, param, transforms
 from jaxoip.oip.config import OIPConfig
@@ -43,18 +44,16 @@ def test_grids_scale_with_the_image_and_stay_at_28():
 
 def test_colour_starts_have_the_model_shape_and_own_channels():
     keys = noise.start_keys(0, np.arange(3), 2).reshape(-1)
-    x = noise.initial_images(keys, ["study"], shape=SHAPE)
+    # One compiled program: starts 0-2 from "study", 3-5 from "coarse3".
+    x = noise.initial_images(keys, ["study", "coarse3"], np.repeat([0, 1], 3), shape=SHAPE)
     assert x.shape == (6, *SHAPE) and np.isfinite(x).all()
     np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1, atol=1e-4)
-    assert not np.allclose(x[..., 0], x[..., 1])
+    assert not np.allclose(x[..., 0], x[..., 1])  # Each channel draws its own noise.
     # The coarse3 recipe is smooth at any size: neighbours strongly correlated.
-    c = noise.initial_images(keys, ["coarse3"], shape=SHAPE)
+    c = x[3:]
     assert np.corrcoef(c[:, :-1].ravel(), c[:, 1:].ravel())[0, 1] > 0.9
-    # The first channel of a grayscale draw is the same draw.
-    gray = noise.initial_images(keys, ["study"])
-    assert gray.shape == (6, 28, 28, 1)
-    with pytest.raises(Exception, match="image shape"):
+    with pytest.raises(JaxoipError, match="image shape"):
         noise.initial_images(keys, ["study"], shape=(32, 32))
 
 
