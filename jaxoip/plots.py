@@ -68,21 +68,52 @@ def plot_history(history: dict, path: str | Path | None = None):
 
 
 def enhance_contrast(img, low: float = 2.0, high: float = 98.0):
-    """Stretches the [low, high] percentiles of an image to [0, 1] (the study's contrast-enhanced view)."""
+    """Stretches the [low, high] percentiles of an image to [0, 1] (the study's contrast-enhanced view).
+
+    A colour image (H, W, 3) is stretched channel by channel.
+    """
     img = np.asarray(img, np.float64)
+    if img.ndim == 3:
+        return np.stack([enhance_contrast(img[..., c], low, high) for c in range(img.shape[-1])], axis=-1)
     lo, hi = np.percentile(img, [low, high])
     return np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
 
 
+def display_planes(images) -> np.ndarray:
+    """Images (..., H, W, C) as drawn: (..., H, W) grey levels for one channel, (..., H, W, 3) RGB for colour
+    (an alpha channel is dropped); any other channel count is shown as the channels' mean, in grey."""
+    images = np.asarray(images)
+    if images.shape[-1] == 1:
+        return images[..., 0]
+    if images.shape[-1] in (3, 4):
+        return images[..., :3]
+    return images.mean(axis=-1)
+
+
+def show_image(ax, img, **kwargs):
+    """Draws a mosaic or image from `display_planes`: grey levels 0..1 with the "gray" colormap (NaN white), or
+    RGB 0..1 (NaN white, values clipped)."""
+    img = np.asarray(img)
+    if img.ndim == 3:
+        return ax.imshow(np.clip(np.nan_to_num(img, nan=1.0), 0.0, 1.0), **kwargs)
+    return ax.imshow(img, cmap=check_colormap("gray"), vmin=0, vmax=1, **kwargs)
+
+
+def show_pixels(ax, pixels):
+    """An input image in pixel units (0..255), (H, W, C): grey for one channel, RGB for colour."""
+    return show_image(ax, np.clip(display_planes(np.asarray(pixels, np.float32)), 0, 255) / 255.0)
+
+
 def tile_mosaic(tiles, cols: int, gap: int = 1, top: int = 0) -> np.ndarray:
-    """Tiles (N, h, w) laid out row-major in `cols` columns, NaN (drawn white) between them.
+    """Tiles (N, h, w) or colour tiles (N, h, w, 3) laid out row-major in `cols` columns, NaN (drawn white)
+    between them.
 
     `top` leaves that many empty pixel rows above each row of tiles, for labels.
     """
     tiles = np.asarray(tiles, np.float32)
-    n, h, w = tiles.shape
+    n, h, w = tiles.shape[:3]
     rows = -(-n // cols)
-    out = np.full((rows * (h + gap + top), cols * (w + gap)), np.nan, np.float32)
+    out = np.full((rows * (h + gap + top), cols * (w + gap), *tiles.shape[3:]), np.nan, np.float32)
     for k in range(n):
         r, c = divmod(k, cols)
         y, x = r * (h + gap + top) + top, c * (w + gap)
@@ -91,9 +122,9 @@ def tile_mosaic(tiles, cols: int, gap: int = 1, top: int = 0) -> np.ndarray:
 
 
 def _pad_to(patch, h: int, w: int) -> np.ndarray:
-    """A patch centred in an (h, w) tile of NaN."""
+    """A patch (fh, fw[, 3]) centred in an (h, w[, 3]) tile of NaN."""
     patch = np.asarray(patch, np.float32)[:h, :w]
-    out = np.full((h, w), np.nan, np.float32)
+    out = np.full((h, w, *patch.shape[2:]), np.nan, np.float32)
     y, x = (h - patch.shape[0]) // 2, (w - patch.shape[1]) // 2
     out[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
     return out
@@ -104,15 +135,16 @@ def oip_gallery(
 ) -> Figure:
     """All maps' best OIPs, each plain (pixel units) and contrast-enhanced, labelled by target and objective.
 
-    `facets`: optional list (in `result.map_indices` order) of standardized images (F, 28, 28, 1) of each
-    map's facets, best first (`jaxoip.oip.scan_result.facet_images`); up to `max_facets` further facets are drawn
-    contrast-enhanced after the best OIP, and the label gives the facet count. `exemplars`: optional
-    {map index: array (k, h, w)} of dataset patches (pixel units) drawn to the right with the same grey
-    scale as `plot_exemplars` and the plain OIP (white = bright pixel, as in MNIST); a map dead on the data
-    has none and is labelled so. One mosaic image, one `imshow`.
+    Colour images are drawn in colour: the plain OIP in pixels clipped to 0..255, the enhanced views
+    stretched channel by channel. `facets`: optional list (in `result.map_indices` order) of standardized
+    images (F, H, W, C) of each map's facets, best first (`jaxoip.oip.scan_result.facet_images`); up to
+    `max_facets` further facets are drawn contrast-enhanced after the best OIP, and the label gives the facet
+    count. `exemplars`: optional {map index: array (k, h, w[, C])} of dataset patches (pixel units) drawn to
+    the right with the same grey scale as `plot_exemplars` and the plain OIP (white = bright pixel, as in
+    MNIST); a map dead on the data has none and is labelled so. One mosaic image, one `imshow`.
     """
-    best = result.best_images[..., 0]
-    pixels = np.clip(result.standardization.to_pixels(best), 0, 255) / 255.0
+    best = display_planes(result.best_images)
+    pixels = np.clip(display_planes(result.standardization.to_pixels(result.best_images)), 0, 255) / 255.0
     objective = result.objective.max(axis=1)
     maps = result.map_indices
     labels = result.labels
@@ -120,9 +152,10 @@ def oip_gallery(
     dead = data_max[maps] <= 0 if data_max is not None else np.zeros(len(maps), bool)
     exemplars = exemplars or {}
     k = max((len(v) for v in exemplars.values()), default=0)
-    more = [np.asarray(f)[1 : 1 + max_facets, ..., 0] for f in facets] if facets is not None else []
+    more = [display_planes(np.asarray(f)[1 : 1 + max_facets]) for f in facets] if facets is not None else []
     n_more = max((len(f) for f in more), default=0)
-    h, w = best.shape[1:]
+    h, w = best.shape[1:3]
+    blank = np.full(best.shape[1:], np.nan, np.float32)
     panels = 2 + n_more + k
     per_row = per_row or max(1, min(8, 44 // panels))  # Blocks per row: about 44 tiles across.
     # One block per map: plain, enhanced, then its exemplar patches, side by side.
@@ -131,16 +164,16 @@ def oip_gallery(
         tiles = [pixels[n], enhance_contrast(best[n])]
         if n_more:
             extra = [enhance_contrast(f) for f in more[n]]
-            tiles += extra + [np.full((h, w), np.nan, np.float32)] * (n_more - len(extra))
+            tiles += extra + [blank] * (n_more - len(extra))
         patches = list(exemplars.get(int(m), []))
         dead[n] |= int(m) in exemplars and not patches  # No patch activates it: dead on the data.
         tiles += [_pad_to(exemplar_shades(p), h, w) for p in patches]
-        tiles += [np.full((h, w), np.nan, np.float32)] * (panels - len(tiles))
+        tiles += [blank] * (panels - len(tiles))
         blocks.append(tile_mosaic(tiles, panels, gap=1))
     label_px = 9
     cols = min(per_row, len(maps))
     mosaic = tile_mosaic(blocks, cols, gap=4, top=label_px)
-    bh, bw = blocks[0].shape
+    bh, bw = blocks[0].shape[:2]
     # Inches per mosaic pixel: 0.016 for a wide gallery; a few maps (a dense layer, a class target) get
     # larger thumbnails, up to 0.05 (a 28-pixel tile 1.4 inches wide), about 5 inches in all.
     scale = float(np.clip(5.0 / mosaic.shape[1], 0.016, 0.05))
@@ -155,7 +188,7 @@ def oip_gallery(
     title_in = 0.25 + 0.18 * (title.count("\n") + 1)
     fig = new_figure((width, mosaic.shape[0] * scale + title_in))
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] * scale / fig.get_figheight()))
-    ax.imshow(mosaic, cmap=check_colormap("gray"), vmin=0, vmax=1, interpolation="nearest")
+    show_image(ax, mosaic, interpolation="nearest")
     ax.set_axis_off()
     for n in range(len(maps)):
         r, c = divmod(n, cols)
@@ -175,21 +208,25 @@ def oip_gallery(
 def exemplar_shades(patch) -> np.ndarray:
     """Dataset pixels (0-255) as grey levels 0-1 for the "gray" colormap: as in MNIST, bright strokes are white.
 
-    The one mapping of both figures that show exemplars (`oip_gallery`, `plot_exemplars`) and of the plain OIP.
+    Colour patches (fh, fw, C) become RGB 0-1 (`display_planes`). The one mapping of both figures that show
+    exemplars (`oip_gallery`, `plot_exemplars`) and of the plain OIP.
     """
-    return np.asarray(patch, np.float32) / 255.0
+    patch = np.asarray(patch, np.float32)
+    if patch.ndim == 3:
+        patch = display_planes(patch)
+    return patch / 255.0
 
 
 def snapshot_strip(result, map_index: int, path=None):
     """The best start of one map at the log-spaced snapshot steps, with its objective trace."""
     pos = int(np.flatnonzero(result.map_indices == map_index)[0])
     flat = pos * result.restarts + int(result.best_start[pos])
-    snaps = result.oip.snapshots[flat, ..., 0]
+    snaps = display_planes(result.oip.snapshots[flat])
     steps = result.oip.snapshot_steps
     trace = result.oip.traces[flat]
     fig, axes = subplots(1, len(steps) + 1, figsize=(1.6 * (len(steps) + 1) + 1.5, 2.0))
     for ax, img, s in zip(axes, snaps, steps):
-        ax.imshow(enhance_contrast(img), cmap="gray")
+        show_image(ax, enhance_contrast(img))
         ax.set_title(f"step {s + 1}\n{trace[s]:.3g}", fontsize=7)
         ax.axis("off")
     axes[-1].plot(np.arange(1, len(trace) + 1), trace)
@@ -255,7 +292,7 @@ def plot_layer_grid(layer_grid, cmap: str = "viridis", path=None, vmin=None, vma
     fig, (ax_img, ax) = subplots(
         1, 2, figsize=(gw + 2.6, max(gh, 2.8)), gridspec_kw={"width_ratios": [2.0, gw]}, squeeze=True
     )
-    ax_img.imshow(g.image.pixels[..., 0], cmap="gray", vmin=0, vmax=255)
+    show_pixels(ax_img, g.image.pixels)
     ax_img.set_title(f"{g.image.name}\n{_prediction_text(g.image.label, g.probabilities)}", fontsize=7)
     ax_img.axis("off")
     im = _draw_grid(ax, g.grid, g.cell_shape, g.per_row, cm, vmin, vmax)
@@ -288,7 +325,7 @@ def plot_comparison(comparison, cmap: str = "viridis", path=None):
     )
     for col, g in enumerate(grids):
         group = c.names[0] if col < len(c.grids_a) else c.names[1]
-        axes[0, col].imshow(g.image.pixels[..., 0], cmap="gray", vmin=0, vmax=255)
+        show_pixels(axes[0, col], g.image.pixels)
         axes[0, col].set_title(
             f"{group}: {g.image.name}\n{_prediction_text(g.image.label, g.probabilities)}", fontsize=6
         )
@@ -337,7 +374,7 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, row) in zip(axes.flat, table.iterrows()):
-        ax.imshow(np.asarray(images[int(row["index"])])[..., 0], cmap="gray", vmin=0, vmax=255)
+        show_pixels(ax, images[int(row["index"])])
         ax.set_title(
             f"#{int(row['index'])}: {int(row['label'])} -> {int(row['predicted'])}\n({row['p_predicted']:.0%})",
             fontsize=7,
@@ -360,18 +397,20 @@ def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
     k = ex.image_indices.shape[1]
     ph = max((p.shape[0] for m in maps for p in ex.patches[m]), default=1)
     pw = max((p.shape[1] for m in maps for p in ex.patches[m]), default=1)
+    # Colour patches (fh, fw, C) give an RGB mosaic.
+    colour = any(np.ndim(p) == 3 and np.shape(p)[-1] in (3, 4) for m in maps for p in ex.patches[m])
     top = 5  # pixels above each block for its label
     block_w, block_h = k * (pw + 1) + 2, ph + 1 + top
     cols = min(per_row, len(maps))
     rows = -(-len(maps) // cols)
-    mosaic = np.full((rows * block_h, cols * block_w), np.nan, np.float32)
+    mosaic = np.full((rows * block_h, cols * block_w, *((3,) if colour else ())), np.nan, np.float32)
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
         for e, patch in enumerate(ex.patches[m]):
             y, x = r * block_h + top, c * block_w + e * (pw + 1)
             mosaic[y : y + patch.shape[0], x : x + patch.shape[1]] = exemplar_shades(patch)
     fig, ax = subplots(figsize=(mosaic.shape[1] / 22 + 0.5, mosaic.shape[0] / 22 + 0.8))
-    ax.imshow(mosaic, cmap=check_colormap("gray"), vmin=0, vmax=1, interpolation="nearest")
+    show_image(ax, mosaic, interpolation="nearest")
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
         status = "dead on data" if len(ex.patches[m]) == 0 else f"{ex.values[m, 0]:.3g}"

@@ -129,3 +129,22 @@ def test_every_layer_equals_keras(tmp_path, name, suffix):
             spread = max(spread, float(np.ptp(expected, axis=0).max()))
     assert checked == len(layer_names(trained.config))
     assert spread > 0.1  # Values that tell the images apart, far above the tolerance.
+
+
+def test_a_model_without_preprocessing_is_standardized_from_the_data_given(tmp_path):
+    import keras
+    from keras import layers
+
+    from jaxoip.data.images import load_images
+    from jaxoip.data.mnist import Standardization
+
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8)  # noqa: E731
+    np.savez(
+        tmp_path / "set.npz", x_train=images(20), y_train=np.arange(20) % 3, x_test=images(6), y_test=np.arange(6) % 3
+    )
+    model = keras.Sequential([keras.Input((12, 12, 3)), layers.Conv2D(4, 3), layers.GlobalAveragePooling2D()])
+    model.save(tmp_path / "plain.keras")
+    trained = load_model(tmp_path / "plain.keras", data=tmp_path / "set.npz")
+    assert trained.standardization == Standardization.fit(load_images(tmp_path / "set.npz").train_images)
+    assert trained.train_config["standardization_data"].endswith("set.npz")

@@ -1,7 +1,8 @@
 """The README stays true: every command in it parses, its examples run top to bottom, its script is the file.
 
 `test_readme_examples_run_in_order` (slow) runs, in README order and in one empty temporary folder that
-plays the project root (it holds `jaxoip/reference_model`, a link to the shipped model), every line of
+plays the project root (it holds `jaxoip/reference_model`, a link to the shipped model, and `my_images.npz`,
+generated 32x32x3 images of 10 classes like the README's), every line of
 the README's bash blocks that starts with `python -m jaxoip` (in this process, through `jaxoip.cli.run`).
 Other lines are not run there: setting up, activating the environment, and the example scripts (`python examples/*.py`),
 which writes nothing and has its own test (`test_example_script_runs_as_a_script`, a new process with
@@ -196,6 +197,24 @@ def _interrupt(monkeypatch, what: str, n: int):
         monkeypatch.setattr(search_groups, "search_oips", stop_after_n)
 
 
+def _own_images(path: Path):
+    """The README's `my_images.npz`: 32x32x3 images of 10 classes, a bright square of the class's corner and colour."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 80, (n, 32, 32, 3)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, q = divmod(c % 4, 2)
+            x[i, 16 * r : 16 * r + 12, 16 * q : 16 * q + 12, c % 3] = 200 + 5 * c
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = make(1200), make(300)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
 @pytest.mark.slow
 def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
     """Every example of the README, top to bottom, at tiny settings (rules in this module's docstring)."""
@@ -204,6 +223,7 @@ def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
     (tmp_path / "jaxoip").mkdir()
     (tmp_path / "jaxoip" / "reference_model").symlink_to(ROOT / "jaxoip" / "reference_model")
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # --model examples/own_model.py:factory
+    _own_images(tmp_path / "my_images.npz")
     monkeypatch.chdir(tmp_path)
     ran = []
     for words, comment in _bash_lines():

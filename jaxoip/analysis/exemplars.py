@@ -34,10 +34,11 @@ class Exemplars:
     image_indices: Int[np.ndarray, "c k"]
     values: Float[np.ndarray, "c k"]
     nodes: Int[np.ndarray, "c k 2"]  # row, column of the most active node
-    # Per map: the input pixels of each node's receptive field; an object array of k crops where fields
-    # clipped at the border differ in size. Only images that activate the map (value > 0) are exemplars:
-    # the others have image index and node -1 and no patch, so a map dead on the data has none.
-    patches: list[Float[np.ndarray, "k fh fw"] | Shaped[np.ndarray, " k"]]
+    # Per map: the input pixels of each node's receptive field ((k, fh, fw, C) for colour images); an object
+    # array of k crops where fields clipped at the border differ in size. Only images that activate the map
+    # (value > 0) are exemplars: the others have image index and node -1 and no patch, so a map dead on the
+    # data has none.
+    patches: list[Float[np.ndarray, "k fh fw *ch"] | Shaped[np.ndarray, " k"]]
 
     @property
     def dead(self) -> Bool[np.ndarray, " c"]:
@@ -82,7 +83,8 @@ def find_exemplars(
         crops = []
         for n in np.flatnonzero(~inactive[m]):
             r0, r1, c0, c1 = receptive_field(trained.config, spec.name, *nodes[m, n])
-            crops.append(images[idx[m, n], r0:r1, c0:c1, 0])
+            crop = images[idx[m, n], r0:r1, c0:c1]
+            crops.append(crop[..., 0] if crop.shape[-1] == 1 else crop)  # Grayscale patches (fh, fw) as before.
         if not crops:
             patches.append(np.zeros((0, 0, 0), images.dtype))
         elif len({c.shape for c in crops}) == 1:

@@ -213,8 +213,28 @@ def int_list(text: str) -> list[int]:
 
 
 def add_data_dir(parser: argparse.ArgumentParser):
+    """--data-dir (MNIST) and --data (any image set `jaxoip.load_images` reads)."""
     parser.add_argument(
         "--data-dir",
         default=None,
         help="folder with the four MNIST IDX files (default: $JAXOIP_DATA_DIR, else tensorflow-datasets if installed)",
     )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own labelled images instead of MNIST: a Keras-style .npz (x_train, y_train, x_test, y_test), a "
+        "folder of IDX files (Fashion-MNIST, KMNIST), a CIFAR-10/100 python folder, or a folder of class "
+        "subfolders of PNG/JPEG images",
+    )
+
+
+def data_paths(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The data inputs a command was given, by option, for `jaxoip._io.check_apart`."""
+    from jaxoip.data.images import check_data_source
+    from jaxoip.data.mnist import resolve_data_dir
+
+    check_data_source(args.data, args.data_dir)
+    if args.data is not None:
+        return [("--data", args.data)]
+    return [("--data-dir", resolve_data_dir(args.data_dir))]

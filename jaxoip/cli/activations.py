@@ -21,8 +21,9 @@ from jaxoip.analysis.grid_comparison import compare_images
 from jaxoip.analysis.grids import layer_grid
 from jaxoip.analysis.predictions import least_confident, misclassified, most_confused, predict_split
 from jaxoip.cli import flags
+from jaxoip.data.images import load_data
 from jaxoip.data.inputs import get_images, parse_image_spec
-from jaxoip.data.mnist import load_mnist, resolve_data_dir
+from jaxoip.data.mnist import check_data_shape
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import MAP_KINDS, get_layer, layer_shapes
 
@@ -124,10 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not s.strip().endswith(".npy"):
             parse_image_spec(s)  # Fail on a malformed spec before loading anything.
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
-    check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
-    trained = checkpoint.resolve_model(args.model, args.data_dir)
+    check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
     get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
-    data = load_mnist(args.data_dir)  # Before the output folder: a bad data path is no output problem.
+    # Before the output folder: a bad data path is no output problem.
+    data = check_data_shape(load_data(args.data, args.data_dir), trained.config.input_shape)
     if args.exemplars:
         from jaxoip.analysis.exemplars import check_exemplar_figure
 

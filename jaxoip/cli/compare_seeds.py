@@ -84,27 +84,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"the training seeds {args.seed}..{args.seed + args.seeds - 1} go beyond {SEED_MAX}")
     cli.enable_compilation_cache(not args.no_cache)
 
-    from jaxoip.data.mnist import load_mnist, resolve_data_dir
+    from jaxoip.data.images import load_data
+    from jaxoip.data.mnist import check_data_shape
     from jaxoip.models import checkpoint
+    from jaxoip.models.train import model_config_for_data
     from jaxoip.seeds import compare
 
-    inputs = [("--models", m) for m in args.models or []] + [("--data-dir", resolve_data_dir(args.data_dir))]
+    inputs = [("--models", m) for m in args.models or []] + cli.data_paths(args)
     check_apart(args.out, inputs)
 
     models = names = None
-    data = load_mnist(args.data_dir)  # Small; its sizes bound the settings, checked before any work.
+    data = load_data(args.data, args.data_dir)  # Small; its sizes bound the settings, checked before any work.
+    model_config = None
     if args.models is not None:  # Every model checked before any work.
         names = [Path(m).name for m in args.models]
         if len(set(names)) < len(names):
             same = sorted({n for n in names if names.count(n) > 1})
             raise JaxoipError(f"--models share the name {same[0]!r}: give folders or files with distinct names")
-        models = [checkpoint.load_model(m, args.data_dir) for m in args.models]
+        models = [checkpoint.load_model(m, args.data_dir, args.data) for m in args.models]
+        for m in models:
+            check_data_shape(data, m.config.input_shape)
         compare.check_models(models, layers)
         for line in compare.seed_warnings(names, [compare.model_info(m, n) for m, n in zip(models, names)]):
             print(f"warning: {line}", file=sys.stderr)
     else:
         check_training_data(tcfg, data)
-    compare.check_settings(cfg, data, models[0].config if models else None, len(models) if models else args.seeds)
+        model_config = model_config_for_data(data)  # The study's layers, sized to the data's images and classes.
+    compare.check_settings(
+        cfg, data, models[0].config if models else model_config, len(models) if models else args.seeds
+    )
     skip = ("overwrite", "resume", "no_progress", "no_cache", "out")  # They do not change the results.
     config = {k: v for k, v in vars(args).items() if k not in skip}
     with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds = list(range(args.seed, args.seed + args.seeds))
             names = [f"seed_{s}" for s in seeds]
             models = compare.trained_models(
-                seeds, tcfg, data, out.partial / "models", args.max_parallel, not args.no_progress
+                seeds, tcfg, data, out.partial / "models", args.max_parallel, not args.no_progress, model_config
             )
             compare.check_models(models, layers)
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")

@@ -1,8 +1,9 @@
 """Command-line flags derived from a config dataclass, so that each option is declared once: in its field.
 
 A field becomes the option `--field-name`, typed by its annotation (int, float, str, bool, `X | None`,
-`Literal[...]`, `tuple[X, ...]` written as a comma list), with the dataclass's default and the help in
-`dataclasses.field(metadata=...)`:
+`Literal[...]`, `tuple[X, ...]` written as a comma list, and lists of layers `tuple[tuple[X, Y, ...], ...]`
+written as a comma list of colon-separated items, `32:3:relu,64:3:relu`), with the dataclass's default and
+the help in `dataclasses.field(metadata=...)` (or `add_flags`' `helps`):
 
 - ``"help"``: the option's help text;
 - ``"flag"``: the option's name where it is not the field's (``"--lr"``), or False for no option;
@@ -63,6 +64,42 @@ def _dest(f: dataclasses.Field, prefix: str) -> str:
     return prefix.replace("-", "_") + f.name
 
 
+def _item_types(annotation: Any) -> tuple[type, ...] | None:
+    """The part types of a fixed tuple `tuple[int, int, str]` (an item of a layer list), else None."""
+    if typing.get_origin(annotation) is not tuple:
+        return None
+    args = typing.get_args(annotation)
+    if not args or Ellipsis in args or any(a not in (int, float, str) for a in args):
+        return None
+    return args
+
+
+def _items_converter(parts: tuple[type, ...], optional: bool):
+    """The `type=` of a layer list: '32:3:relu,64:3:relu' -> ((32, 3, 'relu'), (64, 3, 'relu'))."""
+    form = ":".join(p.__name__.upper() for p in parts)
+
+    def convert(text: str):
+        if optional and text.strip().lower() == "none":
+            return None
+        out = []
+        for item in (v.strip() for v in text.split(",")):
+            if not item:
+                continue
+            values = [v.strip() for v in item.split(":")]
+            try:
+                if len(values) != len(parts):
+                    raise ValueError
+                out.append(tuple(p(v) for p, v in zip(parts, values)))
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected items {form} separated by commas; got {item!r} in {text!r}"
+                ) from None
+        return tuple(out)
+
+    convert.__name__ = form
+    return convert
+
+
 def _converter(kind: type, optional: bool, sequence: bool):
     """The `type=` of an option: text -> value (comma lists for tuples, 'none' -> None if optional)."""
 
@@ -80,18 +117,23 @@ def _converter(kind: type, optional: bool, sequence: bool):
     return convert
 
 
-def _argument(f: dataclasses.Field, annotation: Any, default: Any) -> dict[str, Any]:
-    """add_argument's keywords for one field (all but the name)."""
+def _argument(f: dataclasses.Field, annotation: Any, default: Any, help_text: str | None = None) -> dict[str, Any]:
+    """add_argument's keywords for one field (all but the name); `help_text` where the field has no help."""
     args = typing.get_args(annotation)
     optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
     if optional:
         (annotation,) = (a for a in args if a is not type(None))
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    help_text = f.metadata.get("help", "").replace("%", "%%")
+    help_text = f.metadata.get("help", help_text or "").replace("%", "%%")
     if annotation is bool:
         return dict(action=argparse.BooleanOptionalAction, default=default, help=help_text)
     choices = f.metadata.get("choices") or (args if origin is Literal else None)
     sequence = origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    parts = _item_types(args[0]) if sequence else None
+    if parts is not None:  # A list of layers: items of colon-separated parts.
+        if default is not None:
+            default = ",".join(":".join(map(str, item)) for item in default)
+        return dict(type=_items_converter(parts, optional), default=default, help=help_text)
     kind = type(args[0]) if origin is Literal else args[0] if sequence else annotation
     if kind not in (int, float, str):
         raise TypeError(f"no command-line option for {f.name}: {annotation}")
@@ -107,11 +149,12 @@ def add_flags(
     prefix: str = "",
     only: Collection[str] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> dict[str, argparse.Action]:
     """Adds one option per field of the dataclass `cls` (see the module docstring); returns them by field.
 
     `prefix` ("oip-") names the options of a nested config; `defaults` replaces the dataclass's
-    defaults where a command starts elsewhere.
+    defaults where a command starts elsewhere; `helps` gives the help of fields that declare none.
     """
     hints = typing.get_type_hints(cls)
     defaults = defaults or {}
@@ -120,8 +163,8 @@ def add_flags(
         default = defaults.get(f.name, f.default)
         if default is dataclasses.MISSING:
             raise TypeError(f"no default for the command-line option of {cls.__name__}.{f.name}")
-        name, keywords = flag_name(f, prefix), _argument(f, hints[f.name], default)
-        if "type" in keywords and not keywords["choices"]:
+        name, keywords = flag_name(f, prefix), _argument(f, hints[f.name], default, (helps or {}).get(f.name))
+        if "type" in keywords and not keywords.get("choices"):
             keywords["metavar"] = name.removeprefix("--").replace("-", "_").upper()
         actions[f.name] = parser.add_argument(name, dest=_dest(f, prefix), **keywords)
     return actions

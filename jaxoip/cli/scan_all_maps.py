@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     cli.check_backend()
-    from jaxoip.data.mnist import HOW_TO_ADD, optional_mnist, resolve_data_dir
+    from jaxoip.data.images import load_data
+    from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
     from jaxoip.models import checkpoint
     from jaxoip.models.memory import check_fits
     from jaxoip.oip import scan
@@ -134,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError("--facet-threshold must be between 0 and 1")
     cfg = oip_config(args)
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
-    check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
+    check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cache = cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model, args.data_dir)
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
@@ -155,12 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
-        data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
+        # After the cheap checks: a bad argument fails at once.
+        data = check_data_shape(load_data(args.data, args.data_dir, optional=True), trained.config.input_shape)
         scan.check_needs_data(cfg, data)
         if data is None:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
-        out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
+        data_checksum = data.checksum() if data else None
+        out.check_inputs(model=checkpoint.model_checksum(trained), data=data_checksum or "none")
         bar = Progress(not args.no_progress, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cached_programs": compiles.cache_hits,
                     "command_seconds": round(time.perf_counter() - t_start, 2),
                     "phase_seconds": bar.seconds,
+                    "data_source": data.source if data else None,
+                    "data_checksum": data_checksum,
                 }
                 scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
     s = result.summary()

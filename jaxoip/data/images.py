@@ -58,6 +58,25 @@ def load_images(path: str | os.PathLike, holdout: int = 6) -> MNIST:
     return load_image_folder(path, holdout)
 
 
+def check_data_source(path: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> None:
+    """One source of images: a path (`--data`) or an MNIST folder (`--data-dir`), not both."""
+    if path is not None and data_dir is not None:
+        raise DataError("give --data (any image set) or --data-dir (MNIST), not both")
+
+
+def load_data(
+    path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None, optional: bool = False
+) -> MNIST | None:
+    """The images of a command: `load_images(path)` when a path is given (`--data`), else MNIST from `data_dir`
+    or `$JAXOIP_DATA_DIR` (`--data-dir`; with `optional`, None when no MNIST is configured or found)."""
+    from jaxoip.data.mnist import load_mnist, optional_mnist
+
+    check_data_source(path, data_dir)
+    if path is not None:
+        return load_images(path)
+    return optional_mnist(data_dir) if optional else load_mnist(data_dir)
+
+
 def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
     """Checked, read-only float32 (N, H, W, C) pixels and int32 labels of one image size."""
 

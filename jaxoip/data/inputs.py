@@ -1,4 +1,4 @@
-"""Input images for the analyses: MNIST specs ('test:19'), .npy files or pixel arrays, checked once.
+"""Input images for the analyses: data set specs ('test:19'), .npy files or pixel arrays, checked once.
 
 An `InputImage` carries pixels (0-255) of the model's input shape and where they came from; the layer
 grids (`jaxoip.analysis.grids`) and group comparisons (`jaxoip.analysis.grid_comparison`) take images in
@@ -16,13 +16,13 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from jaxoip._check import check_finite_images
-from jaxoip.data.mnist import MNIST, load_mnist
+from jaxoip.data.mnist import MNIST, check_data_shape, load_mnist
 from jaxoip.errors import DataError, JaxoipError
 
 
 @dataclasses.dataclass(frozen=True)
 class InputImage:
-    """One input image in pixel units (0-255), shape (28, 28, 1), with where it came from."""
+    """One input image in pixel units (0-255) of the model's input shape (H, W, C), with where it came from."""
 
     pixels: Float[np.ndarray, "H W ch"]
     name: str  # "test:19", "train:7", a file name, or "array"
@@ -44,10 +44,11 @@ def parse_image_spec(spec: str) -> tuple[str, int]:
 
 
 def get_image(image: ImageSource, data: MNIST | None = None, input_shape: tuple[int, ...] = (28, 28, 1)) -> InputImage:
-    """An `InputImage` from a spec 'test:19' / 'train:7', a .npy file, or an array of pixels (0-255).
+    """An `InputImage` of `input_shape` (H, W, C) from a spec 'test:19' / 'train:7' of `data`, a .npy file, or
+    an array of pixels (0-255).
 
-    Arrays may be (28, 28), (28, 28, 1) or (1, 28, 28, 1). MNIST is loaded (`load_mnist()`) only for a
-    spec and only when `data` is None.
+    Arrays may be (H, W, C) or (1, H, W, C), and (H, W) for one channel. MNIST is loaded (`load_mnist()`)
+    only for a spec and only when `data` is None.
     """
     if isinstance(image, InputImage):
         check_finite_images(f"the image {image.name}", np.asarray(image.pixels)[None])
@@ -60,7 +61,9 @@ def get_image(image: ImageSource, data: MNIST | None = None, input_shape: tuple[
             raise DataError(f"cannot read image file {str(image)!r}: {e}") from None
     elif isinstance(image, str):
         split, index = parse_image_spec(image)
-        images, labels = (data if data is not None else load_mnist()).split(split)
+        data = data if data is not None else load_mnist()
+        check_data_shape(data, input_shape)
+        images, labels = data.split(split)
         if index >= images.shape[0]:
             raise DataError(
                 f"image {split}:{index} is out of range: the {split} set has {images.shape[0]} images "

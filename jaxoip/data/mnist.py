@@ -30,7 +30,8 @@ _MAGIC = {3: 2051, 1: 2049}
 
 @dataclasses.dataclass(frozen=True)
 class MNIST:
-    """MNIST in raw pixel units (0-255), images float32 (N, 28, 28, 1), labels int32 (N,)."""
+    """A labelled image set in raw pixel units (0-255): MNIST's images float32 (N, 28, 28, 1), or any (N, H, W, C)
+    from `jaxoip.load_images`; labels int32 (N,)."""
 
     train_images: Float[np.ndarray, "n_train 28 28 1"]
     train_labels: Int[np.ndarray, " n_train"]
@@ -253,6 +254,17 @@ def data_available(data_dir: str | os.PathLike | None = None) -> bool:
     except DataError:
         return False
     return True
+
+
+def check_data_shape(data: MNIST | None, input_shape: tuple[int, ...]) -> MNIST | None:
+    """`data` if its images have the model's `input_shape` (H, W, C); else one line naming both (None passes)."""
+    if data is not None and tuple(data.train_images.shape[1:]) != tuple(input_shape):
+        h, w, c = data.train_images.shape[1:]
+        want = "x".join(str(v) for v in input_shape)
+        raise DataError(
+            f"the images of {data.source} are {h}x{w}x{c} (height x width x channels), but the model takes {want}"
+        )
+    return data
 
 
 def check_data(data, optional: bool = False):

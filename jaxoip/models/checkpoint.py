@@ -235,7 +235,9 @@ def _old_std_checksum(mean, std) -> str:
         return ""
 
 
-def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
+def load_model(
+    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+) -> TrainedModel:
     """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum.
 
     A Keras file (`.keras`, legacy `.h5`) loads too; without leading Rescaling/Normalization layers its input
@@ -254,7 +256,7 @@ def load_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = Non
     if path.suffix.lower() in KERAS_SUFFIXES:
         from jaxoip.models.keras import load_keras_model
 
-        return load_keras_model(path, data_dir)
+        return load_keras_model(path, data_dir, data)
     return _restore(path, _read_metadata(path))
 
 
@@ -325,9 +327,11 @@ def load_reference_model() -> TrainedModel:
     return load_model(path)
 
 
-def resolve_model(path: str | os.PathLike | None, data_dir: str | os.PathLike | None = None) -> TrainedModel:
+def resolve_model(
+    path: str | os.PathLike | None, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+) -> TrainedModel:
     """`path`'s checkpoint or Keras file, or the reference model when `path` is None or 'reference'."""
-    return load_reference_model() if path in (None, "reference") else load_model(path, data_dir)
+    return load_reference_model() if path in (None, "reference") else load_model(path, data_dir, data)
 
 
 # --- Per-epoch training state, to resume an interrupted training run --------------------------------------

@@ -370,18 +370,29 @@ def _layer_configs(model_json: dict) -> dict[str, dict]:
     return {layer.get("config", {}).get("name", ""): layer.get("config", {}) for layer in layers}
 
 
-def keras_standardization(data_dir: str | os.PathLike | None, path: Path) -> tuple[Standardization, str]:
-    """MNIST training-set mean and std, as the study standardized its inputs, and the data's source."""
-    data = optional_mnist(data_dir)  # A folder that was named but does not load raises its own error.
-    if data is None:
+def keras_standardization(
+    data_dir: str | os.PathLike | None, path: Path, data: str | os.PathLike | None = None
+) -> tuple[Standardization, str]:
+    """The training set's mean and std, as the study standardized its inputs, and the data's source: the
+    images at `data` (any set `load_images` reads) when given, else MNIST from `data_dir`."""
+    if data is not None:
+        from jaxoip.data.images import load_images
+
+        images = load_images(data)
+        return Standardization.fit(images.train_images), images.source
+    found = optional_mnist(data_dir)  # A folder that was named but does not load raises its own error.
+    if found is None:
         raise DataError(
-            f"{path.name} is a Keras model, whose inputs are standardized with MNIST's training set, and no MNIST "
-            f"was found: pass --data-dir DIR (data_dir=...) or set {DATA_DIR_ENV} to a folder with the four IDX files"
+            f"{path.name} is a Keras model without Rescaling/Normalization layers, whose inputs are standardized "
+            f"with the training set, and no MNIST was found: pass --data-dir DIR (data_dir=...) or set "
+            f"{DATA_DIR_ENV} to a folder with the four IDX files, or --data PATH for other images"
         )
-    return Standardization.fit(data.train_images), data.source
+    return Standardization.fit(found.train_images), found.source
 
 
-def load_keras_model(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> TrainedModel:
+def load_keras_model(
+    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+) -> TrainedModel:
     """A `TrainedModel` from a Keras file. Leading Rescaling/Normalization layers are its standardization;
     without them it is standardized with MNIST's training set, as in the study."""
     path = Path(path).absolute()
@@ -397,7 +408,7 @@ def load_keras_model(path: str | os.PathLike, data_dir: str | os.PathLike | None
     if keras_model.standardization is not None:
         std, source = keras_model.standardization, "the model's Rescaling/Normalization layers"
     else:
-        std, source = keras_standardization(data_dir, path)
+        std, source = keras_standardization(data_dir, path, data)
     graphdef, state = nnx.split(model)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, keras_model.params))
     names = {s.name: s.name for s in layer_specs(keras_model.config)}

@@ -262,6 +262,47 @@ def standardized_splits(
     return std, train, (jnp.asarray(std(data.test_images)), jnp.asarray(data.test_labels))
 
 
+def data_classes(data: MNIST) -> int:
+    """The number of classes of `data`: one more than its largest label."""
+    return int(max(data.train_labels.max(initial=0), data.test_labels.max(initial=0))) + 1
+
+
+def model_config_for_data(data: MNIST, **fields) -> ModelConfig:
+    """A `ModelConfig` for `data`: its image shape (H, W, C) as the input, as many outputs as it has classes.
+
+    `fields` (conv, pool, dense, ...) replace the study's layers; without `dense`, the study's dense layers
+    with one output per class. A given output layer must have one unit per class. Layers that shrink the
+    image to nothing are refused, naming the first such layer.
+    """
+    from jaxoip.models.cnn import layer_shapes
+
+    check_data(data)
+    classes = data_classes(data)
+    if fields.get("dense") is None:
+        *hidden, (_, act) = ModelConfig().dense
+        fields["dense"] = (*hidden, (classes, act))
+    try:
+        config = ModelConfig(
+            **{k: v for k, v in fields.items() if v is not None}, input_shape=data.train_images.shape[1:]
+        )
+    except (TypeError, ValueError) as e:
+        raise JaxoipError(f"bad model layers: {e}") from None
+    units = config.dense[-1][0]
+    if units != classes:
+        raise JaxoipError(
+            f"the output layer has {units} units but the data ({data.source}) has {classes} classes "
+            f"(labels 0..{classes - 1})"
+        )
+    for name, shape in layer_shapes(config).items():
+        if min(shape) < 1:
+            h, w, c = config.input_shape
+            raise JaxoipError(
+                f"layer {name} would have outputs of shape {shape} on {h}x{w}x{c} images: too many or too large "
+                "conv and pool layers"
+            )
+    return config
+
+
 def trained_model(
     model: CNN, std: Standardization, history: dict[str, list[float]], cfg: TrainConfig, data: MNIST
 ) -> TrainedModel:
@@ -270,7 +311,7 @@ def trained_model(
         model=model,
         standardization=std,
         history=history,
-        train_config=dataclasses.asdict(cfg),
+        train_config={**dataclasses.asdict(cfg), "data_source": data.source},
         data_checksum=data.checksum(),
         metrics={"test_accuracy": history["val_accuracy"][-1], "test_loss": history["val_loss"][-1]},
     )

@@ -45,13 +45,28 @@ def diversity_penalty(features: jax.Array, group: int) -> jax.Array:
 
 
 def shift_similarity(images: np.ndarray) -> np.ndarray:
-    """(R, R) maximum normalized cross-correlation over all translations of images (R, H, W[, 1])."""
-    x = np.asarray(images, np.float64).reshape(len(images), images.shape[1], images.shape[2])
+    """(R, R) maximum normalized cross-correlation over all translations of images (R, H, W[, C]), all
+    channels shifted together."""
+    images = np.asarray(images, np.float64)
+    if images.ndim == 4 and images.shape[-1] > 1:
+        return _shift_similarity_channels(images)
+    x = images.reshape(len(images), images.shape[1], images.shape[2])
     x = x - x.mean(axis=(1, 2), keepdims=True)
     x = x / (np.linalg.norm(x, axis=(1, 2), keepdims=True) + 1e-12)
     h, w = x.shape[1:]
     f = np.fft.rfft2(x, s=(2 * h - 1, 2 * w - 1))  # Zero padding: linear, not circular, correlation.
     corr = np.fft.irfft2(f[:, None] * np.conj(f[None, :]), s=(2 * h - 1, 2 * w - 1))
+    return corr.max(axis=(2, 3))
+
+
+def _shift_similarity_channels(images: np.ndarray) -> np.ndarray:
+    """`shift_similarity` of colour images (R, H, W, C): the channels' correlations summed at each shift."""
+    x = np.moveaxis(images, -1, 1)  # (R, C, H, W)
+    x = x - x.mean(axis=(1, 2, 3), keepdims=True)
+    x = x / (np.linalg.norm(x.reshape(len(x), -1), axis=1)[:, None, None, None] + 1e-12)
+    h, w = x.shape[2:]
+    f = np.fft.rfft2(x, s=(2 * h - 1, 2 * w - 1))
+    corr = np.fft.irfft2((f[:, None] * np.conj(f[None, :])).sum(axis=2), s=(2 * h - 1, 2 * w - 1))
     return corr.max(axis=(2, 3))
 
 
@@ -69,7 +84,7 @@ class MapFacets:
 
 def map_facets(
     map_index: int,
-    images: Float[np.ndarray, "r H W 1"],
+    images: Float[np.ndarray, "r H W ch"],
     objective: Float[np.ndarray, " r"],
     threshold: float = FACET_THRESHOLD,
 ) -> MapFacets:

@@ -20,6 +20,10 @@ from them at each step. The phases of the Hermitian-paired coefficients (columns
 tied (`hermitian_phase`), so that the spectrum is that of a real image: then every
 standardized MACO image has exactly the amplitude spectrum `magnitude` (up to float rounding),
 whatever its phase.
+
+Colour images (C > 1 channels) are transformed channel by channel: the Fourier parameters are
+(C, H, W//2+1, 2) and MACO's phases (C, H, W//2+1), one magnitude (the mean over channels) shared by all
+channels. A single-channel image keeps the study's parameter shapes (no channel axis).
 """
 
 from __future__ import annotations
@@ -43,14 +47,17 @@ def fourier_scale(h: int, w: int, decay: float) -> np.ndarray:
 
 
 def maco_magnitude(images: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """MACO's fixed magnitude (H, W//2+1) from images (N, H, W, 1): their mean orthonormal amplitude
-    spectrum, without the mean and the self-conjugate Nyquist terms, scaled to images of unit variance."""
+    """MACO's fixed magnitude (H, W//2+1) from images (N, H, W, C): their mean orthonormal amplitude
+    spectrum (over images and channels), without the mean and the self-conjugate Nyquist terms, scaled to
+    images of unit variance per channel."""
     images = np.asarray(images)
-    n, h, w = images.shape[0], images.shape[1], images.shape[2]
+    n, h, w, channels = images.shape[0], images.shape[1], images.shape[2], images.shape[3]
     total = np.zeros((h, w // 2 + 1), np.float64)
     for lo in range(0, n, batch):  # In batches: the spectra of 60,000 images at once would take 400 MB.
-        total += np.abs(np.fft.rfft2(images[lo : lo + batch, ..., 0].astype(np.float64), norm="ortho")).sum(axis=0)
-    mag = total / max(n, 1)
+        for c in range(channels):
+            plane = images[lo : lo + batch, ..., c].astype(np.float64)
+            total += np.abs(np.fft.rfft2(plane, norm="ortho")).sum(axis=0)
+    mag = total / max(n * channels, 1)
     # Self-conjugate coefficients are real: a phase there would change their magnitude. The mean is
     # removed by the standardization anyway.
     for i in {0, h // 2} if h % 2 == 0 else {0}:
@@ -75,32 +82,50 @@ def hermitian_phase(phase, width: int):
     phase = jnp.asarray(phase)
     h = phase.shape[-2]
     rows = np.arange(h)
-    lower = jnp.asarray(rows > h // 2)[:, None]
     cols = (0, width // 2) if width % 2 == 0 else (0,)
     mirrored = -phase[..., (-rows) % h, :][..., list(cols)]
+    lower = _lift(jnp.asarray(rows > h // 2)[:, None], mirrored)
     return phase.at[..., list(cols)].set(jnp.where(lower, mirrored, phase[..., list(cols)]))
 
 
+def _planes(img):
+    """One image (H, W, C) as its planes: (H, W) for one channel, (C, H, W) for several."""
+    return img[..., 0] if img.shape[-1] == 1 else jnp.moveaxis(img, -1, 0)
+
+
+def _lift(a, like):
+    """`a` with leading axes of size 1 up to the rank of `like` (a colour image's planes carry a channel axis)."""
+    a = jnp.asarray(a)
+    return a.reshape((1,) * (like.ndim - a.ndim) + a.shape)
+
+
+def _from_planes(x, shape: tuple[int, int]):
+    """Inverse of `_planes`: (H, W) or (C, H, W) back to an image (H, W, C)."""
+    return x[..., None] if x.ndim == len(shape) else jnp.moveaxis(x, 0, -1)
+
+
 def to_params(kind: str, img, decay: float = 1.0):
-    """Parameters of one image (H, W, 1): the image itself, scaled FFT coefficients (H, W//2+1, 2), or
-    (maco) the FFT's phases (H, W//2+1)."""
+    """Parameters of one image (H, W, C): the image itself, scaled FFT coefficients ([C,] H, W//2+1, 2), or
+    (maco) the FFT's phases ([C,] H, W//2+1); the channel axis only for C > 1."""
     if kind == "pixels":
         return img
     if kind == "maco":
-        return jnp.angle(jnp.fft.rfft2(img[..., 0], norm="ortho"))
+        return jnp.angle(jnp.fft.rfft2(_planes(img), norm="ortho"))
     h, w = img.shape[0], img.shape[1]
-    c = jnp.fft.rfft2(img[..., 0], norm="ortho") / fourier_scale(h, w, decay)
+    c = jnp.fft.rfft2(_planes(img), norm="ortho")
+    c = c / _lift(fourier_scale(h, w, decay), c)
     return jnp.stack([c.real, c.imag], axis=-1)
 
 
 def to_image(kind: str, p, shape: tuple[int, int], decay: float = 1.0, magnitude=None):
-    """The image (H, W, 1) of parameters `p` (inverse of `to_params`, not standardized); `magnitude`
-    (H, W//2+1) is MACO's fixed amplitude spectrum."""
+    """The image (H, W, C) of parameters `p` (inverse of `to_params`, not standardized); `magnitude`
+    (H, W//2+1) is MACO's fixed amplitude spectrum, shared by the channels."""
     if kind == "pixels":
         return p
     if kind == "maco":
         phase = hermitian_phase(p, shape[1])
-        c = magnitude * (jnp.cos(phase) + 1j * jnp.sin(phase))
-        return jnp.fft.irfft2(c, s=shape, norm="ortho")[..., None]
-    c = (p[..., 0] + 1j * p[..., 1]) * fourier_scale(shape[0], shape[1], decay)
-    return jnp.fft.irfft2(c, s=shape, norm="ortho")[..., None]
+        c = _lift(magnitude, phase) * (jnp.cos(phase) + 1j * jnp.sin(phase))
+        return _from_planes(jnp.fft.irfft2(c, s=shape, norm="ortho"), shape)
+    c = p[..., 0] + 1j * p[..., 1]
+    c = c * _lift(fourier_scale(shape[0], shape[1], decay), c)
+    return _from_planes(jnp.fft.irfft2(c, s=shape, norm="ortho"), shape)

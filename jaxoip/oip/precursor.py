@@ -81,14 +81,14 @@ def _recipe_keys(root, n_recipes: int, starts: int):
     return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(root, r), starts))(jnp.arange(n_recipes)).reshape(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("recipes", "starts"))
-def _precursor_images(seed_or_key, *, recipes, starts):
+@functools.partial(jax.jit, static_argnames=("recipes", "starts", "shape"))
+def _precursor_images(seed_or_key, *, recipes, starts, shape):
     root = seed_or_key
     if not jnp.issubdtype(root.dtype, jax.dtypes.prng_key):
         root = jax.random.fold_in(jax.random.key(root), PRECURSOR_STREAM)
     keys = _recipe_keys(root, len(recipes), starts)
     idx = jnp.repeat(jnp.arange(len(recipes), dtype=jnp.int32), starts)
-    return _initial_images(keys, idx, recipes=recipes)
+    return _initial_images(keys, idx, recipes=recipes, shape=shape)
 
 
 def precursor_scan(
@@ -112,7 +112,8 @@ def precursor_scan(
     if int(starts) < 1:
         raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
     root = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
-    images = _precursor_images(root, recipes=recipes, starts=int(starts))
+    shape = tuple(model.config.input_shape)  # Starts of the model's input size and channels.
+    images = _precursor_images(root, recipes=recipes, starts=int(starts), shape=shape)
     obj = data_activation(model, np.asarray(images), layer_name, node, precision, cfg)  # (R*K, C)
     obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(

@@ -351,7 +351,9 @@ def screened_starts(
     cycle = np.arange(n_cand) % len(recipes)
     silent = pre.silent_on_noise[maps]
     cand_recipe = np.where(silent[:, None], cycle[None, :], pre.best_recipe[maps][:, None]).astype(np.int32)
-    x = seeded_starts(seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1))
+    x = seeded_starts(
+        seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1), tuple(trained.config.input_shape)
+    )
     if screen == 1:
         return cand_recipe, x
     obj = data_activation(trained.model, x, layer_name, node, cfg=cfg)  # (M * n_cand, C), forward only

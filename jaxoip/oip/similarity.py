@@ -82,22 +82,28 @@ def _shift_window(size: int, max_shift: int) -> np.ndarray:
 
 
 def _side_sums(x: jax.Array, ones_f: jax.Array, size: int, left: bool):
-    """Spectrum of images x (N, H, W), and their sums and sums of squares over the overlap at every shift."""
+    """Spectrum of images x (N, H, W) or planes (N, C, H, W), and their sums and sums of squares over the
+    overlap at every shift (over all channels)."""
     spec = jnp.fft.rfft2(x, s=(size, size))
     spec2 = jnp.fft.rfft2(x**2, s=(size, size))
+    if x.ndim == 4:  # The sums are linear in the spectra: add the channels' before transforming back.
+        spec_sum, spec2_sum = spec.sum(axis=1), spec2.sum(axis=1)
+    else:
+        spec_sum, spec2_sum = spec, spec2
     ones_f = ones_f[None]
     if left:  # Sum over y of x(y) 1(y + d inside): correlation of x with the window.
-        s1, s2 = jnp.conj(spec) * ones_f, jnp.conj(spec2) * ones_f
+        s1, s2 = jnp.conj(spec_sum) * ones_f, jnp.conj(spec2_sum) * ones_f
     else:  # Sum over y of 1(y inside) x(y + d).
-        s1, s2 = jnp.conj(ones_f) * spec, jnp.conj(ones_f) * spec2
+        s1, s2 = jnp.conj(ones_f) * spec_sum, jnp.conj(ones_f) * spec2_sum
     return spec, jnp.fft.irfft2(s1, s=(size, size)), jnp.fft.irfft2(s2, s=(size, size))
 
 
 @functools.partial(jax.jit, static_argnames=("max_shift",))
 def shift_similarity_matrix(
-    a: Float[ArrayLike, "n_a H W 1"], b: Float[ArrayLike, "n_b H W 1"], max_shift: int = 7
+    a: Float[ArrayLike, "n_a H W ch"], b: Float[ArrayLike, "n_b H W ch"], max_shift: int = 7
 ) -> tuple[Float[Array, "n_a n_b"], Float[Array, "n_a n_b"]]:
-    """(N, M) maximum over shifts of the normalized cross-correlation of images a (N, H, W, 1) and b (M, H, W, 1).
+    """(N, M) maximum over shifts of the normalized cross-correlation of images a (N, H, W, C) and b (M, H, W, C)
+    (colour: over all channels, shifted together).
 
     For every shift d with |dy|, |dx| <= max_shift, the Pearson correlation of a(y) and b(y + d) over
     the overlap of the two images (at least (H - max_shift) x (W - max_shift) pixels). Returns
@@ -108,13 +114,20 @@ def shift_similarity_matrix(
     if not 0 <= max_shift < min(h, w):
         raise ValueError(f"max_shift must be in 0..{min(h, w) - 1}, got {max_shift}")
     size = max(h, w) + max_shift
-    a = jnp.asarray(a, jnp.float32).reshape(a.shape[0], h, w)
-    b = jnp.asarray(b, jnp.float32).reshape(b.shape[0], h, w)
+    channels = a.shape[3] if a.ndim == 4 else 1
+    if channels == 1:
+        a = jnp.asarray(a, jnp.float32).reshape(a.shape[0], h, w)
+        b = jnp.asarray(b, jnp.float32).reshape(b.shape[0], h, w)
+        axes = (1, 2)
+    else:  # Colour: planes (N, C, H, W), their sums taken over the channels too.
+        a = jnp.moveaxis(jnp.asarray(a, jnp.float32), -1, 1)
+        b = jnp.moveaxis(jnp.asarray(b, jnp.float32), -1, 1)
+        axes = (1, 2, 3)
     # Centering each image conditions the sums; the correlation over any overlap does not change.
-    a = a - a.mean(axis=(1, 2), keepdims=True)
-    b = b - b.mean(axis=(1, 2), keepdims=True)
+    a = a - a.mean(axis=axes, keepdims=True)
+    b = b - b.mean(axis=axes, keepdims=True)
     ones_f = jnp.fft.rfft2(jnp.ones((h, w), jnp.float32), s=(size, size))
-    count = jnp.fft.irfft2(jnp.conj(ones_f) * ones_f, s=(size, size))
+    count = jnp.fft.irfft2(jnp.conj(ones_f) * ones_f, s=(size, size)) * channels
     fa, sa, sa2 = _side_sums(a, ones_f, size, left=True)
     fb, sb, sb2 = _side_sums(b, ones_f, size, left=False)
     idx = _shift_window(size, max_shift)
@@ -128,7 +141,9 @@ def shift_similarity_matrix(
 
     def row(args):
         fa_i, sa_i, sa2_i = args
-        sab = win(jnp.fft.irfft2(jnp.conj(fa_i)[None] * fb, s=(size, size)))  # (M, 2K+1, 2K+1)
+        cross = jnp.conj(fa_i)[None] * fb
+        cross = cross if channels == 1 else cross.sum(axis=1)  # Colour: summed over the channels.
+        sab = win(jnp.fft.irfft2(cross, s=(size, size)))  # (M, 2K+1, 2K+1)
         sa_i, sa2_i = win(sa_i)[None], win(sa2_i)[None]
         var_a = jnp.maximum(sa2_i - sa_i**2 / n, 0.0)
         den = jnp.sqrt(var_a * var_b)

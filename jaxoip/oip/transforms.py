@@ -1,10 +1,17 @@
-"""Transformation robustness and regularizers for the OIP search (Lucid/Lucent's standard set, for 28x28 images).
+"""Transformation robustness and regularizers for the OIP search (Lucid/Lucent's standard set, for 28x28 images,
+scaled to the model's input size).
 
 At every step the objective is measured on a randomly jittered, scaled and rotated copy of the image,
 so only patterns that survive small transformations are rewarded; penalties on the untransformed image
 (total variation, L1, blur) are subtracted. Each image draws its transformation at step t from
 `fold_in(image_key, t)`, where the image key comes from the image itself (see `image_keys`), so results
 do not depend on which other images share the batch.
+
+The settings are written for the study's 28x28 images; on an image of side S (the larger of H and W)
+the jitter is S/28 times as many pixels, the blur is the 3x3 binomial applied round((S/28)^2) times (its
+width grows with S) and the total variation is multiplied by S/28 (a pattern scaled up by S/28 has
+neighbour differences that much smaller). Scale and rotation are relative already. At 28 pixels nothing
+changes.
 
 An L2 penalty is not offered: the search keeps every image standardized (mean 0, standard deviation 1),
 so its L2 norm, about any constant, is the same for every image and such a penalty would do nothing.
@@ -45,9 +52,17 @@ def image_keys(seed: int, images: jax.Array, maps: jax.Array) -> jax.Array:
     )
 
 
+REFERENCE_SIZE = 28  # The image side the settings are written for.
+
+
+def size_factor(img: jax.Array) -> float:
+    """The image's larger side over 28: how much larger it is than the study's images (static)."""
+    return max(img.shape[-3], img.shape[-2]) / REFERENCE_SIZE
+
+
 def random_affine(key: jax.Array, img: jax.Array, jitter: float, scale: float, rotate: float) -> jax.Array:
-    """One image (H, W, 1) shifted by up to `jitter` pixels, scaled by 1 +- `scale`, rotated by up to
-    `rotate` degrees about its centre (bilinear, reflected at the border)."""
+    """One image (H, W, C) shifted by up to `jitter` pixels, scaled by 1 +- `scale`, rotated by up to
+    `rotate` degrees about its centre (bilinear, reflected at the border); all channels alike."""
     h, w = img.shape[0], img.shape[1]
     k_shift, k_scale, k_rot = jax.random.split(key, 3)
     shift = jax.random.uniform(k_shift, (2,), minval=-jitter, maxval=jitter)
@@ -60,8 +75,11 @@ def random_affine(key: jax.Array, img: jax.Array, jitter: float, scale: float, r
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     src_y = (cos * dy + sin * dx) / s + cy
     src_x = (-sin * dy + cos * dx) / s + cx
-    out = jax.scipy.ndimage.map_coordinates(img[..., 0], [src_y, src_x], order=1, mode="reflect")
-    return out[..., None]
+    planes = [
+        jax.scipy.ndimage.map_coordinates(img[..., c], [src_y, src_x], order=1, mode="reflect")
+        for c in range(img.shape[-1])
+    ]
+    return jnp.stack(planes, axis=-1)
 
 
 def has_transform(cfg) -> bool:
@@ -69,26 +87,35 @@ def has_transform(cfg) -> bool:
 
 
 def transform_batch(cfg, keys: jax.Array, step: jax.Array, images: jax.Array) -> jax.Array:
-    """Each image transformed with its own key folded with the step."""
+    """Each image transformed with its own key folded with the step; the jitter scaled to the image size."""
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-    return jax.vmap(lambda k, x: random_affine(k, x, cfg.jitter, cfg.scale, cfg.rotate))(step_keys, images)
+    jitter = cfg.jitter * size_factor(images)
+    return jax.vmap(lambda k, x: random_affine(k, x, jitter, cfg.scale, cfg.rotate))(step_keys, images)
 
 
 def total_variation(img: jax.Array) -> jax.Array:
-    """Mean absolute difference of neighbouring pixels (anisotropic), one image (H, W, 1)."""
+    """Mean absolute difference of neighbouring pixels (anisotropic), one image (H, W, C)."""
     return jnp.abs(jnp.diff(img, axis=0)).mean() + jnp.abs(jnp.diff(img, axis=1)).mean()
 
 
 def blur3(img: jax.Array) -> jax.Array:
-    """Binomial 3x3 blur ([1, 2, 1] / 4 in each direction) with reflected borders, one image (H, W, 1)."""
+    """Binomial 3x3 blur ([1, 2, 1] / 4 in each direction) with reflected borders, one image (H, W, C)."""
     p = jnp.pad(img, ((1, 1), (1, 1), (0, 0)), mode="reflect")
     rows = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
     return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
 
 
+def blur_passes(img: jax.Array) -> int:
+    """How often `blur3` is applied: round((S/28)^2), at least 1, so the blur's width grows with the side S."""
+    return max(1, round(size_factor(img) ** 2))
+
+
 def blur_penalty(img: jax.Array) -> jax.Array:
     """Lucid's `blur_input_each_step`: its gradient pulls the image towards its own blurred copy."""
-    return 0.5 * jnp.mean((img - jax.lax.stop_gradient(blur3(img))) ** 2)
+    blurred = img
+    for _ in range(blur_passes(img)):  # Binomial passes add their variances: width ~ sqrt(passes).
+        blurred = blur3(blurred)
+    return 0.5 * jnp.mean((img - jax.lax.stop_gradient(blurred)) ** 2)
 
 
 def has_penalty(cfg) -> bool:
@@ -96,10 +123,12 @@ def has_penalty(cfg) -> bool:
 
 
 def penalty(cfg, img: jax.Array) -> jax.Array:
-    """Weighted sum of the configured penalties for one image (H, W, 1); subtracted from the objective."""
+    """Weighted sum of the configured penalties for one image (H, W, C); subtracted from the objective."""
     out = jnp.zeros((), jnp.float32)
     if cfg.tv > 0:
-        out = out + cfg.tv * total_variation(img)
+        tv = total_variation(img)
+        factor = size_factor(img)
+        out = out + cfg.tv * (tv if factor == 1 else factor * tv)
     if cfg.l1 > 0:
         out = out + cfg.l1 * jnp.abs(img).mean()
     if cfg.blur > 0:

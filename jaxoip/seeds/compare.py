@@ -31,7 +31,16 @@ from jaxoip._check import check_type
 from jaxoip.data.mnist import MNIST
 from jaxoip.data.mnist import check_data as check_dataset
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
-from jaxoip.models.cnn import CNN, TrainedModel, check_trained, get_layer, init_model, layer_shapes, layer_specs
+from jaxoip.models.cnn import (
+    CNN,
+    ModelConfig,
+    TrainedModel,
+    check_trained,
+    get_layer,
+    init_model,
+    layer_shapes,
+    layer_specs,
+)
 from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
 from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.seeds.oips import compare_oips, oip_pair_metrics
@@ -339,9 +348,10 @@ def compare_models(
     )
 
 
-def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=True):
-    """One model per seed, as `train_seeds` trains them; each group of `max_parallel` seeds is saved to
-    `folder/seed_<s>` when it finishes, and groups already there are loaded instead of trained again.
+def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=True, model_config=None):
+    """One model per seed of `model_config` (default: the study's), as `train_seeds` trains them; each group of
+    `max_parallel` seeds is saved to `folder/seed_<s>` when it finishes, and groups already there are loaded
+    instead of trained again.
 
     A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
     With `progress`, the planned work is printed first and one bar counts every seed's epochs.
@@ -379,7 +389,9 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
         if done(chunk):
             models += [checkpoint.load_model(p) for p in paths]
             continue
-        trained = train_seeds(chunk, cfg, data=data, progress=bar if bar is not None else False)
+        trained = train_seeds(
+            chunk, cfg, model_config or ModelConfig(), data=data, progress=bar if bar is not None else False
+        )
         for p, m in zip(paths, trained):
             tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.mkdir()

@@ -47,7 +47,8 @@ def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig
     r = config.oip_restarts
     if config.oip_source == "shared":
         key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        starts = np.asarray(initial_images(jax.random.split(key, r), [config.oip_recipe]))
+        shape = tuple(trained.config.input_shape)
+        starts = np.asarray(initial_images(jax.random.split(key, r), [config.oip_recipe], shape=shape))
         res = search_oips(
             trained.model,
             layer_name,

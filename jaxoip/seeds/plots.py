@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxoip.plots import enhance_contrast, new_figure, save_figure
+from jaxoip.plots import display_planes, enhance_contrast, new_figure, save_figure, show_image
 
 if TYPE_CHECKING:
     from jaxoip.seeds.result import SeedComparison
@@ -69,7 +69,7 @@ def plot_matched_oips(result: SeedComparison, pair=None, max_maps: int = 8, path
     for j in range(n):
         for row, (model, m) in enumerate(((a, o["maps_a"][j]), (b, o["maps_b"][j]))):
             ax = axes[row, j]
-            ax.imshow(enhance_contrast(_best_image(result, model, m)[..., 0]), cmap="gray")
+            show_image(ax, enhance_contrast(display_planes(_best_image(result, model, m))))
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"map {int(m)}", fontsize=7)
