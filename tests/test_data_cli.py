@@ -47,7 +47,7 @@ def test_model_config_follows_the_data(tmp_path):
     assert config.input_shape == (32, 32, 3) and config.dense == ((100, "relu"), (3, "softmax"))
     with pytest.raises(JaxoipError, match="output layer has 10 units but the data .* has 3 classes"):
         model_config_for_data(data, dense=((10, "softmax"),))
-    with pytest.raises(JaxoipError, match="layer Conv2D_4 would have outputs"):
+    with pytest.raises(JaxoipError, match=r"bad model layers: layer 'Conv2D_4' \(conv\) leaves no output"):
         model_config_for_data(data, conv=((4, 9, "relu"),) * 4, pool=())
     with pytest.raises(JaxoipError, match="bad model layers: more pool layers"):
         model_config_for_data(data, conv=((4, 3, "relu"),), pool=(2, 2))

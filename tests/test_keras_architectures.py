@@ -148,3 +148,26 @@ def test_a_model_without_preprocessing_is_standardized_from_the_data_given(tmp_p
     trained = load_model(tmp_path / "plain.keras", data=tmp_path / "set.npz")
     assert trained.standardization == Standardization.fit(load_images(tmp_path / "set.npz").train_images)
     assert trained.train_config["standardization_data"].endswith("set.npz")
+
+
+def test_scan_all_maps_takes_the_colour_keras_model(tmp_path):
+    """Done-when of issue 15: the command on a colour Keras file writes a gallery of colour OIPs."""
+    import keras
+    from keras import layers
+    from PIL import Image
+
+    from jaxoip import cli
+    from jaxoip.cli import scan_all_maps
+
+    keras.utils.set_random_seed(0)
+    model = _colour_bn_gap(keras, layers)
+    _randomize(model, 1)
+    model.save(tmp_path / "colour.keras")
+    out = tmp_path / "scan"
+    argv = ["--model", str(tmp_path / "colour.keras"), "--layer", "c2", "--maps", "0-3", "--steps", "8"]
+    argv += ["--restarts", "2", "--precursor-starts", "4", "--screen", "2", "--no-progress", "--out", str(out)]
+    assert cli.run(scan_all_maps.main, argv) == 0
+    oips = np.load(out / "oips.npz")
+    assert oips["best_images"].shape == (4, 32, 32, 3) and np.isfinite(oips["best_images"]).all()
+    gallery = np.asarray(Image.open(out / "gallery.png").convert("RGB"), float)
+    assert np.abs(gallery[..., 0] - gallery[..., 1]).max() > 10  # Colour, not grey.

@@ -157,9 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # After the cheap checks: a bad argument fails at once.
-        data = check_data_shape(load_data(args.data, args.data_dir, optional=True), trained.config.input_shape)
+        data, skipped = load_data(args.data, args.data_dir, optional=True), False
+        if data is not None and args.data is None and args.data_dir is None:
+            # MNIST found through the environment is optional here: it does not stop the scan of another model.
+            try:
+                check_data_shape(data, trained.config.input_shape)
+            except JaxoipError as e:
+                print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
+                data, skipped = None, True
+        data = check_data_shape(data, trained.config.input_shape)
         scan.check_needs_data(cfg, data)
-        if data is None:
+        if data is None and not skipped:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
         data_checksum = data.checksum() if data else None

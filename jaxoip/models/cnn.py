@@ -131,6 +131,7 @@ class ModelConfig:
             _check_activation(act)
         if not self.dense:
             raise ValueError("the network needs at least one dense (output) layer")
+        _chain_shapes(_compact_specs(self), self.input_shape)  # Raises on layers that shrink the image to nothing.
 
     def to_dict(self) -> dict:
         if self.layers:

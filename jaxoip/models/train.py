@@ -274,8 +274,6 @@ def model_config_for_data(data: MNIST, **fields) -> ModelConfig:
     with one output per class. A given output layer must have one unit per class. Layers that shrink the
     image to nothing are refused, naming the first such layer.
     """
-    from jaxoip.models.cnn import layer_shapes
-
     check_data(data)
     classes = data_classes(data)
     if fields.get("dense") is None:
@@ -293,13 +291,6 @@ def model_config_for_data(data: MNIST, **fields) -> ModelConfig:
             f"the output layer has {units} units but the data ({data.source}) has {classes} classes "
             f"(labels 0..{classes - 1})"
         )
-    for name, shape in layer_shapes(config).items():
-        if min(shape) < 1:
-            h, w, c = config.input_shape
-            raise JaxoipError(
-                f"layer {name} would have outputs of shape {shape} on {h}x{w}x{c} images: too many or too large "
-                "conv and pool layers"
-            )
     return config
 
 
