@@ -153,6 +153,12 @@ class ScanResult:
             df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
         return df
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a scan: the summary and a compact table with each map's best OIP as a thumbnail."""
+        from jaxoip.site.notebook import scan_html
+
+        return scan_html(self)
+
     def summary(self) -> ScanSummary:
         """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""
         t = self.table()

@@ -13,12 +13,20 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from jaxoip.site import images as im
 from jaxoip.site.render import copy_static, environment
 
 SITE_DIR = "site"
 SIMILAR = 5  # Most similar maps linked from each map page.
+# Filter buttons of the overview, where the table has their columns (e.g. dead_on_data needs MNIST).
+PRESETS = (
+    ("woken maps only", {"method": "woken"}),
+    ("dead on data", {"dead_on_data": "=1"}),
+    ("few facets", {"facets": "<=1"}),
+    ("no OIP found", {"found": "=0"}),
+)
 TILE = 3  # Screen pixels per image pixel on the pages (images are stored at their own size).
 
 
@@ -52,19 +60,14 @@ def _cells(table) -> tuple[list[str], list[list[dict]]]:
     cols = list(table.columns)
     rows = []
     for rec in table.to_dict("records"):
-        rows.append([{"text": fmt(_py(rec[c])), "key": sort_key(_py(rec[c]))} for c in cols])
+        rows.append([{"text": fmt(plain(rec[c])), "key": sort_key(plain(rec[c]))} for c in cols])
     return cols, rows
 
 
-def _py(v):
+def plain(v):
     """pandas' NA and NumPy scalars as plain Python values."""
-    try:
-        import pandas as pd
-
-        if v is pd.NA:
-            return None
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
+    if v is pd.NA:
+        return None
     return v.item() if isinstance(v, np.generic) else v
 
 
@@ -196,6 +199,7 @@ def write_scan_site(
             static=f"{SITE_DIR}/",
             columns=cols,
             rows=index_rows,
+            presets=[(label, f) for label, f in PRESETS if set(f) <= set(cols)],
             settings=settings,
             counts=_counts(summary),
             tile=h * TILE,
