@@ -42,7 +42,7 @@ def test_command_lists_the_site_in_its_marker_and_no_html_turns_it_off(tiny_chec
 
 
 def test_site_without_data_or_exemplars(small_scan, tmp_path):
-    result = dataclasses.replace(small_scan, data_mean=None, data_max=None)
+    result = dataclasses.replace(small_scan, data_mean=None, data_max=None, data_histogram=None)
     index = write_scan_site(result, tmp_path)
     text = index.read_text()
     assert "dead_on_data" not in text and text.count('href="site/map00') == 6  # Thumbnail and number link.
@@ -50,6 +50,17 @@ def test_site_without_data_or_exemplars(small_scan, tmp_path):
     assert "No exemplars" in page and "Activation over" not in page
     assert 'rel="prev" href="map001.html"' in page and 'rel="next"' not in page  # The last map has no next.
     assert "dead on data</button>" not in text  # No filter button for a column the table lacks.
+
+
+def test_scan_keeps_each_maps_objective_histogram_over_the_test_images(small_scan, mnist):
+    edges, counts = small_scan.data_histogram
+    layer_maps = len(small_scan.data_mean)
+    assert edges.shape == (layer_maps, 31) and counts.shape == (layer_maps, 30)
+    assert (counts.sum(axis=1) == len(mnist.test_images)).all()
+    varied = small_scan.data_max > edges[:, 0]  # A map constant on the data (dead: all 0) gets the range [0, 1].
+    np.testing.assert_allclose(edges[varied, -1], small_scan.data_max[varied], rtol=1e-6)
+    assert (edges[~varied, -1] == edges[~varied, 0] + 1).all()
+    assert (edges[:, 0] <= small_scan.data_mean).all() and (small_scan.data_mean <= edges[:, -1]).all()
 
 
 def test_user_text_is_escaped(small_scan, tmp_path):

@@ -1,12 +1,13 @@
-"""What the site shows of the test images per map: exemplars with the map's activation laid over them, and the
-histogram of the map's mean activation over the split (the quantity the search maximizes)."""
+"""What the site shows of the test images per map: its exemplars, whole, with the map's activation laid over them.
+
+(The histogram of each map's objective over the test images comes with the scan: `ScanResult.data_histogram`.)"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Float, Int
 
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST, check_data
@@ -14,25 +15,15 @@ from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 from jaxoip.site.images import heat_overlay
 
-BINS = 30
-
 
 @dataclasses.dataclass
 class DataViews:
-    """Per map (all maps of the layer): histogram of the mean activation over `split`, and exemplar overlays."""
+    """Per map (all maps of the layer): its exemplars, whole, with the map's activation laid over them."""
 
     split: str
-    hist_edges: Float[np.ndarray, "c bins+1"]
-    hist_counts: Int[np.ndarray, "c bins"]
-    # Per map: (k, H, W, 3) whole exemplar images in [0, 1] with the map's activation in red; values and nodes.
-    overlays: list[Float[np.ndarray, "k H W 3"]]
+    overlays: list[Float[np.ndarray, "k H W 3"]]  # Per map: (k, H, W, 3) images in [0, 1], activation in red.
     values: Float[np.ndarray, "c k"]
     image_indices: Int[np.ndarray, "c k"]
-
-
-def _map_means(acts: Float[Array, "b h w c"]) -> Float[Array, "b c"]:
-    # Module level: batched_layer_map compiles once per function object.
-    return acts.mean(axis=(1, 2))
 
 
 def _field_boxes(config, layer_name: str) -> list[tuple[int, int, int, int, int, int]]:
@@ -45,28 +36,19 @@ def data_views(
     data: MNIST,
     layer_name: str,
     exemplars: Exemplars,
-    split: str = "test",
     precision: Precision = DEFAULT_PRECISION,
 ) -> DataViews:
-    """Histograms of every map's mean activation over `split` and `exemplars` overlaid with their activation."""
+    """`exemplars` (of `exemplars.split`) whole, each with its map's activation spread over the receptive fields
+    of the map's nodes: the overlay shows where in the image the map fires. One forward pass of the few images."""
     spec = get_layer(trained.config, layer_name, ("conv", "pool"))
-    images, _ = check_data(data).split(split)
-    std = trained.standardization
-    means = batched_layer_map(trained.model, std(images), spec.name, _map_means, precision=precision)
-    c = means.shape[1]
-    edges = np.zeros((c, BINS + 1))
-    counts = np.zeros((c, BINS), np.int64)
-    for m in range(c):
-        lo, hi = float(means[:, m].min()), float(means[:, m].max())
-        counts[m], edges[m] = np.histogram(means[:, m], BINS, range=(lo, hi if hi > lo else lo + 1.0))
-    # The whole activation of the exemplar images only (a few per map), each map's nodes spread back to the
-    # pixels of their receptive fields: the overlay shows where in the image the map fires.
+    images, _ = check_data(data).split(exemplars.split)
     used = np.unique(exemplars.image_indices[exemplars.image_indices >= 0])
+    std = trained.standardization
     acts = batched_layer_map(trained.model, std(images[used]), spec.name, precision=precision) if used.size else None
     pos = {int(n): p for p, n in enumerate(used)}
     boxes = _field_boxes(trained.config, spec.name)
     overlays = []
-    for m in range(c):
+    for m in range(exemplars.image_indices.shape[0]):
         tiles = []
         for n in exemplars.image_indices[m]:
             if n < 0:
@@ -77,7 +59,6 @@ def data_views(
                 heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], a[i, j])
             peak = float(a.max())
             heat = heat / peak if peak > 0 else heat * 0
-            base = np.clip(np.asarray(images[int(n)], np.float32), 0, 255) / 255.0
-            tiles.append(heat_overlay(base, heat))
+            tiles.append(heat_overlay(np.clip(np.asarray(images[int(n)], np.float32), 0, 255) / 255.0, heat))
         overlays.append(np.stack(tiles) if tiles else np.zeros((0, *images.shape[1:3], 3), np.float32))
-    return DataViews(split, edges, counts, overlays, exemplars.values, exemplars.image_indices)
+    return DataViews(exemplars.split, overlays, exemplars.values, exemplars.image_indices)

@@ -155,8 +155,8 @@ def write_scan_site(
     """Writes the site of `result` (a `ScanResult`) into `folder`; returns the path of its `index.html`.
 
     `exemplars`: `find_exemplars`' result or its patches by map index; `views`: `data_views`' exemplar overlays
-    and activation histograms (both optional: a scan without data has neither). `model`: what the overview
-    names as the model (default: the scan's --model option).
+    (both optional: a scan without data has neither; its activation histograms come with `result`).
+    `model`: what the overview names as the model (default: the scan's --model option).
     """
     folder = Path(folder)
     site = folder / SITE_DIR
@@ -322,9 +322,9 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
         elif patches is not None:
             ex = {"dead": True}
     hist = None
-    if views is not None and m < len(views.hist_counts):
-        hist = _histogram(views.hist_edges[m], views.hist_counts[m], float(objective.max()))
-        hist["split"] = views.split
+    if result.data_histogram is not None:
+        edges, counts = result.data_histogram
+        hist = _histogram(edges[m], counts[m], float(objective.max()))
     return {
         "facets": groups,
         "snapshots": snapshots,
