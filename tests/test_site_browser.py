@@ -139,3 +139,95 @@ def test_layer_name_with_script_is_text(browser, tiny_trained, mnist, tmp_path):
         assert EVIL in page.inner_text("h1")
         assert page.evaluate("window.pwned") is None
         assert errors == []
+
+
+NAME = "b<img src=x onerror=window.pwned=1>"  # A model file name with markup (no slash: it is one name).
+
+
+@pytest.fixture(scope="module")
+def compare_site(mnist, tmp_path_factory):
+    """compare_seeds on two tiny models (one named with markup), with the OIP comparison of 3 matched maps."""
+    from jaxoip.cli import compare_seeds
+    from jaxoip.models.checkpoint import save_model
+    from jaxoip.models.train import TrainConfig, train
+
+    small = dataclasses.replace(mnist, train_images=mnist.train_images[:256], train_labels=mnist.train_labels[:256])
+    tmp = tmp_path_factory.mktemp("compare")
+    paths = [
+        save_model(tmp / name, train(TrainConfig(epochs=1, seed=s), data=small, progress=False))
+        for s, name in ((0, "a"), (1, NAME))
+    ]
+    out = tmp / "out"
+    argv = [
+        "--models", *map(str, paths), "--layers", "Conv2D_1,Conv2D_3", "--test-subset", "60", "--blocks", "7",
+        "--max-samples", "3000", "--bootstrap", "6", "--oip-steps", "3", "--oip-restarts", "2", "--oip-maps", "3",
+        "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert cli.run(compare_seeds.main, argv) == 0
+    return out
+
+
+def test_compare_site_files_are_listed_in_the_marker(compare_site):
+    import json
+
+    marker = json.loads((compare_site / ".jaxoip.json").read_text())
+    written = {p.relative_to(compare_site).as_posix() for p in (compare_site / "site").rglob("*") if p.is_file()}
+    assert "site/pair_0_1.html" in written and written <= set(marker["tree"])
+    assert {"index.html", "site", "report.md"} <= set(marker["files"])
+
+
+def test_compare_site_in_the_browser(browser, compare_site, tmp_path):
+    page, errors = _open(browser, (compare_site / "index.html").as_uri())
+    text = page.inner_text("body")
+    assert "Conv2D_1" in text and "Conv2D_3" in text and "matched_corr" in text and "same features?" in text
+    assert NAME in text and page.evaluate("window.pwned") is None
+    imgs = _images(page)
+    assert len(imgs) >= 3 and all(ok and w > 0 for _, ok, w in imgs), imgs
+    _not_blank(page, tmp_path / "compare.png")
+    page.click("a[href='site/pair_0_1.html']")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("site/pair_0_1.html")
+    rows = page.locator("#pairs tr").count() - 1
+    assert rows == 3
+    imgs = _images(page)
+    # Per matched map both OIPs, and both maps' exemplars unless dead on the data.
+    assert len(imgs) >= 2 * rows and all(ok and w > 0 for _, ok, w in imgs), imgs
+    assert sum("exemplars" in s for s, _, _ in imgs) + page.inner_text("#pairs").count("dead on data") == 2 * rows
+    assert NAME in page.inner_text("h1") and page.evaluate("window.pwned") is None
+    _not_blank(page, tmp_path / "pair.png")
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def microscope_site(tiny_checkpoint, mnist, tmp_path_factory):
+    from jaxoip.cli import microscope
+
+    out = tmp_path_factory.mktemp("microscope") / "out"
+    argv = ["--model", str(tiny_checkpoint), "--layers", "Conv2D_1,Dense_2", "--out", str(out)]
+    argv += ["--steps", "4", "--restarts", "2", "--precursor-starts", "4", "--exemplars", "1", "--no-progress"]
+    assert cli.run(microscope.main, argv) == 0
+    return out
+
+
+def test_microscope_writes_a_site_per_layer(microscope_site):
+    import json
+
+    marker = json.loads((microscope_site / ".jaxoip.json").read_text())
+    assert marker["status"] == "complete" and {"index.html", "Conv2D_1", "Dense_2", "site"} <= set(marker["files"])
+    for layer, maps in (("Conv2D_1", 32), ("Dense_2", 10)):
+        assert len(list((microscope_site / layer / "site").glob("map*.html"))) == maps
+        assert (microscope_site / layer / "maps.csv").is_file()
+    assert "Exemplars" in (microscope_site / "Conv2D_1" / "site" / "map000.html").read_text()
+
+
+def test_microscope_site_in_the_browser(browser, microscope_site, tmp_path):
+    page, errors = _open(browser, (microscope_site / "index.html").as_uri())
+    imgs = _images(page)
+    assert len(imgs) == 16 + 10 and all(ok and w > 0 for _, ok, w in imgs), imgs
+    _not_blank(page, tmp_path / "microscope.png")
+    page.click("h2 >> text=Dense_2")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("Dense_2/index.html") and "Dense_2" in page.inner_text("h1")
+    imgs = _images(page)
+    assert len(imgs) == 10 and all(ok and w > 0 for _, ok, w in imgs), imgs
+    assert errors == []
