@@ -94,3 +94,32 @@ def test_repr_html_shows_every_map_with_inline_thumbnails(small_scan):
     assert f"{small_scan.summary().found} of 3 maps" in html
     evil = dataclasses.replace(small_scan, layer_name="<b>x</b>")._repr_html_()
     assert "<b>x</b>" not in evil and "&lt;b&gt;x&lt;/b&gt;" in evil
+
+
+def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch):
+    from jaxoip.cli import microscope
+    from jaxoip.oip import groups
+
+    out = tmp_path / "micro"
+    argv = ["--model", str(tiny_checkpoint), "--layers", "Conv2D_1,Dense_2", "--out", str(out), "--steps", "3"]
+    argv += ["--restarts", "2", "--precursor-starts", "4", "--exemplars", "1", "--no-progress"]
+    real, calls = groups.search_oips, []
+
+    def stop_in_the_second_layer(*a, **k):
+        if len(calls) == 1:  # Conv2D_1's one group is done and kept; Ctrl-C during Dense_2's.
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(groups, "search_oips", stop_in_the_second_layer)
+        assert cli.run(microscope.main, argv) == 130
+    assert json.loads((out / ".jaxoip.json").read_text())["status"] == "running"
+    assert not (out / "index.html").exists()
+    with monkeypatch.context() as m:
+        searched = []
+        m.setattr(groups, "search_oips", lambda *a, **k: searched.append(1) or real(*a, **k))
+        assert cli.run(microscope.main, [*argv, "--resume"]) == 0
+    assert searched == [1]  # Only Dense_2 searched again.
+    assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"
+    assert 'href="Conv2D_1/index.html"' in (out / "index.html").read_text()
