@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("jaxoip.cli.train", "train the study's CNN on MNIST"),
     "activations": ("jaxoip.cli.activations", "activation grids, comparisons, predictions and exemplars"),
     "compare_seeds": ("jaxoip.cli.compare_seeds", "do independently trained copies learn the same filters?"),
+    "microscope": ("jaxoip.cli.microscope", "every conv layer and the logits of a model scanned into one site"),
 }
 
 

@@ -49,6 +49,7 @@ TINY = {
         "--train-subset": 640,
     },
     "activations": {},
+    "microscope": {"--steps": 8, "--restarts": 2, "--precursor-starts": 8},
 }
 ENGINE = ("--no-progress", "--no-cache")  # For the commands that take them (not activations).
 

@@ -3,8 +3,9 @@
 Trains `--seeds` copies of the default CNN with the study's recipe, differing only in seed (batched over
 seeds in one compiled program), or loads `--models` checkpoints; compares every pair layer by layer
 against two nulls (untrained network, shuffled images) and writes a Markdown report, a JSON of every
-number and figures to --out. Trained checkpoints go to <out>/models/seed_<s>; while the run goes on they
-are kept as each group of seeds finishes, so `--resume` after a kill skips the seeds already trained.
+number and figures to --out, and a site to browse them (--out/index.html; --no-html: none). Trained
+checkpoints go to <out>/models/seed_<s>; while the run goes on they are kept as each group of seeds
+finishes, so `--resume` after a kill skips the seeds already trained.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     options["seed"].help = "first training seed (seeds S..S+N-1); " + options["seed"].help
     flags.add_flags(p, OIPConfig, prefix="oip-", only=_OIP_FIELDS)
     p.add_argument("--out", default="compare_out", help="report folder")
+    p.add_argument(
+        "--no-html", action="store_true", help="skip the browsable site (index.html and site/, opened from disk)"
+    )
     cli.add_engine_flags(p)
     add_output_flags(p, "report folder")
     cli.add_data_dir(p)
@@ -130,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
         command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
         write_report_files(result, out.staging, command=command)
+        if not args.no_html:
+            _site(result, models, data, out.staging)
         if args.models is None:
             # A copy: the trained models stay in the partial folder until the results are in place, so a
             # failure while finishing leaves them for --resume.
@@ -138,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.headline(layer))
     print(f"wrote {out.path}/report.md ({result.seconds:.0f} s)")
     return 0
+
+
+def _site(result, models, data, folder) -> None:
+    """The browsable site; with an OIP comparison, each compared map's exemplars beside its OIP."""
+    from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.site.compare_site import write_compare_site
+
+    layer = result.config.oip_layer
+    used = sorted({i for pair in result.oip for i in pair}) if layer else []
+    exemplars = {i: find_exemplars(models[i], data, layer, k=3, precision=result.config.oip.precision) for i in used}
+    write_compare_site(result, folder, exemplars=exemplars or None)
 
 
 def entry():

@@ -2,7 +2,7 @@
 
 With no arguments: the shipped reference model, all 128 maps of Conv2D_3, 600 steps, 16 starts per
 map on an accelerator (8 on a CPU), the study's plain ascent with the wake-up of silent maps.
-Writes a gallery, per-map tables and arrays to --out.
+Writes a gallery, per-map tables and arrays to --out, and a site to browse them (--out/index.html; --no-html: none).
 
 Targets: `--layer Dense_2 --maps 4` searches the input that makes the network say 4 (the class logit);
 `--layer Dense_2 --target 4-9` the input that says 4 rather than 9 (see `jaxoip.oip.targets` for the syntax).
@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder")
+    p.add_argument(
+        "--no-html", action="store_true", help="skip the browsable site (index.html and site/, opened from disk)"
+    )
     add_output_flags(p)
     cli.add_engine_flags(p, precision=False)
     cli.add_data_dir(p)
@@ -187,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "data_checksum": data_checksum,
                 }
                 scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
+            if not args.no_html:
+                with bar.phase("site"):
+                    _site(args, trained, data, result, exemplars, out.staging)
     s = result.summary()
     live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
     cpu_default = " (CPU default)" if args.restarts is None and s.backend == "cpu" else ""
@@ -231,8 +237,8 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
     return result
 
 
-def _exemplars(args, trained, data, result, bar) -> dict | None:
-    """Test-set patches that drive each searched map hardest, for the gallery (None without data)."""
+def _exemplars(args, trained, data, result, bar):
+    """`find_exemplars` of the layer: the test images that drive each map hardest (None without data)."""
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.models.cnn import VECTOR_KINDS, get_layer
 
@@ -243,7 +249,18 @@ def _exemplars(args, trained, data, result, bar) -> dict | None:
     with bar.phase("exemplars"):
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
     # Exemplars are only patches that really activate the map: a map dead on data has none.
-    return {int(m): ex.patches[m] for m in result.map_indices}
+    return ex
+
+
+def _site(args, trained, data, result, exemplars, folder) -> None:
+    """The browsable site: with exemplars, also their activation overlays and the maps' activation histograms."""
+    from jaxoip.site import write_scan_site
+    from jaxoip.site.data_views import data_views
+
+    views = None
+    if exemplars is not None:
+        views = data_views(trained, data, args.layer, exemplars, precision=args.precision)
+    write_scan_site(result, folder, exemplars=exemplars, views=views)
 
 
 def entry():

@@ -34,7 +34,7 @@ from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import PrecursorResult, data_activation, precursor_scan
 from jaxoip.oip.quality import QualityConfig
-from jaxoip.oip.scan_result import ScanResult, facet_images
+from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
 from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
 from jaxoip.progress import Progress
 from jaxoip.shapes import MapIndices
@@ -139,7 +139,7 @@ def scan_maps(
             selective_max,
             magnitude,
         )
-        data_mean = data_max = acts = on_best = min_images = None
+        data_mean = data_max = acts = on_best = min_images = histogram = None
         if data is not None:
             with bar.phase("data pass"):
                 x = trained.standardization(data.test_images)
@@ -149,6 +149,7 @@ def scan_maps(
                 acts = data_activation(trained.model, np.concatenate([x, best]), layer_name, node, cfg=config)
                 acts, on_best = acts[: len(x)], acts[len(x) :]
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
+                histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
             if quality is not None and quality.min_starts > 0:
                 with bar.phase("minimizing OIPs"):
                     min_images = quality_lib.minimizing_oips(
@@ -185,6 +186,7 @@ def scan_maps(
         search_seconds=res.seconds,
         earlier_search_seconds=earlier_seconds,
         facet_threshold=float(facet_threshold),
+        data_histogram=histogram,
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)

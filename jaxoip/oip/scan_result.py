@@ -47,6 +47,8 @@ class ScanResult:
     options: dict = dataclasses.field(default_factory=dict)  # Command-line options, recorded in the summary.
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
     quality: MapQuality | None = None  # The per-map measures (`jaxoip.oip.quality`), set by `scan_maps`.
+    # Every map's objective over the test images as a histogram: edges (c, bins + 1), counts (c, bins).
+    data_histogram: tuple[np.ndarray, np.ndarray] | None = None
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
@@ -153,6 +155,12 @@ class ScanResult:
             df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
         return df
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a scan: the summary and a compact table with each map's best OIP as a thumbnail."""
+        from jaxoip.site.notebook import scan_html
+
+        return scan_html(self)
+
     def summary(self) -> ScanSummary:
         """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""
         t = self.table()
@@ -241,6 +249,19 @@ class ScanSummary:
 
     def __repr__(self) -> str:
         return f"ScanSummary: {self}"
+
+
+def objective_histograms(
+    values: Float[np.ndarray, "n c"], bins: int = 30
+) -> tuple[Float[np.ndarray, "c bins+1"], Int[np.ndarray, "c bins"]]:
+    """Per map (column), the histogram of its objective over the images (rows), each on its own range."""
+    values = np.asarray(values, np.float64)
+    edges = np.zeros((values.shape[1], bins + 1))
+    counts = np.zeros((values.shape[1], bins), np.int64)
+    for m in range(values.shape[1]):
+        lo, hi = float(values[:, m].min()), float(values[:, m].max())
+        counts[m], edges[m] = np.histogram(values[:, m], bins, range=(lo, hi if hi > lo else lo + 1.0))
+    return edges, counts
 
 
 def scan_facets(result: ScanResult, threshold: float = FACET_THRESHOLD) -> list[MapFacets]:

@@ -1,0 +1,64 @@
+"""What the site shows of the test images per map: its exemplars, whole, with the map's activation laid over them.
+
+(The histogram of each map's objective over the test images comes with the scan: `ScanResult.data_histogram`.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from jaxtyping import Float, Int
+
+from jaxoip.analysis.exemplars import Exemplars
+from jaxoip.data.mnist import MNIST, check_data
+from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+from jaxoip.numerics import DEFAULT_PRECISION, Precision
+from jaxoip.site.images import heat_overlay
+
+
+@dataclasses.dataclass
+class DataViews:
+    """Per map (all maps of the layer): its exemplars, whole, with the map's activation laid over them."""
+
+    split: str
+    overlays: list[Float[np.ndarray, "k H W 3"]]  # Per map: (k, H, W, 3) images in [0, 1], activation in red.
+    values: Float[np.ndarray, "c k"]
+    image_indices: Int[np.ndarray, "c k"]
+
+
+def _field_boxes(config, layer_name: str) -> list[tuple[int, int, int, int, int, int]]:
+    h, w, _ = layer_shapes(config)[layer_name]
+    return [(i, j, *receptive_field(config, layer_name, i, j)) for i in range(h) for j in range(w)]
+
+
+def data_views(
+    trained: TrainedModel,
+    data: MNIST,
+    layer_name: str,
+    exemplars: Exemplars,
+    precision: Precision = DEFAULT_PRECISION,
+) -> DataViews:
+    """`exemplars` (of `exemplars.split`) whole, each with its map's activation spread over the receptive fields
+    of the map's nodes: the overlay shows where in the image the map fires. One forward pass of the few images."""
+    spec = get_layer(trained.config, layer_name, ("conv", "pool"))
+    images, _ = check_data(data).split(exemplars.split)
+    used = np.unique(exemplars.image_indices[exemplars.image_indices >= 0])
+    std = trained.standardization
+    acts = batched_layer_map(trained.model, std(images[used]), spec.name, precision=precision) if used.size else None
+    pos = {int(n): p for p, n in enumerate(used)}
+    boxes = _field_boxes(trained.config, spec.name)
+    overlays = []
+    for m in range(exemplars.image_indices.shape[0]):
+        tiles = []
+        for n in exemplars.image_indices[m]:
+            if n < 0:
+                continue
+            a = acts[pos[int(n)], :, :, m]
+            heat = np.zeros(images.shape[1:3], np.float32)
+            for i, j, r0, r1, c0, c1 in boxes:
+                heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], a[i, j])
+            peak = float(a.max())
+            heat = heat / peak if peak > 0 else heat * 0
+            tiles.append(heat_overlay(np.clip(np.asarray(images[int(n)], np.float32), 0, 255) / 255.0, heat))
+        overlays.append(np.stack(tiles) if tiles else np.zeros((0, *images.shape[1:3], 3), np.float32))
+    return DataViews(exemplars.split, overlays, exemplars.values, exemplars.image_indices)
