@@ -156,7 +156,7 @@ def test_keras_model_without_mnist_is_one_line(keras_files, monkeypatch, capsys)
         load_model(d / "study.keras")
     assert cli.run(scan_all_maps.main, ["--model", str(d / "study.keras"), "--steps", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "MNIST's training set" in err
+    assert err.count("\n") == 1 and "standardized with the training set" in err
 
 
 @needs_keras
