@@ -20,8 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from jaxoip import cli
-from jaxoip._io import add_output_flags, check_apart, prepare_output
+from jaxoip import cli, distributed
+from jaxoip._io import add_output_flags, check_apart
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     add_output_flags(p)
     cli.add_engine_flags(p, precision=False)
     cli.add_data_dir(p)
+    flags.add_flags(p, distributed.DistributedConfig)
     return p
 
 
@@ -118,7 +119,14 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
+    distributed.start(flags.config_from_args(distributed.DistributedConfig, args))
     cli.check_backend()
+    # --out may differ: only process 0 writes.
+    distributed.check_same(
+        {k: v for k, v in vars(args).items() if k not in (*distributed.JOIN_OPTIONS, "no_progress", "out")}
+    )
+    main_process = distributed.is_main()
     from jaxoip.data.mnist import HOW_TO_ADD, optional_mnist, resolve_data_dir
     from jaxoip.models import checkpoint
     from jaxoip.models.memory import check_fits
@@ -153,15 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node,
         args.chunk_size,
     )
-    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
-    with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
+    # Not how the processes joined: a run resumes on another process count.
+    skip = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
+    config = {k: v for k, v in vars(args).items() if k not in skip}
+    # Only process 0 writes (out is None on the others).
+    with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data = optional_mnist(args.data_dir)  # After the cheap checks: a bad argument fails at once.
         scan.check_needs_data(cfg, data)
-        if data is None:
+        if data is None and main_process:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
-        out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
-        bar = Progress(not args.no_progress, f"scan {args.layer}", unit="image-step")
+        error = None
+        try:
+            if out is not None:
+                out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
+        except JaxoipError as e:
+            error = e
+        distributed.agree(error, "the resume check")
+        bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
             exemplars = _exemplars(args, trained, data, result, bar)
@@ -172,8 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cached_programs": compiles.cache_hits,
                     "command_seconds": round(time.perf_counter() - t_start, 2),
                     "phase_seconds": bar.seconds,
+                    "processes": distributed.process_count(),
                 }
-                scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
+                if out is not None:
+                    scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
+    if not main_process:
+        return 0
     s = result.summary()
     live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
     cpu_default = " (CPU default)" if args.restarts is None and s.backend == "cpu" else ""
@@ -211,10 +232,10 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         data=data,
         chunk_size=args.chunk_size,
         progress=bar,
-        partial_dir=out.partial / "search",
+        partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
     )
-    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
+    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result
 
 
