@@ -98,6 +98,7 @@ def start(cfg: DistributedConfig) -> bool:
     if _backend_started():
         raise JaxoipError("a multi-process run must join the others before JAX starts; start it from the command")
     _timeout = cfg.distributed_timeout
+    _one_line_stderr(cfg)
     where = f" at {cfg.coordinator}" if cfg.coordinator else ""
     try:
         with _one_line_on_loss(cfg):
@@ -111,33 +112,69 @@ def start(cfg: DistributedConfig) -> bool:
             )
     except Exception as e:  # noqa: BLE001 - the runtime raises several types; one line for all.
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        # JAX's runtime cannot hand its status to a Python callback (`_one_line_on_loss`): nothing to add then.
+        why = "" if "bad_cast" in first else f": {first[:160]}"
         who = f"process {cfg.process_id} of {cfg.num_processes}" if cfg.process_id is not None else "this process"
         raise JaxoipError(
             f"{who} could not join the run{where} within --distributed-timeout {cfg.distributed_timeout} s "
-            f"(a process missing, or a wrong --coordinator): {first[:160]}"
+            f"(a process missing, or a wrong --coordinator){why}"
         ) from None
     return jax.process_count() > 1
 
 
+# Reads this process's standard error through a pipe and passes it on; when JAX's runtime ends the process
+# because the run lost a process (its C++ fatal log and stack trace, or a `terminate`), one line instead.
+_FILTER = r"""
+import re, sys
+message, out, held, fatal = sys.argv[1], sys.stdout, [], False
+markers = ("detected fatal errors", "terminate called", "Check failure stack trace", "std::bad_cast")
+for line in iter(sys.stdin.readline, ""):
+    if fatal:
+        continue
+    if any(m in line for m in markers):
+        fatal, held = True, []
+    elif re.match(r"[IWEF]\d{4} ", line):
+        held.append(line)  # The runtime's own log: shown unless it was the start of a fatal report.
+    else:
+        out.write("".join(held) + line)
+        out.flush()
+        held = []
+out.write("".join(held) + (message + "\n" if fatal else ""))
+out.flush()
+"""
+
+
+def _one_line_stderr(cfg: DistributedConfig):
+    """Routes this process's standard error (fd 2) through `_FILTER`, so a run that loses a process ends here
+    with one line (JAX's runtime aborts with a C++ stack trace otherwise)."""
+    import subprocess
+
+    who = f"process {cfg.process_id}" if cfg.process_id is not None else "this process"
+    message = (
+        f"error: {who} stops: the run lost a process that died, hung or never joined within "
+        f"--distributed-timeout {cfg.distributed_timeout} s; start the run again (with --resume to keep its work)"
+    )
+    sys.stderr.flush()
+    original = os.dup(2)
+    filt = subprocess.Popen(
+        [sys.executable, "-c", _FILTER, message], stdin=subprocess.PIPE, stdout=original, close_fds=True
+    )
+    os.dup2(filt.stdin.fileno(), 2)
+    os.close(original)
+
+
 @contextlib.contextmanager
 def _one_line_on_loss(cfg: DistributedConfig):
-    """While JAX joins the run: its runtime client gets a callback that ends this process with one line when
-    the run loses a process (no heartbeat within the timeout, or never joined), instead of JAX's default
-    abort with a C++ stack trace."""
+    """While JAX joins the run: its runtime client gets a Python callback for a lost process. JAX cannot call
+    it (no conversion of its status), so the loss raises `std::bad_cast` where JAX would abort: a joining
+    process that times out then raises a Python error (one line from `start`), and a later loss ends the
+    process with a `terminate` that `_one_line_stderr` turns into one line."""
     from jax._src import distributed as jax_distributed
 
     runtime = jax_distributed._jax
     original = runtime.get_distributed_runtime_client
-    who = f"process {cfg.process_id}" if cfg.process_id is not None else "this process"
 
-    def lost(status, *_):
-        text = next((line for line in str(status).splitlines() if line.strip()), "no reason given")
-        print(
-            f"error: {who} stops: the run lost a process that died, hung or never joined within "
-            f"--distributed-timeout {cfg.distributed_timeout} s ({text[:160]}); start the run again with --resume",
-            file=sys.stderr,
-            flush=True,
-        )
+    def lost(*_):  # Never reached in JAX 0.10: see above.
         os._exit(2)
 
     def client(*args, **kwargs):
@@ -208,7 +245,7 @@ def _allgather_bytes(data: bytes, what: str) -> list[bytes]:
     """Every process's `data` (any lengths), in process order: two collectives."""
     from jax.experimental import multihost_utils
 
-    with watched(what):
+    with watched(what), _lost_as_error(what):
         sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64))).reshape(-1)
         # A power of two: few distinct shapes, so few compiled gathers.
         size = 1 << max(4, int(np.max(sizes)) - 1).bit_length()
@@ -227,6 +264,19 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
 def _unpack(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return {k: np.asarray(z[k]) for k in z.files}
+
+
+@contextlib.contextmanager
+def _lost_as_error(what: str):
+    """A collective that fails (a peer's connection gone) is one line naming the step, not a traceback."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - Gloo and the runtime raise several types.
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise JaxoipError(
+            f"process {process_index()} lost the others at {what} ({first[:160]}); a process died: start the run "
+            "again (with --resume to keep its work)"
+        ) from None
 
 
 def check_same(settings: dict) -> None:

@@ -144,3 +144,42 @@ def test_plain_run_stays_one_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert distributed.start(distributed.DistributedConfig()) is False
     assert distributed.process_count() == 1 and distributed.is_main()
+
+
+@pytest.mark.slow
+def test_killed_process_ends_the_run_and_resume_finishes_on_one(tiny_checkpoint, tmp_path):
+    """Process 1 killed mid-search: process 0 exits non-zero with one line within the timeout; --resume on
+    1 process x 1 device reuses the saved groups and gives the bits of an uninterrupted run."""
+    timeout = 30
+    many = ["--maps", "0-15", "--chunk-size", "1", "--steps", "600"]  # 4 saved groups of 8 images, seconds each.
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        args = [*SCAN, *many, "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out")]
+        args += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)]
+        procs.append(_start([*args, "--distributed-timeout", str(timeout)], 2, tmp_path / "cache", tmp_path))
+    first = tmp_path / "out" / ".jaxoip-partial" / "search" / "group_00000.npz"
+    deadline = time.monotonic() + 240
+    while not first.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), procs[0].communicate()[1][-2000:]
+    procs[1].kill()
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=timeout + 60)
+    procs[1].communicate()
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note: no MNIST")]
+    assert procs[0].returncode != 0 and len(lines) == 1 and lines[0].startswith("error: process 0"), err
+    assert time.monotonic() - killed < timeout + 30
+    assert not (tmp_path / "out" / "oips.npz").exists()
+
+    args = [*SCAN, *many, "--model", str(tiny_checkpoint)]
+    resumed = _start([*args, "--out", str(tmp_path / "out"), "--resume"], 1, tmp_path / "cache", tmp_path)
+    fresh = _start([*args, "--out", str(tmp_path / "fresh")], 1, tmp_path / "cache", tmp_path)
+    for p in (resumed, fresh):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    a, b = np.load(tmp_path / "out" / "oips.npz"), np.load(tmp_path / "fresh" / "oips.npz")
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
+    summary = (tmp_path / "out" / "summary.json").read_text()
+    assert '"earlier_search_seconds": 0.0' not in summary  # Some groups came from the killed run.
