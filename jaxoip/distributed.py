@@ -98,7 +98,7 @@ def start(cfg: DistributedConfig) -> bool:
     if _backend_started():
         raise JaxoipError("a multi-process run must join the others before JAX starts; start it from the command")
     _timeout = cfg.distributed_timeout
-    _one_line_stderr(cfg)
+    _one_line_output(cfg)
     where = f" at {cfg.coordinator}" if cfg.coordinator else ""
     try:
         with _one_line_on_loss(cfg):
@@ -122,45 +122,57 @@ def start(cfg: DistributedConfig) -> bool:
     return jax.process_count() > 1
 
 
-# Reads this process's standard error through a pipe and passes it on; when JAX's runtime ends the process
-# because the run lost a process (its C++ fatal log and stack trace, or a `terminate`), one line instead.
+# Passes a stream of this process on (fd 0 in, the original stream out), piece by piece (tqdm's `\r` too),
+# without Gloo's connection notices; when JAX's runtime ends the process because the run lost a process (its
+# C++ fatal log and stack trace, or a `terminate`), writes one line (argv[1]) instead.
 _FILTER = r"""
-import re, sys
-message, out, held, fatal = sys.argv[1], sys.stdout, [], False
-markers = ("detected fatal errors", "terminate called", "Check failure stack trace", "std::bad_cast")
-for line in iter(sys.stdin.readline, ""):
-    if fatal:
-        continue
-    if any(m in line for m in markers):
+import os, re, sys
+message, out, held, fatal, buf = sys.argv[1], sys.stdout.buffer, [], False, b""
+markers = (b"detected fatal errors", b"terminate called", b"Check failure stack trace", b"std::bad_cast")
+def piece(p):
+    global fatal, held
+    if fatal or p.startswith(b"[Gloo] Rank"):
+        return
+    if any(m in p for m in markers):
         fatal, held = True, []
-    elif re.match(r"[IWEF]\d{4} ", line):
-        held.append(line)  # The runtime's own log: shown unless it was the start of a fatal report.
+    elif re.match(rb"[IWEF]\d{4} ", p):
+        held.append(p)  # The runtime's own log: shown unless it starts a fatal report.
     else:
-        out.write("".join(held) + line)
+        out.write(b"".join(held) + p)
         out.flush()
         held = []
-out.write("".join(held) + (message + "\n" if fatal else ""))
+while chunk := os.read(0, 65536):
+    *parts, buf = re.split(rb"(?<=[\r\n])", buf + chunk)
+    for p in parts:
+        piece(p)
+piece(buf)
+out.write(b"".join(held) + (message.encode() + b"\n" if fatal and message else b""))
 out.flush()
 """
 
 
-def _one_line_stderr(cfg: DistributedConfig):
-    """Routes this process's standard error (fd 2) through `_FILTER`, so a run that loses a process ends here
-    with one line (JAX's runtime aborts with a C++ stack trace otherwise)."""
+def _filtered(fd: int, message: str = ""):
+    """Routes this process's file descriptor `fd` (1 or 2) through `_FILTER`."""
     import subprocess
 
-    who = f"process {cfg.process_id}" if cfg.process_id is not None else "this process"
-    message = (
-        f"error: {who} stops: the run lost a process that died, hung or never joined within "
-        f"--distributed-timeout {cfg.distributed_timeout} s; start the run again (with --resume to keep its work)"
-    )
-    sys.stderr.flush()
-    original = os.dup(2)
-    filt = subprocess.Popen(
-        [sys.executable, "-c", _FILTER, message], stdin=subprocess.PIPE, stdout=original, close_fds=True
-    )
-    os.dup2(filt.stdin.fileno(), 2)
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    original = os.dup(fd)
+    filt = subprocess.Popen([sys.executable, "-c", _FILTER, message], stdin=subprocess.PIPE, stdout=original)
+    os.dup2(filt.stdin.fileno(), fd)
+    filt.stdin.close()
     os.close(original)
+
+
+def _one_line_output(cfg: DistributedConfig):
+    """Standard output without Gloo's notices, and a standard error on which a run that loses a process ends
+    with one line (JAX's runtime aborts with a C++ stack trace otherwise)."""
+    who = f"process {cfg.process_id}" if cfg.process_id is not None else "this process"
+    _filtered(1)
+    _filtered(
+        2,
+        f"error: {who} stops: the run lost a process that died, hung or never joined within "
+        f"--distributed-timeout {cfg.distributed_timeout} s; start the run again (with --resume to keep its work)",
+    )
 
 
 @contextlib.contextmanager
@@ -168,7 +180,7 @@ def _one_line_on_loss(cfg: DistributedConfig):
     """While JAX joins the run: its runtime client gets a Python callback for a lost process. JAX cannot call
     it (no conversion of its status), so the loss raises `std::bad_cast` where JAX would abort: a joining
     process that times out then raises a Python error (one line from `start`), and a later loss ends the
-    process with a `terminate` that `_one_line_stderr` turns into one line."""
+    process with a `terminate` that `_one_line_output` turns into one line."""
     from jax._src import distributed as jax_distributed
 
     runtime = jax_distributed._jax

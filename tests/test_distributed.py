@@ -81,8 +81,7 @@ def test_two_processes_give_the_bits_of_one(tiny_checkpoint, tmp_path):
         if processes == 2:
             assert "on 4 cpu device(s)" in results[0][1]
             assert not (tmp / "out1").exists() and sorted(p.name for p in tmp.iterdir()) == ["out0"]
-            # Process 1's only output is Gloo's own connection notices (C++, not jaxoip).
-            assert all(line.startswith("[Gloo]") for line in results[1][1].splitlines()), results[1][1]
+            assert results[1][1] == "" and "[Gloo]" not in results[0][1]  # Gloo's notices are filtered out.
             assert "error" not in results[1][2] and "warning" not in results[1][2]
     one = runs[1, 1]
     for key in one.files:
@@ -151,7 +150,7 @@ def test_killed_process_ends_the_run_and_resume_finishes_on_one(tiny_checkpoint,
     """Process 1 killed mid-search: process 0 exits non-zero with one line within the timeout; --resume on
     1 process x 1 device reuses the saved groups and gives the bits of an uninterrupted run."""
     timeout = 30
-    many = ["--maps", "0-15", "--chunk-size", "1", "--steps", "600"]  # 4 saved groups of 8 images, seconds each.
+    many = ["--maps", "0-11", "--chunk-size", "1", "--steps", "300"]  # 3 saved groups of 8 images, seconds each.
     port = _free_port()
     procs = []
     for i in range(2):

@@ -91,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations")
-    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per device per compiled call; the same bits on any device count (default: automatic)",
+    )
     p.add_argument(
         "--facet-threshold",
         type=float,
