@@ -312,8 +312,8 @@ def search_oips(
     `fixed_chunk`: also for fewer images), so results are the same bits on any number of devices and
     processes (`jaxoip.distributed`: the batch is sharded over all devices of all processes, each process
     builds only its part, and the results are gathered once), and do not depend on `chunk_size` up to
-    float rounding, except with `cfg.early_stop`. `progress`: True for a progress bar, or a
-    `jaxoip.progress.Progress` to report into.
+    float rounding; neither holds with `cfg.early_stop`, which stops a whole chunk at once. `progress`:
+    True for a progress bar, or a `jaxoip.progress.Progress` to report into.
     """
     from jaxoip import distributed
     from jaxoip.progress import as_progress
