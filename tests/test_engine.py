@@ -76,8 +76,17 @@ def test_chunks_are_bucketed_to_powers_of_two():
     assert chunk_layout(5, None, 1) == (8, 1)
     assert chunk_layout(8, None, 1) == (8, 1)
     assert chunk_layout(9, 4, 1) == (4, 3)
-    assert chunk_layout(3, None, 4) == (4, 1)
     assert chunk_layout(100, 32, 1) == (32, 4)
+
+
+def test_chunk_size_is_per_device_whatever_the_device_count():
+    """Every device gets the same batch on 1 or 4 devices (XLA's CPU kernels block a batch by its size), so an
+    image's bits do not depend on the device count; `fixed` keeps the batch for fewer images too."""
+    assert chunk_layout(3, None, 4) == (16, 1)  # 4 images per device, as on one device.
+    assert chunk_layout(3, None, 1) == (4, 1)
+    assert chunk_layout(100, 8, 4) == (32, 4)
+    assert chunk_layout(3, 8, 2, fixed=True) == (16, 1)
+    assert chunk_layout(6, 4, 2, group=3) == (12, 1)  # A map's 3 starts stay on one device.
 
 
 def test_similar_batch_sizes_share_one_program(reference):

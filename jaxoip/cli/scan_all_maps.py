@@ -20,8 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from jaxoip import cli
-from jaxoip._io import add_output_flags, check_apart, prepare_output
+from jaxoip import cli, distributed
+from jaxoip._io import add_output_flags, check_apart
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
@@ -91,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "--screen", type=int, default=8, help="candidates per start; the most active one is kept (1: no screening)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the starts and transformations")
-    p.add_argument("--chunk-size", type=int, default=None, help="images per compiled call (default: automatic)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per device per compiled call; the same bits on any device count (default: automatic)",
+    )
     p.add_argument(
         "--facet-threshold",
         type=float,
@@ -107,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     add_output_flags(p)
     cli.add_engine_flags(p, precision=False)
     cli.add_data_dir(p)
+    flags.add_flags(p, distributed.DistributedConfig)
     return p
 
 
@@ -121,7 +127,14 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
+    distributed.start(flags.config_from_args(distributed.DistributedConfig, args))
     cli.check_backend()
+    # --out may differ: only process 0 writes.
+    distributed.check_same(
+        {k: v for k, v in vars(args).items() if k not in (*distributed.JOIN_OPTIONS, "no_progress", "out")}
+    )
+    main_process = distributed.is_main()
     from jaxoip.data.images import load_data
     from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
     from jaxoip.models import checkpoint
@@ -157,8 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node,
         args.chunk_size,
     )
-    config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
-    with prepare_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
+    # Not how the processes joined: a run resumes on another process count.
+    skip = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
+    config = {k: v for k, v in vars(args).items() if k not in skip}
+    # Only process 0 writes (out is None on the others).
+    with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # After the cheap checks: a bad argument fails at once.
         data, skipped = load_data(args.data, args.data_dir, optional=True), False
         if data is not None and args.data is None and args.data_dir is None:
@@ -166,16 +182,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 check_data_shape(data, trained.config.input_shape)
             except JaxoipError as e:
-                print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
+                if main_process:
+                    print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
                 data, skipped = None, True
         data = check_data_shape(data, trained.config.input_shape)
         scan.check_needs_data(cfg, data)
-        if data is None and not skipped:
+        if data is None and not skipped and main_process:
             print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
         data_checksum = data.checksum() if data else None
-        out.check_inputs(model=checkpoint.model_checksum(trained), data=data_checksum or "none")
-        bar = Progress(not args.no_progress, f"scan {args.layer}", unit="image-step")
+        error = None
+        try:
+            if out is not None:
+                out.check_inputs(model=checkpoint.model_checksum(trained), data=data_checksum or "none")
+        except JaxoipError as e:
+            error = e
+        distributed.agree(error, "the resume check")
+        bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
             exemplars = _exemplars(args, trained, data, result, bar)
@@ -188,11 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "phase_seconds": bar.seconds,
                     "data_source": data.source if data else None,
                     "data_checksum": data_checksum,
+                    "processes": distributed.process_count(),
                 }
-                scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
-            if not args.no_html:
+                if out is not None:
+                    scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
+            if not args.no_html and out is not None:
                 with bar.phase("site"):
                     _site(args, trained, data, result, exemplars, out.staging)
+    if not main_process:
+        return 0
     s = result.summary()
     live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
     cpu_default = " (CPU default)" if args.restarts is None and s.backend == "cpu" else ""
@@ -230,10 +257,10 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         data=data,
         chunk_size=args.chunk_size,
         progress=bar,
-        partial_dir=out.partial / "search",
+        partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
     )
-    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
+    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result
 
 

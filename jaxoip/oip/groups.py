@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
+from jaxoip import distributed
 from jaxoip.models.cnn import CNN, WEIGHTS
 from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
 from jaxoip.progress import Progress, WeightedPart, as_progress
@@ -41,8 +42,8 @@ def _group_key(
 
     h = hashlib.sha256()
     h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, WEIGHTS))).encode())
-    # The devices too: the batch is sharded over them, and a search is bit-identical only at one count.
-    h.update(repr((layer_name, node, config, chunk, jax.default_backend(), len(jax.devices()))).encode())
+    # Not the device or process count: with `chunk` images per device, every count gives the same bits.
+    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())
     h.update(np.ascontiguousarray(x0, np.float32).tobytes())
     for extra in (data_max, magnitude):  # Which one is given follows from the config hashed above.
@@ -88,9 +89,13 @@ def search_in_groups(
     data_max: Float[np.ndarray, " c"] | None = None,
     magnitude: Float[np.ndarray, "H Wr"] | None = None,
 ) -> tuple[OIPResult, float]:
-    """`search_oips` over fixed groups of `GROUP_CHUNKS` whole chunks; groups already in `partial_dir` are reused.
+    """`search_oips` over fixed groups of `GROUP_CHUNKS` chunks of `chunk` images per device; groups already in
+    `partial_dir` are reused.
 
-    The grouping does not depend on `partial_dir`, so a resumed search equals an uninterrupted one bit for bit.
+    The grouping depends neither on `partial_dir` nor on the device or process count, so a resumed search
+    equals an uninterrupted one bit for bit, on as many processes as before or not. In a multi-process run
+    only process 0 reads and writes `partial_dir` (the others pass None) and hands the groups it reused
+    to the others.
     Returns the result, whose `seconds` sums the search time of the groups searched by this process, and the
     seconds that earlier (killed) processes spent on the groups reused from `partial_dir`.
     """
@@ -100,22 +105,40 @@ def search_in_groups(
     if partial is not None:
         partial.mkdir(parents=True, exist_ok=True)
     parts, earlier = [], 0.0
+    bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    keys = [
+        _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, data_max, magnitude)
+        if partial
+        else None
+        for lo, hi in bounds
+    ]
+    # The groups an earlier run finished, read by process 0 (the only one with `partial_dir`) and handed to
+    # the others in one exchange.
+    done = {}
+    for g, (lo, hi) in enumerate(bounds):
+        part = _load_group(partial / f"group_{g:05d}.npz", keys[g], hi - lo) if partial else None
+        done.update({f"{g}/{k}": v for k, v in (part or {}).items()})
+    done = distributed.from_main(done, "the resumed search groups")
     # Counted in image-steps, each chunk as it returns, so that the rate and the time left are real.
     work = n * config.steps
     with as_progress(progress, total=work, desc=f"OIP search {layer_name}", unit="image-step") as bar:
-        for g, lo in enumerate(range(0, n, size)):
-            hi = min(lo + size, n)
-            key = (
-                _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, data_max, magnitude)
-                if partial
-                else None
-            )
-            path = partial / f"group_{g:05d}.npz" if partial else None
-            part = _load_group(path, key, hi - lo)
+        for g, (lo, hi) in enumerate(bounds):
+            key, path = keys[g], partial / f"group_{g:05d}.npz" if partial else None
+            part = {k.split("/", 1)[1]: v for k, v in done.items() if k.split("/", 1)[0] == str(g)} or None
             if part is None:
                 part_bar = WeightedPart(bar, (hi - lo) * config.steps)
                 res = search_oips(
-                    model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, part_bar, data_max, magnitude
+                    model,
+                    layer_name,
+                    maps[lo:hi],
+                    x0[lo:hi],
+                    config,
+                    node,
+                    chunk,
+                    part_bar,
+                    data_max,
+                    magnitude,
+                    fixed_chunk=True,
                 )
                 part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
                 part.update(steps_run=res.steps_run, seconds=res.seconds)

@@ -235,14 +235,14 @@ def check_scan(
     check_target(trained.config, layer_name, maps, node, config)
     restarts = default_restarts() if restarts is None else int(restarts)
     maps = maps.astype(np.int32)
+    # Images per device, whatever the device count: a scan is the same bits on any number of devices.
     chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
     if config.diversity > 0:
         # A map's starts must share a chunk: groups of `restarts` consecutive images.
         if restarts < 2:
             raise JaxoipError("diversity needs at least 2 starts per map")
         config = dataclasses.replace(config, diversity_group=restarts)
-        unit = math.lcm(restarts, len(jax.devices()))
-        chunk = max(1, round(chunk / unit)) * unit
+        chunk = max(1, round(chunk / restarts)) * restarts
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     check_arrays(
         scan_arrays(

@@ -195,17 +195,16 @@ def _devices_mesh():
     return jax.make_mesh((len(devices),), ("batch",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def default_chunk_size(n_devices: int | None = None) -> int:
-    """Images per compiled call: 32 on CPU, where the working set then stays in cache (measured fastest
-    of 16-1024 on a 2-core machine, see BENCHMARKS.md); on accelerators as many as memory allows."""
-    devices = jax.devices()
-    n_devices = n_devices or len(devices)
-    if devices[0].platform == "cpu":
+def default_chunk_size() -> int:
+    """Images per device per compiled call: 32 on CPU, where the working set then stays in cache (measured
+    fastest of 16-1024 on a 2-core machine, see BENCHMARKS.md); on accelerators as many as memory allows."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
         return 32
-    stats = devices[0].memory_stats() or {}
+    stats = device.memory_stats() or {}
     limit = stats.get("bytes_limit", 16 * 2**30)
     # About 2 MB of live buffers per image for the LeNet-sized layers, with a wide margin.
-    return int(min(65536, max(256, limit // (2 * 2**20))) // n_devices * n_devices)
+    return int(min(65536, max(256, limit // (2 * 2**20))))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "cfg", "node"))
@@ -219,18 +218,23 @@ def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, layer_name
         return make_search(graphdef, layer_name, cfg, node)(params, x0, maps, data_max, magnitude)
 
 
-def chunk_layout(n: int, chunk_size: int | None, n_devices: int, group: int = 1) -> tuple[int, int]:
-    """(chunk, number of chunks) for n images: chunks of equal size, a multiple of the device count and of
-    `group` (a map's starts searched together, for the diversity term).
+def chunk_layout(
+    n: int, chunk_size: int | None, n_devices: int, group: int = 1, fixed: bool = False
+) -> tuple[int, int]:
+    """(chunk, number of chunks) for n images: chunks of `chunk_size` images per device (default:
+    `default_chunk_size`), a multiple of `group` (a map's starts searched together, for the diversity term),
+    times the device count.
 
-    Below the default chunk size the chunk is the next power of two at or above n (for group 1), so
-    batches of similar size share one compiled program instead of compiling one each.
+    Every device gets the same batch whatever the device count, so an image's result is the same bits on
+    1 or many devices and processes: XLA's CPU kernels block a batch by its size. Below the chunk size
+    (unless `fixed`) the batch is the next power of two at or above n (for group 1), so batches of similar
+    size share one compiled program instead of compiling one each.
     """
-    multiple = math.lcm(n_devices, group)
-    chunk = chunk_size or default_chunk_size(n_devices)
-    if n < chunk:
-        chunk = 1 << max(0, math.ceil(math.log2(max(n, 1)))) if group == 1 else n
-    chunk = max(multiple, math.ceil(chunk / multiple) * multiple)
+    per_device = chunk_size or default_chunk_size()
+    if n < per_device and not fixed:
+        per_device = 1 << max(0, math.ceil(math.log2(max(n, 1)))) if group == 1 else n
+    per_device = max(group, math.ceil(per_device / group) * group)
+    chunk = per_device * n_devices
     return chunk, math.ceil(n / chunk)
 
 
@@ -296,6 +300,7 @@ def search_oips(
     progress: bool | Progress = False,
     data_max: Float[ArrayLike, " c"] | None = None,
     magnitude: Float[ArrayLike, "H Wr"] | None = None,
+    fixed_chunk: bool = False,
 ) -> OIPResult:
     """Runs the OIP search for standardized images `init_images`, image i driving map `map_indices[i]`.
 
@@ -303,10 +308,14 @@ def search_oips(
     `jaxoip.oip.precursor.data_activation` gives it. `magnitude` (with `cfg.param` maco): the fixed
     amplitude spectrum, `jaxoip.oip.param.maco_magnitude` of the standardized training images.
 
-    All chunks are dispatched before any result is fetched. Results do not depend on `chunk_size` or
-    the device count (up to float rounding), except with `cfg.early_stop`. `progress`: True for a
-    progress bar, or a `jaxoip.progress.Progress` to report into.
+    All chunks are dispatched before any result is fetched. `chunk_size` is per device (`chunk_layout`;
+    `fixed_chunk`: also for fewer images), so results are the same bits on any number of devices and
+    processes (`jaxoip.distributed`: the batch is sharded over all devices of all processes, each process
+    builds only its part, and the results are gathered once), and do not depend on `chunk_size` up to
+    float rounding; neither holds with `cfg.early_stop`, which stops a whole chunk at once. `progress`:
+    True for a progress bar, or a `jaxoip.progress.Progress` to report into.
     """
+    from jaxoip import distributed
     from jaxoip.progress import as_progress
 
     model_config = check_cnn(model).config
@@ -325,8 +334,11 @@ def search_oips(
         )
     n_dev = len(jax.devices())
     group = cfg.diversity_group if cfg.diversity > 0 else 1
-    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group)
+    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
+    many = distributed.process_count() > 1
+    if many:  # Every process's copy of the weights and data, as one replicated global array each.
+        params, data_max, magnitude = distributed.replicated((params, data_max, magnitude), sharding.mesh)
     node = tuple(int(v) for v in node) if node is not None else None
 
     pad = n_chunks * chunk - n
@@ -336,7 +348,9 @@ def search_oips(
     pending = []
     for c in range(n_chunks):
         x, m = x_all[c * chunk : (c + 1) * chunk], m_all[c * chunk : (c + 1) * chunk]
-        if sharding is not None:
+        if many:
+            x, m = distributed.global_batch(x, sharding), distributed.global_batch(m, sharding)
+        elif sharding is not None:
             x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
         pending.append(
             _search_chunk(
@@ -345,11 +359,17 @@ def search_oips(
         )
     parts, steps_run = [], 0
     with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:
+        if many:  # This process's part of every chunk as it finishes, then all of them at once.
+            for out in pending:
+                jax.block_until_ready(out)
+                bar.update(1)
+            pending = distributed.gather(pending)
         for out in pending:
             out = jax.device_get(out)
             steps_run = max(steps_run, int(out.pop("steps_run")))
             parts.append(out)
-            bar.update(1)
+            if not many:
+                bar.update(1)
     res = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
     check_finite(res, params)
     return OIPResult(snapshot_steps=cfg.snapshots, seconds=time.perf_counter() - t0, steps_run=steps_run, **res)
