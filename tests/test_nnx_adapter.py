@@ -1,6 +1,7 @@
 """A researcher's own Flax NNX module through `jaxoip.from_nnx`: its submodules by attribute path, the
 search, exemplars and activation grids through the public API and the commands, and a planted optimum."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 from planted import ring_pattern
-from user_module import MyNet
 
 import jaxoip
 from jaxoip import cli
@@ -18,7 +18,12 @@ from jaxoip.errors import CheckpointError, JaxoipError, LayerError
 from jaxoip.models.cnn import layer_names, layer_shapes
 from jaxoip.oip.search import OIPConfig, search_oips
 
-USER_MODULE = Path(__file__).with_name("user_module.py")
+# The README's example module (examples/own_model.py), loaded as the commands load it.
+USER_MODULE = Path(__file__).resolve().parents[1] / "examples" / "own_model.py"
+_spec = importlib.util.spec_from_file_location("own_model", USER_MODULE)
+own_model = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(own_model)
+MyNet = own_model.MyNet
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def test_layers_are_the_submodules_by_attribute_path(user_model):
         "classifier",
     )
     shapes = layer_shapes(user_model.config)
-    assert shapes["stem"] == (28, 28, 8) and shapes["blocks.1"] == (24, 24, 16) and shapes["classifier"] == (10,)
+    assert shapes["stem"] == (28, 28, 8) and shapes["blocks.1"] == (24, 24, 32) and shapes["classifier"] == (10,)
     assert [s.kind for s in user_model.config.layers][:3] == ["conv", "maps", "conv"]
 
 
@@ -70,7 +75,7 @@ def test_scan_exemplars_and_grid_through_the_public_api(user_model, mnist):
     assert result.images.shape == (2, 2, 28, 28, 1) and np.isfinite(result.images).all()
     assert (result.objective[:, 0] > 0).all()
     ex = jaxoip.find_exemplars(user_model, mnist, "blocks.0", k=3)
-    assert ex.image_indices.shape == (12, 3) and (ex.values[:, 0] > 0).any()
+    assert ex.image_indices.shape == (16, 3) and (ex.values[:, 0] > 0).any()
     grid = jaxoip.layer_grid(user_model, "stem", "test:0", data=mnist)
     assert grid.activations.shape == (28, 28, 8)
 
@@ -90,9 +95,8 @@ def test_a_bad_factory_is_one_line(tmp_path, capsys):
     shutil.copy(USER_MODULE, tmp_path / "m.py")
     (tmp_path / "bad.py").write_text("def factory():\n    raise RuntimeError('no weights here')\n")
     (tmp_path / "raw.py").write_text(
-        "from flax import nnx\nfrom user_module import MyNet\ndef factory():\n    return MyNet(nnx.Rngs(0))\n"
+        "from flax import nnx\nfrom m import MyNet\ndef factory():\n    return MyNet(nnx.Rngs(0))\n"
     )
-    shutil.copy(USER_MODULE, tmp_path / "user_module.py")
     for spec, message in [
         (f"{tmp_path / 'm.py'}:nothing", "m.py has no function 'nothing'"),
         (f"{tmp_path / 'bad.py'}:factory", "RuntimeError: no weights here"),

@@ -25,7 +25,7 @@ MEMORY_OPTIONS = "--restarts or --precursor-starts"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = flags.parser("python -m jaxoip.microscope", "Scan every conv layer of a model and its logits into one site.")
+    p = flags.parser("python -m jaxoip microscope", "Scan every conv layer of a model and its logits into one site.")
     p.add_argument(
         "--model", default=None, help="checkpoint folder or .keras/.h5 file (default: the shipped reference model)"
     )
