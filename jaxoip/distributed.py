@@ -21,6 +21,7 @@ import sys
 import threading
 
 import numpy as np
+from jaxtyping import Shaped
 
 from jaxoip.errors import JaxoipError
 
@@ -319,7 +320,7 @@ def agree(error: BaseException | None, what: str) -> None:
         raise JaxoipError(f"process {failed[0]} stopped at {what} (its own message says why); this one stops too")
 
 
-def from_main(arrays: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+def from_main(arrays: dict[str, Shaped[np.ndarray, "*shape"]], what: str) -> dict[str, Shaped[np.ndarray, "*shape"]]:
     """Process 0's `arrays` on every process (the others pass anything), e.g. what only process 0 can read."""
     if process_count() == 1:
         return arrays
@@ -336,7 +337,7 @@ def replicated(tree, mesh):
     return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), tree)
 
 
-def global_batch(x: np.ndarray, sharding) -> object:
+def global_batch(x: Shaped[np.ndarray, "n ..."], sharding) -> object:
     """The global array of the batch `x` (the whole batch, on every process) sharded along its first axis,
     built from this process's rows only."""
     import jax

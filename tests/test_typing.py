@@ -32,6 +32,7 @@ NO_ARRAYS = {
     "count_compiles",
     "evaluate_model",
     "find_exemplars",
+    "from_nnx",
     "layer_names",
     "layer_shapes",
     "least_confident",

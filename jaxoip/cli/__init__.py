@@ -229,6 +229,28 @@ def add_data_dir(parser: argparse.ArgumentParser):
     )
 
 
+def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...], speak: bool = True):
+    """The images a scan may use (None: none configured), checked against the model's `input_shape`. MNIST found
+    only through the environment is skipped with a note when its shape differs (it does not stop the scan of
+    another model); data named by --data or --data-dir must fit. `speak`: print the note (process 0 only)."""
+    import sys
+
+    from jaxoip.data.images import load_data
+    from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
+
+    data = load_data(args.data, args.data_dir, optional=True)
+    if data is not None and args.data is None and args.data_dir is None:
+        try:
+            return check_data_shape(data, input_shape)
+        except JaxoipError as e:
+            if speak:
+                print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
+            return None
+    if data is None and speak:
+        print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
+    return check_data_shape(data, input_shape)
+
+
 def data_paths(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """The data inputs a command was given, by option, for `jaxoip._io.check_apart`."""
     from jaxoip.data.images import check_data_source

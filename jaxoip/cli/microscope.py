@@ -45,41 +45,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def default_layers(config) -> list[str]:
-    """Every conv layer, then the last dense layer (the class logits)."""
-    from jaxoip.models.cnn import layer_specs
+    """Every conv layer, then the last layer when it holds one value per class (the logits)."""
+    from jaxoip.models.cnn import VECTOR_KINDS, layer_specs
 
     specs = layer_specs(config)
-    dense = [s.name for s in specs if s.kind == "dense"]
-    return [s.name for s in specs if s.kind == "conv"] + dense[-1:]
+    last = [specs[-1].name] if specs[-1].kind in VECTOR_KINDS else []
+    return [s.name for s in specs if s.kind == "conv"] + last
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     cli.check_backend()
-    from jaxoip.data.mnist import resolve_data_dir
     from jaxoip.models import checkpoint
-    from jaxoip.models.cnn import get_layer
+    from jaxoip.models.cnn import SEARCH_KINDS, get_layer
     from jaxoip.oip import scan
 
     if args.exemplars < 0:
         raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
     cfg = flags.config_from_args(OIPConfig, args, only=_OIP_FIELDS)
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
-    check_apart(args.out, [("--model", model_path), ("--data-dir", resolve_data_dir(args.data_dir))])
+    check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model, args.data_dir)
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
     layers = default_layers(trained.config) if args.layers is None else [s.strip() for s in args.layers.split(",")]
     if not layers or len(set(layers)) < len(layers) or not all(layers):
         raise JaxoipError(f"--layers must name distinct layers, got {args.layers!r}")
     for name in layers:  # Every layer and size checked before the output folder is touched.
-        get_layer(trained.config, name, ("conv", "pool", "dense"))
+        get_layer(trained.config, name, SEARCH_KINDS)
         scan.check_scan(trained, name, None, args.restarts, cfg, precursor_starts=args.precursor_starts, seed=args.seed)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "microscope", config, args.overwrite, args.resume, 64 * 2**20) as out:
-        from jaxoip.data.mnist import optional_mnist
-
-        data = optional_mnist(args.data_dir)
+        data = cli.optional_data(args, trained.config.input_shape)
         out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
         entries = []
         for name in layers:
@@ -100,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _layer(args, trained, cfg, data, name, out, bar) -> dict:
     """Scans one layer into <staging>/<layer>/ (files and site); returns its landing-page entry."""
     from jaxoip.analysis.exemplars import find_exemplars
-    from jaxoip.models.cnn import get_layer
+    from jaxoip.models.cnn import MAP_KINDS, get_layer
     from jaxoip.oip import scan
     from jaxoip.site import write_scan_site
     from jaxoip.site.data_views import data_views
@@ -121,7 +118,7 @@ def _layer(args, trained, cfg, data, name, out, bar) -> dict:
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
     scan_seconds = time.perf_counter() - t0
     ex = views = None
-    if data is not None and args.exemplars and get_layer(trained.config, name).kind != "dense":
+    if data is not None and args.exemplars and get_layer(trained.config, name).kind in MAP_KINDS:
         with bar.phase("exemplars"):
             ex = find_exemplars(trained, data, name, k=args.exemplars, precision=cfg.precision)
             views = data_views(trained, data, name, ex, precision=cfg.precision)

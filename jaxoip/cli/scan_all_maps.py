@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 
@@ -135,8 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         {k: v for k, v in vars(args).items() if k not in (*distributed.JOIN_OPTIONS, "no_progress", "out")}
     )
     main_process = distributed.is_main()
-    from jaxoip.data.images import load_data
-    from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
     from jaxoip.models import checkpoint
     from jaxoip.models.memory import check_fits
     from jaxoip.oip import scan
@@ -176,19 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only process 0 writes (out is None on the others).
     with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # After the cheap checks: a bad argument fails at once.
-        data, skipped = load_data(args.data, args.data_dir, optional=True), False
-        if data is not None and args.data is None and args.data_dir is None:
-            # MNIST found through the environment is optional here: it does not stop the scan of another model.
-            try:
-                check_data_shape(data, trained.config.input_shape)
-            except JaxoipError as e:
-                if main_process:
-                    print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
-                data, skipped = None, True
-        data = check_data_shape(data, trained.config.input_shape)
+        data = cli.optional_data(args, trained.config.input_shape, speak=main_process)
         scan.check_needs_data(cfg, data)
-        if data is None and not skipped and main_process:
-            print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
         # A resume goes on with the model and data it started with.
         data_checksum = data.checksum() if data else None
         error = None

@@ -48,7 +48,7 @@ class ScanResult:
     facet_threshold: float = FACET_THRESHOLD  # Shift-invariant correlation for two starts to share a facet.
     quality: MapQuality | None = None  # The per-map measures (`jaxoip.oip.quality`), set by `scan_maps`.
     # Every map's objective over the test images as a histogram: edges (c, bins + 1), counts (c, bins).
-    data_histogram: tuple[np.ndarray, np.ndarray] | None = None
+    data_histogram: tuple[Float[np.ndarray, "m e"], Int[np.ndarray, "m b"]] | None = None  # edges, counts
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import Float
 
 from jaxoip.site import images as im
 from jaxoip.site.render import copy_static, environment
@@ -19,7 +20,7 @@ from jaxoip.site.scan_site import SITE_DIR, TILE, fmt, plain
 MEASURES = (("corr", "activation r"), ("shift", "OIP shift r"), ("shift_unsigned", "sign-free"), ("xact", "cross-act."))
 
 
-def best_oip(result, model: int, map_index: int) -> np.ndarray:
+def best_oip(result, model: int, map_index: int) -> Float[np.ndarray, "H W C"]:
     """The OIP of the live start with the highest objective (any start if none is live), standardized."""
     key = (model, int(map_index))
     obj = np.asarray(result.oip_objective[key], np.float64)

@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST, check_data
-from jaxoip.models.cnn import TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
+from jaxoip.models.cnn import MAP_KINDS, TrainedModel, batched_layer_map, get_layer, layer_shapes, receptive_field
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 from jaxoip.site.images import heat_overlay
 
@@ -40,7 +40,7 @@ def data_views(
 ) -> DataViews:
     """`exemplars` (of `exemplars.split`) whole, each with its map's activation spread over the receptive fields
     of the map's nodes: the overlay shows where in the image the map fires. One forward pass of the few images."""
-    spec = get_layer(trained.config, layer_name, ("conv", "pool"))
+    spec = get_layer(trained.config, layer_name, MAP_KINDS)
     images, _ = check_data(data).split(exemplars.split)
     used = np.unique(exemplars.image_indices[exemplars.image_indices >= 0])
     std = trained.standardization

@@ -33,7 +33,7 @@ def enhanced(img: Float[np.ndarray, "H W *C"], low: float = 2.0, high: float = 9
     return np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
 
 
-def strip(tiles: list[np.ndarray], gap: int = 1) -> np.ndarray:
+def strip(tiles: list[Float[np.ndarray, "h w *c"]], gap: int = 1) -> Float[np.ndarray, "h W *c"]:
     """Tiles of one shape (h, w[, C]) side by side, `gap` white (NaN) columns between them: a sprite sheet."""
     tiles = [np.asarray(t, np.float32) for t in tiles]
     h, w = tiles[0].shape[:2]
@@ -44,21 +44,21 @@ def strip(tiles: list[np.ndarray], gap: int = 1) -> np.ndarray:
     return out
 
 
-def write_png(img: np.ndarray, path: str | Path) -> Path:
+def write_png(img: Float[np.ndarray, "h w *c"], path: str | Path) -> Path:
     """Writes an image in [0, 1] as an 8-bit grey or RGB PNG."""
     path = Path(path)
     Image.fromarray(to_uint8(img)).save(path, optimize=False)
     return path
 
 
-def data_uri(img: np.ndarray) -> str:
+def data_uri(img: Float[np.ndarray, "h w *c"]) -> str:
     """An image in [0, 1] as a `data:image/png;base64,...` URI (inline thumbnails in notebooks)."""
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def heat_overlay(image01: np.ndarray, heat: np.ndarray) -> np.ndarray:
+def heat_overlay(image01: Float[np.ndarray, "h w *c"], heat: Float[np.ndarray, "h w"]) -> Float[np.ndarray, "h w 3"]:
     """A grey or colour image in [0, 1] with `heat` (H, W) in [0, 1] laid over it in red: where the map fires."""
     img = np.asarray(image01, np.float32)
     if img.ndim == 2:

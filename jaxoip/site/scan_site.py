@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Float, Int
 
 from jaxoip.site import images as im
 from jaxoip.site.render import copy_static, environment
@@ -78,7 +79,9 @@ def page_names(map_indices) -> list[str]:
     return [f"map{m:03d}" + (f"_{p}" if m in dup else "") for p, m in enumerate(maps)]
 
 
-def similar_maps(best_images: np.ndarray, k: int = SIMILAR) -> tuple[np.ndarray, np.ndarray]:
+def similar_maps(
+    best_images: Float[np.ndarray, "m H W C"], k: int = SIMILAR
+) -> tuple[Int[np.ndarray, "m k"], Float[np.ndarray, "m k"]]:
     """For each map, the positions of the `k` maps whose best OIPs are most alike (shift-invariant correlation,
     `jaxoip.oip.similarity`) and those correlations, most similar first."""
     from jaxoip.oip.similarity import shift_similarity_matrix
