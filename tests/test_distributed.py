@@ -182,3 +182,52 @@ def test_killed_process_ends_the_run_and_resume_finishes_on_one(tiny_checkpoint,
         assert np.array_equal(a[key], b[key]), key
     summary = (tmp_path / "out" / "summary.json").read_text()
     assert '"earlier_search_seconds": 0.0' not in summary  # Some groups came from the killed run.
+
+
+# Trains `seeds` (argv[2]) on 256 images for 1 epoch with train_seeds, all at once or ("alone") each seed by
+# itself, as process argv[5] of 2 when a coordinator (argv[4]) is given; saves every seed's state to argv[1].
+_TRAIN = r"""
+import sys
+import jax
+import numpy as np
+from flax import nnx
+from jaxoip import distributed
+from jaxoip.models.multiseed import train_seeds
+from jaxoip.models.train import TrainConfig
+
+out, seeds, alone, join = sys.argv[1], [int(s) for s in sys.argv[2].split(",")], sys.argv[3] == "alone", sys.argv[4:]
+if join:
+    distributed.start(distributed.DistributedConfig(join[0], 2, int(join[1]), distributed_timeout=120))
+cfg = TrainConfig(epochs=1, train_subset=256)
+if alone:
+    models = [train_seeds([s], cfg, progress=False)[0] for s in seeds]
+else:
+    models = train_seeds(seeds, cfg, progress=False)
+states = [jax.tree.leaves(nnx.state(m.model)) for m in models]
+leaves = {f"{s}/{i}": np.asarray(a) for s, state in zip(seeds, states) for i, a in enumerate(state)}
+np.savez(out, **leaves, val=np.array([m.history["val_accuracy"] for m in models]))
+"""
+
+
+@pytest.mark.slow
+def test_train_seeds_over_two_processes_gives_each_seed_alone(mnist, tmp_path):
+    """2 processes x 1 device share 2 seeds: every process gets both, bit-identical to each seed trained alone."""
+    port = _free_port()
+    env = {**_env(1, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+
+    def train(name, *args):
+        cmd = [sys.executable, "-c", _TRAIN, str(tmp_path / f"{name}.npz"), "0,1", *args]
+        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [train(f"p{i}", "together", f"localhost:{port}", str(i)) for i in range(2)]
+    procs.append(train("alone", "alone"))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    alone = np.load(tmp_path / "alone.npz")
+    for i in range(2):
+        spread = np.load(tmp_path / f"p{i}.npz")
+        assert sorted(spread.files) == sorted(alone.files)
+        for key in alone.files:
+            assert np.array_equal(spread[key], alone[key]), (i, key)
+    assert not np.array_equal(alone["0/0"], alone["1/0"])  # Two seeds really differ.
