@@ -231,3 +231,34 @@ def test_train_seeds_over_two_processes_gives_each_seed_alone(mnist, tmp_path):
         for key in alone.files:
             assert np.array_equal(spread[key], alone[key]), (i, key)
     assert not np.array_equal(alone["0/0"], alone["1/0"])  # Two seeds really differ.
+
+
+@pytest.mark.slow
+def test_compare_seeds_over_two_processes_writes_on_process_0(mnist, tmp_path):
+    """2 processes x 2 devices train a seed each; process 0 alone compares (OIP search on its own devices) and
+    writes; process 1 exits 0 after training, printing nothing and writing nothing."""
+    port = _free_port()
+    env = {**_env(2, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+    tiny = ["--seeds", "2", "--epochs", "1", "--train-subset", "256", "--test-subset", "60", "--layers", "Conv2D_3"]
+    tiny += ["--blocks", "5", "--max-samples", "1000", "--bootstrap", "5", "--oip-steps", "3", "--oip-restarts", "2"]
+    tiny += ["--oip-maps", "2", "--no-html", "--no-progress", "--coordinator", f"localhost:{port}"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxoip", "compare_seeds", *tiny, "--num-processes", "2", "--process-id", str(i)]
+            + ["--out", str(tmp_path / f"out{i}")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    assert "Conv2D_3: same features?" in results[0][0] and "wrote" in results[0][0]
+    assert results[1] == ("", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out0"]
+    assert (tmp_path / "out0" / "report.md").is_file()
+    assert sorted(p.name for p in (tmp_path / "out0" / "models").iterdir()) == ["seed_0", "seed_1"]
