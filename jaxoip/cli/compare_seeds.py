@@ -6,6 +6,11 @@ against two nulls (untrained network, shuffled images) and writes a Markdown rep
 number and figures to --out, and a site to browse them (--out/index.html; --no-html: none). Trained
 checkpoints go to <out>/models/seed_<s>; while the run goes on they are kept as each group of seeds
 finishes, so `--resume` after a kill skips the seeds already trained.
+
+Across processes (`--coordinator HOST:PORT --num-processes N --process-id I`, or a Slurm / Open MPI job):
+each process trains its share of the groups of `--max-parallel` seeds (default there: the seeds shared
+evenly), process 0 gathers and saves them, and the comparison runs once, on process 0 alone, which alone
+writes and prints; the others exit 0 after training.
 """
 
 from __future__ import annotations
