@@ -3,6 +3,7 @@
 Each run is real subprocesses of `python -m jaxoip scan_all_maps`, as a user (or srun) starts them.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -262,3 +263,43 @@ def test_compare_seeds_over_two_processes_writes_on_process_0(mnist, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out0"]
     assert (tmp_path / "out0" / "report.md").is_file()
     assert sorted(p.name for p in (tmp_path / "out0" / "models").iterdir()) == ["seed_0", "seed_1"]
+
+
+@pytest.mark.slow
+def test_compare_seeds_killed_process_then_resume_on_one(mnist, tmp_path):
+    """Process 1 killed in the second round of seeds: process 0 exits non-zero with one line and keeps the first
+    round; --resume on one process trains only the rest and gives every seed the bits of an uninterrupted run."""
+    env = {**_env(1, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+    tiny = ["--seeds", "4", "--max-parallel", "1", "--epochs", "2", "--train-subset", "512", "--test-subset", "60"]
+    tiny += ["--layers", "Conv2D_1", "--oip-layer", "none", "--blocks", "5", "--max-samples", "1000"]
+    tiny += ["--bootstrap", "5", "--no-html", "--no-progress"]
+    join = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2", "--distributed-timeout", "30"]
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "jaxoip", "compare_seeds", *tiny, *args]
+        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [run(*join, "--process-id", str(i), "--out", str(tmp_path / "out")) for i in range(2)]
+    first = tmp_path / "out" / ".jaxoip-partial" / "models" / "seed_1" / "metadata.json"
+    deadline = time.monotonic() + 240
+    while not first.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.exists(), procs[0].communicate()[1][-2000:]
+    procs[1].kill()
+    killed = time.monotonic()
+    out, err = procs[0].communicate(timeout=90)
+    procs[1].communicate()
+    assert procs[0].returncode == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: process 0 lost the others") and time.monotonic() - killed < 60
+    assert sorted(p.name for p in first.parents[1].iterdir()) == ["seed_0", "seed_1"]
+
+    resumed = run("--out", str(tmp_path / "out"), "--resume")
+    fresh = run("--out", str(tmp_path / "fresh"))
+    for p in (resumed, fresh):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    for s in range(4):
+        meta = [
+            json.loads((tmp_path / d / "models" / f"seed_{s}" / "metadata.json").read_text()) for d in ("out", "fresh")
+        ]
+        assert meta[0]["params_checksum"] == meta[1]["params_checksum"], s
