@@ -254,11 +254,12 @@ def watched(what: str) -> _Watchdog:
     return _Watchdog(what)
 
 
-def _allgather_bytes(data: bytes, what: str) -> list[bytes]:
-    """Every process's `data` (any lengths), in process order: two collectives."""
+def _allgather_bytes(data: bytes, what: str, watch: bool = True) -> list[bytes]:
+    """Every process's `data` (any lengths), in process order: two collectives. `watch`: bounded by the run's
+    timeout (without: a step whose peers may work longer, e.g. train; a dead peer still ends it by heartbeat)."""
     from jax.experimental import multihost_utils
 
-    with watched(what), _lost_as_error(what):
+    with watched(what) if watch else contextlib.nullcontext(), _lost_as_error(what):
         sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64))).reshape(-1)
         # A power of two: few distinct shapes, so few compiled gathers.
         size = 1 << max(4, int(np.max(sizes)) - 1).bit_length()
@@ -325,6 +326,32 @@ def from_main(arrays: dict[str, Shaped[np.ndarray, "*shape"]], what: str) -> dic
     if process_count() == 1:
         return arrays
     return _unpack(_allgather_bytes(_pack(arrays) if is_main() else b"", what)[0])
+
+
+def all_arrays(arrays: dict[str, np.ndarray], what: str, watch: bool = True) -> list[dict[str, np.ndarray]]:
+    """Every process's `arrays`, in process order, bit for bit (see `_allgather_bytes` for `watch`)."""
+    if process_count() == 1:
+        return [arrays]
+    return [_unpack(data) for data in _allgather_bytes(_pack(arrays), what, watch)]
+
+
+def devices() -> list:
+    """The devices of the run: every process's while several take part, else this process's own (also after
+    `leave`, when JAX still lists the others' devices)."""
+    import jax
+
+    return jax.devices() if process_count() > 1 else jax.local_devices()
+
+
+def leave() -> None:
+    """Ends this process's part in the run, every process at once (a barrier): process 0 then goes on alone on
+    its own devices (`process_count` is 1) while the others may exit."""
+    if process_count() == 1:
+        return
+    import jax
+
+    with watched("leaving the run"), _lost_as_error("leaving the run"):
+        jax.distributed.shutdown()
 
 
 def replicated(tree, mesh):

@@ -3,6 +3,7 @@
 Each run is real subprocesses of `python -m jaxoip scan_all_maps`, as a user (or srun) starts them.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -182,3 +183,123 @@ def test_killed_process_ends_the_run_and_resume_finishes_on_one(tiny_checkpoint,
         assert np.array_equal(a[key], b[key]), key
     summary = (tmp_path / "out" / "summary.json").read_text()
     assert '"earlier_search_seconds": 0.0' not in summary  # Some groups came from the killed run.
+
+
+# Trains `seeds` (argv[2]) on 256 images for 1 epoch with train_seeds, all at once or ("alone") each seed by
+# itself, as process argv[5] of 2 when a coordinator (argv[4]) is given; saves every seed's state to argv[1].
+_TRAIN = r"""
+import sys
+import jax
+import numpy as np
+from flax import nnx
+from jaxoip import distributed
+from jaxoip.models.multiseed import train_seeds
+from jaxoip.models.train import TrainConfig
+
+out, seeds, alone, join = sys.argv[1], [int(s) for s in sys.argv[2].split(",")], sys.argv[3] == "alone", sys.argv[4:]
+if join:
+    distributed.start(distributed.DistributedConfig(join[0], 2, int(join[1]), distributed_timeout=120))
+cfg = TrainConfig(epochs=1, train_subset=256)
+if alone:
+    models = [train_seeds([s], cfg, progress=False)[0] for s in seeds]
+else:
+    models = train_seeds(seeds, cfg, progress=False)
+states = [jax.tree.leaves(nnx.state(m.model)) for m in models]
+leaves = {f"{s}/{i}": np.asarray(a) for s, state in zip(seeds, states) for i, a in enumerate(state)}
+np.savez(out, **leaves, val=np.array([m.history["val_accuracy"] for m in models]))
+"""
+
+
+@pytest.mark.slow
+def test_train_seeds_over_two_processes_gives_each_seed_alone(mnist, tmp_path):
+    """2 processes x 1 device share 2 seeds: every process gets both, bit-identical to each seed trained alone."""
+    port = _free_port()
+    env = {**_env(1, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+
+    def train(name, *args):
+        cmd = [sys.executable, "-c", _TRAIN, str(tmp_path / f"{name}.npz"), "0,1", *args]
+        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [train(f"p{i}", "together", f"localhost:{port}", str(i)) for i in range(2)]
+    procs.append(train("alone", "alone"))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    alone = np.load(tmp_path / "alone.npz")
+    for i in range(2):
+        spread = np.load(tmp_path / f"p{i}.npz")
+        assert sorted(spread.files) == sorted(alone.files)
+        for key in alone.files:
+            assert np.array_equal(spread[key], alone[key]), (i, key)
+    assert not np.array_equal(alone["0/0"], alone["1/0"])  # Two seeds really differ.
+
+
+@pytest.mark.slow
+def test_compare_seeds_over_two_processes_writes_on_process_0(mnist, tmp_path):
+    """2 processes x 2 devices train a seed each; process 0 alone compares (OIP search on its own devices) and
+    writes; process 1 exits 0 after training, printing nothing and writing nothing."""
+    port = _free_port()
+    env = {**_env(2, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+    tiny = ["--seeds", "2", "--epochs", "1", "--train-subset", "256", "--test-subset", "60", "--layers", "Conv2D_3"]
+    tiny += ["--blocks", "5", "--max-samples", "1000", "--bootstrap", "5", "--oip-steps", "3", "--oip-restarts", "2"]
+    tiny += ["--oip-maps", "2", "--no-html", "--no-progress", "--coordinator", f"localhost:{port}"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxoip", "compare_seeds", *tiny, "--num-processes", "2", "--process-id", str(i)]
+            + ["--out", str(tmp_path / f"out{i}")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    assert "Conv2D_3: same features?" in results[0][0] and "wrote" in results[0][0]
+    assert results[1] == ("", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out0"]
+    assert (tmp_path / "out0" / "report.md").is_file()
+    assert sorted(p.name for p in (tmp_path / "out0" / "models").iterdir()) == ["seed_0", "seed_1"]
+
+
+@pytest.mark.slow
+def test_compare_seeds_killed_process_then_resume_on_one(mnist, tmp_path):
+    """Process 1 killed in the second round of seeds: process 0 exits non-zero with one line and keeps the first
+    round; --resume on one process trains only the rest and gives every seed the bits of an uninterrupted run."""
+    env = {**_env(1, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ["JAXOIP_DATA_DIR"]}
+    tiny = ["--seeds", "4", "--max-parallel", "1", "--epochs", "2", "--train-subset", "512", "--test-subset", "60"]
+    tiny += ["--layers", "Conv2D_1", "--oip-layer", "none", "--blocks", "5", "--max-samples", "1000"]
+    tiny += ["--bootstrap", "5", "--no-html", "--no-progress"]
+    join = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2", "--distributed-timeout", "30"]
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "jaxoip", "compare_seeds", *tiny, *args]
+        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [run(*join, "--process-id", str(i), "--out", str(tmp_path / "out")) for i in range(2)]
+    first = tmp_path / "out" / ".jaxoip-partial" / "models" / "seed_1" / "metadata.json"
+    deadline = time.monotonic() + 240
+    while not first.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.exists(), procs[0].communicate()[1][-2000:]
+    procs[1].kill()
+    killed = time.monotonic()
+    out, err = procs[0].communicate(timeout=90)
+    procs[1].communicate()
+    assert procs[0].returncode == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: process 0 lost the others") and time.monotonic() - killed < 60
+    assert sorted(p.name for p in first.parents[1].iterdir()) == ["seed_0", "seed_1"]
+
+    resumed = run("--out", str(tmp_path / "out"), "--resume")
+    fresh = run("--out", str(tmp_path / "fresh"))
+    for p in (resumed, fresh):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    for s in range(4):
+        meta = [
+            json.loads((tmp_path / d / "models" / f"seed_{s}" / "metadata.json").read_text()) for d in ("out", "fresh")
+        ]
+        assert meta[0]["params_checksum"] == meta[1]["params_checksum"], s

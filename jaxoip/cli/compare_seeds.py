@@ -6,6 +6,11 @@ against two nulls (untrained network, shuffled images) and writes a Markdown rep
 number and figures to --out, and a site to browse them (--out/index.html; --no-html: none). Trained
 checkpoints go to <out>/models/seed_<s>; while the run goes on they are kept as each group of seeds
 finishes, so `--resume` after a kill skips the seeds already trained.
+
+Across processes (`--coordinator HOST:PORT --num-processes N --process-id I`, or a Slurm / Open MPI job):
+each process trains its share of the groups of `--max-parallel` seeds (default there: the seeds shared
+evenly), process 0 gathers and saves them, and the comparison runs once, on process 0 alone, which alone
+writes and prints; the others exit 0 after training.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxoip import cli
+from jaxoip import cli, distributed
 from jaxoip._check import SEED_MAX
-from jaxoip._io import add_output_flags, check_apart, prepare_output
+from jaxoip._io import add_output_flags, check_apart
 from jaxoip.cli import flags
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, get_layer
@@ -61,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_engine_flags(p)
     add_output_flags(p, "report folder")
     cli.add_data_dir(p)
+    flags.add_flags(p, distributed.DistributedConfig)
     return p
 
 
@@ -75,7 +81,14 @@ def configs(args: argparse.Namespace) -> tuple[CompareConfig, TrainConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
+    distributed.start(flags.config_from_args(distributed.DistributedConfig, args))
     cli.check_backend()
+    # --out may differ: only process 0 writes.
+    distributed.check_same(
+        {k: v for k, v in vars(args).items() if k not in (*distributed.JOIN_OPTIONS, "no_progress", "out")}
+    )
+    main_process = distributed.is_main()
     cfg, tcfg = configs(args)
     layers = cfg.layers
     if args.models is None and args.seeds < 2:
@@ -110,25 +123,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_data_shape(data, m.config.input_shape)
         compare.check_models(models, layers)
         for line in compare.seed_warnings(names, [compare.model_info(m, n) for m, n in zip(models, names)]):
-            print(f"warning: {line}", file=sys.stderr)
+            if main_process:
+                print(f"warning: {line}", file=sys.stderr)
     else:
         check_training_data(tcfg, data)
         model_config = model_config_for_data(data)  # The study's layers, sized to the data's images and classes.
     compare.check_settings(
         cfg, data, models[0].config if models else model_config, len(models) if models else args.seeds
     )
-    skip = ("overwrite", "resume", "no_progress", "no_cache", "out")  # They do not change the results.
+    # They do not change the results (nor does how the processes joined: a run resumes on another count).
+    skip = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
     config = {k: v for k, v in vars(args).items() if k not in skip}
-    with prepare_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
+    # Only process 0 writes (out is None on the others).
+    with distributed.main_output(args.out, "compare_seeds", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # A resume goes on with the data (and models) it started with.
-        given = {"models": "+".join(checkpoint.model_checksum(m) for m in models)} if models else {}
-        out.check_inputs(data=data.checksum(), **given)
+        error = None
+        try:
+            if out is not None:
+                given = {"models": "+".join(checkpoint.model_checksum(m) for m in models)} if models else {}
+                out.check_inputs(data=data.checksum(), **given)
+        except JaxoipError as e:
+            error = e
+        distributed.agree(error, "the resume check")
         if models is None:
             seeds = list(range(args.seed, args.seed + args.seeds))
             names = [f"seed_{s}" for s in seeds]
-            models = compare.trained_models(
-                seeds, tcfg, data, out.partial / "models", args.max_parallel, not args.no_progress, model_config
-            )
+            folder = out.partial / "models" if out is not None else None
+            show = not args.no_progress and main_process
+            models = compare.trained_models(seeds, tcfg, data, folder, args.max_parallel, show, model_config)
+        # Every model exists: the comparison runs once, on process 0 alone (its own devices); the others are done.
+        distributed.leave()
+        if out is None:
+            return 0
+        if args.models is None:
             compare.check_models(models, layers)
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)

@@ -151,7 +151,15 @@ def _quiet_failed_read(state: Path):
 def _checkpointer():
     import orbax.checkpoint as ocp  # Slow import; only where checkpoints are touched.
 
-    return ocp.StandardCheckpointer()
+    from jaxoip import distributed
+
+    if distributed.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    # A multi-process run: each process reads or writes alone (only process 0 saves), so Orbax must not wait
+    # for the others; its own barrier names keep the processes' barriers apart.
+    me = distributed.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"p{me}")
+    return ocp.StandardCheckpointer(multiprocessing_options=alone)
 
 
 def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:

@@ -190,7 +190,9 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
 
 def _devices_mesh():
-    devices = jax.devices()
+    from jaxoip import distributed
+
+    devices = distributed.devices()
     # Auto axes: XLA propagates the batch sharding through the model (no per-op annotations needed).
     return jax.make_mesh((len(devices),), ("batch",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -332,7 +334,7 @@ def search_oips(
         raise JaxoipError(
             f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
         )
-    n_dev = len(jax.devices())
+    n_dev = len(distributed.devices())
     group = cfg.diversity_group if cfg.diversity > 0 else 1
     chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None

@@ -348,18 +348,9 @@ def compare_models(
     )
 
 
-def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=True, model_config=None):
-    """One model per seed of `model_config` (default: the study's), as `train_seeds` trains them; each group of
-    `max_parallel` seeds is saved to `folder/seed_<s>` when it finishes, and groups already there are loaded
-    instead of trained again.
-
-    A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
-    With `progress`, the planned work is printed first and one bar counts every seed's epochs.
-    """
+def _check_model_folder(folder: Path, seeds) -> None:
+    """Creates `folder`, refuses a `seed_<s>` in it that is not a checkpoint and removes a killed run's leftovers."""
     import shutil
-
-    from jaxoip.models import checkpoint
-    from jaxoip.models.multiseed import train_seeds
 
     folder.mkdir(parents=True, exist_ok=True)
     for p in (folder / f"seed_{s}" for s in seeds):  # Only checkpoints of ours are ever replaced.
@@ -368,12 +359,43 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
     for stale in folder.glob(".seed_*.tmp-*"):  # Left by a killed run; the output lock is ours.
         if re.fullmatch(r"\.seed_-?\d+\.tmp-\d+", stale.name) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
-    group = max_parallel or len(seeds)
+
+
+def trained_models(seeds, cfg, data, folder: Path | None, max_parallel=None, progress=True, model_config=None):
+    """One model per seed of `model_config` (default: the study's), as `train_seeds` trains them; each group of
+    `max_parallel` seeds is saved to `folder/seed_<s>` when it finishes, and groups already there are loaded
+    instead of trained again.
+
+    A `seed_<s>` that is not a checkpoint (no metadata.json) is refused before any training, never replaced.
+    With `progress`, the planned work is printed first and one bar counts every seed's epochs.
+
+    In a multi-process run (`jaxoip.distributed`) every process calls it and each round of groups, one per
+    process, is trained at once; only process 0 has a `folder` (None on the others), saves each round and
+    returns the models. The others return None.
+    """
+    import shutil
+
+    from jaxoip import distributed
+    from jaxoip.models import checkpoint
+    from jaxoip.models.multiseed import train_seeds
+
+    main, error = distributed.is_main(), None
+    if main:
+        try:
+            _check_model_folder(folder, seeds)
+        except (JaxoipError, OSError) as e:
+            error = e
+    distributed.agree(error, "the model folder")
+    processes = distributed.process_count()
+    group = max_parallel or -(-len(seeds) // processes)  # As `train_seeds` groups them.
     chunks = [seeds[lo : lo + group] for lo in range(0, len(seeds), group)]
     done = lambda chunk: all((folder / f"seed_{s}" / "metadata.json").is_file() for s in chunk)  # noqa: E731
-    todo = sum(len(c) for c in chunks if not done(c))
+    # Only process 0 sees the folder of a resumed run.
+    finished = distributed.from_main({"done": np.array([main and done(c) for c in chunks])}, "the saved seeds")
+    todo_chunks = [c for c, f in zip(chunks, finished["done"]) if not f]
+    todo = sum(map(len, todo_chunks))
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         print(
@@ -383,23 +405,30 @@ def trained_models(seeds, cfg, data, folder: Path, max_parallel=None, progress=T
             file=sys.stderr,
         )
         bar = tqdm(total=cfg.epochs * todo, desc=f"training {todo} seeds", unit="seed-epoch")
-    models = []
-    for chunk in chunks:
-        paths = [folder / f"seed_{s}" for s in chunk]
-        if done(chunk):
-            models += [checkpoint.load_model(p) for p in paths]
-            continue
+    models = {}
+    for lo in range(0, len(todo_chunks), processes):
+        batch = [s for chunk in todo_chunks[lo : lo + processes] for s in chunk]  # One group per process.
         trained = train_seeds(
-            chunk, cfg, model_config or ModelConfig(), data=data, progress=bar if bar is not None else False
+            batch,
+            cfg,
+            model_config or ModelConfig(),
+            data=data,
+            max_parallel=group,
+            progress=bar if bar is not None else False,
         )
-        for p, m in zip(paths, trained):
+        if not main:
+            continue
+        for s, m in zip(batch, trained):
+            p = folder / f"seed_{s}"
             tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
             tmp.mkdir()
             checkpoint.write_checkpoint(tmp, m)
             if p.exists():  # A group cut short: its seeds are trained again together.
                 shutil.rmtree(p)
             os.replace(tmp, p)  # A model is in place whole or not at all.
-        models += trained
+            models[s] = m
     if bar is not None:
         bar.close()
-    return models
+    if not main:
+        return None
+    return [models[s] if s in models else checkpoint.load_model(folder / f"seed_{s}") for s in seeds]
