@@ -141,6 +141,11 @@ def test_keras_model_as_command_input(keras_files, idx_dir, tmp_path):
     argv = ["--model", str(d / "study.h5"), "--data-dir", str(idx_dir), "--image", "test:0", "--out", str(out)]
     assert cli.run(activations.main, [*argv, "--layer", "Conv2D_2"]) == 0
     assert any(p.suffix == ".png" for p in out.iterdir())
+    # The study's CNN saved through the functional API, scanned by its Keras layer name.
+    scan = ["--model", str(d / "functional.keras"), "--data-dir", str(idx_dir), "--layer", "Conv2D_3", "--maps", "0-3"]
+    scan += ["--steps", "5", "--restarts", "2", "--precursor-starts", "4", "--screen", "2", "--no-progress"]
+    assert cli.run(scan_all_maps.main, [*scan, "--no-html", "--out", str(tmp_path / "scan")]) == 0
+    assert (tmp_path / "scan" / "gallery.png").is_file()
 
 
 @needs_keras
