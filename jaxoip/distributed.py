@@ -328,7 +328,9 @@ def from_main(arrays: dict[str, Shaped[np.ndarray, "*shape"]], what: str) -> dic
     return _unpack(_allgather_bytes(_pack(arrays) if is_main() else b"", what)[0])
 
 
-def all_arrays(arrays: dict[str, np.ndarray], what: str, watch: bool = True) -> list[dict[str, np.ndarray]]:
+def all_arrays(
+    arrays: dict[str, Shaped[np.ndarray, "*shape"]], what: str, watch: bool = True
+) -> list[dict[str, Shaped[np.ndarray, "*shape"]]]:
     """Every process's `arrays`, in process order, bit for bit (see `_allgather_bytes` for `watch`)."""
     if process_count() == 1:
         return [arrays]

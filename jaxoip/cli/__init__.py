@@ -229,26 +229,22 @@ def add_data_dir(parser: argparse.ArgumentParser):
     )
 
 
-def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...], speak: bool = True):
-    """The images a scan may use (None: none configured), checked against the model's `input_shape`. MNIST found
-    only through the environment is skipped with a note when its shape differs (it does not stop the scan of
-    another model); data named by --data or --data-dir must fit. `speak`: print the note (process 0 only)."""
-    import sys
-
+def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...]):
+    """(the images a scan may use, or None; a note to print when there are none). Data named by --data or
+    --data-dir must fit the model's `input_shape`; MNIST found only through the environment is skipped, with
+    the note saying why, when its shape differs: it does not stop the scan of another model."""
     from jaxoip.data.images import load_data
     from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
 
     data = load_data(args.data, args.data_dir, optional=True)
-    if data is not None and args.data is None and args.data_dir is None:
+    if data is None:
+        return None, f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}"
+    if args.data is None and args.data_dir is None:
         try:
-            return check_data_shape(data, input_shape)
+            return check_data_shape(data, input_shape), None
         except JaxoipError as e:
-            if speak:
-                print(f"note: {e}: data columns and exemplars skipped; give --data PATH", file=sys.stderr)
-            return None
-    if data is None and speak:
-        print(f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}", file=sys.stderr)
-    return check_data_shape(data, input_shape)
+            return None, f"note: {e}: data columns and exemplars skipped; give --data PATH"
+    return check_data_shape(data, input_shape), None
 
 
 def data_paths(args: argparse.Namespace) -> list[tuple[str, str | None]]:

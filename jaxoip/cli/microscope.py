@@ -8,6 +8,7 @@ resumes with --resume: every layer's finished search groups are kept.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
@@ -76,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         scan.check_scan(trained, name, None, args.restarts, cfg, precursor_starts=args.precursor_starts, seed=args.seed)
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "microscope", config, args.overwrite, args.resume, 64 * 2**20) as out:
-        data = cli.optional_data(args, trained.config.input_shape)
+        data, note = cli.optional_data(args, trained.config.input_shape)
+        if note:
+            print(note, file=sys.stderr)
         out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
         entries = []
         for name in layers:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -173,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only process 0 writes (out is None on the others).
     with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # After the cheap checks: a bad argument fails at once.
-        data = cli.optional_data(args, trained.config.input_shape, speak=main_process)
+        data, note = cli.optional_data(args, trained.config.input_shape)
         scan.check_needs_data(cfg, data)
+        if note and main_process:
+            print(note, file=sys.stderr)
         # A resume goes on with the model and data it started with.
         data_checksum = data.checksum() if data else None
         error = None
