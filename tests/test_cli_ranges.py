@@ -184,7 +184,10 @@ def test_compare_seeds_stops_at_ctrl_c_and_resumes(tmp_path):
     p.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     _, err = p.communicate(timeout=60)
-    assert time.monotonic() - t0 < 5
+    # 0.2 s alone on a 2-core VM (it took 141 s before the interrupt was handled); 5.2 s was seen inside the
+    # whole slow suite of .ci/run, so the bound leaves room for a loaded machine and still catches a wait for
+    # the rest of the training.
+    assert time.monotonic() - t0 < 20
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (out / "report.md").exists() and first.is_file()
