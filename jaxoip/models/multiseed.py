@@ -6,7 +6,6 @@ Each seed ends as `jaxoip.models.train.train` would train it alone.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,22 +46,6 @@ def wait_ready(tree) -> None:
     for leaf in jax.tree.leaves(tree):
         while not leaf.is_ready():
             time.sleep(0.02)
-
-
-@functools.lru_cache(maxsize=4)
-def _group_programs(graphdef: nnx.GraphDef, cfg: TrainConfig, n: int):
-    """The jitted programs that train a group of seeds, built once per architecture, recipe (`cfg` without its
-    seed) and training-set size: a later group or call (compare_seeds trains group after group) reuses them,
-    neither tracing nor compiling again, so Ctrl-C between groups is not held up by a compilation."""
-    tx, train_epoch = make_train_epoch(graphdef, cfg)
-    # Data shared (None), everything per seed on axis 0.
-    train_epoch = jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None, 0, 0)), donate_argnums=(0, 1))
-    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef, precision=cfg.precision), in_axes=(0, None, None)))
-    init_opt = jax.jit(jax.vmap(tx.init))
-    batches = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, cfg.batch_size), (0, None))
-    )
-    return train_epoch, evaluate, init_opt, batches
 
 
 def train_seeds(
@@ -111,9 +94,17 @@ def train_seeds(
     data = data if data is not None else load_mnist(data_dir)
     std, (train_x, train_y), (test_x, test_y) = standardized_splits(data, cfg)
     n = train_x.shape[0]
+    batch_size = cfg.batch_size  # At most n (`standardized_splits` checks).
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: init_model(model_config, 0)))
-    train_epoch, evaluate, init_opt, batches = _group_programs(graphdef, dataclasses.replace(cfg, seed=0), n)
+    tx, train_epoch = make_train_epoch(graphdef, cfg)
+    # Data shared (None), everything per seed on axis 0.
+    train_epoch = jax.jit(jax.vmap(train_epoch, in_axes=(0, 0, None, None, 0, 0)), donate_argnums=(0, 1))
+    evaluate = jax.jit(jax.vmap(make_evaluate(graphdef, precision=cfg.precision), in_axes=(0, None, None)))
+    init_opt = jax.jit(jax.vmap(tx.init))
+    batches = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_batches(jax.random.fold_in(key, epoch), n, batch_size), (0, None))
+    )
     schedule = learning_rate_schedule(cfg)
 
     bar, own_bar = None, progress is True and distributed.is_main()
