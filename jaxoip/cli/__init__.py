@@ -227,6 +227,24 @@ def add_data_dir(parser: argparse.ArgumentParser):
         "folder of IDX files (Fashion-MNIST, KMNIST), a CIFAR-10/100 python folder, or a folder of class "
         "subfolders of PNG/JPEG images",
     )
+    parser.add_argument(
+        "--input-scale",
+        default=None,
+        metavar="SCALE",
+        type=_input_scale,
+        help="how pixels (0-255) map to the inputs of a --model without its own Rescaling/Normalization layers: "
+        "0..1, -1..1, 0..255, imagenet (mean/std on [0, 1]), or MEAN,STD on the [0, 1] scale, per channel "
+        "M1/M2/M3,S1/S2/S3 (default: fitted on --data; a 28x28x1 model takes the study's MNIST standardization)",
+    )
+
+
+def _input_scale(text: str):
+    from jaxoip.data.mnist import Standardization
+
+    try:
+        return Standardization.parse(text)
+    except JaxoipError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...]):

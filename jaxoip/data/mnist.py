@@ -14,9 +14,18 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
-from jaxoip.errors import DataError
+from jaxoip.errors import DataError, JaxoipError
 
 DATA_DIR_ENV = "JAXOIP_DATA_DIR"
+# The study's standardization: mean and std of MNIST's training pixels (the reference model's).
+MNIST_MEAN, MNIST_STD = 33.318421449829934, 78.56748998339798
+# --input-scale presets, as pixel mean and std: pixels -> (pixels - mean) / std.
+INPUT_SCALES = {
+    "0..255": (0.0, 1.0),
+    "0..1": (0.0, 255.0),
+    "-1..1": (127.5, 127.5),
+    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+}
 
 _IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -79,6 +88,45 @@ class Standardization:
     def identity(cls) -> Standardization:
         """For a network that takes its inputs as they are."""
         return cls(mean=0.0, std=1.0)
+
+    @classmethod
+    def mnist(cls) -> Standardization:
+        """The study's: one mean and std over MNIST's 60,000 training images (what `fit` gives for them)."""
+        return cls(mean=MNIST_MEAN, std=MNIST_STD)
+
+    @classmethod
+    def parse(cls, text: str) -> Standardization:
+        """The input scale a pretrained model expects, from `--input-scale`: `0..1`, `-1..1`, `imagenet`
+        (torchvision's mean and std on [0, 1]), `0..255` (pixels as they are), or `MEAN,STD` on the [0, 1]
+        scale, each one value or one per channel separated by `/` (`0.5/0.5/0.5,0.25/0.25/0.25`)."""
+        key = str(text).strip().lower()
+        if key in INPUT_SCALES:
+            mean, std = INPUT_SCALES[key]
+            return cls(mean=mean, std=std)
+        parts = key.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            mean, std = ([float(v) for v in part.split("/")] for part in parts)
+        except ValueError:
+            raise JaxoipError(
+                f"input scale {text!r}: use 0..1, -1..1, 0..255, imagenet, or MEAN,STD on the [0, 1] scale "
+                "(per channel: M1/M2/M3,S1/S2/S3)"
+            ) from None
+        if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+            raise JaxoipError(f"input scale {text!r}: the mean has {len(mean)} values, the std {len(std)}")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and min(std) > 0):
+            raise JaxoipError(f"input scale {text!r}: the mean must be finite and the std positive")
+        scaled = lambda v: 255.0 * v[0] if len(v) == 1 else tuple(255.0 * x for x in v)  # noqa: E731
+        return cls(mean=scaled(mean), std=scaled(std))
+
+    def check(self, where: str = "the standardization") -> Standardization:
+        """Itself, if it maps pixels to inputs usably: finite means and positive, finite stds; one line otherwise."""
+        values = lambda v: list(v) if isinstance(v, tuple) else [v]  # noqa: E731
+        mean, std = values(self.mean), values(self.std)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and min(std) > 0):
+            raise JaxoipError(f"{where} (mean {self.mean}, std {self.std}) needs finite means and positive stds")
+        return self
 
     def _values(self, ndim: int):
         """Mean and std as given (scalars), or per channel with the images' rank (JAX refuses rank promotion)."""

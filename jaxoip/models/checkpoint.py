@@ -244,27 +244,35 @@ def _old_std_checksum(mean, std) -> str:
 
 
 def load_model(
-    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    input_scale: Standardization | None = None,
 ) -> TrainedModel:
     """Restores a checkpoint written by `save_model`; verifies its parameters against the stored checksum.
 
-    A Keras file (`.keras`, legacy `.h5`) loads too; without leading Rescaling/Normalization layers its input
-    standardization comes from MNIST's training set in `data_dir` (default: `$JAXOIP_DATA_DIR`), as in the
-    study. `path/to/file.py:factory` runs `factory()`, which returns `jaxoip.from_nnx(...)` of a
-    researcher's own module.
+    A Keras file (`.keras`, legacy `.h5`) loads too (`jaxoip.models.keras.load_keras_model`); without leading
+    Rescaling/Normalization layers its input standardization is `input_scale`, or fitted on the images at
+    `data`, or for a 28x28x1 model MNIST's training set, as in the study. `path/to/file.py:factory` runs
+    `factory()`, which returns `jaxoip.from_nnx(...)`, `from_keras(...)` or `from_torch(...)`.
     """
     from jaxoip._check import check_type
 
     check_type("path", path, (str, os.PathLike), " (a checkpoint folder or .keras/.h5 file)", CheckpointError)
     from jaxoip.models.adapter import is_factory, load_factory
 
+    keras_file = Path(path).suffix.lower() in KERAS_SUFFIXES
+    if input_scale is not None and not keras_file:
+        raise CheckpointError(
+            f"--input-scale is for Keras files; {path} carries its own standardization (a factory passes it to from_*)"
+        )
     if is_factory(path):
         return load_factory(path)
     path = Path(path).absolute()
-    if path.suffix.lower() in KERAS_SUFFIXES:
+    if keras_file:
         from jaxoip.models.keras import load_keras_model
 
-        return load_keras_model(path, data_dir, data)
+        return load_keras_model(path, data_dir, data, input_scale)
     return _restore(path, _read_metadata(path))
 
 
@@ -336,10 +344,17 @@ def load_reference_model() -> TrainedModel:
 
 
 def resolve_model(
-    path: str | os.PathLike | None, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+    path: str | os.PathLike | None,
+    data_dir: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    input_scale: Standardization | None = None,
 ) -> TrainedModel:
     """`path`'s checkpoint or Keras file, or the reference model when `path` is None or 'reference'."""
-    return load_reference_model() if path in (None, "reference") else load_model(path, data_dir, data)
+    if path in (None, "reference"):
+        if input_scale is not None:
+            raise CheckpointError("--input-scale is for a --model that does not standardize its inputs itself")
+        return load_reference_model()
+    return load_model(path, data_dir, data, input_scale)
 
 
 # --- Per-epoch training state, to resume an interrupted training run --------------------------------------

@@ -11,6 +11,7 @@ separate activation layers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -153,6 +154,7 @@ class NetworkSpec:
     layers: tuple[LayerSpec, ...]
     shapes: tuple[tuple[int, ...], ...]
     input_shape: tuple[int, int, int]
+    aliases: tuple[tuple[str, str], ...] = ()  # (other name, layer name): e.g. the study's names of a Keras file's layers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -225,6 +227,8 @@ def layer_names(config: ModelConfig) -> tuple[str, ...]:
 def layer_aliases(config: ModelConfig) -> dict[str, str]:
     """The study's names (`Conv2D_i`, `Max_Pool_i`, `Dense_i`) of an explicit chain's layers, where they name
     no layer of their own: the i-th convolution, a max pooling right after it, the i-th dense layer."""
+    if isinstance(config, NetworkSpec):
+        return dict(config.aliases)
     if not isinstance(config, ModelConfig) or not config.layers:
         return {}
     names, aliases, conv, dense = set(layer_names(config)), {}, 0, 0
@@ -256,15 +260,21 @@ def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = No
             return s
     what = {None: "layer", MAP_KINDS: "map layer", SEARCH_KINDS: "map or vector layer"}.get(kinds)
     what = what or "/".join(kinds) + " layer"
-    raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(s.name for s in specs)}")
+    names = [s.name for s in specs]
+    if len(names) <= 12:
+        raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(names)}")
+    near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    raise LayerError(f"unknown {what} {name!r}; {hint}{len(names)} valid names, from {names[0]} to {names[-1]}")
 
 
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch axis) of every layer, also under the study's aliases."""
     specs = layer_specs(config)
     if isinstance(config, NetworkSpec):
-        return dict(zip((s.name for s in specs), config.shapes))
-    shapes = dict(zip((s.name for s in specs), _chain_shapes(specs, config.input_shape)))
+        shapes = dict(zip((s.name for s in specs), config.shapes))
+    else:
+        shapes = dict(zip((s.name for s in specs), _chain_shapes(specs, config.input_shape)))
     shapes.update({alias: shapes[name] for alias, name in layer_aliases(config).items()})
     return shapes
 

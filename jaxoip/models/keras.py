@@ -16,6 +16,7 @@ Keras flattens NHWC in row-major order, as `CNN` does, so dense kernels are used
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -31,6 +32,10 @@ from flax import nnx
 from jaxoip.data.mnist import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
 from jaxoip.models.cnn import WEIGHTS, LayerSpec, ModelConfig, TrainedModel, init_model, layer_aliases, layer_specs
+
+
+class NotAChain(CheckpointError):
+    """A readable Keras model that is not a single chain of the layers this module converts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +351,10 @@ def read_keras_file(path: str | os.PathLike) -> KerasModel:
     model_json, weights = (_read_keras_v3 if path.suffix.lower() == ".keras" else _read_legacy_h5)(path)
     if not isinstance(model_json, dict):
         raise CheckpointError(f"{path}: the model config is not a Keras model description")
-    config, preprocessing = parse_config(model_json, str(path))
+    try:
+        config, preprocessing = parse_config(model_json, str(path))
+    except CheckpointError as e:  # A readable model, but not a chain of the layers read here.
+        raise NotAChain(str(e)) from None
     keras_configs = _layer_configs(model_json)
     params = {}
     for spec in layer_specs(config):
@@ -391,12 +399,25 @@ def keras_standardization(
 
 
 def load_keras_model(
-    path: str | os.PathLike, data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    input_scale: Standardization | None = None,
 ) -> TrainedModel:
     """A `TrainedModel` from a Keras file. Leading Rescaling/Normalization layers are its standardization;
-    without them it is standardized with MNIST's training set, as in the study."""
+    without them `input_scale`, else the training images at `data`, else (the study's way) MNIST's training set.
+
+    A single chain of the layers this module reads becomes the built-in CNN (its search runs several times
+    faster on a CPU, BENCHMARKS.md); any other model, branches included, runs through Keras itself
+    (`jaxoip.models.keras_net.from_keras`).
+    """
     path = Path(path).absolute()
-    keras_model = read_keras_file(path)
+    try:
+        keras_model = read_keras_file(path)
+    except NotAChain as native:
+        if importlib.util.find_spec("keras") is None:
+            raise CheckpointError(f"{native}; other Keras models need Keras 3: pip install 'jaxoip[keras]'") from None
+        return _through_keras(path, data_dir, data, input_scale)
     model = init_model(keras_model.config, 0)
     expected = {
         name: {k: v.shape for k, v in p.items()} for name, p in nnx.to_pure_dict(nnx.state(model, WEIGHTS)).items()
@@ -406,7 +427,11 @@ def load_keras_model(
         bad = [f"{n}: {got.get(n)} vs {expected[n]}" for n in expected if got.get(n) != expected[n]]
         raise CheckpointError(f"{path}: weight shapes do not fit the layer config ({'; '.join(bad[:2])})")
     if keras_model.standardization is not None:
+        if input_scale is not None:
+            raise CheckpointError(f"{path.name} standardizes its inputs itself (Rescaling/Normalization); drop --input-scale")
         std, source = keras_model.standardization, "the model's Rescaling/Normalization layers"
+    elif input_scale is not None:
+        std, source = input_scale, "--input-scale"
     else:
         std, source = keras_standardization(data_dir, path, data)
     graphdef, state = nnx.split(model)
@@ -421,3 +446,14 @@ def load_keras_model(
             "standardization_data": source,
         },
     )
+
+
+def _through_keras(path: Path, data_dir, data, input_scale: Standardization | None) -> TrainedModel:
+    """A Keras file that is not a single chain of the layers read here, run by Keras on its JAX backend."""
+    from jaxoip.models.keras_net import from_keras, load_keras_file, preprocessing_layers
+
+    model = load_keras_file(path)
+    std = input_scale
+    if std is None and data is not None and not preprocessing_layers(model):
+        std = keras_standardization(data_dir, path, data)[0]
+    return from_keras(model, std, source=f"keras:{path}")
