@@ -154,7 +154,8 @@ class NetworkSpec:
     layers: tuple[LayerSpec, ...]
     shapes: tuple[tuple[int, ...], ...]
     input_shape: tuple[int, int, int]
-    aliases: tuple[tuple[str, str], ...] = ()  # (other name, layer name): e.g. the study's names of a Keras file's layers
+    # (other name, layer name): e.g. the study's names of a Keras file's layers.
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

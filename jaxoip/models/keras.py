@@ -428,7 +428,9 @@ def load_keras_model(
         raise CheckpointError(f"{path}: weight shapes do not fit the layer config ({'; '.join(bad[:2])})")
     if keras_model.standardization is not None:
         if input_scale is not None:
-            raise CheckpointError(f"{path.name} standardizes its inputs itself (Rescaling/Normalization); drop --input-scale")
+            raise CheckpointError(
+                f"{path.name} standardizes its inputs itself (Rescaling/Normalization); drop --input-scale"
+            )
         std, source = keras_model.standardization, "the model's Rescaling/Normalization layers"
     elif input_scale is not None:
         std, source = input_scale, "--input-scale"

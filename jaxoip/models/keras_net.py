@@ -42,7 +42,9 @@ def import_keras():
     except ImportError:
         raise CheckpointError("Keras models need Keras 3: pip install 'jaxoip[keras]'") from None
     if not str(getattr(keras, "__version__", "0")).startswith("3"):
-        raise CheckpointError(f"Keras models need Keras 3, found Keras {keras.__version__}: pip install 'jaxoip[keras]'")
+        raise CheckpointError(
+            f"Keras models need Keras 3, found Keras {keras.__version__}: pip install 'jaxoip[keras]'"
+        )
     backend = keras.backend.backend()
     if backend != "jax":
         raise CheckpointError(
@@ -198,7 +200,9 @@ def keras_network(model) -> tuple[KerasNetwork, Standardization | None]:
     try:
         view = keras.Model(start, outputs, name=f"{model.name}_jaxoip_view")
     except Exception as e:  # noqa: BLE001 - Keras refuses graphs it cannot cut at the preprocessing.
-        raise CheckpointError(f"Keras model {model.name!r}: its layer outputs cannot be gathered: {_one_line(e)}") from None
+        raise CheckpointError(
+            f"Keras model {model.name!r}: its layer outputs cannot be gathered: {_one_line(e)}"
+        ) from None
     specs = [_spec(layer, tuple(int(d) for d in out.shape[1:])) for layer, out in zip(kept, outputs)]
     config = NetworkSpec(
         layers=tuple(specs),
@@ -208,7 +212,11 @@ def keras_network(model) -> tuple[KerasNetwork, Standardization | None]:
     )
     trainable = [np.array(v.numpy()) for v in view.trainable_variables]
     non_trainable = [np.array(v.numpy()) for v in view.non_trainable_variables]
-    bad = [v.path for v, a in zip(view.weights, trainable + non_trainable) if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    bad = [
+        v.path
+        for v, a in zip(view.weights, trainable + non_trainable)
+        if a.dtype.kind == "f" and not np.isfinite(a).all()
+    ]
     if bad:
         raise CheckpointError(f"Keras model {model.name!r} holds NaN or infinite weights ({', '.join(bad[:3])})")
     graph = _Graph(view, tuple(s.name for s in specs))
@@ -230,7 +238,9 @@ def from_keras(
     network, own = keras_network(model_or_path)
     where = f"Keras model {model_or_path.name!r}"
     if own is not None and standardization is not None:
-        raise JaxoipError(f"{where} standardizes its inputs itself (Rescaling/Normalization layers); give no standardization")
+        raise JaxoipError(
+            f"{where} standardizes its inputs itself (Rescaling/Normalization layers); give no standardization"
+        )
     std, std_source = own, "the model's Rescaling/Normalization layers"
     if std is None:
         std, std_source = standardization, "given"
