@@ -29,6 +29,7 @@ from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
+from jaxoip.models.im2col import im2col_convs, use_im2col
 
 CONV_CLASSES = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
 PREPROCESSING = ("Rescaling", "Normalization")
@@ -71,8 +72,9 @@ class _Graph:
 class KerasNetwork(Network):
     """A Keras model run by Keras on JAX: `config` names its layers, `graph` computes them."""
 
-    def __init__(self, graph: _Graph, trainable, non_trainable, config: NetworkSpec):
+    def __init__(self, graph: _Graph, trainable, non_trainable, config: NetworkSpec, im2col: bool | None = None):
         self.graph = graph
+        self.im2col = im2col  # Convolutions as im2col matmuls (None: on a CPU); see jaxoip.models.im2col.
         self.trainable = nnx.List([nnx.Param(jnp.asarray(a)) for a in trainable])
         self.non_trainable = nnx.List([nnx.BatchStat(jnp.asarray(a)) for a in non_trainable])
         self.config = config
@@ -85,7 +87,8 @@ class KerasNetwork(Network):
         name = self.config.layers[-1].name if until is None else get_layer(self.config, until).name
         trainable = [p[...] for p in self.trainable]
         non_trainable = [v[...] for v in self.non_trainable]
-        return self.graph(trainable, non_trainable, images, name)
+        run = lambda trainable, non_trainable, images: self.graph(trainable, non_trainable, images, name)
+        return (im2col_convs(run) if use_im2col(self.im2col) else run)(trainable, non_trainable, images)
 
 
 def _one_line(e: BaseException) -> str:
@@ -176,7 +179,7 @@ def study_aliases(specs: list[LayerSpec], classes: list[str]) -> tuple[tuple[str
     return tuple(aliases)
 
 
-def keras_network(model) -> tuple[KerasNetwork, Standardization | None]:
+def keras_network(model, im2col: bool | None = None) -> tuple[KerasNetwork, Standardization | None]:
     """The network of a built `keras.Model` and the standardization of its leading preprocessing layers."""
     keras = import_keras()
     check_type("the model", model, keras.Model, " (a keras.Model, or a .keras/.h5 file)", CheckpointError)
@@ -220,22 +223,27 @@ def keras_network(model) -> tuple[KerasNetwork, Standardization | None]:
     if bad:
         raise CheckpointError(f"Keras model {model.name!r} holds NaN or infinite weights ({', '.join(bad[:3])})")
     graph = _Graph(view, tuple(s.name for s in specs))
-    return KerasNetwork(graph, trainable, non_trainable, config), std
+    return KerasNetwork(graph, trainable, non_trainable, config, im2col), std
 
 
 def from_keras(
-    model_or_path, standardization: Standardization | None = None, source: str | None = None
+    model_or_path,
+    standardization: Standardization | None = None,
+    source: str | None = None,
+    im2col: bool | None = None,
 ) -> TrainedModel:
     """Any Keras 3 model (or `.keras` / legacy `.h5` file) as a model for every jaxoip analysis.
 
     The model's leading Rescaling/Normalization layers are its standardization; without them
     `standardization` maps pixels to the model's inputs (`Standardization.parse("imagenet")`, ...). A model
     with neither is refused, except a 28x28x1 model, which takes the study's MNIST standardization.
+    `im2col`: run the model's convolutions as im2col matmuls (default: on a CPU, where the search is then
+    several times faster; BENCHMARKS.md).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
         source = source or f"keras:{Path(model_or_path).absolute()}"
         model_or_path = load_keras_file(model_or_path)
-    network, own = keras_network(model_or_path)
+    network, own = keras_network(model_or_path, im2col)
     where = f"Keras model {model_or_path.name!r}"
     if own is not None and standardization is not None:
         raise JaxoipError(
