@@ -153,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
-    check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
+    check_fits(
+        trained.config, args.chunk_size or default_chunk_size(trained.config), "an OIP search chunk", "--chunk-size"
+    )
     # Every option that sizes an array, memory included, before the output folder is touched.
     scan.check_scan(
         trained,

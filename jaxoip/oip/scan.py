@@ -236,7 +236,7 @@ def check_scan(
     restarts = default_restarts() if restarts is None else int(restarts)
     maps = maps.astype(np.int32)
     # Images per device, whatever the device count: a scan is the same bits on any number of devices.
-    chunk = min(chunk_size or default_chunk_size(), len(maps) * restarts)
+    chunk = min(chunk_size or default_chunk_size(trained.config), len(maps) * restarts)
     if config.diversity > 0:
         # A map's starts must share a chunk: groups of `restarts` consecutive images.
         if restarts < 2:

@@ -197,16 +197,28 @@ def _devices_mesh():
     return jax.make_mesh((len(devices),), ("batch",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def default_chunk_size() -> int:
+def default_chunk_size(config: ModelConfig | None = None) -> int:
     """Images per device per compiled call: 32 on CPU, where the working set then stays in cache (measured
-    fastest of 16-1024 on a 2-core machine, see BENCHMARKS.md); on accelerators as many as memory allows."""
+    fastest of 16-1024 on a 2-core machine, see BENCHMARKS.md); on accelerators as many as memory allows.
+
+    With the model's `config`, at most the largest power of two whose forward and backward buffers fit in
+    the free memory (`jaxoip.models.memory`): an ImageNet-sized network runs in smaller chunks instead of
+    being refused. The study's network always gets the full default.
+    """
     device = jax.local_devices()[0]
     if device.platform == "cpu":
-        return 32
-    stats = device.memory_stats() or {}
-    limit = stats.get("bytes_limit", 16 * 2**30)
-    # About 2 MB of live buffers per image for the LeNet-sized layers, with a wide margin.
-    return int(min(65536, max(256, limit // (2 * 2**20))))
+        base = 32
+    else:
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit", 16 * 2**30)
+        # About 2 MB of live buffers per image for the LeNet-sized layers, with a wide margin.
+        base = int(min(65536, max(256, limit // (2 * 2**20))))
+    if config is None:
+        return base
+    from jaxoip.models.memory import available_bytes, bytes_per_image
+
+    fits = max(1, available_bytes() // bytes_per_image(config))
+    return int(min(base, 1 << (int(fits).bit_length() - 1)))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "cfg", "node"))
@@ -336,7 +348,7 @@ def search_oips(
         )
     n_dev = len(distributed.devices())
     group = cfg.diversity_group if cfg.diversity > 0 else 1
-    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)
+    chunk, n_chunks = chunk_layout(n, chunk_size or default_chunk_size(model_config), n_dev, group, fixed_chunk)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
     many = distributed.process_count() > 1
     if many:  # Every process's copy of the weights and data, as one replicated global array each.
