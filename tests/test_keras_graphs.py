@@ -213,3 +213,20 @@ def test_input_scales(text, mean, std):
 def test_bad_input_scales_are_refused(text):
     with pytest.raises(JaxoipError, match="input scale"):
         Standardization.parse(text)
+
+
+def test_a_layer_jax_cannot_trace_is_refused_naming_it():
+    import keras
+    from keras import layers
+
+    class HostSide(layers.Layer):
+        def call(self, x):
+            return x * float(np.asarray(x).mean())  # Needs concrete values: not traceable.
+
+        def compute_output_spec(self, x):  # Keras builds the graph from this, without tracing `call`.
+            return keras.KerasTensor(x.shape, x.dtype)
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(2, 3), HostSide(name="host"), layers.Flatten()])
+    with pytest.raises(CheckpointError, match="cannot run as a differentiable JAX function") as e:
+        jaxoip.from_keras(model, Standardization.parse("0..1"))
+    assert "\n" not in str(e.value)

@@ -223,7 +223,22 @@ def keras_network(model, im2col: bool | None = None) -> tuple[KerasNetwork, Stan
     if bad:
         raise CheckpointError(f"Keras model {model.name!r} holds NaN or infinite weights ({', '.join(bad[:3])})")
     graph = _Graph(view, tuple(s.name for s in specs))
-    return KerasNetwork(graph, trainable, non_trainable, config, im2col), std
+    network = KerasNetwork(graph, trainable, non_trainable, config, im2col)
+    _probe(network, model.name)
+    return network, std
+
+
+def _probe(network: KerasNetwork, name: str):
+    """Traces the network's gradient once on shapes only, so that a layer JAX cannot trace or differentiate
+    (Python-side state, host callbacks) is refused in one line now rather than inside a search."""
+    images = jax.ShapeDtypeStruct((1, *network.config.input_shape), jnp.float32)
+    last = network.config.layers[-1].name
+    try:
+        jax.eval_shape(jax.grad(lambda x: network(x, until=last).sum()), images)
+    except Exception as e:  # noqa: BLE001 - whatever a layer raises while traced.
+        raise CheckpointError(
+            f"Keras model {name!r} cannot run as a differentiable JAX function: {_one_line(e)}"
+        ) from None
 
 
 def from_keras(
