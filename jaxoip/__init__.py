@@ -37,6 +37,7 @@ _EXPORTS = {
         "receptive_field",
     ),
     "jaxoip.models.adapter": ("from_nnx",),
+    "jaxoip.models.torch_net": ("from_torch",),
     "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
     "jaxoip.models.multiseed": ("train_seeds",),
     "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model", "upgrade_checkpoint"),

@@ -11,6 +11,7 @@ separate activation layers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -147,12 +148,14 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
-    """The layers of a network jaxoip did not build (a researcher's NNX module): names in forward order,
-    kinds ("conv", "dense", or "maps"/"units" by output rank) and output shapes, found by one probe."""
+    """The layers of a network jaxoip did not build (a researcher's NNX or PyTorch module): names in forward
+    order, kinds ("conv", "dense", or "maps"/"units" by output rank) and output shapes, found by one probe;
+    `aliases` are (alias, name) pairs of other names a layer answers to (PyTorch's `layer4_1_conv1`)."""
 
     layers: tuple[LayerSpec, ...]
     shapes: tuple[tuple[int, ...], ...]
     input_shape: tuple[int, int, int]
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -222,9 +225,12 @@ def layer_names(config: ModelConfig) -> tuple[str, ...]:
     return tuple(s.name for s in layer_specs(config))
 
 
-def layer_aliases(config: ModelConfig) -> dict[str, str]:
+def layer_aliases(config: ModelConfig | NetworkSpec) -> dict[str, str]:
     """The study's names (`Conv2D_i`, `Max_Pool_i`, `Dense_i`) of an explicit chain's layers, where they name
-    no layer of their own: the i-th convolution, a max pooling right after it, the i-th dense layer."""
+    no layer of their own: the i-th convolution, a max pooling right after it, the i-th dense layer; a
+    foreign network's own aliases (`NetworkSpec.aliases`)."""
+    if isinstance(config, NetworkSpec):
+        return dict(config.aliases)
     if not isinstance(config, ModelConfig) or not config.layers:
         return {}
     names, aliases, conv, dense = set(layer_names(config)), {}, 0, 0
@@ -256,15 +262,19 @@ def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = No
             return s
     what = {None: "layer", MAP_KINDS: "map layer", SEARCH_KINDS: "map or vector layer"}.get(kinds)
     what = what or "/".join(kinds) + " layer"
-    raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(s.name for s in specs)}")
+    valid = [s.name for s in specs]
+    near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    near = f"; nearest: {', '.join(near)}" if near else ""
+    raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(valid)}{near}")
 
 
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch axis) of every layer, also under the study's aliases."""
     specs = layer_specs(config)
     if isinstance(config, NetworkSpec):
-        return dict(zip((s.name for s in specs), config.shapes))
-    shapes = dict(zip((s.name for s in specs), _chain_shapes(specs, config.input_shape)))
+        shapes = dict(zip((s.name for s in specs), config.shapes))
+    else:
+        shapes = dict(zip((s.name for s in specs), _chain_shapes(specs, config.input_shape)))
     shapes.update({alias: shapes[name] for alias, name in layer_aliases(config).items()})
     return shapes
 
