@@ -141,6 +141,20 @@ def test_the_gradient_of_a_maps_mean_equals_torchs_autograd(small):
     np.testing.assert_allclose(np.asarray(got), want.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7)
 
 
+def test_the_weights_are_arguments_of_the_compiled_program(small):
+    """nnx.split gives the torch weights as NNX variables: new weights change the output, not the program."""
+    _, trained = small
+    graphdef, params = nnx.split(trained.model)
+    assert set(nnx.state(trained.model, nnx.BatchStat)["weights"]) >= {"bn1.running_mean", "bn1.running_var"}
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x, until="fc"))
+    images = jnp.ones((1, 32, 32, 3))
+    before = forward(params, images)
+    doubled = jax.tree.map(lambda v: v * 2 if v.dtype == jnp.float32 else v, params)
+    with jaxoip.count_compiles() as compiles:
+        after = forward(doubled, images)
+    assert compiles.programs == 0 and not np.allclose(before, after)
+
+
 def test_the_search_recovers_a_planted_optimum():
     """A 28x28 convolution whose kernel is a ring: its maps are the image's correlation with the ring, so
     the best standardized image is the ring itself."""
@@ -225,8 +239,9 @@ def test_the_scan_command_takes_a_torch_factory(tmp_path):
     """`scan_all_maps --model file.py:factory` writes the table, the OIPs and the site; the best objective it
     reports is what torch's own forward pass gives on the written best image."""
     out = tmp_path / "out"
-    argv = ["--model", f"{EXAMPLE}:factory", "--layer", "blocks.1.conv", "--maps", "0-1", "--restarts", "2"]
-    assert cli.run(scan_all_maps.main, [*argv, "--steps", "5", "--no-progress", "--no-cache", "--out", str(out)]) == 0
+    argv = ["--model", f"{EXAMPLE}:factory", "--layer", "stem.0", "--maps", "0-1", "--restarts", "2", "--steps", "5"]
+    quick = ["--recipes", "fine", "--precursor-starts", "2", "--screen", "1", "--no-progress", "--no-cache"]
+    assert cli.run(scan_all_maps.main, [*argv, *quick, "--out", str(out)]) == 0
     assert all((out / name).is_file() for name in ("maps.csv", "oips.npz", "index.html"))
     import pandas as pd
 
@@ -239,6 +254,6 @@ def test_the_scan_command_takes_a_torch_factory(tmp_path):
     net = example.SmallNet().eval()
     pixels = oips["best_pixels"]
     x = np.asarray(example.IMAGENET(pixels), np.float32)
-    conv = torch_outputs(net, x)["blocks.1.conv"]  # (maps, H, W, C)
+    conv = torch_outputs(net, x)["stem.0"]  # (maps, H, W, C)
     got = [conv[i, ..., m].mean() for i, m in enumerate(table["map"])]
     np.testing.assert_allclose(table["best_objective"], got, rtol=1e-3)
