@@ -424,7 +424,8 @@ class Network(nnx.Module):
     """What every analysis takes: a module whose `config` names its layers in forward order (`layer_specs`,
     `layer_shapes`) and whose call returns any layer's output, `model(images, until=name, pre_activation)`.
 
-    `CNN` (the built-in chain) and `jaxoip.models.nnx_adapter.NNXNetwork` (a researcher's own module) are the two.
+    `CNN` (the built-in chain), `jaxoip.models.adapter.NNXNetwork` (a researcher's own NNX module) and
+    `jaxoip.models.torch_net.TorchNetwork` (a PyTorch module through torchax) are the three.
     """
 
     config: ModelConfig

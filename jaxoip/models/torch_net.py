@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,8 @@ from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 
 OUTPUT = "output"
+# A `torch.nn.Module`: torch is an optional extra, imported only when a PyTorch model is used.
+TorchModule = Any
 EXTRA = "pip install 'jaxoip[torch]'"
 
 
@@ -41,7 +44,7 @@ def import_torchax():
     """torchax, imported with the compatibility patch below; one line naming the extra when it is missing.
 
     PyTorch 2.13 removed named tensors and with them their operator overloads (`aten.prod.dim_Dimname`,
-    `aten.norm.names_out`, ...: 22 of those that torchax names). torchax up to 0.0.13, the newest release,
+    `aten.norm.names_out`, ...: 21 of those that torchax names). torchax up to 0.0.13, the newest release,
     names them as keys of two tables at import (`amp.py`'s cast policies and `decompositions.py`'s list of
     decompositions to take), so `import torchax` fails on PyTorch >= 2.13 (torchax issue #101). While torchax
     is imported here, and only then, such an overload (its name says `dimname` or `names`) that PyTorch no
@@ -214,7 +217,7 @@ def probe(program: TorchProgram, weights: dict, input_shape: tuple[int, int, int
 
 
 def from_torch(
-    module,
+    module: TorchModule,
     input_shape: tuple[int, int, int],
     standardization: Standardization | None = None,
 ) -> TrainedModel:
@@ -234,7 +237,7 @@ def from_torch(
         raise JaxoipError(f"input_shape must be (height, width, channels) of positive integers, got {input_shape!r}")
     std = Standardization.identity() if standardization is None else standardization
     check_type("standardization", std, Standardization)
-    net = copy.deepcopy(module).float().eval()
+    net = copy.deepcopy(module).cpu().float().eval()
     for p in net.parameters():
         p.requires_grad_(False)  # The search differentiates with JAX; torch's autograd stays out of the trace.
     weights, function = torchax.extract_jax(net)
