@@ -38,6 +38,7 @@ _EXPORTS = {
     ),
     "jaxoip.models.adapter": ("from_nnx",),
     "jaxoip.models.keras_net": ("from_keras",),
+    "jaxoip.models.torch_net": ("from_torch",),
     "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
     "jaxoip.models.multiseed": ("train_seeds",),
     "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model", "upgrade_checkpoint"),

@@ -17,6 +17,7 @@ JAXOIP_EXAMPLE_QUICK=1). The rules:
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -232,6 +233,8 @@ def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
             argv = words[3:] if words[2] == "jaxoip" else [words[2].removeprefix("jaxoip."), *words[3:]]
         else:
             continue
+        if any("torch_model.py" in word for word in argv) and importlib.util.find_spec("torchax") is None:
+            continue  # The PyTorch example needs the extra (`pip install 'jaxoip[torch]'`; CI installs it).
         argv = tiny(argv)
         line = " ".join(argv)
         with monkeypatch.context() as m:

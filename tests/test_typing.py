@@ -33,6 +33,7 @@ NO_ARRAYS = {
     "evaluate_model",
     "find_exemplars",
     "from_nnx",
+    "from_torch",
     "layer_names",
     "layer_shapes",
     "least_confident",

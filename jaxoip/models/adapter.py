@@ -29,6 +29,7 @@ from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
+from jaxoip.models.torch_net import missing_extra
 
 OUTPUT = "output"
 
@@ -159,7 +160,8 @@ def from_nnx(
 
 
 def load_factory(spec: str) -> TrainedModel:
-    """The model that `path/to/file.py:factory` returns (it calls `jaxoip.from_nnx`); one line otherwise."""
+    """The model that `path/to/file.py:factory` returns (it calls `jaxoip.from_nnx` or `jaxoip.from_torch`);
+    one line otherwise."""
     file, _, name = str(spec).rpartition(":")
     path = Path(file).expanduser().absolute()
     if not path.is_file():
@@ -179,15 +181,23 @@ def load_factory(spec: str) -> TrainedModel:
     except JaxoipError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; report it in one line.
+        if isinstance(e, ModuleNotFoundError) and e.name in ("torch", "torchax"):  # A PyTorch file, no extra.
+            raise CheckpointError(f"--model {spec}: {missing_extra('a PyTorch model')}") from None
         raise CheckpointError(f"--model {spec}: {type(e).__name__}: {str(e).strip()[:300]}") from None
     finally:
         sys.path.remove(str(path.parent))
-    if isinstance(trained, nnx.Module):
+    torch = sys.modules.get("torch")  # Imported by the file if it made a PyTorch module.
+    adapter = "from_nnx" if isinstance(trained, nnx.Module) else None
+    if torch is not None and isinstance(trained, torch.nn.Module):
+        adapter = "from_torch"
+    if adapter:
         raise CheckpointError(
-            f"--model {spec}: {name}() returned a module; return jaxoip.from_nnx(module, input_shape, ...) "
+            f"--model {spec}: {name}() returned a module; return jaxoip.{adapter}(module, input_shape, ...) "
             "so that its input shape and standardization are known"
         )
-    return check_type(f"what {name}() returned", trained, TrainedModel, " (return jaxoip.from_nnx(...))")
+    return check_type(
+        f"what {name}() returned", trained, TrainedModel, " (return jaxoip.from_nnx(...) or jaxoip.from_torch(...))"
+    )
 
 
 def is_factory(path: str | os.PathLike) -> bool:

@@ -148,8 +148,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
-    """The layers of a network jaxoip did not build (a researcher's NNX module): names in forward order,
-    kinds ("conv", "dense", or "maps"/"units" by output rank) and output shapes, found by one probe."""
+    """The layers of a network jaxoip did not build (a researcher's NNX or PyTorch module): names in forward
+    order, kinds ("conv", "dense", or "maps"/"units" by output rank) and output shapes, found by one probe;
+    `aliases` are (alias, name) pairs of other names a layer answers to (PyTorch's `layer4_1_conv1`)."""
 
     layers: tuple[LayerSpec, ...]
     shapes: tuple[tuple[int, ...], ...]
@@ -225,9 +226,10 @@ def layer_names(config: ModelConfig) -> tuple[str, ...]:
     return tuple(s.name for s in layer_specs(config))
 
 
-def layer_aliases(config: ModelConfig) -> dict[str, str]:
+def layer_aliases(config: ModelConfig | NetworkSpec) -> dict[str, str]:
     """The study's names (`Conv2D_i`, `Max_Pool_i`, `Dense_i`) of an explicit chain's layers, where they name
-    no layer of their own: the i-th convolution, a max pooling right after it, the i-th dense layer."""
+    no layer of their own: the i-th convolution, a max pooling right after it, the i-th dense layer; a
+    foreign network's own aliases (`NetworkSpec.aliases`)."""
     if isinstance(config, NetworkSpec):
         return dict(config.aliases)
     if not isinstance(config, ModelConfig) or not config.layers:
@@ -425,7 +427,8 @@ class Network(nnx.Module):
     """What every analysis takes: a module whose `config` names its layers in forward order (`layer_specs`,
     `layer_shapes`) and whose call returns any layer's output, `model(images, until=name, pre_activation)`.
 
-    `CNN` (the built-in chain) and `jaxoip.models.nnx_adapter.NNXNetwork` (a researcher's own module) are the two.
+    `CNN` (the built-in chain), `jaxoip.models.adapter.NNXNetwork` (a researcher's own NNX module) and
+    `jaxoip.models.torch_net.TorchNetwork` (a PyTorch module through torchax) are the three.
     """
 
     config: ModelConfig
