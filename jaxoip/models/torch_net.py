@@ -28,8 +28,8 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.models.im2col import im2col_convs, use_im2col
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
+from jaxoip.models.im2col import im2col_convs, use_im2col
 
 OUTPUT = "output"
 # A `torch.nn.Module`: torch is an optional extra, imported only when a PyTorch model is used.
