@@ -264,9 +264,10 @@ def get_layer(config: ModelConfig, name: str, kinds: tuple[str, ...] | None = No
     what = {None: "layer", MAP_KINDS: "map layer", SEARCH_KINDS: "map or vector layer"}.get(kinds)
     what = what or "/".join(kinds) + " layer"
     names = [s.name for s in specs]
-    if len(names) <= 12:
-        raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(names)}")
     near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if len(names) <= 12:
+        hint = f"; nearest: {', '.join(near)}" if near else ""
+        raise LayerError(f"unknown {what} {name!r}; valid names: {', '.join(names)}{hint}")
     hint = f"did you mean {', '.join(near)}? " if near else ""
     raise LayerError(f"unknown {what} {name!r}; {hint}{len(names)} valid names, from {names[0]} to {names[-1]}")
 
