@@ -34,6 +34,7 @@ NO_ARRAYS = {
     "find_exemplars",
     "from_nnx",
     "from_torch",
+    "from_keras",
     "layer_names",
     "layer_shapes",
     "least_confident",
