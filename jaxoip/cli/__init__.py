@@ -137,8 +137,8 @@ def run(
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         print(f"error: out of memory ({first[:200]}); use a smaller {memory_options}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

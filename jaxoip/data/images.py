@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxoip._check import INT32_MAX
 from jaxoip.data.mnist import _IDX_FILES, MNIST, load_idx_dir
 from jaxoip.errors import DataError
 
@@ -102,6 +103,8 @@ def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
             raise DataError(f"{source}: {what} have shape {y.shape}; expected ({n},), one per image")
         if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
             raise DataError(f"{source}: {what} must be non-negative integers (class indices)")
+        if y.size and int(y.max()) > INT32_MAX:  # int32 would wrap it around to another class.
+            raise DataError(f"{source}: {what} hold {int(y.max())}, beyond the int32 class indices jaxoip uses")
         y = y.astype(np.int32)
         y.setflags(write=False)
         return y
@@ -187,14 +190,24 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
+# Grayscale modes of more than 8 bits (16-bit PNGs open as "I;16" or "I"): converting them to "L" clips.
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _read_image(path: Path, color: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib.
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB" if color else "L"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+            if im.mode not in _WIDE_GRAY:
+                return np.asarray(im.convert("RGB" if color else "L"))
+            x = np.asarray(im, np.float64)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
+    if x.size and (x.min() < 0 or x.max() > 65535):
+        raise DataError(f"{path}: {im.mode} pixels beyond 0..65535; jaxoip reads 8- and 16-bit images")
+    x = (x / 257.0).astype(np.float32)  # 16-bit 0..65535 onto the 0..255 of 8-bit pixels.
+    return np.repeat(x[..., None], 3, axis=-1) if color else x
 
 
 def _is_color(paths: list[Path]) -> bool:
@@ -205,7 +218,7 @@ def _is_color(paths: list[Path]) -> bool:
             with Image.open(path) as im:
                 if im.mode not in ("1", "L", "I", "I;16", "F"):
                     return True
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
     return False
 

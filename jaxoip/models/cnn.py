@@ -521,6 +521,8 @@ def layer_output(
     pre_activation: bool = False,
 ) -> Float[Array, " n *layer"]:
     """Pure function: the activation of `layer_name` for a batch, computing only the layers up to it."""
+    if not isinstance(images, jax.core.Tracer):  # Checked on the host; a traced call is the caller's.
+        images = check_finite_images("the images", images)
     return nnx.merge(graphdef, params)(images, until=layer_name, pre_activation=pre_activation)
 
 
@@ -564,28 +566,38 @@ def batched_layer_map(
     """
     layer_name = get_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
+    check_finite_weights(model, layer_name)
     graphdef, params = nnx.split(model)
     images = check_finite_images("the images", images).astype(np.float32)
     batch_size = max(1, min(batch_size, images.shape[0]))
     xs, n = pad_batches(images, batch_size)
     out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
+    numerics.wait_ready(out)  # A Ctrl-C lands while it runs.
     out = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(out))
     check_finite_outputs(model, out, layer_name)
     return out
 
 
+def check_finite_weights(model: Network, layer_name: str):
+    """Refuses a model with NaN or infinite weights before it is evaluated: compiled code may turn such
+    values into finite ones (XLA's max of NaN and 0 can be 0), so checking the outputs is not enough."""
+    params = nonfinite_parameters(model)
+    if params:
+        raise DivergenceError(
+            f"non-finite values from layer {layer_name}: the model has NaN or infinite weights "
+            f"({', '.join(params[:3])}{', ...' if len(params) > 3 else ''})"
+        )
+
+
 def check_finite_outputs(model: Network, out: PyTree[np.ndarray], layer_name: str):
     """Refuses non-finite results of finite images (so no NaN is reported as a finding), naming the cause."""
+    check_finite_weights(model, layer_name)
     bad = [a for a in jax.tree.leaves(out) if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
-    if not bad:
-        return
-    params = nonfinite_parameters(model)
-    cause = (
-        f"the model has NaN or infinite weights ({', '.join(params[:3])}{', ...' if len(params) > 3 else ''})"
-        if params
-        else "the activations overflow float32"
-    )
-    raise DivergenceError(f"non-finite values from layer {layer_name}: {cause}")
+    if bad:
+        raise DivergenceError(
+            f"non-finite values from layer {layer_name}: the model computes NaN or infinity from finite images "
+            "and finite weights (an overflow of float32, or an operation of the model such as 0/0 or log 0)"
+        )
 
 
 @dataclasses.dataclass

@@ -1,0 +1,248 @@
+"""What a fault campaign still found (issue 27): NaN weights and images through every evaluation, labels and
+pixels that do not fit, invalid Keras settings, damaged Keras files, misbehaving factories. Data-free."""
+
+import json
+import pickle
+import struct
+import zipfile
+import zlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxoip
+from jaxoip import cli
+from jaxoip.analysis.activations import class_probabilities, image_activations
+from jaxoip.cli import activations as activations_cmd
+from jaxoip.errors import CheckpointError, DataError, DivergenceError, JaxoipError
+from jaxoip.models.keras import parse_config, read_keras_file
+from jaxoip.oip.search import OIPConfig, search_oips
+
+
+class TinyNet(nnx.Module):
+    def __init__(self, nan_kernel: bool = False, nan_output: bool = False):
+        self.stem = nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(4, 10, rngs=nnx.Rngs(1))
+        self.nan_output = nan_output
+        if nan_kernel:
+            self.stem.kernel[...] = jnp.full_like(self.stem.kernel[...], jnp.nan)
+
+    def __call__(self, x):
+        x = self.head(nnx.relu(self.stem(x)).mean(axis=(1, 2)))
+        return jnp.log(x * 0.0 - 1.0) if self.nan_output else x  # log(-1): NaN whatever the input.
+
+
+class Noisy(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.rngs = nnx.Rngs(noise=3)
+
+    def __call__(self, x):
+        return super().__call__(x + 0.1 * jax_normal(self.rngs.noise(), x.shape))
+
+
+def jax_normal(key, shape):
+    import jax
+
+    return jax.random.normal(key, shape)
+
+
+def _npz(path, n=20, labels=None):
+    x = np.random.default_rng(0).integers(0, 256, (n, 28, 28), np.uint8)
+    y = np.arange(n) % 10 if labels is None else labels
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    return path
+
+
+def test_nan_weights_of_an_nnx_module_are_refused_by_every_evaluation(tmp_path, capsys):
+    # XLA's compiled max(NaN, 0) may give 0: the outputs alone looked finite (every image "class 0").
+    trained = jaxoip.from_nnx(TinyNet(nan_kernel=True), (28, 28, 1), jaxoip.Standardization(33.3, 78.6))
+    pixels = np.full((3, 28, 28, 1), 100.0, np.float32)
+    for call in (
+        lambda: class_probabilities(trained, pixels),
+        lambda: image_activations(trained, pixels, "head"),
+        lambda: jaxoip.predict_split(trained, jaxoip.load_images(_npz(tmp_path / "d.npz"))),
+    ):
+        with pytest.raises(DivergenceError, match=r"NaN or infinite weights \(net.stem.kernel\)"):
+            call()
+    (tmp_path / "f.py").write_text(
+        "import jaxoip\nfrom test_fault_edges import TinyNet\n"
+        "def factory():\n    return jaxoip.from_nnx(TinyNet(nan_kernel=True), (28, 28, 1))\n"
+    )
+    argv = ["--model", f"{tmp_path / 'f.py'}:factory", "--layer", "stem", "--confusion"]
+    argv += ["--data", str(tmp_path / "d.npz")]
+    assert cli.run(activations_cmd.main, [*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "NaN or infinite weights" in err and not (tmp_path / "o").exists()
+
+
+def test_a_module_computing_nan_is_named_not_the_step_size_or_overflow():
+    trained = jaxoip.from_nnx(TinyNet(nan_output=True), (28, 28, 1))
+    with pytest.raises(DivergenceError, match="the model computes NaN or infinity from finite images and finite"):
+        class_probabilities(trained, np.zeros((2, 28, 28, 1), np.float32))
+    x0 = np.zeros((2, 28, 28, 1), np.float32)
+    with pytest.raises(DivergenceError, match="the model computes NaN or infinity at the start images") as e:
+        search_oips(trained.model, trained.config.layers[-1].name, np.zeros(2, np.int32), x0, OIPConfig(steps=3))
+    assert "epsilon" not in str(e.value)
+
+
+def test_layer_output_refuses_non_finite_images():
+    trained = jaxoip.from_nnx(TinyNet(), (28, 28, 1))
+    graphdef, params = trained.split()
+    nan = np.full((1, 28, 28, 1), np.nan, np.float32)
+    with pytest.raises(DataError, match="NaN or infinite pixels"):
+        jaxoip.layer_output(graphdef, params, nan, "stem")
+    with pytest.raises(DataError, match="NaN or infinite pixels"):
+        trained.layer_output(nan, "stem")
+
+
+def test_labels_beyond_int32_are_refused_not_wrapped(tmp_path):
+    with pytest.raises(DataError, match=f"hold {2**32 + 1}, beyond the int32 class indices"):
+        jaxoip.load_images(_npz(tmp_path / "big.npz", 4, np.array([0, 1, 2**32 + 1, 3], np.int64)))
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2**40 if name == "test_batch" else 0]}
+        (cifar / name).write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=f"test labels hold {2**40}"):
+        jaxoip.load_images(cifar)
+
+
+def _png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (6, 8, 8)).astype(np.uint16)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            _png(tmp_path / c / f"{i}.png", wide[i])
+    data = jaxoip.load_images(tmp_path, holdout=3)
+    pixels = np.concatenate([data.train_images, data.test_images])
+    expected = np.concatenate([wide[[0, 1, 3, 4]]] * 2 + [wide[[2, 5]]] * 2) / 257.0
+    np.testing.assert_allclose(pixels[..., 0], expected, rtol=1e-6)
+    assert abs(pixels.mean() - wide.mean() / 257.0) < 1e-3  # Not about 254.5, as the clipped pixels were.
+
+
+def test_a_decompression_bomb_png_is_one_line(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            _png(tmp_path / c / f"{i}.png", np.zeros((4, 4), np.uint8))
+    raw = bytearray((tmp_path / "a" / "0.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 20000, 20000)  # The IHDR's width and height, then its CRC.
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (tmp_path / "a" / "0.png").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"0.png: not a readable image \(DecompressionBombError"):
+        jaxoip.load_images(tmp_path, holdout=3)
+
+
+def _conv(**config):
+    return {"class_name": "Conv2D", "config": {"name": "c", "kernel_size": [3, 3], "filters": 4, **config}}
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (_conv(strides=[0, 0]), r"layer 'c' \(Conv2D\): stride must be a positive integer, got 0"),
+        (_conv(filters=4.7), r"filters must be a positive integer, got 4.7"),
+        (_conv(filters=0), r"filters must be a positive integer, got 0"),
+        (_conv(kernel_size=[-1, -1]), r"kernel must be a positive integer, got -1"),
+    ],
+)
+def test_invalid_keras_settings_are_refused_as_keras_refuses_them(layer, message):
+    layers = [layer, {"class_name": "Flatten", "config": {"name": "f"}}]
+    with pytest.raises(CheckpointError, match=message) as e:
+        parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.keras")
+    assert str(e.value).count("m.keras") == 1 and str(e.value).count("'c'") == 1
+
+
+def test_keras_errors_name_the_file_and_layer_once():
+    layers = [{"class_name": "Dropout", "config": {"name": "d", "rate": 1.5}}]
+    with pytest.raises(CheckpointError) as e:
+        parse_config({"class_name": "Sequential", "config": {"layers": layers}}, "m.keras")
+    assert str(e.value).count("m.keras") == 1 and str(e.value).count("'d'") == 1, e.value
+
+
+def _keras_zip(path, weights):
+    import h5py
+
+    layers = [
+        {"class_name": "Flatten", "config": {"name": "flatten", "batch_shape": [None, 2, 2, 1]}},
+        {"class_name": "Dense", "config": {"name": "dense", "units": 2, "activation": "linear"}},
+    ]
+    config = {"class_name": "Sequential", "config": {"layers": layers}}
+    h5 = path.with_suffix(".h5tmp")
+    with h5py.File(h5, "w") as f:
+        v = f.create_group("layers/dense/vars")
+        for i, w in enumerate(weights):
+            v.create_dataset(str(i), data=w)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        z.write(h5, "model.weights.h5")
+    return path
+
+
+def test_damaged_keras_weights_are_one_line(tmp_path):
+    import h5py
+
+    good = _keras_zip(tmp_path / "good.keras", [np.ones((4, 2), np.float32), np.zeros(2, np.float32)])
+    assert read_keras_file(good).params["dense"]["kernel"].shape == (4, 2)  # The writer is right.
+    strings = _keras_zip(tmp_path / "s.keras", [np.array([b"ab", b"cd"]), np.zeros(2, np.float32)])
+    with pytest.raises(CheckpointError, match=r"s.keras: layer 'dense': its weights are not numbers"):
+        read_keras_file(strings)
+    with h5py.File(tmp_path / "scalar.h5", "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": []}})
+        f.create_group("model_weights/dense").attrs["weight_names"] = b"dense/kernel:0"
+    with pytest.raises(CheckpointError, match=r"scalar.h5 is not a readable Keras HDF5 model"):
+        read_keras_file(tmp_path / "scalar.h5")
+
+
+def test_a_factory_calling_sys_exit_is_one_line_and_a_failure(tmp_path, capsys):
+    (tmp_path / "quit.py").write_text("import sys\ndef factory():\n    sys.exit(0)\n")
+    spec = f"{tmp_path / 'quit.py'}:factory"
+    with pytest.raises(CheckpointError, match=r"factory\(\) called sys.exit\(0\) instead of returning"):
+        jaxoip.load_model(spec)
+    assert cli.run(activations_cmd.main, ["--model", spec, "--confusion", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "sys.exit(0)" in err
+
+
+def test_from_nnx_refuses_an_unusable_standardization_and_random_draws():
+    with pytest.raises(CheckpointError, match=r"from_nnx has an unusable standardization \(mean 0.0, std 0.0\)"):
+        jaxoip.from_nnx(TinyNet(), (28, 28, 1), jaxoip.Standardization(0.0, 0.0))
+    with pytest.raises(JaxoipError, match=r"draws random numbers from nnx.Rngs when called \(rngs.noise\)"):
+        jaxoip.from_nnx(Noisy(), (28, 28, 1))
+
+
+def test_ctrl_c_lands_while_a_search_chunk_runs():
+    import signal
+    import time
+
+    from planted import COARSE, DEAD, planted_model
+
+    trained = planted_model()
+    cfg = OIPConfig(steps=10_000, early_stop=True)
+    x0 = np.asarray(jaxoip.initial_images(jaxoip.start_keys(0, [0], 8).reshape(-1), ["fine"]))
+    # Compiled here and soon done: the coarse map converges in a few hundred steps; the dead one never does.
+    assert search_oips(trained.model, "Conv2D_2", np.full(8, COARSE), x0, cfg).steps_run < 2000
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):  # All 10,000 steps of a dead map: seconds.
+            search_oips(trained.model, "Conv2D_2", np.full(8, DEAD), x0, cfg)
+        assert time.monotonic() - t0 < 1.5  # Not when the chunk returns (4 s alone on a 2-core VM).
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
