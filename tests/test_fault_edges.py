@@ -246,3 +246,17 @@ def test_ctrl_c_lands_while_a_search_chunk_runs():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_interrupt_after_work_was_kept_names_resume(tmp_path, capsys):
+    from jaxoip._io import prepare_output
+
+    def main(argv):
+        with prepare_output(tmp_path / "out", "x", {}) as out:
+            out.partial.mkdir(parents=True, exist_ok=True)
+            (out.partial / "group_00000.npz").write_bytes(b"kept")
+            raise KeyboardInterrupt
+
+    assert cli.run(main, []) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted; the work done is kept in {tmp_path / 'out'}: run the command again with --resume"

@@ -190,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
+            processes = distributed.process_count()
+            # Exemplars, files and site are process 0's alone: the others leave now, all at once, rather than
+            # wait at JAX's shutdown barrier (whose timeout is not the run's) while process 0 goes on.
+            distributed.leave()
+            if not main_process:
+                return 0
             exemplars = _exemplars(args, trained, data, result, bar)
             with bar.phase("figures and tables"):
                 extra = {
@@ -200,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "phase_seconds": bar.seconds,
                     "data_source": data.source if data else None,
                     "data_checksum": data_checksum,
-                    "processes": distributed.process_count(),
+                    "processes": processes,
                 }
                 if out is not None:
                     scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
