@@ -71,14 +71,14 @@ def test_default_runs_pass_the_check(reference, eight_gib):
         (["--oip-restarts", "100000000"], ["--oip-restarts 100000000", "candidate images"]),
     ],
 )
-def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib):
+def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib, mnist):
     from jaxoip import compare_seeds
 
     _refused(capsys, compare_seeds.main, argv + ["--out", str(tmp_path / "o")], *parts)
     assert not (tmp_path / "o").exists()
 
 
-def test_exemplar_figure_checked(capsys, tmp_path, eight_gib):
+def test_exemplar_figure_checked(capsys, tmp_path, eight_gib, mnist):
     from jaxoip import activations
     from jaxoip.analysis.exemplars import check_exemplar_figure
 
