@@ -16,7 +16,7 @@ import jaxoip
 from jaxoip import cli
 from jaxoip.analysis.activations import class_probabilities, image_activations
 from jaxoip.cli import activations as activations_cmd
-from jaxoip.errors import CheckpointError, DataError, DivergenceError, JaxoipError
+from jaxoip.errors import CheckpointError, DataError, DivergenceError, JaxoipError, OutOfMemoryError
 from jaxoip.models.keras import parse_config, read_keras_file
 from jaxoip.oip.search import OIPConfig, search_oips
 
@@ -170,12 +170,12 @@ def test_keras_errors_name_the_file_and_layer_once():
     assert str(e.value).count("m.keras") == 1 and str(e.value).count("'d'") == 1, e.value
 
 
-def _keras_zip(path, weights):
+def _keras_zip(path, weights, units=2):
     import h5py
 
     layers = [
         {"class_name": "Flatten", "config": {"name": "flatten", "batch_shape": [None, 2, 2, 1]}},
-        {"class_name": "Dense", "config": {"name": "dense", "units": 2, "activation": "linear"}},
+        {"class_name": "Dense", "config": {"name": "dense", "units": units, "activation": "linear"}},
     ]
     config = {"class_name": "Sequential", "config": {"layers": layers}}
     h5 = path.with_suffix(".h5tmp")
@@ -260,3 +260,37 @@ def test_an_interrupt_after_work_was_kept_names_resume(tmp_path, capsys):
     assert cli.run(main, []) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"interrupted; the work done is kept in {tmp_path / 'out'}: run the command again with --resume"
+
+
+def test_a_model_too_large_is_named_not_the_options(tmp_path, monkeypatch):
+    from jaxoip.models.cnn import ModelConfig
+    from jaxoip.models.memory import check_fits
+
+    # A Dense layer of 10**12 units in a file that holds 4x2 weights: refused from shapes, nothing allocated.
+    huge = _keras_zip(tmp_path / "huge.keras", [np.ones((4, 2), np.float32), np.zeros(2, np.float32)], 10**12)
+    with pytest.raises(CheckpointError, match=r"weight shapes do not fit the layer config \(dense: "):
+        jaxoip.load_model(huge)
+    # Labels up to 1e9 make an output layer of 1e9 units: no batch size helps.
+    monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)
+    config = ModelConfig(conv=((4, 3, "relu"),), pool=(2,), dense=((10**9, "softmax"),))
+    with pytest.raises(OutOfMemoryError, match=r"the model is too large for this device: one image needs") as e:
+        check_fits(config, 128, "a training batch", "--batch-size")
+    assert "largest layer, Dense_1, is 1000000000" in str(e.value) and "--batch-size" not in str(e.value)
+
+
+def test_activations_defaults_fit_the_model(tmp_path, capsys):
+    (tmp_path / "f.py").write_text(
+        "import jaxoip\nfrom test_fault_edges import TinyNet\n"
+        "def factory():\n    return jaxoip.from_nnx(TinyNet(), (28, 28, 1))\n"
+    )
+    base = ["--model", f"{tmp_path / 'f.py'}:factory", "--data", str(_npz(tmp_path / "d.npz"))]
+    # --per-row's default 8 is clamped to the 4 maps of stem; the confusion matrix needs no --layer.
+    assert (
+        cli.run(activations_cmd.main, [*base, "--layer", "stem", "--image", "test:0", "--out", str(tmp_path / "a")])
+        == 0
+    )
+    assert cli.run(activations_cmd.main, [*base, "--confusion", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "confusion.png").is_file()
+    argv = [*base, "--layer", "stem", "--image", "test:0", "--per-row", "5", "--out", str(tmp_path / "c")]
+    assert cli.run(activations_cmd.main, argv) == 2
+    assert "--per-row 5 is more than the 4 maps of stem" in capsys.readouterr().err

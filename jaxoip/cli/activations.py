@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--standardize", action="store_true", help="the study's per-map scaling: std * 64 + 128, clipped to 0..255"
     )
-    p.add_argument("--per-row", type=_positive, default=8, help="maps per grid row (default: %(default)s)")
+    p.add_argument(
+        "--per-row", type=_positive, default=None, help="maps per grid row (default: 8, or the layer's maps if fewer)"
+    )
     p.add_argument("--confusion", action="store_true", help="confusion matrix of the test set")
     p.add_argument(
         "--misclassified",
@@ -127,16 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
-    get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
+    uses_layer = bool(args.image or args.compare or args.exemplars)  # Predictions need no layer.
+    if uses_layer:
+        get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
     # Before the output folder: a bad data path is no output problem.
     data = check_data_shape(load_data(args.data, args.data_dir), trained.config.input_shape)
     if args.exemplars:
         from jaxoip.analysis.exemplars import check_exemplar_figure
 
         check_exemplar_figure(trained.config, args.layer, args.exemplars, len(data.test_images))
-    maps = layer_shapes(trained.config)[args.layer][-1]
-    if (args.image or args.compare) and args.per_row > maps:  # A grid row wider than the layer is empty cells.
-        raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
+    if args.image or args.compare:
+        maps = layer_shapes(trained.config)[get_layer(trained.config, args.layer).name][-1]
+        if args.per_row is None:
+            args.per_row = min(8, maps)
+        elif args.per_row > maps:  # A grid row wider than the layer is empty cells.
+            raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
     with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
         # Every image spec is resolved before the first figure: a bad one fails with nothing written.

@@ -410,14 +410,17 @@ def load_keras_model(
     without them it is standardized with MNIST's training set, as in the study."""
     path = Path(path).absolute()
     keras_model = read_keras_file(path)
-    model = init_model(keras_model.config, 0)
+    # Shapes only: a config whose layers are far larger than the weights the file holds allocates nothing.
+    abstract = nnx.eval_shape(lambda: init_model(keras_model.config, 0))
     expected = {
-        name: {k: v.shape for k, v in p.items()} for name, p in nnx.to_pure_dict(nnx.state(model, WEIGHTS)).items()
+        name: {k: tuple(v.shape) for k, v in p.items()}
+        for name, p in nnx.to_pure_dict(nnx.state(abstract, WEIGHTS)).items()
     }
     got = {name: {k: v.shape for k, v in p.items()} for name, p in keras_model.params.items()}
     if got != expected:
         bad = [f"{n}: {got.get(n)} vs {expected[n]}" for n in expected if got.get(n) != expected[n]]
         raise CheckpointError(f"{path}: weight shapes do not fit the layer config ({'; '.join(bad[:2])})")
+    model = init_model(keras_model.config, 0)
     if keras_model.standardization is not None:
         std, source = keras_model.standardization, "the model's Rescaling/Normalization layers"
     else:
