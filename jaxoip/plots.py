@@ -144,7 +144,9 @@ def oip_gallery(
     MNIST); a map dead on the data has none and is labelled so. One mosaic image, one `imshow`.
     """
     best = display_planes(result.best_images)
-    pixels = np.clip(display_planes(result.standardization.to_pixels(result.best_images)), 0, 255) / 255.0
+    raw = display_planes(result.standardization.to_pixels(result.best_images))
+    outside = float(np.mean((raw < 0) | (raw > 255)))  # Shown clipped: these pixels are not what was optimized.
+    pixels = np.clip(raw, 0, 255) / 255.0
     objective = result.objective.max(axis=1)
     maps = result.map_indices
     labels = result.labels
@@ -180,6 +182,12 @@ def oip_gallery(
     width = max(mosaic.shape[1] * scale, 4.0)  # Room for the title, which wraps to the width.
     title = (
         f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"
+        + (
+            f" (plain: pixels clipped to 0-255, where {outside:.1%} of them lie outside, so a plain image does "
+            "not give the objective printed beside it)"
+            if outside > 0
+            else ""
+        )
         + (f", then up to {max_facets} further facets (distinct patterns)" if n_more else "")
         + (", beside the test images' most active patches" if k else "")
     )

@@ -294,3 +294,20 @@ def test_activations_defaults_fit_the_model(tmp_path, capsys):
     argv = [*base, "--layer", "stem", "--image", "test:0", "--per-row", "5", "--out", str(tmp_path / "c")]
     assert cli.run(activations_cmd.main, argv) == 2
     assert "--per-row 5 is more than the 4 maps of stem" in capsys.readouterr().err
+
+
+def test_the_plain_view_says_it_is_clipped(tmp_path):
+    from matplotlib.text import Text
+    from planted import COARSE, planted_model
+
+    from jaxoip.plots import oip_gallery
+    from jaxoip.site import write_scan_site
+
+    # Standardization (0, 1): pixels are the standardized images, about half of them below 0.
+    result = jaxoip.scan_maps(
+        planted_model(), "Conv2D_2", [COARSE], 2, OIPConfig(steps=5), precursor_starts=4, progress=False
+    )
+    texts = " ".join(t.get_text() for t in oip_gallery(result).findobj(Text))
+    assert "plain: pixels clipped to 0-255, where" in texts.replace("\n", " ")
+    write_scan_site(result, tmp_path)
+    assert "pixels clipped to 0–255, where" in (tmp_path / "site" / f"map{COARSE:03d}.html").read_text()

@@ -253,6 +253,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
     for f, rep in enumerate(facet.representatives.tolist()):
         starts = [int(s) for s in np.flatnonzero(facet.labels == facet.labels[rep])]
         starts.sort(key=lambda s: -objective[s])
+        raw = np.stack([np.asarray(std.to_pixels(imgs[s])) for s in starts])
+        outside = float(np.mean((raw < 0) | (raw > 255)))  # Clipped in the plain view.
         plain = im.strip([im.pixels01(std.to_pixels(imgs[s])) for s in starts])
         enh = im.strip([im.enhanced(imgs[s]) for s in starts])
         files = (f"img/{name}_facet{f}.png", f"img/{name}_facet{f}_enhanced.png")
@@ -264,6 +266,7 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "plain": files[0],
                 "enhanced": files[1],
                 "n": len(starts),
+                "clipped": f"{outside:.1%}" if outside > 0 else None,
                 "width": plain.shape[1] * TILE,
                 "starts": [
                     {"start": s, "objective": fmt(objective[s]), "woken": bool(result.woken[p, s])} for s in starts
