@@ -151,7 +151,11 @@ def oip_gallery(
     maps = result.map_indices
     labels = result.labels
     data_max = getattr(result, "data_max", None)
-    dead = data_max[maps] <= 0 if data_max is not None else np.zeros(len(maps), bool)
+    dead = (
+        (data_max[maps] <= 0) & getattr(result, "can_be_dead", True)
+        if data_max is not None
+        else np.zeros(len(maps), bool)
+    )
     exemplars = exemplars or {}
     k = max((len(v) for v in exemplars.values()), default=0)
     more = [display_planes(np.asarray(f)[1 : 1 + max_facets]) for f in facets] if facets is not None else []

@@ -296,18 +296,37 @@ def test_activations_defaults_fit_the_model(tmp_path, capsys):
     assert "--per-row 5 is more than the 4 maps of stem" in capsys.readouterr().err
 
 
-def test_the_plain_view_says_it_is_clipped(tmp_path):
+def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_path):
     from matplotlib.text import Text
-    from planted import COARSE, planted_model
+    from planted import planted_model
 
     from jaxoip.plots import oip_gallery
     from jaxoip.site import write_scan_site
 
-    # Standardization (0, 1): pixels are the standardized images, about half of them below 0.
+    # Blank images: the linear Conv2D_1 (patch sums) is 0 on all of them, and not dead for that.
+    blank = np.zeros((6, 28, 28), np.uint8)
+    np.savez(tmp_path / "blank.npz", x_train=blank, y_train=np.arange(6), x_test=blank, y_test=np.arange(6))
     result = jaxoip.scan_maps(
-        planted_model(), "Conv2D_2", [COARSE], 2, OIPConfig(steps=5), precursor_starts=4, progress=False
-    )
+        planted_model(), "Conv2D_1", [0], 2, OIPConfig(steps=5), precursor_starts=4, progress=False, quality=None,
+        data=jaxoip.load_images(tmp_path / "blank.npz"),
+    )  # fmt: skip
+    assert result.data_max[0] == 0 and not result.table()["dead_on_data"].any()
+    assert result.summary().dead_on_data == 0
+    # Standardization (0, 1): pixels are the standardized images, about half of them below 0.
     texts = " ".join(t.get_text() for t in oip_gallery(result).findobj(Text))
-    assert "plain: pixels clipped to 0-255, where" in texts.replace("\n", " ")
-    write_scan_site(result, tmp_path)
-    assert "pixels clipped to 0–255, where" in (tmp_path / "site" / f"map{COARSE:03d}.html").read_text()
+    assert "plain: pixels clipped to 0-255, where" in texts.replace("\n", " ") and "dead on data" not in texts
+    write_scan_site(result, tmp_path / "site")
+    assert "pixels clipped to 0–255, where" in (tmp_path / "site" / "site" / "map000.html").read_text()
+
+
+def test_only_relu_units_can_be_dead():
+    from planted import PLANTED_CONFIG
+
+    from jaxoip.models.cnn import ModelConfig
+    from jaxoip.oip.scan import can_be_dead
+
+    study = ModelConfig()
+    assert can_be_dead(study, "Conv2D_3", OIPConfig()) and can_be_dead(study, "Max_Pool_2", OIPConfig())
+    assert not can_be_dead(study, "Dense_2", OIPConfig())  # Softmax: the search takes the class logits.
+    assert not can_be_dead(study, "Conv2D_3", OIPConfig(quantity="pre"))
+    assert not can_be_dead(PLANTED_CONFIG, "Conv2D_1", OIPConfig())  # A linear convolution.
