@@ -312,6 +312,7 @@ def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_p
     )  # fmt: skip
     assert result.data_max[0] == 0 and not result.table()["dead_on_data"].any()
     assert result.summary().dead_on_data == 0
+    assert result.summary().to_dict()["data_source"] == f"npz:{(tmp_path / 'blank.npz').resolve()}"
     # Standardization (0, 1): pixels are the standardized images, about half of them below 0.
     texts = " ".join(t.get_text() for t in oip_gallery(result).findobj(Text))
     assert "plain: pixels clipped to 0-255, where" in texts.replace("\n", " ") and "dead on data" not in texts
@@ -330,3 +331,37 @@ def test_only_relu_units_can_be_dead():
     assert not can_be_dead(study, "Dense_2", OIPConfig())  # Softmax: the search takes the class logits.
     assert not can_be_dead(study, "Conv2D_3", OIPConfig(quantity="pre"))
     assert not can_be_dead(PLANTED_CONFIG, "Conv2D_1", OIPConfig())  # A linear convolution.
+
+
+def test_help_names_what_model_takes_and_what_train_does(tmp_path):
+    import subprocess
+    import sys
+
+    from jaxoip.cli import microscope, scan_all_maps
+
+    for command in (scan_all_maps, activations_cmd, microscope):
+        assert "file.py:factory" in " ".join(command._parser().format_help().split())
+    top = subprocess.run([sys.executable, "-m", "jaxoip", "--help"], capture_output=True, text=True, check=True)
+    assert "train the study's CNN on MNIST" not in top.stdout and "--data" in top.stdout
+    (tmp_path / "mynet.py").write_text("")
+    with pytest.raises(CheckpointError, match=r"mynet.py: name the function that returns the model, as in .*:factory"):
+        jaxoip.load_model(tmp_path / "mynet.py")
+    assert "10, 19, 37" in " ".join(scan_all_maps._parser().format_help().split())  # As the README says.
+
+
+def test_the_console_and_summary_count_the_same_compilations(tmp_path, capsys):
+    import re
+
+    from jaxoip.cli import scan_all_maps
+
+    (tmp_path / "f.py").write_text(
+        "import jaxoip\nfrom test_fault_edges import TinyNet\n"
+        "def factory():\n    return jaxoip.from_nnx(TinyNet(), (28, 28, 1))\n"
+    )
+    argv = ["--model", f"{tmp_path / 'f.py'}:factory", "--layer", "stem", "--maps", "0-1", "--steps", "5"]
+    argv += ["--restarts", "2", "--precursor-starts", "4", "--exemplars", "2", "--no-progress", "--no-cache"]
+    argv += ["--data", str(_npz(tmp_path / "d.npz")), "--out", str(tmp_path / "o")]
+    assert cli.run(scan_all_maps.main, argv) == 0
+    console = int(re.search(r"(\d+) programs compiled", capsys.readouterr().out)[1])
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["compiled_programs"] == console and summary["data_source"].startswith("npz:")

@@ -104,6 +104,10 @@ def check_backend():
         raise JaxoipError(f"JAX cannot start a backend{where}: {first[:200]}") from None
 
 
+# What --model takes, in every command's --help.
+MODEL_HELP = "checkpoint folder, .keras/.h5 file, or file.py:factory (a function returning jaxoip.from_nnx(...))"
+
+
 def _memory_options(main: Callable) -> str:
     """The options that size a command's work: its module's `MEMORY_OPTIONS`."""
     return getattr(sys.modules.get(getattr(main, "__module__", ""), None), "MEMORY_OPTIONS", "batch or chunk size")

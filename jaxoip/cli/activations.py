@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "python -m jaxoip.activations",
         "Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
     )
-    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
+    p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
     p.add_argument(
         "--layer", default="Conv2D_3", help="layer name, e.g. Conv2D_2, Max_Pool_2, Dense_1 (default: %(default)s)"
     )

@@ -260,6 +260,11 @@ def load_model(
 
     if is_factory(path):
         return load_factory(path)
+    if str(path).endswith(".py"):
+        raise CheckpointError(
+            f"--model {path}: name the function that returns the model, as in {path}:factory "
+            "(def factory(): return jaxoip.from_nnx(module, input_shape, standardization))"
+        )
     path = Path(path).absolute()
     if path.suffix.lower() in KERAS_SUFFIXES:
         from jaxoip.models.keras import load_keras_model

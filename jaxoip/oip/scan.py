@@ -188,6 +188,7 @@ def scan_maps(
         facet_threshold=float(facet_threshold),
         data_histogram=histogram,
         can_be_dead=can_be_dead(trained.config, layer_name, config),
+        data_source=None if data is None else data.source,
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)

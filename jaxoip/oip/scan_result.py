@@ -52,6 +52,7 @@ class ScanResult:
     # Whether a largest value <= 0 on the data means a unit that never fires: after a ReLU, not a linear unit
     # (a logit, a pre-activation), whose values may all be negative and still carry information.
     can_be_dead: bool = True
+    data_source: str | None = None  # Where the data of the data pass came from (`MNIST.source`).
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
@@ -193,6 +194,7 @@ class ScanResult:
             live_maps=None if dead is None else int((~dead).sum()),
             found_of_live=None if dead is None else int((t["found"] & ~dead).sum()),
             quality=None if self.quality is None else self.quality.summary,
+            data_source=self.data_source,
         )
 
 
@@ -228,6 +230,7 @@ class ScanSummary:
     live_maps: int | None = None
     found_of_live: int | None = None
     quality: dict | None = None  # Aggregates of the per-map measures (`jaxoip.oip.quality.summarize`).
+    data_source: str | None = None  # None: the scan had no data.
 
     def to_dict(self) -> dict:
         """The fields as summary.json holds them (the data counts only when known)."""
