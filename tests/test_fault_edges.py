@@ -296,20 +296,28 @@ def test_activations_defaults_fit_the_model(tmp_path, capsys):
     assert "--per-row 5 is more than the 4 maps of stem" in capsys.readouterr().err
 
 
-def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_path):
+def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_path, monkeypatch):
     from matplotlib.text import Text
     from planted import planted_model
 
+    from jaxoip.oip import scan
     from jaxoip.plots import oip_gallery
+    from jaxoip.progress import Progress
     from jaxoip.site import write_scan_site
+
+    # The bar has its total (the search's image-steps) from the first phase on, and counts it once.
+    bar, totals = Progress(False), []
+    precursor_scan = scan.precursor_scan
+    monkeypatch.setattr(scan, "precursor_scan", lambda *a, **k: totals.append(bar.total) or precursor_scan(*a, **k))
 
     # Blank images: the linear Conv2D_1 (patch sums) is 0 on all of them, and not dead for that.
     blank = np.zeros((6, 28, 28), np.uint8)
     np.savez(tmp_path / "blank.npz", x_train=blank, y_train=np.arange(6), x_test=blank, y_test=np.arange(6))
     result = jaxoip.scan_maps(
-        planted_model(), "Conv2D_1", [0], 2, OIPConfig(steps=5), precursor_starts=4, progress=False, quality=None,
+        planted_model(), "Conv2D_1", [0], 2, OIPConfig(steps=5), precursor_starts=4, progress=bar, quality=None,
         data=jaxoip.load_images(tmp_path / "blank.npz"),
     )  # fmt: skip
+    assert totals == [1 * 2 * 5] and bar.total == 10 and bar.done >= 10
     assert result.data_max[0] == 0 and not result.table()["dead_on_data"].any()
     assert result.summary().dead_on_data == 0
     assert result.summary().to_dict()["data_source"] == f"npz:{(tmp_path / 'blank.npz').resolve()}"

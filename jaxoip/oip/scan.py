@@ -109,6 +109,7 @@ def scan_maps(
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
+    bar.plan(len(maps) * restarts * config.steps)  # The search's image-steps: a total from the first phase on.
     try:
         with bar.phase("precursor scan"):
             pre = precursor_scan(
