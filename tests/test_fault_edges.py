@@ -3,6 +3,7 @@ pixels that do not fit, invalid Keras settings, damaged Keras files, misbehaving
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 import zlib
@@ -325,7 +326,17 @@ def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_p
     texts = " ".join(t.get_text() for t in oip_gallery(result).findobj(Text))
     assert "plain: pixels clipped to 0-255, where" in texts.replace("\n", " ") and "dead on data" not in texts
     write_scan_site(result, tmp_path / "site")
-    assert "pixels clipped to 0–255, where" in (tmp_path / "site" / "site" / "map000.html").read_text()
+    page = (tmp_path / "site" / "site" / "map000.html").read_text()
+    assert "pixels clipped to 0–255, where" in page
+    # The objective trace has axes: ticks at steps 1 and 5 (the last), and at its lowest and highest values.
+    ticks = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="middle">(\d+)</text>', page)
+    assert ticks == ["1", "5"] and page.count('text-anchor="end"') == 2
+    # The overview leads with what a reader wants; the precursor's columns come last, folded.
+    index = (tmp_path / "site" / "index.html").read_text()
+    names = re.findall(r"<th class=\"[^\"]*\">([a-z_0-9]+)</th>", index)
+    assert names[:4] == ["map", "best_objective", "method", "facets"] and names[-1].startswith("pre_")
+    folded = sum(n.startswith("pre_") for n in names)
+    assert '<table id="maps" class="folded">' in index and f"show the precursor's {folded} columns" in index
 
 
 def test_only_relu_units_can_be_dead():
