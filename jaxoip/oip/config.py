@@ -67,8 +67,8 @@ class OIPConfig:
     snapshot_steps: tuple[int, ...] = dataclasses.field(
         default=STUDY_SNAPSHOT_STEPS,
         metadata={
-            "help": "steps after which the image is kept, counted from 0; the last one always is (default: "
-            "9,18,36,72,144,288: the README's and the site's steps 10, 19, 37, 73, 145 and 289, counted from 1)"
+            "help": "steps after which the image is kept, counted from 0 (9, 18, 36, ... are the README's and the "
+            "site's steps 10, 19, 37, ..., counted from 1); the last one always is"
         },
     )
     early_stop: bool = dataclasses.field(
