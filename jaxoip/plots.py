@@ -357,8 +357,9 @@ def plot_comparison(comparison, cmap: str = "viridis", path=None):
     return fig
 
 
-def plot_confusion_matrix(cm, path=None, title: str = ""):
-    """Counts of true (rows) against predicted (columns) classes; off-diagonal cells on their own scale."""
+def plot_confusion_matrix(cm, path=None, title: str = "", class_names=()):
+    """Counts of true (rows) against predicted (columns) classes; off-diagonal cells on their own scale.
+    `class_names`: the classes' names for the ticks (default: their numbers)."""
     cm = np.asarray(cm)
     k = len(cm)
     off = np.where(np.eye(k, dtype=bool), np.nan, cm.astype(float))
@@ -370,6 +371,9 @@ def plot_confusion_matrix(cm, path=None, title: str = ""):
             color = "tab:blue" if i == j else ("white" if dark else "black")
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color=color)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+    if len(class_names) == k:
+        ax.set_xticklabels(class_names, rotation=90, fontsize=6)
+        ax.set_yticklabels(class_names, fontsize=6)
     ax.set_title(("confusion matrix" + (f": {title}" if title else "")), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="misclassified images")
     if path is not None:
@@ -377,8 +381,13 @@ def plot_confusion_matrix(cm, path=None, title: str = ""):
     return fig
 
 
-def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""):
-    """A gallery of images with label and prediction; `table` has columns index, label, predicted, p_predicted."""
+def plot_predictions(table, images, path=None, per_row: int = 8, title: str = "", class_names=()):
+    """A gallery of images with label and prediction; `table` has columns index, label, predicted, p_predicted.
+    `class_names`: the classes' names to show (default: their numbers)."""
+
+    def name(c):
+        return class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+
     n = max(len(table), 1)
     cols = min(per_row, n)
     rows = -(-n // cols)
@@ -388,7 +397,7 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
     for ax, (_, row) in zip(axes.flat, table.iterrows()):
         show_pixels(ax, images[int(row["index"])])
         ax.set_title(
-            f"#{int(row['index'])}: {int(row['label'])} -> {int(row['predicted'])}\n({row['p_predicted']:.0%})",
+            f"#{int(row['index'])}: {name(row['label'])} -> {name(row['predicted'])}\n({row['p_predicted']:.0%})",
             fontsize=7,
         )
     fig.suptitle(title or "predictions (label -> predicted)", fontsize=9)

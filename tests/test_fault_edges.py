@@ -125,6 +125,7 @@ def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
         for i in range(6):
             _png(tmp_path / c / f"{i}.png", wide[i])
     data = jaxoip.load_images(tmp_path, holdout=3)
+    assert data.class_names == ("a", "b") and data.class_name(1) == "b"  # The folders' names are kept.
     pixels = np.concatenate([data.train_images, data.test_images])
     expected = np.concatenate([wide[[0, 1, 3, 4]]] * 2 + [wide[[2, 5]]] * 2) / 257.0
     np.testing.assert_allclose(pixels[..., 0], expected, rtol=1e-6)
@@ -384,3 +385,25 @@ def test_the_console_and_summary_count_the_same_compilations(tmp_path, capsys):
     console = int(re.search(r"(\d+) programs compiled", capsys.readouterr().out)[1])
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["compiled_programs"] == console and summary["data_source"].startswith("npz:")
+
+
+def test_class_names_are_kept_and_shown(tmp_path):
+    import pandas as pd
+    from matplotlib.text import Text
+
+    from jaxoip.plots import plot_confusion_matrix, plot_predictions
+
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 2]}))
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"automobile", b"bird"]}))
+    data = jaxoip.load_images(cifar)
+    assert data.class_names == ("airplane", "automobile", "bird") and data.class_name(7) == "7"
+    texts = {
+        t.get_text() for t in plot_confusion_matrix(np.eye(3, dtype=int), class_names=data.class_names).findobj(Text)
+    }
+    assert {"airplane", "automobile", "bird"} <= texts
+    table = pd.DataFrame({"index": [0], "label": [0], "predicted": [2], "p_predicted": [0.9]})
+    fig = plot_predictions(table, data.test_images, class_names=data.class_names)
+    assert any("airplane -> bird" in t.get_text() for t in fig.findobj(Text))

@@ -165,7 +165,11 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
         plots.plot_layer_grid(grid, args.cmap, path)
         p = grid.probabilities
-        print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {shown / path.name}")
+        label = "none" if img.label is None else data.class_name(img.label)
+        print(
+            f"{img.name} (label {label}): predicted {data.class_name(p.argmax())} ({p.max():.1%}); "
+            f"wrote {shown / path.name}"
+        )
     if args.compare:
         comp = compare_images(
             trained,
@@ -194,7 +198,9 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         if args.confusion:
             cm = pred.confusion()
             path = stage / "confusion.png"
-            plots.plot_confusion_matrix(cm, path, title=f"test accuracy {pred.accuracy:.2%}")
+            plots.plot_confusion_matrix(
+                cm, path, title=f"test accuracy {pred.accuracy:.2%}", class_names=data.class_names
+            )
             confused = most_confused(cm).to_string(index=False)
             print(f"most confused (true -> predicted):\n{confused}\nwrote {shown / path.name}")
         for n, table, what in (
@@ -204,7 +210,9 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             if n:
                 rows = table(pred, n)
                 path = stage / f"{what}.png"
-                plots.plot_predictions(rows, data.test_images, path, title=f"{what} test images")
+                plots.plot_predictions(
+                    rows, data.test_images, path, title=f"{what} test images", class_names=data.class_names
+                )
                 print(
                     f"{what}:\n{rows.to_string(index=False, float_format='{:.3f}'.format)}\nwrote {shown / path.name}"
                 )

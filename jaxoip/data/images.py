@@ -78,7 +78,7 @@ def load_data(
     return optional_mnist(data_dir) if optional else load_mnist(data_dir)
 
 
-def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
+def _dataset(train_x, train_y, test_x, test_y, source: str, class_names: tuple[str, ...] = ()) -> MNIST:
     """Checked, read-only float32 (N, H, W, C) pixels and int32 labels of one image size."""
 
     def images(x, what):
@@ -122,6 +122,7 @@ def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
         test_images=test_images,
         test_labels=labels(test_y, len(test_images), "test labels"),
         source=source,
+        class_names=tuple(class_names),
     )
 
 
@@ -178,7 +179,21 @@ def _load_cifar(folder: Path, train: tuple[str, ...], test: tuple[str, ...], lab
         parts = [_read_batch(folder / n, label_key) for n in names]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return _dataset(*split(train), *split(test), source=f"cifar:{folder.resolve()}")
+    return _dataset(*split(train), *split(test), source=f"cifar:{folder.resolve()}", class_names=_cifar_names(folder))
+
+
+def _cifar_names(folder: Path) -> tuple[str, ...]:
+    """The class names of CIFAR's `batches.meta` (CIFAR-10) or `meta` (CIFAR-100); () when it is absent."""
+    for name, key in (("batches.meta", b"label_names"), ("meta", b"fine_label_names")):
+        if (folder / name).is_file():
+            try:
+                meta = _ArraysOnly(io.BytesIO((folder / name).read_bytes()), encoding="bytes").load()
+                return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[key])
+            except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as e:
+                raise DataError(
+                    f"{folder / name}: not CIFAR's class names ({type(e).__name__}: {str(e)[:120]})"
+                ) from None
+    return ()
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
@@ -260,4 +275,5 @@ def load_image_folder(root: str | os.PathLike, holdout: int = 6) -> MNIST:
     images = _stack(paths, _is_color(paths))
     n = len(files["train"])
     labels = [np.array([y for _, y in files[s]], np.int32) for s in ("train", "test")]
-    return _dataset(images[:n], labels[0], images[n:], labels[1], source=f"folder:{root.resolve()}")
+    source = f"folder:{root.resolve()}"
+    return _dataset(images[:n], labels[0], images[n:], labels[1], source=source, class_names=names)
