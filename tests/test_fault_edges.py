@@ -61,7 +61,10 @@ def test_nan_weights_of_an_nnx_module_are_refused_by_every_evaluation(tmp_path, 
     # XLA's compiled max(NaN, 0) may give 0: the outputs alone looked finite (every image "class 0").
     trained = jaxoip.from_nnx(TinyNet(nan_kernel=True), (28, 28, 1), jaxoip.Standardization(33.3, 78.6))
     pixels = np.full((3, 28, 28, 1), 100.0, np.float32)
+    graphdef, params = trained.split()
     for call in (
+        lambda: trained.layer_output(pixels, "head"),
+        lambda: jaxoip.layer_output(graphdef, params, pixels, "head"),
         lambda: class_probabilities(trained, pixels),
         lambda: image_activations(trained, pixels, "head"),
         lambda: jaxoip.predict_split(trained, jaxoip.load_images(_npz(tmp_path / "d.npz"))),

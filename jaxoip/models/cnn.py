@@ -523,6 +523,8 @@ def layer_output(
     """Pure function: the activation of `layer_name` for a batch, computing only the layers up to it."""
     if not isinstance(images, jax.core.Tracer):  # Checked on the host; a traced call is the caller's.
         images = check_finite_images("the images", images)
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+            check_finite_weights(params, layer_name)
     return nnx.merge(graphdef, params)(images, until=layer_name, pre_activation=pre_activation)
 
 
@@ -578,7 +580,7 @@ def batched_layer_map(
     return out
 
 
-def check_finite_weights(model: Network, layer_name: str):
+def check_finite_weights(model: Network | nnx.State, layer_name: str):
     """Refuses a model with NaN or infinite weights before it is evaluated: compiled code may turn such
     values into finite ones (XLA's max of NaN and 0 can be 0), so checking the outputs is not enough."""
     params = nonfinite_parameters(model)
@@ -655,6 +657,8 @@ def nonfinite_parameters(model: nnx.Module | PyTree) -> list[str]:
     params = nnx.state(model, WEIGHTS) if isinstance(model, nnx.Module) else model
     bad = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(getattr(leaf, "dtype", np.float32), jnp.inexact):  # Counts, keys: no NaN there.
+            continue
         if not np.isfinite(np.asarray(leaf)).all():
             bad.append(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).removesuffix(".value"))
     return bad
