@@ -149,7 +149,8 @@ def test_divergence_suggests_epsilon_only_with_finite_inputs_and_weights():
     res = {
         "images": np.full((2, 28, 28, 1), np.nan, np.float32),
         "objective": np.zeros(2, np.float32),
-        "traces": np.full((2, 5), np.nan, np.float32),
+        # Finite at the start images (trace step 0 is their objective), then blown up by the steps.
+        "traces": np.concatenate([np.ones((2, 1)), np.full((2, 4), np.nan)], axis=1).astype(np.float32),
     }
     with pytest.raises(DivergenceError, match="try a smaller epsilon"):
         check_finite(res, {"w": np.ones(3, np.float32)})
