@@ -10,7 +10,7 @@ from jaxoip import cli  # First: sets XLA's flags before JAX starts.
 
 COMMANDS = {
     "scan_all_maps": ("jaxoip.cli.scan_all_maps", "the OIP search for every map of a layer (the main job)"),
-    "train": ("jaxoip.cli.train", "train the study's CNN on MNIST"),
+    "train": ("jaxoip.cli.train", "train a CNN (the study's or --conv/--pool/--dense) on MNIST or --data"),
     "activations": ("jaxoip.cli.activations", "activation grids, comparisons, predictions and exemplars"),
     "compare_seeds": ("jaxoip.cli.compare_seeds", "do independently trained copies learn the same filters?"),
     "microscope": ("jaxoip.cli.microscope", "every conv layer and the logits of a model scanned into one site"),

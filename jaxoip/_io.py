@@ -328,7 +328,7 @@ def prepare_output(
             raise OutputError(f"cannot write to {path}: {e.strerror or e} ({e.filename or path})") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         if (fresh or marker_written) and not (out and out.finalizing) and not _has_work(path / PARTIAL):
             # A run that failed before keeping any work leaves the folder as it found it.
             shutil.rmtree(path / PARTIAL, ignore_errors=True)
@@ -342,6 +342,8 @@ def prepare_output(
             else:
                 with contextlib.suppress(OSError):
                     _write_json_atomic(path / MARKER, marker)
+        if isinstance(e, KeyboardInterrupt) and not str(e) and _has_work(path / PARTIAL):  # How to go on.
+            raise KeyboardInterrupt(f"the work done is kept in {path}: run the command again with --resume") from None
         raise
     finally:
         os.close(lock_fd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Literal
 
 import jax
@@ -86,3 +87,14 @@ def as_key(seed) -> jax.Array:
     if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
         return seed
     raise JaxoipError(f"a seed must be an integer or a PRNG key, got {type(seed).__name__}")
+
+
+def wait_ready(tree) -> None:
+    """Waits for the arrays of `tree` in short sleeps, so that a Ctrl-C lands within a fraction of a second.
+
+    A compiled program runs asynchronously; blocking on its result (`np.asarray`, `jax.device_get`) would
+    hold the interrupt until it ends, minutes for a large chunk on a CPU.
+    """
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.Array) and not leaf.is_ready():
+            time.sleep(0.02)

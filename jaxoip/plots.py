@@ -144,12 +144,18 @@ def oip_gallery(
     MNIST); a map dead on the data has none and is labelled so. One mosaic image, one `imshow`.
     """
     best = display_planes(result.best_images)
-    pixels = np.clip(display_planes(result.standardization.to_pixels(result.best_images)), 0, 255) / 255.0
+    raw = display_planes(result.standardization.to_pixels(result.best_images))
+    outside = float(np.mean((raw < 0) | (raw > 255)))  # Shown clipped: these pixels are not what was optimized.
+    pixels = np.clip(raw, 0, 255) / 255.0
     objective = result.objective.max(axis=1)
     maps = result.map_indices
     labels = result.labels
     data_max = getattr(result, "data_max", None)
-    dead = data_max[maps] <= 0 if data_max is not None else np.zeros(len(maps), bool)
+    dead = (
+        (data_max[maps] <= 0) & getattr(result, "can_be_dead", True)
+        if data_max is not None
+        else np.zeros(len(maps), bool)
+    )
     exemplars = exemplars or {}
     k = max((len(v) for v in exemplars.values()), default=0)
     more = [display_planes(np.asarray(f)[1 : 1 + max_facets]) for f in facets] if facets is not None else []
@@ -180,6 +186,12 @@ def oip_gallery(
     width = max(mosaic.shape[1] * scale, 4.0)  # Room for the title, which wraps to the width.
     title = (
         f"Optimal input patterns of {result.layer_name}: plain and contrast-enhanced"
+        + (
+            f" (plain: pixels clipped to 0-255, where {outside:.1%} of them lie outside, so a plain image does "
+            "not give the objective printed beside it)"
+            if outside > 0
+            else ""
+        )
         + (f", then up to {max_facets} further facets (distinct patterns)" if n_more else "")
         + (", beside the test images' most active patches" if k else "")
     )
@@ -345,8 +357,9 @@ def plot_comparison(comparison, cmap: str = "viridis", path=None):
     return fig
 
 
-def plot_confusion_matrix(cm, path=None, title: str = ""):
-    """Counts of true (rows) against predicted (columns) classes; off-diagonal cells on their own scale."""
+def plot_confusion_matrix(cm, path=None, title: str = "", class_names=()):
+    """Counts of true (rows) against predicted (columns) classes; off-diagonal cells on their own scale.
+    `class_names`: the classes' names for the ticks (default: their numbers)."""
     cm = np.asarray(cm)
     k = len(cm)
     off = np.where(np.eye(k, dtype=bool), np.nan, cm.astype(float))
@@ -358,6 +371,9 @@ def plot_confusion_matrix(cm, path=None, title: str = ""):
             color = "tab:blue" if i == j else ("white" if dark else "black")
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color=color)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+    if len(class_names) == k:
+        ax.set_xticklabels(class_names, rotation=90, fontsize=6)
+        ax.set_yticklabels(class_names, fontsize=6)
     ax.set_title(("confusion matrix" + (f": {title}" if title else "")), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="misclassified images")
     if path is not None:
@@ -365,8 +381,13 @@ def plot_confusion_matrix(cm, path=None, title: str = ""):
     return fig
 
 
-def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""):
-    """A gallery of images with label and prediction; `table` has columns index, label, predicted, p_predicted."""
+def plot_predictions(table, images, path=None, per_row: int = 8, title: str = "", class_names=()):
+    """A gallery of images with label and prediction; `table` has columns index, label, predicted, p_predicted.
+    `class_names`: the classes' names to show (default: their numbers)."""
+
+    def name(c):
+        return class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+
     n = max(len(table), 1)
     cols = min(per_row, n)
     rows = -(-n // cols)
@@ -376,7 +397,7 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
     for ax, (_, row) in zip(axes.flat, table.iterrows()):
         show_pixels(ax, images[int(row["index"])])
         ax.set_title(
-            f"#{int(row['index'])}: {int(row['label'])} -> {int(row['predicted'])}\n({row['p_predicted']:.0%})",
+            f"#{int(row['index'])}: {name(row['label'])} -> {name(row['predicted'])}\n({row['p_predicted']:.0%})",
             fontsize=7,
         )
     fig.suptitle(title or "predictions (label -> predicted)", fontsize=9)

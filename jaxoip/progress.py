@@ -32,9 +32,18 @@ class Progress:
     def __init__(self, enabled: bool = True, desc: str = "", unit: str = "step"):
         self.bar = tqdm_class()(total=0, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
         self.seconds: dict[str, float] = {}  # Wall time of every phase, by name.
+        self._planned = 0  # Work in the total already, which the phase that does it will add again.
+
+    def plan(self, n: int):
+        """Puts `n` units of a later phase's work in the total now, so that the bar has a total from the start
+        (the later phase's own `add_work` of them then adds nothing)."""
+        self.add_work(n)
+        self._planned += n
 
     def add_work(self, n: int):
-        self.bar.total = (self.bar.total or 0) + n
+        planned = min(n, self._planned)
+        self._planned -= planned
+        self.bar.total = (self.bar.total or 0) + n - planned
         self.bar.refresh()
 
     @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxoip import cli
@@ -66,9 +67,13 @@ def test_batch_larger_than_the_training_set_is_refused(mnist):
 
 
 def test_path_errors_are_one_line(capsys, tmp_path):
-    _refused(capsys, train_cmd.main, ["--epochs", "1"], "File name too long", tmp_path / ("a" * 300))
+    # Tiny images of their own: the test holds with or without MNIST.
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), np.uint8)
+    np.savez(tmp_path / "tiny.npz", x_train=images, y_train=np.arange(8) % 2, x_test=images, y_test=np.arange(8) % 2)
+    argv = ["--epochs", "1", "--data", str(tmp_path / "tiny.npz")]
+    _refused(capsys, train_cmd.main, argv, "File name too long", tmp_path / ("a" * 300))
     deep = tmp_path.joinpath(*["b" * 200] * 25)  # Over PATH_MAX (4096).
-    _refused(capsys, train_cmd.main, ["--epochs", "1"], "File name too long", deep)
+    _refused(capsys, train_cmd.main, argv, "File name too long", deep)
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     argv = ["--epochs", "1", "--data-dir", str(tmp_path / "loop1")]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxoip import distributed
+from jaxoip.data import mnist as data_lib
 from jaxoip.errors import JaxoipError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jaxoip import distributed
+from jaxoip.data import mnist as data_lib
 from jaxoip.models.multiseed import train_seeds
 from jaxoip.models.train import TrainConfig
 
@@ -303,3 +305,32 @@ def test_compare_seeds_killed_process_then_resume_on_one(mnist, tmp_path):
             json.loads((tmp_path / d / "models" / f"seed_{s}" / "metadata.json").read_text()) for d in ("out", "fresh")
         ]
         assert meta[0]["params_checksum"] == meta[1]["params_checksum"], s
+
+
+@pytest.mark.slow
+def test_the_readmes_two_process_scan_writes_exemplars_and_site(mnist, tmp_path):
+    """The README's command, tiny: process 1 must not wait at JAX's shutdown barrier while process 0 computes
+    exemplars and the site (a short --distributed-timeout makes that barrier's timeout shorter than they take)."""
+    port = _free_port()
+    env = {**_env(2, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ[data_lib.DATA_DIR_ENV]}
+    tiny = ["--steps", "20", "--restarts", "2", "--precursor-starts", "8", "--screen", "2"]
+    tiny += ["--distributed-timeout", "5"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxoip", "scan_all_maps", "--maps", "0-15", "--coordinator", f"localhost:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i), "--out", "scan_2x2", *tiny],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    out = tmp_path / "scan_2x2"
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    assert any(out.rglob("index.html")) and f"wrote {out}" in results[0][0]
+    assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"

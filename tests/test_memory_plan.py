@@ -71,14 +71,14 @@ def test_default_runs_pass_the_check(reference, eight_gib):
         (["--oip-restarts", "100000000"], ["--oip-restarts 100000000", "candidate images"]),
     ],
 )
-def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib):
+def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib, mnist):
     from jaxoip import compare_seeds
 
     _refused(capsys, compare_seeds.main, argv + ["--out", str(tmp_path / "o")], *parts)
     assert not (tmp_path / "o").exists()
 
 
-def test_exemplar_figure_checked(capsys, tmp_path, eight_gib):
+def test_exemplar_figure_checked(capsys, tmp_path, eight_gib, mnist):
     from jaxoip import activations
     from jaxoip.analysis.exemplars import check_exemplar_figure
 
@@ -149,7 +149,8 @@ def test_divergence_suggests_epsilon_only_with_finite_inputs_and_weights():
     res = {
         "images": np.full((2, 28, 28, 1), np.nan, np.float32),
         "objective": np.zeros(2, np.float32),
-        "traces": np.full((2, 5), np.nan, np.float32),
+        # Finite at the start images (trace step 0 is their objective), then blown up by the steps.
+        "traces": np.concatenate([np.ones((2, 1)), np.full((2, 4), np.nan)], axis=1).astype(np.float32),
     }
     with pytest.raises(DivergenceError, match="try a smaller epsilon"):
         check_finite(res, {"w": np.ones(3, np.float32)})

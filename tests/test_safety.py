@@ -47,15 +47,25 @@ def _one_line_exit_2(capsys, main, argv, message):
 # --- Output folders ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def tiny_npz(tmp_path_factory):
+    """`--data` of 200 random 28x28 images: the train command's checks hold with or without MNIST."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
+    x = np.random.default_rng(0).integers(0, 256, (200, 28, 28), np.uint8)
+    np.savez(path, x_train=x, y_train=np.arange(200) % 10, x_test=x[:20], y_test=np.arange(20) % 10)
+    return ["--data", str(path)]
+
+
 def _write(out, **files):
     for name, text in files.items():
         (out.staging / name).write_text(text)
 
 
-def test_user_folder_is_refused_and_untouched(tmp_path, capsys):
+def test_user_folder_is_refused_and_untouched(tmp_path, capsys, tiny_npz):
     (tmp_path / "notes.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
-    _one_line_exit_2(capsys, train_cmd.main, ["--out", str(tmp_path), "--epochs", "1"], "did not write (notes.txt)")
+    argv = ["--out", str(tmp_path), "--epochs", "1", *tiny_npz]
+    _one_line_exit_2(capsys, train_cmd.main, argv, "did not write (notes.txt)")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     with pytest.raises(OutputError, match="did not write"):
         with prepare_output(tmp_path, "x", {}, overwrite=True):
@@ -63,17 +73,17 @@ def test_user_folder_is_refused_and_untouched(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_current_directory_with_user_files_is_refused(tmp_path, monkeypatch, capsys):
+def test_current_directory_with_user_files_is_refused(tmp_path, monkeypatch, capsys, tiny_npz):
     (tmp_path / "project.py").write_text("code")
     monkeypatch.chdir(tmp_path)
-    _one_line_exit_2(capsys, train_cmd.main, ["--out", ".", "--epochs", "1"], "did not write")
+    _one_line_exit_2(capsys, train_cmd.main, ["--out", ".", "--epochs", "1", *tiny_npz], "did not write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project.py"]
 
 
-def test_a_file_is_refused(tmp_path, capsys):
+def test_a_file_is_refused(tmp_path, capsys, tiny_npz):
     f = tmp_path / "result"
     f.write_text("data")
-    _one_line_exit_2(capsys, train_cmd.main, ["--out", str(f)], "is a file")
+    _one_line_exit_2(capsys, train_cmd.main, ["--out", str(f), *tiny_npz], "is a file")
     assert f.read_text() == "data"
 
 
@@ -223,7 +233,9 @@ def test_train_config_refuses(field, value):
         (["--batch-size", "1000000"], "use --batch-size 9"),
     ],
 )
-def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch, request):
+    if "--batch-size" in argv:  # Sized for MNIST's 60,000 training images.
+        request.getfixturevalue("mnist")
     monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)  # Whatever the test machine has.
     _one_line_exit_2(capsys, train_cmd.main, argv + ["--out", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()
@@ -350,7 +362,7 @@ def test_out_of_memory_is_one_line(capsys, monkeypatch):
     check_fits(ModelConfig(), 64, "a chunk", "--chunk-size")
 
 
-def test_activations_checks_every_image_before_writing(capsys, tmp_path):
+def test_activations_checks_every_image_before_writing(capsys, tmp_path, mnist):
     from jaxoip.cli import activations
 
     argv = ["--image", "test:1", "--compare", "test:2", "--versus", "test:99999999", "--out", str(tmp_path / "o")]
@@ -541,9 +553,9 @@ def test_overwrite_of_an_old_marker_with_folders_is_refused(tmp_path):
 # --- A failed run with nothing kept leaves the folder as it found it ------------------------------------------
 
 
-def test_diverged_training_leaves_the_folder_as_it_found_it(tmp_path, capsys):
+def test_diverged_training_leaves_the_folder_as_it_found_it(tmp_path, capsys, tiny_npz):
     argv = ["--epochs", "1", "--train-subset", "128", "--optimizer", "sgd", "--momentum", "0", "--schedule", "none"]
-    argv += ["--lr", "1e10", "--no-progress", "--no-cache"]
+    argv += ["--lr", "1e10", "--no-progress", "--no-cache", *tiny_npz]
     new, empty = tmp_path / "new", tmp_path / "empty"
     empty.mkdir()
     for out in (new, empty, new):  # The rerun of a failed run starts as cleanly as the first.
@@ -707,7 +719,7 @@ def test_a_killed_runs_staging_folder_with_this_pid_does_not_block_the_folder(tm
     assert not leftover.exists()
 
 
-def test_compare_seeds_refuses_models_with_the_same_name(tmp_path, capsys):
+def test_compare_seeds_refuses_models_with_the_same_name(tmp_path, capsys, mnist):
     from jaxoip.cli import compare_seeds
 
     a, b = _saved_untrained(tmp_path / "a" / "model", 0), _saved_untrained(tmp_path / "b" / "model", 1)

@@ -104,6 +104,10 @@ def check_backend():
         raise JaxoipError(f"JAX cannot start a backend{where}: {first[:200]}") from None
 
 
+# What --model takes, in every command's --help.
+MODEL_HELP = "checkpoint folder, .keras/.h5 file, or file.py:factory (a function returning jaxoip.from_nnx(...))"
+
+
 def _memory_options(main: Callable) -> str:
     """The options that size a command's work: its module's `MEMORY_OPTIONS`."""
     return getattr(sys.modules.get(getattr(main, "__module__", ""), None), "MEMORY_OPTIONS", "batch or chunk size")
@@ -137,8 +141,8 @@ def run(
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         print(f"error: out of memory ({first[:200]}); use a smaller {memory_options}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

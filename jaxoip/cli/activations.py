@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "python -m jaxoip.activations",
         "Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
     )
-    p.add_argument("--model", default=None, help="checkpoint folder or .keras/.h5 file (default: reference model)")
+    p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
     p.add_argument(
         "--layer", default="Conv2D_3", help="layer name, e.g. Conv2D_2, Max_Pool_2, Dense_1 (default: %(default)s)"
     )
@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--standardize", action="store_true", help="the study's per-map scaling: std * 64 + 128, clipped to 0..255"
     )
-    p.add_argument("--per-row", type=_positive, default=8, help="maps per grid row (default: %(default)s)")
+    p.add_argument(
+        "--per-row", type=_positive, default=None, help="maps per grid row (default: 8, or the layer's maps if fewer)"
+    )
     p.add_argument("--confusion", action="store_true", help="confusion matrix of the test set")
     p.add_argument(
         "--misclassified",
@@ -127,16 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
-    get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
+    uses_layer = bool(args.image or args.compare or args.exemplars)  # Predictions need no layer.
+    if uses_layer:
+        get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)
     # Before the output folder: a bad data path is no output problem.
     data = check_data_shape(load_data(args.data, args.data_dir), trained.config.input_shape)
     if args.exemplars:
         from jaxoip.analysis.exemplars import check_exemplar_figure
 
         check_exemplar_figure(trained.config, args.layer, args.exemplars, len(data.test_images))
-    maps = layer_shapes(trained.config)[args.layer][-1]
-    if (args.image or args.compare) and args.per_row > maps:  # A grid row wider than the layer is empty cells.
-        raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
+    if args.image or args.compare:
+        maps = layer_shapes(trained.config)[get_layer(trained.config, args.layer).name][-1]
+        if args.per_row is None:
+            args.per_row = min(8, maps)
+        elif args.per_row > maps:  # A grid row wider than the layer is empty cells.
+            raise LayerError(f"--per-row {args.per_row} is more than the {maps} maps of {args.layer}")
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "out")}
     with prepare_output(args.out, "activations", config, args.overwrite, expected_bytes=16 * 2**20) as out:
         # Every image spec is resolved before the first figure: a bad one fails with nothing written.
@@ -158,7 +165,11 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
         plots.plot_layer_grid(grid, args.cmap, path)
         p = grid.probabilities
-        print(f"{img.name} (label {img.label}): predicted {p.argmax()} ({p.max():.1%}); wrote {shown / path.name}")
+        label = "none" if img.label is None else data.class_name(img.label)
+        print(
+            f"{img.name} (label {label}): predicted {data.class_name(p.argmax())} ({p.max():.1%}); "
+            f"wrote {shown / path.name}"
+        )
     if args.compare:
         comp = compare_images(
             trained,
@@ -187,7 +198,9 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         if args.confusion:
             cm = pred.confusion()
             path = stage / "confusion.png"
-            plots.plot_confusion_matrix(cm, path, title=f"test accuracy {pred.accuracy:.2%}")
+            plots.plot_confusion_matrix(
+                cm, path, title=f"test accuracy {pred.accuracy:.2%}", class_names=data.class_names
+            )
             confused = most_confused(cm).to_string(index=False)
             print(f"most confused (true -> predicted):\n{confused}\nwrote {shown / path.name}")
         for n, table, what in (
@@ -197,7 +210,9 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             if n:
                 rows = table(pred, n)
                 path = stage / f"{what}.png"
-                plots.plot_predictions(rows, data.test_images, path, title=f"{what} test images")
+                plots.plot_predictions(
+                    rows, data.test_images, path, title=f"{what} test images", class_names=data.class_names
+                )
                 print(
                     f"{what}:\n{rows.to_string(index=False, float_format='{:.3f}'.format)}\nwrote {shown / path.name}"
                 )

@@ -27,9 +27,7 @@ MEMORY_OPTIONS = "--restarts or --precursor-starts"
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser("python -m jaxoip microscope", "Scan every conv layer of a model and its logits into one site.")
-    p.add_argument(
-        "--model", default=None, help="checkpoint folder or .keras/.h5 file (default: the shipped reference model)"
-    )
+    p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
     p.add_argument(
         "--layers", default=None, help="comma-separated layers (default: every conv layer and the class logits)"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -52,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "python -m jaxoip.scan_all_maps",
         "Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
-    p.add_argument(
-        "--model", default=None, help="checkpoint folder or .keras/.h5 file (default: the shipped reference model)"
-    )
+    p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
     p.add_argument("--layer", default="Conv2D_3", help="conv, pool or dense layer")
     p.add_argument(
         "--maps",
@@ -192,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
+            processes = distributed.process_count()
+            # Exemplars, files and site are process 0's alone: the others leave now, all at once, rather than
+            # wait at JAX's shutdown barrier (whose timeout is not the run's) while process 0 goes on.
+            distributed.leave()
+            if not main_process:
+                return 0
             exemplars = _exemplars(args, trained, data, result, bar)
             with bar.phase("figures and tables"):
                 extra = {
@@ -202,13 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "phase_seconds": bar.seconds,
                     "data_source": data.source if data else None,
                     "data_checksum": data_checksum,
-                    "processes": distributed.process_count(),
+                    "processes": processes,
                 }
                 if out is not None:
                     scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
             if not args.no_html and out is not None:
                 with bar.phase("site"):
                     _site(args, trained, data, result, exemplars, out.staging)
+                # The site compiles too: summary.json counts what the console line below counts.
+                extra.update(compiled_programs=compiles.compiled, cached_programs=compiles.cache_hits)
+                summary = out.staging / "summary.json"
+                summary.write_text(json.dumps({**json.loads(summary.read_text()), **extra}, indent=1))
     if not main_process:
         return 0
     s = result.summary()

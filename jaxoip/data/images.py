@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxoip._check import INT32_MAX
 from jaxoip.data.mnist import _IDX_FILES, MNIST, load_idx_dir
 from jaxoip.errors import DataError
 
@@ -77,7 +78,7 @@ def load_data(
     return optional_mnist(data_dir) if optional else load_mnist(data_dir)
 
 
-def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
+def _dataset(train_x, train_y, test_x, test_y, source: str, class_names: tuple[str, ...] = ()) -> MNIST:
     """Checked, read-only float32 (N, H, W, C) pixels and int32 labels of one image size."""
 
     def images(x, what):
@@ -102,6 +103,8 @@ def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
             raise DataError(f"{source}: {what} have shape {y.shape}; expected ({n},), one per image")
         if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
             raise DataError(f"{source}: {what} must be non-negative integers (class indices)")
+        if y.size and int(y.max()) > INT32_MAX:  # int32 would wrap it around to another class.
+            raise DataError(f"{source}: {what} hold {int(y.max())}, beyond the int32 class indices jaxoip uses")
         y = y.astype(np.int32)
         y.setflags(write=False)
         return y
@@ -119,6 +122,7 @@ def _dataset(train_x, train_y, test_x, test_y, source: str) -> MNIST:
         test_images=test_images,
         test_labels=labels(test_y, len(test_images), "test labels"),
         source=source,
+        class_names=tuple(class_names),
     )
 
 
@@ -175,7 +179,21 @@ def _load_cifar(folder: Path, train: tuple[str, ...], test: tuple[str, ...], lab
         parts = [_read_batch(folder / n, label_key) for n in names]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    return _dataset(*split(train), *split(test), source=f"cifar:{folder.resolve()}")
+    return _dataset(*split(train), *split(test), source=f"cifar:{folder.resolve()}", class_names=_cifar_names(folder))
+
+
+def _cifar_names(folder: Path) -> tuple[str, ...]:
+    """The class names of CIFAR's `batches.meta` (CIFAR-10) or `meta` (CIFAR-100); () when it is absent."""
+    for name, key in (("batches.meta", b"label_names"), ("meta", b"fine_label_names")):
+        if (folder / name).is_file():
+            try:
+                meta = _ArraysOnly(io.BytesIO((folder / name).read_bytes()), encoding="bytes").load()
+                return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[key])
+            except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as e:
+                raise DataError(
+                    f"{folder / name}: not CIFAR's class names ({type(e).__name__}: {str(e)[:120]})"
+                ) from None
+    return ()
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
@@ -187,14 +205,24 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
+# Grayscale modes of more than 8 bits (16-bit PNGs open as "I;16" or "I"): converting them to "L" clips.
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _read_image(path: Path, color: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib.
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB" if color else "L"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+            if im.mode not in _WIDE_GRAY:
+                return np.asarray(im.convert("RGB" if color else "L"))
+            x = np.asarray(im, np.float64)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
+    if x.size and (x.min() < 0 or x.max() > 65535):
+        raise DataError(f"{path}: {im.mode} pixels beyond 0..65535; jaxoip reads 8- and 16-bit images")
+    x = (x / 257.0).astype(np.float32)  # 16-bit 0..65535 onto the 0..255 of 8-bit pixels.
+    return np.repeat(x[..., None], 3, axis=-1) if color else x
 
 
 def _is_color(paths: list[Path]) -> bool:
@@ -205,7 +233,7 @@ def _is_color(paths: list[Path]) -> bool:
             with Image.open(path) as im:
                 if im.mode not in ("1", "L", "I", "I;16", "F"):
                     return True
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
     return False
 
@@ -247,4 +275,5 @@ def load_image_folder(root: str | os.PathLike, holdout: int = 6) -> MNIST:
     images = _stack(paths, _is_color(paths))
     n = len(files["train"])
     labels = [np.array([y for _, y in files[s]], np.int32) for s in ("train", "test")]
-    return _dataset(images[:n], labels[0], images[n:], labels[1], source=f"folder:{root.resolve()}")
+    source = f"folder:{root.resolve()}"
+    return _dataset(images[:n], labels[0], images[n:], labels[1], source=source, class_names=names)

@@ -47,6 +47,12 @@ class MNIST:
     test_images: Float[np.ndarray, "n_test 28 28 1"]
     test_labels: Int[np.ndarray, " n_test"]
     source: str
+    class_names: tuple[str, ...] = ()  # Label i's name (class folders, CIFAR's meta); () for MNIST's digits.
+
+    def class_name(self, label: int) -> str:
+        """The name of class `label`: its folder or CIFAR name where the data has one, else the number."""
+        label = int(label)
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
 
     def split(self, name: str) -> tuple[Float[np.ndarray, "n 28 28 1"], Int[np.ndarray, " n"]]:
         """Images and labels of the split `train` or `test`."""

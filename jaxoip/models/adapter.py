@@ -27,6 +27,7 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
+from jaxoip.models.checkpoint import check_standardization
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
 from jaxoip.models.torch_net import missing_extra
@@ -79,6 +80,7 @@ def probe(net: nnx.Module, input_shape: tuple[int, int, int]) -> NetworkSpec:
     (B, N), in the order the outputs are computed, then the module's output. Runs on shapes only."""
     graphdef, state = nnx.split(net)
     returned_last: list[bool] = []
+    drawn: list[str] = []  # The random streams a call draws from.
     calls: list[tuple[str, nnx.Module, tuple[int, ...]]] = []
     last: list[jax.Array] = []  # The last recorded output, to tell whether it is the module's output.
 
@@ -104,7 +106,11 @@ def probe(net: nnx.Module, input_shape: tuple[int, int, int]) -> NetworkSpec:
         try:
             for cls in classes:
                 cls.__call__ = recording(cls)
+            counts = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(copy, nnx.RngCount))}
             out = copy(images)
+            for path, v in nnx.to_flat_state(nnx.state(copy, nnx.RngCount)):
+                if v.get_value() is not counts.get(path):  # A draw replaces the stream's count.
+                    drawn.append(".".join(str(p) for p in path[:-1]))
             returned_last.append(bool(last) and out is last[0])
         finally:
             for cls, original in originals.items():
@@ -120,6 +126,12 @@ def probe(net: nnx.Module, input_shape: tuple[int, int, int]) -> NetworkSpec:
     except Exception as e:  # noqa: BLE001 - whatever the user's module raises on these shapes.
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JaxoipError(f"the module does not run on {input_shape} images: {msg[:300]}") from None
+    if drawn:
+        raise JaxoipError(
+            f"the module draws random numbers from nnx.Rngs when called ({', '.join(drawn[:3])}); jaxoip evaluates "
+            "a module as a fixed function: draw only when not `deterministic` (as nnx.Dropout does), so that "
+            "jaxoip's inference view turns the noise off"
+        )
     if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim not in (2, 4):
         raise JaxoipError("the module must return one array per image batch: (B, classes) or (B, H, W, C)")
     layers = [LayerSpec(name, _kind(m, shape), size=shape[-1], kernel=_kernel(m)) for name, m, shape in calls]
@@ -150,6 +162,7 @@ def from_nnx(
         raise JaxoipError(f"input_shape must be (height, width, channels) of positive integers, got {input_shape!r}")
     std = Standardization.identity() if standardization is None else standardization
     check_type("standardization", std, Standardization)
+    check_standardization(std.mean, std.std, "from_nnx")
     net = nnx.view(module, deterministic=True, use_running_average=True, raise_if_not_found=False)
     spec = probe(net, shape)
     return TrainedModel(
@@ -180,6 +193,10 @@ def load_factory(spec: str) -> TrainedModel:
         trained = factory()
     except JaxoipError:
         raise
+    except SystemExit as e:  # Not the command's end: the factory was to return a model.
+        raise CheckpointError(
+            f"--model {spec}: {name}() called sys.exit({e.code!r}) instead of returning jaxoip.from_nnx(...)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; report it in one line.
         if isinstance(e, ModuleNotFoundError) and e.name in ("torch", "torchax"):  # A PyTorch file, no extra.
             raise CheckpointError(f"--model {spec}: {missing_extra('a PyTorch model')}") from None

@@ -76,7 +76,7 @@ def metadata_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _check_standardization(mean, std, where: str):
+def check_standardization(mean, std, where: str):
     values = [v for x in (mean, std) for v in (x if isinstance(x, (list, tuple)) else [x])]
     ok = (
         all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -168,7 +168,7 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(trained.model, WEIGHTS)))
     _check_finite_params(params, "the model to save")
     std = trained.standardization
-    _check_standardization(std.mean, std.std, "the model to save")
+    check_standardization(std.mean, std.std, "the model to save")
     with _checkpointer() as ckptr:
         ckptr.save(folder / "state", params)
         ckptr.wait_until_finished()
@@ -268,6 +268,11 @@ def load_model(
         )
     if is_factory(path):
         return load_factory(path)
+    if str(path).endswith(".py"):
+        raise CheckpointError(
+            f"--model {path}: name the function that returns the model, as in {path}:factory "
+            "(def factory(): return jaxoip.from_nnx(module, input_shape, standardization))"
+        )
     path = Path(path).absolute()
     if keras_file:
         from jaxoip.models.keras import load_keras_model
@@ -283,7 +288,7 @@ def _restore(path: Path, meta: dict) -> TrainedModel:
         std = Standardization(**meta["standardization"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/metadata.json has an invalid model config or standardization: {e}") from None
-    _check_standardization(std.mean, std.std, f"{path}/metadata.json")
+    check_standardization(std.mean, std.std, f"{path}/metadata.json")
 
     model = nnx.eval_shape(lambda: init_model(config, 0))
     abstract = nnx.to_pure_dict(nnx.state(model, WEIGHTS))

@@ -536,6 +536,10 @@ def layer_output(
     pre_activation: bool = False,
 ) -> Float[Array, " n *layer"]:
     """Pure function: the activation of `layer_name` for a batch, computing only the layers up to it."""
+    if not isinstance(images, jax.core.Tracer):  # Checked on the host; a traced call is the caller's.
+        images = check_finite_images("the images", images)
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+            check_finite_weights(params, layer_name)
     return nnx.merge(graphdef, params)(images, until=layer_name, pre_activation=pre_activation)
 
 
@@ -579,28 +583,38 @@ def batched_layer_map(
     """
     layer_name = get_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
+    check_finite_weights(model, layer_name)
     graphdef, params = nnx.split(model)
     images = check_finite_images("the images", images).astype(np.float32)
     batch_size = max(1, min(batch_size, images.shape[0]))
     xs, n = pad_batches(images, batch_size)
     out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
+    numerics.wait_ready(out)  # A Ctrl-C lands while it runs.
     out = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(out))
     check_finite_outputs(model, out, layer_name)
     return out
 
 
+def check_finite_weights(model: Network | nnx.State, layer_name: str):
+    """Refuses a model with NaN or infinite weights before it is evaluated: compiled code may turn such
+    values into finite ones (XLA's max of NaN and 0 can be 0), so checking the outputs is not enough."""
+    params = nonfinite_parameters(model)
+    if params:
+        raise DivergenceError(
+            f"non-finite values from layer {layer_name}: the model has NaN or infinite weights "
+            f"({', '.join(params[:3])}{', ...' if len(params) > 3 else ''})"
+        )
+
+
 def check_finite_outputs(model: Network, out: PyTree[np.ndarray], layer_name: str):
     """Refuses non-finite results of finite images (so no NaN is reported as a finding), naming the cause."""
+    check_finite_weights(model, layer_name)
     bad = [a for a in jax.tree.leaves(out) if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
-    if not bad:
-        return
-    params = nonfinite_parameters(model)
-    cause = (
-        f"the model has NaN or infinite weights ({', '.join(params[:3])}{', ...' if len(params) > 3 else ''})"
-        if params
-        else "the activations overflow float32"
-    )
-    raise DivergenceError(f"non-finite values from layer {layer_name}: {cause}")
+    if bad:
+        raise DivergenceError(
+            f"non-finite values from layer {layer_name}: the model computes NaN or infinity from finite images "
+            "and finite weights (an overflow of float32, or an operation of the model such as 0/0 or log 0)"
+        )
 
 
 @dataclasses.dataclass
@@ -658,6 +672,8 @@ def nonfinite_parameters(model: nnx.Module | PyTree) -> list[str]:
     params = nnx.state(model, WEIGHTS) if isinstance(model, nnx.Module) else model
     bad = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(getattr(leaf, "dtype", np.float32), jnp.inexact):  # Counts, keys: no NaN there.
+            continue
         if not np.isfinite(np.asarray(leaf)).all():
             bad.append(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).removesuffix(".value"))
     return bad

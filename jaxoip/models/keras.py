@@ -64,11 +64,18 @@ def _activation(value, where: str) -> str:
     return name
 
 
+def _positive_int(value, what: str, where: str) -> int:
+    """A setting Keras takes as a positive integer; refused as Keras refuses it (no rounding, no default)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{where}: {what} must be a positive integer, got {value!r}")
+    return value
+
+
 def _square(value, what: str, where: str) -> int:
     v = [value, value] if isinstance(value, int) else list(value)
     if len(v) != 2 or v[0] != v[1]:
         raise CheckpointError(f"{where}: only square {what}s are supported, got {value}")
-    return int(v[0])
+    return _positive_int(v[0], what, where)
 
 
 def _input_shape(layers: list[dict], model_config: dict) -> tuple[int, ...] | None:
@@ -190,7 +197,7 @@ def _layer_spec(kind: str, c: dict, name: str, where: str) -> LayerSpec | None:
             return LayerSpec(
                 name,
                 "conv",
-                int(c["filters"]),
+                _positive_int(c["filters"], "filters", where),
                 _square(c["kernel_size"], "kernel", where),
                 _activation(c.get("activation"), where),
                 stride=_square(c.get("strides", 1), "stride", where),
@@ -219,9 +226,12 @@ def _layer_spec(kind: str, c: dict, name: str, where: str) -> LayerSpec | None:
         if kind == "Flatten":
             return LayerSpec(name, "flatten")
         if kind == "Dense":
-            return LayerSpec(name, "dense", int(c["units"]), activation=_activation(c.get("activation"), where))
-    except ValueError as e:
-        raise CheckpointError(f"{where}: {e}") from None
+            units = _positive_int(c["units"], "units", where)
+            return LayerSpec(name, "dense", units, activation=_activation(c.get("activation"), where))
+    except CheckpointError:  # A ValueError too, already naming the file and layer.
+        raise
+    except ValueError as e:  # LayerSpec's message names the layer, as `where` does already.
+        raise CheckpointError(f"{where}: {str(e).removeprefix(f'layer {name!r}: ')}") from None
     return None
 
 
@@ -313,7 +323,7 @@ def _read_legacy_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]]]:
             for name in group:
                 names = group[name].attrs.get("weight_names", [])
                 weights[name] = [np.asarray(group[name][n.decode() if isinstance(n, bytes) else n]) for n in names]
-        except (OSError, KeyError, ValueError, AttributeError) as e:  # json.JSONDecodeError is a ValueError.
+        except (OSError, KeyError, ValueError, AttributeError, TypeError) as e:  # TypeError: scalar weight names.
             raise CheckpointError(f"{path} is not a readable Keras HDF5 model: {e}") from None
     return model_json, weights
 
@@ -323,7 +333,10 @@ _WEIGHT_NAMES = {"conv": ("kernel", "bias"), "dense": ("kernel", "bias")}
 
 def _layer_weights(spec: LayerSpec, arrays: list[np.ndarray], keras_config: dict, where: str) -> dict[str, np.ndarray]:
     """The jaxoip variables of one layer from its Keras weight arrays (in Keras's order)."""
-    arrays = [np.asarray(a, np.float32) for a in arrays]
+    try:
+        arrays = [np.asarray(a, np.float32) for a in arrays]
+    except (TypeError, ValueError):  # Strings or objects where numbers belong.
+        raise CheckpointError(f"{where}: its weights are not numbers (a damaged file?)") from None
     if spec.kind in _WEIGHT_NAMES:
         if len(arrays) == 1 and not keras_config.get("use_bias", True):  # No bias: a zero one computes the same.
             arrays.append(np.zeros(arrays[0].shape[-1], np.float32))
@@ -418,14 +431,17 @@ def load_keras_model(
         if importlib.util.find_spec("keras") is None:
             raise CheckpointError(f"{native}; other Keras models need Keras 3: pip install 'jaxoip[keras]'") from None
         return _through_keras(path, data_dir, data, input_scale)
-    model = init_model(keras_model.config, 0)
+    # Shapes only: a config whose layers are far larger than the weights the file holds allocates nothing.
+    abstract = nnx.eval_shape(lambda: init_model(keras_model.config, 0))
     expected = {
-        name: {k: v.shape for k, v in p.items()} for name, p in nnx.to_pure_dict(nnx.state(model, WEIGHTS)).items()
+        name: {k: tuple(v.shape) for k, v in p.items()}
+        for name, p in nnx.to_pure_dict(nnx.state(abstract, WEIGHTS)).items()
     }
     got = {name: {k: v.shape for k, v in p.items()} for name, p in keras_model.params.items()}
     if got != expected:
         bad = [f"{n}: {got.get(n)} vs {expected[n]}" for n in expected if got.get(n) != expected[n]]
         raise CheckpointError(f"{path}: weight shapes do not fit the layer config ({'; '.join(bad[:2])})")
+    model = init_model(keras_model.config, 0)
     if keras_model.standardization is not None:
         if input_scale is not None:
             raise CheckpointError(

@@ -102,6 +102,13 @@ def check_fits(config: ModelConfig, images: int, what: str, flag: str, fixed_byt
     free = available_bytes() - fixed_bytes
     if images * per > free:
         fits = max(0, free // per)
+        if fits == 0:  # No option helps: the model itself is too large.
+            name, shape = max(layer_shapes(config).items(), key=lambda item: math.prod(item[1]))
+            raise OutOfMemoryError(
+                f"the model is too large for this device: one image needs about {per / 2**30:.1f} GiB, more than "
+                f"the {max(free, 0) / 2**30:.1f} GiB available on {jax.devices()[0].platform} (its largest layer, "
+                f"{name}, is {'x'.join(map(str, shape))})"
+            )
         raise OutOfMemoryError(
             f"{what} of {images} images needs about {images * per / 2**30:.1f} GiB, more than the "
             f"{max(free, 0) / 2**30:.1f} GiB available on {jax.devices()[0].platform}; use {flag} {fits} or less"

@@ -34,18 +34,7 @@ from jaxoip.models.train import (
     standardized_splits,
     trained_model,
 )
-from jaxoip.numerics import check_seed
-
-
-def wait_ready(tree) -> None:
-    """Waits for the arrays of `tree` in short sleeps, so that a Ctrl-C lands within a fraction of a second.
-
-    A compiled epoch runs asynchronously; blocking on its result (`np.asarray`) would hold the
-    interrupt until the epoch ends, minutes for several seeds on a CPU.
-    """
-    for leaf in jax.tree.leaves(tree):
-        while not leaf.is_ready():
-            time.sleep(0.02)
+from jaxoip.numerics import check_seed, wait_ready
 
 
 def train_seeds(

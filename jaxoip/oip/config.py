@@ -65,7 +65,11 @@ class OIPConfig:
         default=2e-4, metadata={"help": "relative change below which a start counts as converged"}
     )
     snapshot_steps: tuple[int, ...] = dataclasses.field(
-        default=STUDY_SNAPSHOT_STEPS, metadata={"help": "steps after which the image is kept (the last one always is)"}
+        default=STUDY_SNAPSHOT_STEPS,
+        metadata={
+            "help": "steps after which the image is kept, counted from 0 (9, 18, 36, ... are the README's and the "
+            "site's steps 10, 19, 37, ..., counted from 1); the last one always is"
+        },
     )
     early_stop: bool = dataclasses.field(
         default=False,

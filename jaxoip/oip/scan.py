@@ -24,7 +24,7 @@ from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import SEARCH_KINDS, TrainedModel, check_trained, get_layer, layer_shapes
+from jaxoip.models.cnn import SEARCH_KINDS, TrainedModel, activation_name, check_trained, get_layer, layer_shapes
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
@@ -109,6 +109,7 @@ def scan_maps(
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
+    bar.plan(len(maps) * restarts * config.steps)  # The search's image-steps: a total from the first phase on.
     try:
         with bar.phase("precursor scan"):
             pre = precursor_scan(
@@ -187,11 +188,23 @@ def scan_maps(
         earlier_search_seconds=earlier_seconds,
         facet_threshold=float(facet_threshold),
         data_histogram=histogram,
+        can_be_dead=can_be_dead(trained.config, layer_name, config),
+        data_source=None if data is None else data.source,
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)
         result.quality = quality_lib.measure(result, quality, x, acts, on_best, min_images)
     return result
+
+
+def can_be_dead(model_config, layer_name: str, config: OIPConfig) -> bool:
+    """Whether the searched value is a ReLU's (or a module's own layer, whose activation is unknown): only then
+    is a unit whose largest value on the data is <= 0 dead. Logits and other linear values are not."""
+    if config.weighted or config.quantity == "pre":
+        return False
+    if get_layer(model_config, layer_name).kind in ("maps", "units"):
+        return True
+    return activation_name(model_config, layer_name) == "relu"
 
 
 def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:

@@ -49,6 +49,10 @@ class ScanResult:
     quality: MapQuality | None = None  # The per-map measures (`jaxoip.oip.quality`), set by `scan_maps`.
     # Every map's objective over the test images as a histogram: edges (c, bins + 1), counts (c, bins).
     data_histogram: tuple[Float[np.ndarray, "m e"], Int[np.ndarray, "m b"]] | None = None  # edges, counts
+    # Whether a largest value <= 0 on the data means a unit that never fires: after a ReLU, not a linear unit
+    # (a logit, a pre-activation), whose values may all be negative and still carry information.
+    can_be_dead: bool = True
+    data_source: str | None = None  # Where the data of the data pass came from (`MNIST.source`).
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
@@ -149,7 +153,7 @@ class ScanResult:
         df["facet_objectives"] = [np.round(f.objectives, 6).tolist() for f in fac]
         df["silent_on_noise"] = self.precursor.silent_on_noise[self.map_indices]
         if self.data_max is not None:
-            df["dead_on_data"] = self.data_max[self.map_indices] <= 0
+            df["dead_on_data"] = (self.data_max[self.map_indices] <= 0) & self.can_be_dead
         for name, v in (self.quality.columns() if self.quality is not None else {}).items():
             # Undefined measures (e.g. maps dead on data) stay empty in maps.csv, null in maps.json.
             df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
@@ -190,6 +194,7 @@ class ScanResult:
             live_maps=None if dead is None else int((~dead).sum()),
             found_of_live=None if dead is None else int((t["found"] & ~dead).sum()),
             quality=None if self.quality is None else self.quality.summary,
+            data_source=self.data_source,
         )
 
 
@@ -225,6 +230,7 @@ class ScanSummary:
     live_maps: int | None = None
     found_of_live: int | None = None
     quality: dict | None = None  # Aggregates of the per-map measures (`jaxoip.oip.quality.summarize`).
+    data_source: str | None = None  # None: the scan had no data.
 
     def to_dict(self) -> dict:
         """The fields as summary.json holds them (the data counts only when known)."""

@@ -24,7 +24,7 @@ from jaxtyping import ArrayLike, Bool, Float, Int
 from jaxoip._check import check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, layer_shapes, map_activation, nonfinite_parameters
-from jaxoip.numerics import precision_scope
+from jaxoip.numerics import precision_scope, wait_ready
 from jaxoip.oip import facets, param, targets, transforms
 from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.noise import standardize_image
@@ -293,13 +293,14 @@ def check_finite(res: dict, params=None):
         i = int(np.argmax(bad))
         steps = np.flatnonzero(~np.isfinite(res["traces"][i]))
         at = f"step {int(steps[0])}" if steps.size else "the last step"
+        if params is not None and nonfinite_parameters(params):
+            why = "the model has non-finite weights"
+        elif steps.size and steps[0] == 0 and bad.all():  # Every start, at once: no step size does that.
+            why = "the model computes NaN or infinity at the start images (an operation of the model, e.g. 0/0)"
+        else:
+            why = "try a smaller epsilon"
         raise DivergenceError(
-            f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); "
-            + (
-                "try a smaller epsilon"
-                if params is None or not nonfinite_parameters(params)
-                else "the model has non-finite weights"
-            )
+            f"the OIP search diverged: start {i} became non-finite at {at} ({int(bad.sum())} starts in all); {why}"
         )
 
 
@@ -375,10 +376,11 @@ def search_oips(
     with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:
         if many:  # This process's part of every chunk as it finishes, then all of them at once.
             for out in pending:
-                jax.block_until_ready(out)
+                wait_ready(out)  # Not a blocking wait: a Ctrl-C lands between chunks' polls.
                 bar.update(1)
             pending = distributed.gather(pending)
         for out in pending:
+            wait_ready(out)
             out = jax.device_get(out)
             steps_run = max(steps_run, int(out.pop("steps_run")))
             parts.append(out)

@@ -49,7 +49,7 @@ from jaxoip.models.cnn import (
     map_activation,
     pad_batches,
 )
-from jaxoip.numerics import precision_scope
+from jaxoip.numerics import precision_scope, wait_ready
 from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_terms
 
 
@@ -314,4 +314,5 @@ def batched_target_values(model, images, layer_name: str, node, cfg, batch_size:
         weighted=cfg.weighted,
         precision=cfg.precision,
     )
+    wait_ready(out)  # A Ctrl-C lands while it runs.
     return np.asarray(out)[:n]

@@ -29,6 +29,10 @@ PRESETS = (
     ("no OIP found", {"found": "=0"}),
 )
 TILE = 3  # Screen pixels per image pixel on the pages (images are stored at their own size).
+# The overview's first columns, what a reader wants first; the precursor's per-recipe columns (pre_*) come
+# last, folded away until asked for.
+LEAD = ("map", "target", "best_objective", "method", "facets", "superstimulus", "two_choice_oip")
+LEAD += ("two_choice_exemplars", "found", "dead_on_data")
 
 
 def fmt(v) -> str:
@@ -57,8 +61,16 @@ def sort_key(v) -> str:
     return str(v)
 
 
+def overview_columns(columns) -> list[str]:
+    """The overview's column order: `LEAD` first, then the rest, then the precursor's pre_* columns."""
+    columns = list(columns)
+    pre = [c for c in columns if c.startswith("pre_")]
+    lead = [c for c in LEAD if c in columns]
+    return lead + [c for c in columns if c not in lead and c not in pre] + pre
+
+
 def _cells(table) -> tuple[list[str], list[list[dict]]]:
-    cols = list(table.columns)
+    cols = overview_columns(table.columns)
     rows = []
     for rec in table.to_dict("records"):
         rows.append([{"text": fmt(plain(rec[c])), "key": sort_key(plain(rec[c]))} for c in cols])
@@ -97,15 +109,40 @@ def similar_maps(
     return order, np.take_along_axis(sim, order, axis=1)
 
 
-def _polyline(y: np.ndarray, width: int = 320, height: int = 120, logx: bool = True) -> dict:
-    """An SVG polyline of a trace (x = step from 1, log-spaced), with its range for the axis labels."""
+def _polyline(y: np.ndarray, width: int = 360, height: int = 140, logx: bool = True) -> dict:
+    """An SVG polyline of a trace (x = step from 1, log-spaced) inside axes: ticks and labels at the steps
+    1, 10, 100, ... and the last, and at the objective's lowest and highest values."""
     y = np.asarray(y, np.float64)
-    x = np.arange(1, len(y) + 1, dtype=np.float64)
-    xs = np.log(x) / max(np.log(len(y)), 1e-9) if logx and len(y) > 1 else (x - 1) / max(len(y) - 1, 1)
+    n = len(y)
+    left, right, top, bottom = 52, 8, 6, 22  # Room for the value labels (left) and the step labels (below).
+    pw, ph = width - left - right, height - top - bottom
+
+    def xpos(step):
+        frac = np.log(step) / max(np.log(n), 1e-9) if logx and n > 1 else (step - 1) / max(n - 1, 1)
+        return left + frac * pw
+
     lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
     ys = (y - lo) / (hi - lo) if hi > lo else np.full_like(y, 0.5)
-    pts = " ".join(f"{4 + px * (width - 8):.1f},{height - 4 - py * (height - 8):.1f}" for px, py in zip(xs, ys))
-    return {"points": pts, "width": width, "height": height, "lo": fmt(lo), "hi": fmt(hi), "steps": len(y)}
+    steps = np.arange(1, n + 1, dtype=np.float64)
+    pts = " ".join(f"{xpos(sx):.1f},{top + (1 - sy) * ph:.1f}" for sx, sy in zip(steps, ys))
+    ticks = [10**k for k in range(int(np.log10(max(n, 1))) + 1) if 10**k < n] + [n]
+    if not logx:
+        ticks = [1, n] if n > 1 else [1]
+    xticks = [{"x": f"{xpos(t):.1f}", "label": str(t)} for t in ticks]
+    yticks = [{"y": f"{top + ph:.1f}", "label": fmt(lo)}, {"y": f"{top:.1f}", "label": fmt(hi)}] if hi > lo else []
+    if not yticks:
+        yticks = [{"y": f"{top + ph / 2:.1f}", "label": fmt(lo)}]
+    return {
+        "points": pts,
+        "width": width,
+        "height": height,
+        "lo": fmt(lo),
+        "hi": fmt(hi),
+        "steps": n,
+        "axes": {"left": left, "right": width - right, "top": top, "bottom": top + ph},
+        "xticks": xticks,
+        "yticks": yticks,
+    }
 
 
 def _histogram(edges: np.ndarray, counts: np.ndarray, mark: float, width: int = 320, height: int = 120) -> dict:
@@ -201,6 +238,7 @@ def write_scan_site(
             root="",
             static=f"{SITE_DIR}/",
             columns=cols,
+            folded=sum(c.startswith("pre_") for c in cols),
             rows=index_rows,
             presets=[(label, f) for label, f in PRESETS if set(f) <= set(cols)],
             settings=settings,
@@ -253,6 +291,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
     for f, rep in enumerate(facet.representatives.tolist()):
         starts = [int(s) for s in np.flatnonzero(facet.labels == facet.labels[rep])]
         starts.sort(key=lambda s: -objective[s])
+        raw = np.stack([np.asarray(std.to_pixels(imgs[s])) for s in starts])
+        outside = float(np.mean((raw < 0) | (raw > 255)))  # Clipped in the plain view.
         plain = im.strip([im.pixels01(std.to_pixels(imgs[s])) for s in starts])
         enh = im.strip([im.enhanced(imgs[s]) for s in starts])
         files = (f"img/{name}_facet{f}.png", f"img/{name}_facet{f}_enhanced.png")
@@ -264,6 +304,7 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "plain": files[0],
                 "enhanced": files[1],
                 "n": len(starts),
+                "clipped": f"{outside:.1%}" if outside > 0 else None,
                 "width": plain.shape[1] * TILE,
                 "starts": [
                     {"start": s, "objective": fmt(objective[s]), "woken": bool(result.woken[p, s])} for s in starts

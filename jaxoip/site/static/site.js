@@ -57,7 +57,14 @@
     if (shown) shown.textContent = n + " of " + body.rows.length + " maps shown";
   }
   inputs.forEach(function (inp) { inp.addEventListener("input", apply); });
-  document.querySelectorAll(".presets button").forEach(function (b) {
+  const unfold = document.getElementById("unfold");
+  if (unfold) {
+    unfold.addEventListener("click", function () {
+      const folded = table.classList.toggle("folded");
+      unfold.setAttribute("aria-pressed", String(!folded));
+    });
+  }
+  document.querySelectorAll(".presets button[data-set]").forEach(function (b) {
     b.addEventListener("click", function () {
       const set = JSON.parse(b.dataset.set);
       inputs.forEach(function (inp) { inp.value = set[inp.dataset.name] ?? ""; });
