@@ -11,8 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from jaxoip import cli
 from jaxoip._io import check_apart, prepare_output
@@ -26,6 +25,9 @@ from jaxoip.data.inputs import get_images, parse_image_spec
 from jaxoip.data.mnist import check_data_shape
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import MAP_KINDS, get_layer, layer_shapes
+
+if TYPE_CHECKING:  # pandas is imported by the analyses that build the tables.
+    import pandas as pd
 
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--exemplars"

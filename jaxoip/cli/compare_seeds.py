@@ -30,8 +30,7 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, get_layer
 from jaxoip.models.train import TrainConfig, check_training_data
 from jaxoip.oip.search import OIPConfig
-from jaxoip.seeds.compare import CompareConfig
-from jaxoip.seeds.report import write_report_files
+from jaxoip.seeds.config import CompareConfig
 
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
@@ -160,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
         command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+        from jaxoip.seeds.report import write_report_files  # matplotlib: imported when the report is written.
+
         write_report_files(result, out.staging, command=command)
         if not args.no_html:
             _site(result, models, data, out.staging)

@@ -25,11 +25,20 @@ from jaxoip._io import add_output_flags, check_apart
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
-from jaxoip.oip.facets import FACET_THRESHOLD
-from jaxoip.oip.noise import DEFAULT_RECIPES, get_recipes
-from jaxoip.oip.search import OIPConfig
-from jaxoip.oip.targets import Target
-from jaxoip.oip.transforms import STYLES, style_config
+
+# Plain Python: the arguments are checked before JAX is imported (`_check_early`).
+from jaxoip.models.metadata import checkpoint_model_config
+from jaxoip.oip.config import (
+    DEFAULT_RECIPES,
+    FACET_THRESHOLD,
+    STYLES,
+    OIPConfig,
+    check_scan_args,
+    check_target,
+    get_recipes,
+    style_config,
+    target_maps,
+)
 from jaxoip.progress import Progress
 
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
@@ -120,6 +129,8 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
     """The search's config: the preset of --style, the OIPConfig options given, --seed and --target."""
     cfg = style_config(args.style, **flags.flag_values(OIPConfig, args), transform_seed=args.seed)
     if args.target:
+        from jaxoip.oip.targets import Target
+
         cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
     return cfg
 
@@ -127,8 +138,10 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    join = flags.config_from_args(distributed.DistributedConfig, args)
+    cfg, recipes = _check_early(args)
     # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
-    distributed.start(flags.config_from_args(distributed.DistributedConfig, args))
+    distributed.start(join)
     cli.check_backend()
     # --out may differ: only process 0 writes.
     distributed.check_same(
@@ -140,19 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip.oip import scan
     from jaxoip.oip.search import default_chunk_size
 
-    scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
-    if args.exemplars < 0:
-        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
-    if args.target and args.maps is not None:
-        raise JaxoipError("give either --maps or --target, not both")
-    if not 0 <= args.facet_threshold <= 1:
-        raise JaxoipError("--facet-threshold must be between 0 and 1")
-    cfg = oip_config(args)
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
-    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
     scan.check_scan(
@@ -227,6 +231,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
     )
     return 0
+
+
+def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
+    """(the search's config, the recipes), after every check that needs neither JAX, the weights nor data:
+    the numbers, and the layer, maps and node against the checkpoint's metadata.json (a Keras file or a
+    factory has its layers checked once loaded). A bad argument is refused in about a second."""
+    check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
+    if args.exemplars < 0:
+        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
+    if args.target and args.maps is not None:
+        raise JaxoipError("give either --maps or --target, not both")
+    if not 0 <= args.facet_threshold <= 1:
+        raise JaxoipError("--facet-threshold must be between 0 and 1")
+    cfg = oip_config(args)
+    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    model_config = checkpoint_model_config(args.model)
+    if model_config is not None:
+        check_target(model_config, args.layer, target_maps(model_config, args.layer, args.maps, cfg), args.node, cfg)
+    return cfg, recipes
 
 
 def _scan(args, trained, cfg, recipes, data, out, bar):

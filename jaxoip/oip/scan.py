@@ -19,15 +19,16 @@ import jax
 import numpy as np
 from jaxtyping import Float, Int
 
-from jaxoip._check import check_float, check_int, check_type
+from jaxoip._check import check_float, check_type
 from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import SEARCH_KINDS, TrainedModel, check_trained, get_layer, layer_shapes
+from jaxoip.models.cnn import TrainedModel, check_trained, layer_shapes
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
+from jaxoip.oip.config import check_scan_args, target_maps
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
@@ -43,21 +44,6 @@ from jaxoip.shapes import MapIndices
 def default_restarts() -> int:
     """16 starts per map on an accelerator; 8 on a CPU, so the default scan stays within minutes."""
     return 8 if jax.default_backend() == "cpu" else 16
-
-
-def check_scan_args(
-    restarts: int | None = None,
-    precursor_starts: int = 64,
-    screen: int = 8,
-    seed: int = 0,
-    chunk_size: int | None = None,
-) -> None:
-    """The scan's numeric arguments, checked before anything is loaded or compiled."""
-    check_int("restarts", restarts, 1, optional=True)
-    check_int("precursor starts", precursor_starts, 1)
-    check_int("screen", screen, 1)
-    check_seed(seed)
-    check_int("chunk size", chunk_size, 1, optional=True)
 
 
 SEARCH_STREAM = 1  # fold_in(key(seed), stream): the search's starts, apart from the precursor's draws.
@@ -229,9 +215,8 @@ def check_scan(
     check_type("config", config, OIPConfig)
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
-    get_layer(trained.config, layer_name, SEARCH_KINDS)
+    maps = target_maps(trained.config, layer_name, map_indices, config)
     n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
-    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node, config)
     restarts = default_restarts() if restarts is None else int(restarts)
     maps = maps.astype(np.int32)
