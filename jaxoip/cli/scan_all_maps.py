@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
             result = _scan(args, trained, cfg, recipes, data, out, bar)
-            exemplars = _exemplars(args, trained, data, result, bar)
+            exemplars = result.exemplars
             with bar.phase("figures and tables"):
                 extra = {
                     "compilation_cache": str(cache) if cache else None,
@@ -271,24 +271,10 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         progress=bar,
         partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
+        exemplars=args.exemplars,
     )
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result
-
-
-def _exemplars(args, trained, data, result, bar):
-    """`find_exemplars` of the layer: the test images that drive each map hardest (None without data)."""
-    from jaxoip.analysis.exemplars import find_exemplars
-    from jaxoip.models.cnn import VECTOR_KINDS, get_layer
-
-    if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
-        return None
-    if get_layer(trained.config, args.layer).kind in VECTOR_KINDS:
-        return None
-    with bar.phase("exemplars"):
-        ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
-    # Exemplars are only patches that really activate the map: a map dead on data has none.
-    return ex
 
 
 def _site(args, trained, data, result, exemplars, folder) -> None:

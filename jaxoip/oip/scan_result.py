@@ -13,6 +13,7 @@ import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_type
+from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import Standardization
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
@@ -49,6 +50,7 @@ class ScanResult:
     quality: MapQuality | None = None  # The per-map measures (`jaxoip.oip.quality`), set by `scan_maps`.
     # Every map's objective over the test images as a histogram: edges (c, bins + 1), counts (c, bins).
     data_histogram: tuple[Float[np.ndarray, "m e"], Int[np.ndarray, "m b"]] | None = None  # edges, counts
+    exemplars: Exemplars | None = None  # The test images that drive each map hardest (`scan_maps(exemplars=k)`).
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
