@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 import numpy as np
+from jaxtyping import Int
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError, LayerError
@@ -306,7 +307,7 @@ def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
         resolve_quantity(config, layer_name, cfg.quantity)
 
 
-def target_maps(config, layer_name: str, map_indices, cfg: OIPConfig | None = None) -> np.ndarray:
+def target_maps(config, layer_name: str, map_indices, cfg: OIPConfig | None = None) -> Int[np.ndarray, " m"]:
     """The units a search of `layer_name` targets: `map_indices`, or all of the layer's maps (or of the
     weighted sums in `cfg`) when None; a one-line error when the layer is not a map or vector layer."""
     get_layer(config, layer_name, SEARCH_KINDS)
