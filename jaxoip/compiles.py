@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
-import jax
-
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
@@ -28,6 +26,8 @@ class CompileCount:
 @contextlib.contextmanager
 def count_compiles():
     """Counts the XLA compilations inside the block: `with count_compiles() as c: ...; c.compiled`."""
+    import jax
+
     count = CompileCount()
 
     def on_duration(event: str, duration: float, **_):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxoip.errors import JaxoipError
+
+if TYPE_CHECKING:  # JAX is imported where it is used: a command checks its arguments before JAX starts.
+    import jax
 
 Precision = Literal["highest", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
@@ -31,11 +32,6 @@ PRECISION_HELP = (
     "(bfloat16 inputs, float32 accumulation)"
 )
 
-_LAX_PRECISION = {
-    "highest": jax.lax.Precision.HIGHEST,
-    "tf32": jax.lax.Precision.DEFAULT,
-    "bf16": jax.lax.Precision.DEFAULT,
-}
 _scope = threading.local()
 
 
@@ -49,6 +45,8 @@ def check_precision(precision: str) -> Precision:
 @contextlib.contextmanager
 def precision_scope(precision: Precision):
     """Matmuls traced inside this block use `precision` (enter it inside the jitted function)."""
+    import jax
+
     check_precision(precision)
     previous = getattr(_scope, "precision", None)
     _scope.precision = precision
@@ -65,10 +63,14 @@ def current_precision() -> Precision:
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """`x @ w` at the current precision; float32 result."""
+    import jax
+    import jax.numpy as jnp
+
     p = current_precision()
     if p == "bf16":
         return jnp.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
-    return jnp.matmul(x, w, precision=_LAX_PRECISION[p])
+    lax_precision = jax.lax.Precision.HIGHEST if p == "highest" else jax.lax.Precision.DEFAULT
+    return jnp.matmul(x, w, precision=lax_precision)
 
 
 def check_seed(seed) -> int:
@@ -82,6 +84,9 @@ def check_seed(seed) -> int:
 
 def as_key(seed) -> jax.Array:
     """A typed PRNG key from an integer seed (Python or NumPy) or an existing key."""
+    import jax
+    import jax.numpy as jnp
+
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return jax.random.key(check_seed(seed))
     if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):

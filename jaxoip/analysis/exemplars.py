@@ -46,7 +46,7 @@ class Exemplars:
         return ~(self.values[:, 0] > 0)
 
 
-def _max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Array, "n c"]]:
+def max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Array, "n c"]]:
     """Per image and map: the largest node activation and its flat position."""
     flat = acts.reshape(acts.shape[0], -1, acts.shape[-1])
     return flat.max(axis=1), jnp.argmax(flat, axis=1)
@@ -65,10 +65,25 @@ def find_exemplars(
     check_int("k (exemplars per map)", k, 1)
     images, _ = check_data(data).split(split)
     images = check_finite_images(f"the {split} images", images)
-    k = max(1, min(k, images.shape[0]))
     best, where = batched_layer_map(
-        trained.model, trained.standardization(images), spec.name, _max_node, precision=precision
+        trained.model, trained.standardization(images), spec.name, max_node, precision=precision
     )
+    return exemplars_from_maxima(trained, images, spec.name, k, split, best, where)
+
+
+def exemplars_from_maxima(
+    trained: TrainedModel,
+    images: Float[np.ndarray, "n H W ch"],
+    layer_name: str,
+    k: int,
+    split: str,
+    best: Float[np.ndarray, "n c"],
+    where: Int[np.ndarray, "n c"],
+) -> Exemplars:
+    """`find_exemplars`' result from every image's largest node activation per map (`best`) and its flat
+    position (`where`), as a pass over `images` that also computes other statistics gives them."""
+    spec = get_layer(trained.config, layer_name, MAP_KINDS)
+    k = max(1, min(k, images.shape[0]))
     # Top k over images per map, on the host (stable: ties keep the lower image index).
     idx = np.argsort(-best.T, axis=1, kind="stable")[:, :k]  # (C, k)
     values = np.take_along_axis(best.T, idx, axis=1)

@@ -216,8 +216,9 @@ def int_list(text: str) -> list[int]:
     return out
 
 
-def add_data_dir(parser: argparse.ArgumentParser):
-    """--data-dir (MNIST) and --data (any image set `jaxoip.load_images` reads)."""
+def add_data_dir(parser: argparse.ArgumentParser, input_scale: bool = True):
+    """--data-dir (MNIST) and --data (any image set `jaxoip.load_images` reads); --input-scale for commands
+    that take a --model."""
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -231,6 +232,8 @@ def add_data_dir(parser: argparse.ArgumentParser):
         "folder of IDX files (Fashion-MNIST, KMNIST), a CIFAR-10/100 python folder, or a folder of class "
         "subfolders of PNG/JPEG images",
     )
+    if not input_scale:
+        return
     parser.add_argument(
         "--input-scale",
         default=None,

@@ -11,8 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from jaxoip import cli
 from jaxoip._io import check_apart, prepare_output
@@ -26,6 +25,9 @@ from jaxoip.data.inputs import get_images, parse_image_spec
 from jaxoip.data.mnist import check_data_shape
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import MAP_KINDS, get_layer, layer_shapes
+
+if TYPE_CHECKING:  # pandas is imported by the analyses that build the tables.
+    import pandas as pd
 
 # Named when the command runs out of memory, however it was started (`cli.run`).
 MEMORY_OPTIONS = "--exemplars"
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parse_image_spec(s)  # Fail on a malformed spec before loading anything.
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
-    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
     uses_layer = bool(args.image or args.compare or args.exemplars)  # Predictions need no layer.
     if uses_layer:
         get_layer(trained.config, args.layer, MAP_KINDS if args.exemplars else None)

@@ -30,8 +30,7 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, get_layer
 from jaxoip.models.train import TrainConfig, check_training_data
 from jaxoip.oip.search import OIPConfig
-from jaxoip.seeds.compare import CompareConfig
-from jaxoip.seeds.report import write_report_files
+from jaxoip.seeds.config import CompareConfig
 
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
@@ -118,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(set(names)) < len(names):
             same = sorted({n for n in names if names.count(n) > 1})
             raise JaxoipError(f"--models share the name {same[0]!r}: give folders or files with distinct names")
-        models = [checkpoint.load_model(m, args.data_dir, args.data) for m in args.models]
+        models = [checkpoint.load_model(m, args.data_dir, args.data, args.input_scale) for m in args.models]
         for m in models:
             check_data_shape(data, m.config.input_shape)
         compare.check_models(models, layers)
@@ -160,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
         command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+        from jaxoip.seeds.report import write_report_files  # matplotlib: imported when the report is written.
+
         write_report_files(result, out.staging, command=command)
         if not args.no_html:
             _site(result, models, data, out.staging)

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
     layers = default_layers(trained.config) if args.layers is None else [s.strip() for s in args.layers.split(",")]
     if not layers or len(set(layers)) < len(layers) or not all(layers):
         raise JaxoipError(f"--layers must name distinct layers, got {args.layers!r}")

@@ -26,11 +26,20 @@ from jaxoip._io import add_output_flags, check_apart
 from jaxoip.cli import flags
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
-from jaxoip.oip.facets import FACET_THRESHOLD
-from jaxoip.oip.noise import DEFAULT_RECIPES, get_recipes
-from jaxoip.oip.search import OIPConfig
-from jaxoip.oip.targets import Target
-from jaxoip.oip.transforms import STYLES, style_config
+
+# Plain Python: the arguments are checked before JAX is imported (`_check_early`).
+from jaxoip.models.metadata import checkpoint_model_config
+from jaxoip.oip.config import (
+    DEFAULT_RECIPES,
+    FACET_THRESHOLD,
+    STYLES,
+    OIPConfig,
+    check_scan_args,
+    check_target,
+    get_recipes,
+    style_config,
+    target_maps,
+)
 from jaxoip.progress import Progress
 
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
@@ -119,6 +128,8 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
     """The search's config: the preset of --style, the OIPConfig options given, --seed and --target."""
     cfg = style_config(args.style, **flags.flag_values(OIPConfig, args), transform_seed=args.seed)
     if args.target:
+        from jaxoip.oip.targets import Target
+
         cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
     return cfg
 
@@ -126,8 +137,10 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
+    join = flags.config_from_args(distributed.DistributedConfig, args)
+    cfg, recipes = _check_early(args)
     # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
-    distributed.start(flags.config_from_args(distributed.DistributedConfig, args))
+    distributed.start(join)
     cli.check_backend()
     # --out may differ: only process 0 writes.
     distributed.check_same(
@@ -139,22 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip.oip import scan
     from jaxoip.oip.search import default_chunk_size
 
-    scan.check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
-    if args.exemplars < 0:
-        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
-    if args.target and args.maps is not None:
-        raise JaxoipError("give either --maps or --target, not both")
-    if not 0 <= args.facet_threshold <= 1:
-        raise JaxoipError("--facet-threshold must be between 0 and 1")
-    cfg = oip_config(args)
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cache = cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
-    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
-    check_fits(
-        trained.config, args.chunk_size or default_chunk_size(trained.config), "an OIP search chunk", "--chunk-size"
-    )
+    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
+    chunk = args.chunk_size or default_chunk_size(trained.config)
+    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
     scan.check_scan(
         trained,
@@ -197,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             distributed.leave()
             if not main_process:
                 return 0
-            exemplars = _exemplars(args, trained, data, result, bar)
+            exemplars = result.exemplars
             with bar.phase("figures and tables"):
                 extra = {
                     "compilation_cache": str(cache) if cache else None,
@@ -240,6 +243,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
+    """(the search's config, the recipes), after every check that needs neither JAX, the weights nor data:
+    the numbers, and the layer, maps and node against the checkpoint's metadata.json (a Keras file or a
+    factory has its layers checked once loaded). A bad argument is refused in about a second."""
+    check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
+    if args.exemplars < 0:
+        raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
+    if args.target and args.maps is not None:
+        raise JaxoipError("give either --maps or --target, not both")
+    if not 0 <= args.facet_threshold <= 1:
+        raise JaxoipError("--facet-threshold must be between 0 and 1")
+    cfg = oip_config(args)
+    recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
+    model_config = checkpoint_model_config(args.model)
+    if model_config is not None:
+        check_target(model_config, args.layer, target_maps(model_config, args.layer, args.maps, cfg), args.node, cfg)
+    return cfg, recipes
+
+
 def _scan(args, trained, cfg, recipes, data, out, bar):
     from jaxoip.oip import scan
 
@@ -259,24 +281,10 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         progress=bar,
         partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
+        exemplars=args.exemplars,
     )
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result
-
-
-def _exemplars(args, trained, data, result, bar):
-    """`find_exemplars` of the layer: the test images that drive each map hardest (None without data)."""
-    from jaxoip.analysis.exemplars import find_exemplars
-    from jaxoip.models.cnn import VECTOR_KINDS, get_layer
-
-    if args.exemplars == 0 or args.node is not None or data is None or result.config.weighted:
-        return None
-    if get_layer(trained.config, args.layer).kind in VECTOR_KINDS:
-        return None
-    with bar.phase("exemplars"):
-        ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
-    # Exemplars are only patches that really activate the map: a map dead on data has none.
-    return ex
 
 
 def _site(args, trained, data, result, exemplars, folder) -> None:

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     flags.add_flags(p, ModelConfig, only=MODEL_FLAGS, defaults=dict.fromkeys(MODEL_FLAGS), helps=MODEL_FLAGS)
     cli.add_engine_flags(p, precision=False)
     add_output_flags(p, "checkpoint folder")
-    cli.add_data_dir(p)
+    cli.add_data_dir(p, input_scale=False)
     return p
 
 

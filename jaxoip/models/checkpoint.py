@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import jax
@@ -31,15 +30,21 @@ from jaxoip._io import prepare_output
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.models.cnn import WEIGHTS, ModelConfig, TrainedModel, init_model, nonfinite_parameters
+from jaxoip.models.metadata import (  # noqa: F401 - defined here before; still found here.
+    FORMAT,
+    OLD_FORMATS,
+    REFERENCE_NAME,
+    _old_std_checksum,
+    _read_metadata,
+    metadata_checksum,
+    reference_model_path,
+)
 
-FORMAT = "jaxoip-checkpoint/3"
-OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
 # Bounds of a usable standardization of image data (pixels 0..255, or 0..1): a std below 1e-3 blows inputs
 # up by a factor of more than 1000 and anything past 1e4 is not pixel statistics.
 STD_RANGE = (1e-3, 1e4)
 MAX_ABS_MEAN = 1e4
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # Read by jaxoip.models.keras.
-REFERENCE_NAME = "reference_model"
 
 
 def _flat_params(tree) -> dict[str, np.ndarray]:
@@ -68,12 +73,6 @@ def model_checksum(trained: TrainedModel) -> str:
     std = trained.standardization
     what = [trained.config.to_dict(), [std.mean, std.std], params_checksum(params)]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-
-def metadata_checksum(meta: dict) -> str:
-    """SHA-256 over the fields of metadata.json that change results: format, model config, standardization."""
-    fields = {k: meta.get(k) for k in ("format", "model_config", "standardization", "params_checksum")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def check_standardization(mean, std, where: str):
@@ -198,51 +197,6 @@ def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool =
     return out.path
 
 
-def _read_metadata(path: Path, old_formats: bool = False) -> dict:
-    """metadata.json of the checkpoint folder `path`, checked against its checksum (`old_formats`: as written)."""
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a checkpoint folder (expected a folder with metadata.json and state/)")
-    meta_file = path / "metadata.json"
-    if not meta_file.is_file() or not (path / "state").is_dir():
-        raise CheckpointError(f"{path} is not a complete checkpoint (metadata.json or state/ missing)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_file} is corrupt: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
-        raise CheckpointError(f"{meta_file} is not a {FORMAT} file")
-    if old_formats and meta["format"] in OLD_FORMATS:
-        if "metadata_checksum" in meta:
-            raise CheckpointError(f"{meta_file}: a {meta['format']} file has no metadata_checksum (edited checkpoint)")
-        std = meta.get("standardization") or {}
-        if meta["format"] == "jaxoip-checkpoint/2" and meta.get("standardization_checksum") != _old_std_checksum(
-            std.get("mean"), std.get("std")
-        ):
-            raise CheckpointError(f"{meta_file}: the standardization does not match its checksum (edited checkpoint)")
-        return meta
-    if meta.get("metadata_checksum") != metadata_checksum(meta):
-        if meta["format"] in OLD_FORMATS and "metadata_checksum" not in meta:
-            raise CheckpointError(
-                f"{path} is a {meta['format']} checkpoint, whose model config is not covered by a checksum; "
-                f"check its model_config, then re-save it with jaxoip.upgrade_checkpoint(path, new_path)"
-            )
-        raise CheckpointError(
-            f"{meta_file}: the format, model config or standardization does not match its checksum "
-            "(edited or corrupt checkpoint)"
-        )
-    return meta
-
-
-def _old_std_checksum(mean, std) -> str:
-    """The standardization checksum of format 2 (read only by `upgrade_checkpoint`)."""
-    try:
-        return hashlib.sha256(json.dumps([float(mean), float(std)]).encode()).hexdigest()
-    except (TypeError, ValueError):
-        return ""
-
-
 def load_model(
     path: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
@@ -334,10 +288,6 @@ def upgrade_checkpoint(path: str | os.PathLike, new_path: str | os.PathLike) -> 
     path = Path(path).absolute()
     meta = _read_metadata(path, old_formats=True)
     return save_model(new_path, _restore(path, meta))
-
-
-def reference_model_path() -> Path:
-    return Path(str(resources.files("jaxoip") / REFERENCE_NAME))
 
 
 def load_reference_model() -> TrainedModel:

@@ -10,16 +10,30 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+from jaxtyping import Int
+
 from jaxoip._check import check_float, check_int
-from jaxoip.errors import JaxoipError
+from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.models.spec import SEARCH_KINDS, VECTOR_KINDS, activation_name, get_layer, layer_shapes
 from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, check_seed
-from jaxoip.oip.param import PARAMETERIZATIONS
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
 QUANTITIES = ("auto", "activation", "pre")
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 # Far beyond the study's 600; more would run for days, and the step counter is int32 on device.
 MAX_STEPS = 1_000_000
+# How the image is stepped (`jaxoip.oip.param`).
+PARAMETERIZATIONS = ("pixels", "fourier", "maco")
+# Starts whose images match up to a shift with at least this correlation share a facet (`jaxoip.oip.facets`).
+FACET_THRESHOLD = 0.5
+# Presets of the transformations and penalties (`jaxoip.oip.transforms`).
+STYLES: dict[str, dict] = {
+    "study": {},
+    "robust": dict(jitter=2.0, scale=0.1, rotate=10.0, tv=0.05, blur=0.5),
+}
+# The noise grids of the starts (`jaxoip.oip.noise`), for a 28x28 image.
+DEFAULT_GRIDS = ((3, 3), (7, 7), (14, 14), (28, 28))
 
 
 Terms = tuple[tuple[int, float], ...]
@@ -176,3 +190,130 @@ class OIPConfig:
     def snapshots(self) -> tuple[int, ...]:
         """0-based steps after which the image is kept: the requested ones below `steps`, and the last."""
         return tuple(sorted({s for s in self.snapshot_steps if 0 <= s < self.steps - 1} | {self.steps - 1}))
+
+
+def style_config(style: str, **fields):
+    """An `OIPConfig` with the preset of `style` (see `STYLES`), then `fields` on top (None: keep the preset)."""
+    if style not in STYLES:
+        raise JaxoipError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    values = dict(STYLES[style])
+    values.update({k: v for k, v in fields.items() if v is not None})
+    return OIPConfig(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Weights of uniform random values drawn on each grid and smoothly upsampled to the image size.
+
+    The grids are given for a 28x28 image and scaled to the model's input (`scaled_grids`): the (28, 28)
+    grid is fine per-pixel noise; coarser grids give long-range fluctuations. Each channel of a colour
+    image draws its own values.
+    """
+
+    name: str
+    factors: tuple[float, ...]
+    grids: tuple[tuple[int, int], ...] = DEFAULT_GRIDS
+    smoothing_sigma: float = 0.0  # Optional Gaussian smoothing in pixels (0: none).
+
+    def __post_init__(self):
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        object.__setattr__(self, "grids", tuple(tuple(g) for g in self.grids))
+        if len(self.factors) != len(self.grids):
+            raise JaxoipError(f"recipe {self.name!r}: {len(self.factors)} factors for {len(self.grids)} grids")
+        if not any(self.factors):
+            raise JaxoipError(f"recipe {self.name!r}: all factors are zero")
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("fine", (0.0, 0.0, 0.0, 1.0)),
+        Recipe("coarse3", (1.0, 0.0, 0.0, 0.0)),
+        Recipe("coarse7", (0.0, 1.0, 0.0, 0.0)),
+        Recipe("coarse14", (0.0, 0.0, 1.0, 0.0)),
+        # The study's start: per-pixel noise plus 0.2 of the 3x3 and 7x7 fluctuations.
+        Recipe("study", (0.2, 0.2, 0.0, 1.0)),
+    )
+}
+DEFAULT_RECIPES = tuple(RECIPES)
+
+
+def get_recipes(names) -> tuple[Recipe, ...]:
+    """Recipes by name (or passed through if already `Recipe`s); one grid list for all."""
+    out = []
+    for n in names:
+        if isinstance(n, Recipe):
+            out.append(n)
+        elif n in RECIPES:
+            out.append(RECIPES[n])
+        else:
+            raise JaxoipError(f"unknown noise recipe {n!r}; choose from {', '.join(RECIPES)}")
+    if len({r.grids for r in out}) > 1 or len({r.smoothing_sigma for r in out}) > 1:
+        raise JaxoipError("all recipes of one run must share their grids and smoothing")
+    if not out:
+        raise JaxoipError("no noise recipe given")
+    return tuple(out)
+
+
+def check_scan_args(
+    restarts: int | None = None,
+    precursor_starts: int = 64,
+    screen: int = 8,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> None:
+    """The scan's numeric arguments, checked before anything is loaded or compiled."""
+    check_int("restarts", restarts, 1, optional=True)
+    check_int("precursor starts", precursor_starts, 1)
+    check_int("screen", screen, 1)
+    check_seed(seed)
+    check_int("chunk size", chunk_size, 1, optional=True)
+
+
+def resolve_quantity(model_config, layer_name: str, quantity: str) -> str:
+    """'activation' or 'pre' for `quantity` on this layer ('auto': logits of a softmax layer)."""
+    if quantity not in QUANTITIES:
+        raise JaxoipError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
+    if quantity != "auto":
+        return quantity
+    return "pre" if activation_name(model_config, layer_name) == "softmax" else "activation"
+
+
+def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
+    """Validates a target: a map or vector layer, indices in range, the node inside the map."""
+    spec = get_layer(config, layer_name, SEARCH_KINDS)
+    shape = layer_shapes(config)[layer_name]
+    c = shape[-1]
+    weighted = cfg.weighted if cfg is not None else ()
+    vector = spec.kind in VECTOR_KINDS
+    what = "dense node" if vector else "map index"
+    maps = np.asarray(map_indices)
+    if maps.size == 0:
+        raise LayerError("no map index given")
+    n = len(weighted) if weighted else c
+    if maps.min() < 0 or maps.max() >= n:
+        bad = int(maps[(maps < 0) | (maps >= n)][0])
+        if weighted:
+            raise LayerError(f"weighted target {bad} out of range: {n} given")
+        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if vector else 'maps'} 0..{c - 1}")
+    for terms in weighted:
+        for u, _ in terms:
+            if not 0 <= u < c:
+                raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{c - 1}")
+    if node is not None:
+        if vector:
+            raise LayerError(f"--node applies to maps, not to the vector layer {layer_name}")
+        i, j = node
+        h, w = shape[0], shape[1]
+        if not (0 <= i < h and 0 <= j < w):
+            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
+    if cfg is not None:
+        resolve_quantity(config, layer_name, cfg.quantity)
+
+
+def target_maps(config, layer_name: str, map_indices, cfg: OIPConfig | None = None) -> Int[np.ndarray, " m"]:
+    """The units a search of `layer_name` targets: `map_indices`, or all of the layer's maps (or of the
+    weighted sums in `cfg`) when None; a one-line error when the layer is not a map or vector layer."""
+    get_layer(config, layer_name, SEARCH_KINDS)
+    n = len(cfg.weighted) if cfg is not None and cfg.weighted else layer_shapes(config)[layer_name][-1]
+    return np.arange(n) if map_indices is None else np.asarray(map_indices).reshape(-1)

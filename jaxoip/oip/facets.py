@@ -22,8 +22,7 @@ from jaxtyping import Float, Int
 from scipy.cluster import hierarchy
 
 from jaxoip.models.cnn import layer_specs
-
-FACET_THRESHOLD = 0.5
+from jaxoip.oip.config import FACET_THRESHOLD
 
 
 def gram_features(model, x: jax.Array) -> jax.Array:

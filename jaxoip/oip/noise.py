@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -13,9 +12,9 @@ from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip.errors import JaxoipError
 from jaxoip.numerics import as_key, check_seed
+from jaxoip.oip.config import DEFAULT_GRIDS, DEFAULT_RECIPES, RECIPES, Recipe, get_recipes  # noqa: F401
 from jaxoip.shapes import MapIndices
 
-DEFAULT_GRIDS = ((3, 3), (7, 7), (14, 14), (28, 28))
 # Grids are written for the study's 28x28 images and scaled to the model's input (see `scaled_grids`).
 REFERENCE_SIZE = 28
 DEFAULT_SHAPE = (28, 28, 1)
@@ -39,60 +38,6 @@ def check_image_shape(shape) -> tuple[int, int, int]:
     if len(out) != 3 or min(out) < 1:
         raise JaxoipError(f"an image shape must be three positive sizes (height, width, channels), got {shape!r}")
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Weights of uniform random values drawn on each grid and smoothly upsampled to the image size.
-
-    The grids are given for a 28x28 image and scaled to the model's input (`scaled_grids`): the (28, 28)
-    grid is fine per-pixel noise; coarser grids give long-range fluctuations. Each channel of a colour
-    image draws its own values.
-    """
-
-    name: str
-    factors: tuple[float, ...]
-    grids: tuple[tuple[int, int], ...] = DEFAULT_GRIDS
-    smoothing_sigma: float = 0.0  # Optional Gaussian smoothing in pixels (0: none).
-
-    def __post_init__(self):
-        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
-        object.__setattr__(self, "grids", tuple(tuple(g) for g in self.grids))
-        if len(self.factors) != len(self.grids):
-            raise JaxoipError(f"recipe {self.name!r}: {len(self.factors)} factors for {len(self.grids)} grids")
-        if not any(self.factors):
-            raise JaxoipError(f"recipe {self.name!r}: all factors are zero")
-
-
-RECIPES = {
-    r.name: r
-    for r in (
-        Recipe("fine", (0.0, 0.0, 0.0, 1.0)),
-        Recipe("coarse3", (1.0, 0.0, 0.0, 0.0)),
-        Recipe("coarse7", (0.0, 1.0, 0.0, 0.0)),
-        Recipe("coarse14", (0.0, 0.0, 1.0, 0.0)),
-        # The study's start: per-pixel noise plus 0.2 of the 3x3 and 7x7 fluctuations.
-        Recipe("study", (0.2, 0.2, 0.0, 1.0)),
-    )
-}
-DEFAULT_RECIPES = tuple(RECIPES)
-
-
-def get_recipes(names) -> tuple[Recipe, ...]:
-    """Recipes by name (or passed through if already `Recipe`s); one grid list for all."""
-    out = []
-    for n in names:
-        if isinstance(n, Recipe):
-            out.append(n)
-        elif n in RECIPES:
-            out.append(RECIPES[n])
-        else:
-            raise JaxoipError(f"unknown noise recipe {n!r}; choose from {', '.join(RECIPES)}")
-    if len({r.grids for r in out}) > 1 or len({r.smoothing_sigma for r in out}) > 1:
-        raise JaxoipError("all recipes of one run must share their grids and smoothing")
-    if not out:
-        raise JaxoipError("no noise recipe given")
-    return tuple(out)
 
 
 def _gaussian_smooth(img: jax.Array, sigma: float) -> jax.Array:

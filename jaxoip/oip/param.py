@@ -33,7 +33,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-PARAMETERIZATIONS = ("pixels", "fourier", "maco")
+from jaxoip.oip.config import PARAMETERIZATIONS  # noqa: F401 - defined here before; still found here.
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
+from jaxoip.analysis.exemplars import max_node
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import CNN, batched_layer_map, check_cnn
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
@@ -74,6 +75,15 @@ class MapObjectives:
 
     def __call__(self, acts: jax.Array) -> jax.Array:
         return acts[:, self.node[0], self.node[1], :] if self.node is not None else acts.mean(axis=(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class MapMeansAndMaxima:
+    """Per-batch reduction (B, H, W, C) -> every map's mean (B, C) as `MapObjectives()`, its largest node (B, C)
+    and that node's flat position (B, C) as `find_exemplars`: the data pass and the exemplars in one pass."""
+
+    def __call__(self, acts: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return (acts.mean(axis=(1, 2)), *max_node(acts))
 
 
 def _recipe_keys(root, n_recipes: int, starts: int):

@@ -21,18 +21,28 @@ from jaxtyping import Float, Int
 
 from jaxoip._check import check_float, check_int, check_type
 from jaxoip._io import prepare_output
-from jaxoip.analysis.exemplars import Exemplars
+from jaxoip.analysis.exemplars import Exemplars, exemplars_from_maxima, find_exemplars
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import SEARCH_KINDS, TrainedModel, activation_name, check_trained, get_layer, layer_shapes
+from jaxoip.models.cnn import (
+    MAP_KINDS,
+    TrainedModel,
+    activation_name,
+    batched_layer_map,
+    check_trained,
+    get_layer,
+    layer_shapes,
+)
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
+from jaxoip.oip import targets
+from jaxoip.oip.config import check_scan_args, target_maps
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.param import maco_magnitude
-from jaxoip.oip.precursor import PrecursorResult, data_activation, precursor_scan
+from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, data_activation, precursor_scan
 from jaxoip.oip.quality import QualityConfig
 from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
 from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
@@ -43,21 +53,6 @@ from jaxoip.shapes import MapIndices
 def default_restarts() -> int:
     """16 starts per map on an accelerator; 8 on a CPU, so the default scan stays within minutes."""
     return 8 if jax.default_backend() == "cpu" else 16
-
-
-def check_scan_args(
-    restarts: int | None = None,
-    precursor_starts: int = 64,
-    screen: int = 8,
-    seed: int = 0,
-    chunk_size: int | None = None,
-) -> None:
-    """The scan's numeric arguments, checked before anything is loaded or compiled."""
-    check_int("restarts", restarts, 1, optional=True)
-    check_int("precursor starts", precursor_starts, 1)
-    check_int("screen", screen, 1)
-    check_seed(seed)
-    check_int("chunk size", chunk_size, 1, optional=True)
 
 
 SEARCH_STREAM = 1  # fold_in(key(seed), stream): the search's starts, apart from the precursor's draws.
@@ -80,6 +75,7 @@ def scan_maps(
     partial_dir: str | os.PathLike | None = None,
     quality: QualityConfig | None = QualityConfig(),
     facet_threshold: float = FACET_THRESHOLD,
+    exemplars: int = 0,
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
 
@@ -96,7 +92,9 @@ def scan_maps(
     `earlier_search_seconds` the search time the earlier calls spent on the groups reused. `quality`: the
     per-map measures (`jaxoip.oip.quality`; those beyond `stability` need `data`), None for none.
     `facet_threshold`: the shift-invariant correlation for two starts to share a facet (the facets the
-    table shows, and the OIP references of the two-choice task).
+    table shows, and the OIP references of the two-choice task). `exemplars` > 0: with `data`, the result's
+    `exemplars` are that many test images per map that drive it hardest (`find_exemplars`; a map layer's
+    maps, no node, no weighted targets), found in the data pass where the target is the map's activation.
     """
     t0 = time.perf_counter()
     maps, restarts, config, recipes, chunk = check_scan(
@@ -105,7 +103,11 @@ def scan_maps(
     check_data(data, optional=True)
     check_needs_data(config, data)
     check_float("facet threshold", facet_threshold, 0, 1)
+    check_int("exemplars", exemplars, 0)
     seed = check_seed(seed)
+    exemplars = exemplars if wants_exemplars(trained, layer_name, node, config, data) else 0
+    # The plain map objective: the exemplars' maxima come from the data pass (one pass over the test images).
+    shared_pass = exemplars > 0 and not targets.is_custom(trained.config, layer_name, config)
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
@@ -140,17 +142,28 @@ def scan_maps(
             selective_max,
             magnitude,
         )
-        data_mean = data_max = acts = on_best = min_images = histogram = None
+        data_mean = data_max = acts = on_best = min_images = histogram = found = None
         if data is not None:
             with bar.phase("data pass"):
                 x = trained.standardization(data.test_images)
                 obj = res.objective.reshape(len(maps), restarts)
                 best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
                 # The best OIPs ride along with the test images: one compiled pass for both.
-                acts = data_activation(trained.model, np.concatenate([x, best]), layer_name, node, cfg=config)
+                both = np.concatenate([x, best])
+                if shared_pass:
+                    acts, top, where = batched_layer_map(
+                        trained.model, both, layer_name, MapMeansAndMaxima(), precision=config.precision
+                    )
+                    top, where = top[: len(x)], where[: len(x)]
+                    found = exemplars_from_maxima(trained, data.test_images, layer_name, exemplars, "test", top, where)
+                else:
+                    acts = data_activation(trained.model, both, layer_name, node, cfg=config)
                 acts, on_best = acts[: len(x)], acts[len(x) :]
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
                 histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
+            if exemplars > 0 and not shared_pass:
+                with bar.phase("exemplars"):
+                    found = find_exemplars(trained, data, layer_name, k=exemplars, precision=config.precision)
             if quality is not None and quality.min_starts > 0:
                 with bar.phase("minimizing OIPs"):
                     min_images = quality_lib.minimizing_oips(
@@ -190,6 +203,7 @@ def scan_maps(
         data_histogram=histogram,
         can_be_dead=can_be_dead(trained.config, layer_name, config),
         data_source=None if data is None else data.source,
+        exemplars=found,
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)
@@ -205,6 +219,13 @@ def can_be_dead(model_config, layer_name: str, config: OIPConfig) -> bool:
     if get_layer(model_config, layer_name).kind in ("maps", "units"):
         return True
     return activation_name(model_config, layer_name) == "relu"
+
+
+def wants_exemplars(trained: TrainedModel, layer_name: str, node, config: OIPConfig, data: MNIST | None) -> bool:
+    """Whether a scan has exemplars to find: data, the maps of a map layer, no node and no weighted targets."""
+    if data is None or node is not None or config.weighted:
+        return False
+    return get_layer(trained.config, layer_name).kind in MAP_KINDS
 
 
 def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:
@@ -242,9 +263,8 @@ def check_scan(
     check_type("config", config, OIPConfig)
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
     recipes = get_recipes(recipes)
-    get_layer(trained.config, layer_name, SEARCH_KINDS)
+    maps = target_maps(trained.config, layer_name, map_indices, config)
     n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
-    maps = np.arange(n_maps) if map_indices is None else np.asarray(map_indices).reshape(-1)
     check_target(trained.config, layer_name, maps, node, config)
     restarts = default_restarts() if restarts is None else int(restarts)
     maps = maps.astype(np.int32)

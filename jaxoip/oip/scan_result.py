@@ -13,6 +13,7 @@ import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_type
+from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import Standardization
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
@@ -53,6 +54,7 @@ class ScanResult:
     # (a logit, a pre-activation), whose values may all be negative and still carry information.
     can_be_dead: bool = True
     data_source: str | None = None  # Where the data of the data pass came from (`MNIST.source`).
+    exemplars: Exemplars | None = None  # The test images that drive each map hardest (`scan_maps(exemplars=k)`).
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:

@@ -38,10 +38,9 @@ from flax import nnx
 from jaxtyping import Int
 
 from jaxoip._check import check_type
-from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import (
     _ACTIVATIONS,
-    SEARCH_KINDS,
     VECTOR_KINDS,
     activation_name,
     get_layer,
@@ -50,7 +49,7 @@ from jaxoip.models.cnn import (
     pad_batches,
 )
 from jaxoip.numerics import precision_scope, wait_ready
-from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_terms
+from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_target, check_terms, resolve_quantity  # noqa: F401
 
 
 def parse_terms(text: str) -> Terms:
@@ -123,15 +122,6 @@ def search_arguments(
     return targets[0].layer, np.arange(len(targets), dtype=np.int32), targets[0].node, cfg
 
 
-def resolve_quantity(model_config, layer_name: str, quantity: str) -> str:
-    """'activation' or 'pre' for `quantity` on this layer ('auto': logits of a softmax layer)."""
-    if quantity not in QUANTITIES:
-        raise JaxoipError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
-    if quantity != "auto":
-        return quantity
-    return "pre" if activation_name(model_config, layer_name) == "softmax" else "activation"
-
-
 def is_custom(model_config, layer_name: str, cfg) -> bool:
     """Whether the target needs this module (dense layer, weighted sums or pre-activations)."""
     spec = get_layer(model_config, layer_name)
@@ -140,38 +130,6 @@ def is_custom(model_config, layer_name: str, cfg) -> bool:
         or bool(cfg.weighted)
         or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
     )
-
-
-def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
-    """Validates a target: a map or vector layer, indices in range, the node inside the map."""
-    spec = get_layer(config, layer_name, SEARCH_KINDS)
-    shape = layer_shapes(config)[layer_name]
-    c = shape[-1]
-    weighted = cfg.weighted if cfg is not None else ()
-    vector = spec.kind in VECTOR_KINDS
-    what = "dense node" if vector else "map index"
-    maps = np.asarray(map_indices)
-    if maps.size == 0:
-        raise LayerError("no map index given")
-    n = len(weighted) if weighted else c
-    if maps.min() < 0 or maps.max() >= n:
-        bad = int(maps[(maps < 0) | (maps >= n)][0])
-        if weighted:
-            raise LayerError(f"weighted target {bad} out of range: {n} given")
-        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if vector else 'maps'} 0..{c - 1}")
-    for terms in weighted:
-        for u, _ in terms:
-            if not 0 <= u < c:
-                raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{c - 1}")
-    if node is not None:
-        if vector:
-            raise LayerError(f"--node applies to maps, not to the vector layer {layer_name}")
-        i, j = node
-        h, w = shape[0], shape[1]
-        if not (0 <= i < h and 0 <= j < w):
-            raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
-    if cfg is not None:
-        resolve_quantity(config, layer_name, cfg.quantity)
 
 
 def layer_values(model, x, layer_name: str, pre: bool) -> jax.Array:

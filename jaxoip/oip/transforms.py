@@ -27,13 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxoip.errors import JaxoipError
-from jaxoip.oip.config import OIPConfig
-
-STYLES: dict[str, dict] = {
-    "study": {},
-    "robust": dict(jitter=2.0, scale=0.1, rotate=10.0, tv=0.05, blur=0.5),
-}
+from jaxoip.oip.config import STYLES, OIPConfig, style_config  # noqa: F401 - style_config was defined here.
 
 
 def image_keys(seed: int, images: jax.Array, maps: jax.Array) -> jax.Array:
@@ -134,12 +128,3 @@ def penalty(cfg, img: jax.Array) -> jax.Array:
     if cfg.blur > 0:
         out = out + cfg.blur * blur_penalty(img)
     return out
-
-
-def style_config(style: str, **fields):
-    """An `OIPConfig` with the preset of `style` (see `STYLES`), then `fields` on top (None: keep the preset)."""
-    if style not in STYLES:
-        raise JaxoipError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
-    values = dict(STYLES[style])
-    values.update({k: v for k, v in fields.items() if v is not None})
-    return OIPConfig(**values)
