@@ -100,6 +100,8 @@ def wait_ready(tree) -> None:
     A compiled program runs asynchronously; blocking on its result (`np.asarray`, `jax.device_get`) would
     hold the interrupt until it ends, minutes for a large chunk on a CPU.
     """
+    import jax
+
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, jax.Array) and not leaf.is_ready():
             time.sleep(0.02)
