@@ -72,7 +72,8 @@ def test_outputs_exist_and_parse(scan_out):
     # Issue 26: the minimizing OIPs (min(9, restarts) per map) and every two-choice trial are saved.
     assert arrays["min_images"].shape == (4, 2, 28, 28, 1) and arrays["min_objective"].shape == (4, 2)
     trials = np.load(scan_out / "two_choice.npz")
-    assert trials["strong"].shape == trials["correct_oip"].shape == (4, summary["quality"]["two_choice"]["pairs_per_map"])
+    pairs = summary["quality"]["two_choice"]["pairs_per_map"]
+    assert trials["strong"].shape == trials["correct_oip"].shape == (4, pairs)
     np.testing.assert_allclose(trials["correct_exemplars"].mean(axis=1), table["two_choice_exemplars"], rtol=1e-12)
 
 
