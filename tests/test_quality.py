@@ -208,3 +208,22 @@ def test_layer_mean_recomputed_from_two_choice_npz(planted_scan, small_mnist, tm
             np.testing.assert_array_equal(correct, z[f"correct_{arm}"][i])
             accuracies.append(correct.mean())
         assert round(float(np.mean(accuracies)), 4) == summary[f"two_choice_{arm}"]["mean"], arm
+
+
+def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
+    """An independently trained CNN's features judge the same trials; its columns sit beside the pixel ones."""
+    kw = dict(restarts=2, precursor_starts=8, screen=2, seed=3, data=small_mnist, progress=False)
+    q = quality.QualityConfig(observer_model=tiny_checkpoint, min_starts=0)
+    scan = jaxoip.scan_maps(
+        planted_quality_model(), "Dense_2", config=OIPConfig(steps=30, epsilon=0.05), quality=q, **kw
+    )
+    t = scan.table()
+    for col in ("two_choice_oip", "two_choice_exemplars"):
+        for obs in ("", "_features"):
+            assert t[f"{col}{obs}"].between(0, 1).all() and (t[f"{col}{obs}_lo"] <= t[f"{col}{obs}"]).all()
+    assert t.loc[RING, "two_choice_exemplars_features"] >= 0.9  # Ring-like digits share features with ring digits.
+    s = scan.summary().to_dict()["quality"]["two_choice"]
+    assert s["observers"] == ["pixels", "features"] and "noise_features" in s["controls"]
+    assert "oip_minus_exemplars_features" in s and "two_choice_oip_minmax" not in s
+    with pytest.raises(JaxoipError, match="no layer 'Dense_9'"):
+        quality.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)

@@ -27,6 +27,7 @@ from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.noise import DEFAULT_RECIPES, get_recipes
+from jaxoip.oip.quality import QualityConfig, feature_observer
 from jaxoip.oip.search import OIPConfig
 from jaxoip.oip.targets import Target
 from jaxoip.oip.transforms import STYLES, style_config
@@ -103,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
         default=FACET_THRESHOLD,
         help="starts whose images match up to a shift with correlation >= this share a facet",
     )
+    p.add_argument(
+        "--observer-model",
+        default=None,
+        metavar="PATH",
+        help="a second two-choice observer: feature similarity in this independently trained model's "
+        "checkpoint or Keras file (default: the pixel observer only)",
+    )
+    p.add_argument(
+        "--observer-layer", default=None, help="the observer model's layer (default: its layer before the last)"
+    )
     p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder")
@@ -122,6 +133,11 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
     if args.target:
         cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
     return cfg
+
+
+def quality_config(args: argparse.Namespace) -> QualityConfig:
+    """The per-map measures' config: the defaults, with the second observer given."""
+    return QualityConfig(observer_model=args.observer_model, observer_layer=args.observer_layer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data)
+    if args.observer_model is not None:  # A bad observer fails before the search, in one line.
+        feature_observer(quality_config(args), trained.standardization)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     check_fits(trained.config, args.chunk_size or default_chunk_size(), "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
@@ -248,6 +266,7 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         progress=bar,
         partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
+        quality=quality_config(args),
     )
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result

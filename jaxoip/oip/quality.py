@@ -45,6 +45,10 @@
     depend on the maps scanned), Gaussian pixel noise (`noise`) and random digits of the reference half
     (`random_digits`).
 
+  * A second observer (`QualityConfig.observer_model`): the same trials judged by the cosine similarity of
+    the images' features in another, independently trained network (its layer before the last by default),
+    closer to how a person compares shapes than pixel correlation; its columns end in `_features`.
+
   The summary reports each arm's mean over maps with a percentile bootstrap CI over maps (seeded), chance,
   the controls and the paired difference OIP minus exemplars with its CI. `MapQuality.trials` (a scan's
   two_choice.npz) holds every trial's query and reference indices, the reference images and the outcome
@@ -62,6 +66,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from jaxoip._check import check_float, check_int
+from jaxoip.errors import JaxoipError
 from jaxoip.oip.facets import shift_similarity
 from jaxoip.oip.similarity import shift_similarity_matrix
 
@@ -81,6 +86,10 @@ class QualityConfig:
     references: int = 9  # maximizing references per arm (at most the restarts), and as many minimizing ones
     min_starts: int = 9  # starts per map of the minimizing search (at most the restarts); 0: no max+min variant
     bootstrap: int = 2000  # resamples of the maps for each CI
+    # A second observer: cosine similarity in the feature space of another network (a checkpoint or Keras
+    # file, `resolve_model`), at `observer_layer` (default: its layer before the last); None: pixels only.
+    observer_model: str | None = None
+    observer_layer: str | None = None
 
     def __post_init__(self):
         check_int("two-choice pairs", self.pairs, 1)
@@ -90,6 +99,8 @@ class QualityConfig:
         check_int("references", self.references, 1)
         check_int("minimizing starts", self.min_starts, 0)
         check_int("bootstrap resamples", self.bootstrap, 1)
+        if self.observer_model is not None:
+            object.__setattr__(self, "observer_model", str(self.observer_model))
 
 
 @dataclasses.dataclass
@@ -191,6 +202,48 @@ def observer_similarity(queries, refs, max_shift: int):
     return jax.lax.map(lambda qr: shift_similarity_matrix(qr[0], qr[1], max_shift)[0], (queries, refs))
 
 
+def feature_observer(cfg: QualityConfig, standardization):
+    """A function from images standardized by `standardization` (the scanned model's) to the second
+    observer's features (n, f) (`cfg.observer_model` at `cfg.observer_layer`: map means of a conv layer,
+    nodes of a dense one), or None without one; the images are rescaled to the observer's standardization."""
+    if cfg.observer_model is None:
+        return None
+    from jaxoip.models.checkpoint import resolve_model
+    from jaxoip.models.cnn import layer_shapes
+    from jaxoip.oip.config import OIPConfig
+    from jaxoip.oip.precursor import data_activation
+
+    observer_target = OIPConfig(quantity="activation")  # Every unit's activation (map mean, or dense node).
+
+    observer = resolve_model(cfg.observer_model)
+    layers = list(layer_shapes(observer.config))
+    layer = cfg.observer_layer or layers[-2 if len(layers) > 1 else -1]
+    if layer not in layers:
+        raise JaxoipError(f"the observer model has no layer {layer!r}; its layers: {', '.join(layers)}")
+
+    def features(images):
+        if images.shape[1:] != tuple(observer.config.input_shape):
+            raise JaxoipError(
+                f"the observer model takes images of shape {tuple(observer.config.input_shape)}, "
+                f"the scanned one {images.shape[1:]}"
+            )
+        x = observer.standardization(standardization.to_pixels(np.asarray(images, np.float32)))
+        values = data_activation(observer.model, np.asarray(x, np.float32), layer, cfg=observer_target)
+        return values.astype(np.float64)
+
+    return features
+
+
+def feature_similarity(queries: Float[np.ndarray, "m q f"], refs: Float[np.ndarray, "m s f"]) -> np.ndarray:
+    """(m, q, s) cosine similarity of feature vectors (0 where one of them is all zeros)."""
+
+    def unit(v):
+        norm = np.linalg.norm(v, axis=-1, keepdims=True)
+        return v / np.where(norm > 0, norm, 1.0)
+
+    return np.einsum("mqf,msf->mqs", unit(queries), unit(refs))
+
+
 def trial_correct(sim: Float[np.ndarray, "m 2p s"], pos: slice, neg: slice | None = None) -> Float[np.ndarray, "m p"]:
     """Per map and trial (strong query = first half of the queries, weak = second), 1 if the observer picks
     the strong query, 0.5 for a tie, else 0. A query's score is its largest similarity to the references
@@ -255,6 +308,7 @@ def two_choice(
     cfg: QualityConfig,
     seed: int,
     layer_name: str,
+    features=None,
 ) -> tuple[dict[str, Float[np.ndarray, " m"]], dict[str, Float[np.ndarray, " m"]], dict[str, np.ndarray]]:
     """(per-map accuracies with their Wilson intervals, chance-level controls per map, every trial's inputs
     and outcomes for two_choice.npz); see the module docstring. NaN where undefined."""
@@ -287,21 +341,24 @@ def two_choice(
     if q:
         slots += [min_refs[:, :q], test_x[ex_min]]
     queries = test_x[np.concatenate([strong, weak], axis=1)]  # (m, 2p, H, W, ch)
-    sim = np.asarray(observer_similarity(queries, np.concatenate(slots, axis=1), cfg.max_shift), float)
+    refs = np.concatenate(slots, axis=1)
+    sims = {"": np.asarray(observer_similarity(queries, refs, cfg.max_shift), float)}
+    if features is not None:  # The second observer: the test images' features once, the references' in one pass.
+        test_f = features(test_x)
+        ref_f = features(refs.reshape(-1, *shape)).reshape(m, refs.shape[1], -1)
+        sims["_features"] = feature_similarity(test_f[np.concatenate([strong, weak], axis=1)], ref_f)
     cols = [slice(j * k, (j + 1) * k) for j in range(5)] + [slice(5 * k, 5 * k + q), slice(5 * k + q, 5 * k + 2 * q)]
     oip_ok, ok = valid & has_oip, valid
-    arms = {
-        "two_choice_oip": (trial_correct(sim, cols[0]), oip_ok),
-        "two_choice_exemplars": (trial_correct(sim, cols[1]), ok),
-    }
-    if q:
-        arms["two_choice_oip_minmax"] = (trial_correct(sim, cols[0], cols[5]), oip_ok)
-        arms["two_choice_exemplars_minmax"] = (trial_correct(sim, cols[1], cols[6]), ok)
-    controls = {
-        "other_map_oip": (trial_correct(sim, cols[2]), valid & has_oip[other] & (m > 1)),
-        "noise": (trial_correct(sim, cols[3]), ok),
-        "random_digits": (trial_correct(sim, cols[4]), ok),
-    }
+    arms, controls = {}, {}
+    for obs, sim in sims.items():
+        arms[f"two_choice_oip{obs}"] = (trial_correct(sim, cols[0]), oip_ok)
+        arms[f"two_choice_exemplars{obs}"] = (trial_correct(sim, cols[1]), ok)
+        if q:
+            arms[f"two_choice_oip_minmax{obs}"] = (trial_correct(sim, cols[0], cols[5]), oip_ok)
+            arms[f"two_choice_exemplars_minmax{obs}"] = (trial_correct(sim, cols[1], cols[6]), ok)
+        controls[f"other_map_oip{obs}"] = (trial_correct(sim, cols[2]), valid & has_oip[other] & (m > 1))
+        controls[f"noise{obs}"] = (trial_correct(sim, cols[3]), ok)
+        controls[f"random_digits{obs}"] = (trial_correct(sim, cols[4]), ok)
     out, chance = {}, {}
     trials = dict(
         map_indices=np.asarray(maps),
@@ -363,8 +420,9 @@ def summarize(q: MapQuality, cfg: QualityConfig, rng: np.random.Generator) -> di
             "frac_above_1": round(float(np.mean(ratio > 1)), 4) if ratio.size else None,
         }
     if q.two_choice:
-        tc = {k: bootstrap_mean(q.two_choice[k], cfg.bootstrap, rng) for k in TWO_CHOICE if k in q.two_choice}
-        for suffix in ("", "_minmax"):
+        arms = [k for k in q.two_choice if not k.endswith(("_lo", "_hi"))]
+        tc = {k: bootstrap_mean(q.two_choice[k], cfg.bootstrap, rng) for k in arms}
+        for suffix in ("", "_minmax", "_features", "_minmax_features"):
             a, b = q.two_choice.get(f"two_choice_oip{suffix}"), q.two_choice.get(f"two_choice_exemplars{suffix}")
             if a is not None:
                 tc[f"oip_minus_exemplars{suffix}"] = bootstrap_mean(a - b, cfg.bootstrap, rng)
@@ -377,6 +435,7 @@ def summarize(q: MapQuality, cfg: QualityConfig, rng: np.random.Generator) -> di
             "pairs_per_map": int(t["strong"].shape[1]),
             "references_per_arm": int(t["oip_refs"].shape[1]),
             "min_references_per_arm": int(t["min_oip_refs"].shape[1]) if "min_oip_refs" in t else 0,
+            "observers": ["pixels", *(["features"] if cfg.observer_model is not None else [])],
             "config": dataclasses.asdict(cfg),
         }
     return out
@@ -419,8 +478,9 @@ def measure(
         k = min(cfg.references, result.restarts)
         starts, has_oip = oip_references(result.images, result.objective, result.facets(), k)
         refs = result.images[idx[:, None], starts]
+        features = feature_observer(cfg, result.standardization)
         out.two_choice, out.controls, out.trials = two_choice(
-            test_x, values, maps, refs, has_oip, min_images, cfg, result.seed, result.layer_name
+            test_x, values, maps, refs, has_oip, min_images, cfg, result.seed, result.layer_name, features
         )
         out.trials["oip_ref_starts"] = starts
     out.summary = summarize(out, cfg, quality_rng(result.seed))
