@@ -37,3 +37,21 @@ def test_pixel_range_checked():
     x0 = np.zeros((1, 28, 28, 1), np.float32)
     with pytest.raises(JaxoipError, match="needs the model's standardization"):
         search_oips(trained.model, "Dense_2", [0], x0, OIPConfig(steps=2, pixel_range="clip"))
+
+
+@pytest.mark.parametrize("pixel_range", ["clip", "sigmoid"])
+def test_colour_channels_have_their_own_range(pixel_range):
+    """Per-channel standardization: each channel's pixels stay in [0, 255] through a start and a step."""
+    import jax.numpy as jnp
+
+    from jaxoip.data.mnist import Standardization
+    from jaxoip.oip.search import pixel_range_maps
+
+    std = Standardization((120.0, 110.0, 100.0), (60.0, 65.0, 70.0))
+    cfg = OIPConfig(pixel_range=pixel_range, pixel_mean=std.mean, pixel_std=std.std)
+    finish, view, start = pixel_range_maps(cfg, 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(0, 3, (2, 8, 8, 3)), jnp.float32)
+    for images in (view(start(x)), view(jnp.stack([finish(img) for img in start(x) * 5]))):
+        pixels = std.to_pixels(np.asarray(images, np.float64))
+        assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+        assert np.ptp(pixels[..., 0]) > 50  # Not collapsed to one value.
