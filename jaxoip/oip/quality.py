@@ -71,7 +71,7 @@ from jaxoip.oip.facets import shift_similarity
 from jaxoip.oip.similarity import shift_similarity_matrix
 
 CHANCE = 0.5
-QUALITY_STREAM = 2  # Host-side draws (split, pairs, ties, bootstrap) from SeedSequence([seed, stream]).
+QUALITY_STREAM = 2  # Host-side draws: the split and the bootstrap from [seed, stream], a map's own from `map_rng`.
 TWO_CHOICE = ("two_choice_oip", "two_choice_exemplars", "two_choice_oip_minmax", "two_choice_exemplars_minmax")
 
 
