@@ -116,6 +116,7 @@ def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
         (["--node", "5,5"], "outside the 3x3 maps"),
         (["--recipes", "fine,pink"], "unknown noise recipe 'pink'"),
         (["--restarts", "0"], "restarts must be at least 1"),
+        (["--observer-model", "no/such/observer"], "no checkpoint at"),
     ],
 )
 def test_bad_arguments_one_line_no_output(tiny_checkpoint, tmp_path, capsys, extra, message):
