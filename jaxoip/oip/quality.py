@@ -71,7 +71,8 @@ from jaxoip.oip.facets import shift_similarity
 from jaxoip.oip.similarity import shift_similarity_matrix
 
 CHANCE = 0.5
-QUALITY_STREAM = 2  # Host-side draws: the split and the bootstrap from [seed, stream], a map's own from `map_rng`.
+# Host-side draws: the split from [seed, stream], a CI from [seed, stream, crc32(name)], a map from `map_rng`.
+QUALITY_STREAM = 2
 TWO_CHOICE = ("two_choice_oip", "two_choice_exemplars", "two_choice_oip_minmax", "two_choice_exemplars_minmax")
 
 
@@ -388,8 +389,15 @@ def two_choice(
     return out, chance, trials
 
 
-def summarize(q: MapQuality, cfg: QualityConfig, rng: np.random.Generator) -> dict:
-    """summary.json's aggregates: distributions of the per-map measures, two-choice means with CIs and chance."""
+def summarize(q: MapQuality, cfg: QualityConfig, seed: int) -> dict:
+    """summary.json's aggregates: distributions of the per-map measures, two-choice means with CIs and chance.
+
+    Each CI resamples with its own stream keyed by (seed, its name), so it does not depend on which other
+    arms (observers, minimizing references) were measured."""
+
+    def boot(name, values):
+        rng = np.random.default_rng([int(seed), QUALITY_STREAM, zlib.crc32(name.encode())])
+        return bootstrap_mean(values, cfg.bootstrap, rng)
 
     def dist(v):
         v = np.asarray(v, float)
@@ -421,12 +429,12 @@ def summarize(q: MapQuality, cfg: QualityConfig, rng: np.random.Generator) -> di
         }
     if q.two_choice:
         arms = [k for k in q.two_choice if not k.endswith(("_lo", "_hi"))]
-        tc = {k: bootstrap_mean(q.two_choice[k], cfg.bootstrap, rng) for k in arms}
+        tc = {k: boot(k, q.two_choice[k]) for k in arms}
         for suffix in ("", "_minmax", "_features", "_minmax_features"):
             a, b = q.two_choice.get(f"two_choice_oip{suffix}"), q.two_choice.get(f"two_choice_exemplars{suffix}")
             if a is not None:
-                tc[f"oip_minus_exemplars{suffix}"] = bootstrap_mean(a - b, cfg.bootstrap, rng)
-        controls = {k: bootstrap_mean(v, cfg.bootstrap, rng) for k, v in q.controls.items()}
+                tc[f"oip_minus_exemplars{suffix}"] = boot(f"oip_minus_exemplars{suffix}", a - b)
+        controls = {k: boot(k, v) for k, v in q.controls.items()}
         t = q.trials
         out["two_choice"] = {
             **tc,
@@ -483,7 +491,7 @@ def measure(
             test_x, values, maps, refs, has_oip, min_images, cfg, result.seed, result.layer_name, features
         )
         out.trials["oip_ref_starts"] = starts
-    out.summary = summarize(out, cfg, quality_rng(result.seed))
+    out.summary = summarize(out, cfg, result.seed)
     return out
 
 
