@@ -23,6 +23,8 @@ def scan_out(tiny_checkpoint, mnist, tmp_path_factory):
 def test_outputs_exist_and_parse(scan_out):
     names = {p.name for p in scan_out.iterdir()}
     assert {"gallery.png", "maps.csv", "maps.json", "summary.json", "oips.npz", "two_choice.npz"} <= names
+    # The folder's record of a complete run lists the new file too (what --overwrite may remove).
+    assert "two_choice.npz" in json.loads((scan_out / ".jaxoip.json").read_text())["files"]
     assert {f"snapshots_map{m:03d}.png" for m in (0, 1, 2, 7)} <= names
     table = pd.read_csv(scan_out / "maps.csv")
     assert table["map"].tolist() == [0, 1, 2, 7]
