@@ -9,7 +9,11 @@ image-steps per second. Styles:
 - robust: jitter, scaling, rotation, total-variation and blur penalties; fourier: the decorrelated
   parameterization; maco: phase only, magnitude fixed to the training images' mean spectrum;
 - diversity: Lucid's diversity term across a map's starts; selective: the target's normalized activation
-  minus `--selective` times the mean of the layer's other maps.
+  minus `--selective` times the mean of the layer's other maps;
+- clip, sigmoid: the default search with its image kept in pixels [0, 255] (`--pixel-range`), clip-fourier
+  and sigmoid-maco the same with those parameterizations.
+
+The chance-level controls of the two-choice task (another map's OIPs, noise, random digits) come with each row.
 
     python experiments/oip_quality.py --out oip_quality.json          # both layers, every style
     python experiments/oip_quality.py --maps 16 --restarts 2 --steps 50  # a smoke run
@@ -31,8 +35,20 @@ from jaxoip.oip.quality import QualityConfig, bootstrap_mean, quality_rng
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.transforms import style_config
 
-STYLES = ("study", "wake", "robust", "fourier", "maco", "diversity", "selective")
-MEASURES = ("superstimulus", "selectivity_ratio", "stability")
+STYLES = (
+    "study",
+    "wake",
+    "robust",
+    "fourier",
+    "maco",
+    "diversity",
+    "selective",
+    "clip",
+    "sigmoid",
+    "clip-fourier",
+    "sigmoid-maco",
+)
+MEASURES = ("out_of_range_frac", "superstimulus", "superstimulus_raw", "selectivity_ratio", "stability")
 TWO_CHOICE = ("two_choice_oip", "two_choice_exemplars", "two_choice_oip_minmax", "two_choice_exemplars_minmax")
 
 
@@ -46,6 +62,10 @@ def style(name: str, steps: int, selective: float):
         "maco": dict(param="maco"),
         "diversity": dict(diversity=1.0),
         "selective": dict(selective=selective),
+        "clip": dict(pixel_range="clip"),
+        "sigmoid": dict(pixel_range="sigmoid"),
+        "clip-fourier": dict(pixel_range="clip", param="fourier"),
+        "sigmoid-maco": dict(pixel_range="sigmoid", param="maco"),
     }[name]
     return style_config("robust" if name == "robust" else "study", **{"steps": steps, "wake": True, **fields})
 
@@ -62,6 +82,7 @@ def row(result, bootstrap: int, seed: int) -> dict:
     rank = np.asarray(table["selectivity_rank"], float)
     rank = rank[np.isfinite(rank)]
     out["frac_selectivity_rank_0"] = round(float(np.mean(rank == 0)), 4) if rank.size else None
+    out["controls"] = result.quality.summary.get("two_choice", {}).get("controls")
     out["found"] = int(np.sum(table["found"]))
     out["maps"] = len(table)
     out["image_steps_per_second"] = round(result.image_steps_per_second, 1)

@@ -39,7 +39,8 @@ CONFIGS = {
 }
 NOT_OPTIONS = {
     TrainConfig: set(),
-    OIPConfig: {"weighted", "diversity_group", "transform_seed"},  # --target, the scan's restarts, --seed.
+    # --target, the scan's restarts, --seed, the model's standardization (for --pixel-range).
+    OIPConfig: {"weighted", "diversity_group", "transform_seed", "pixel_mean", "pixel_std"},
     CompareConfig: {"oip", "oip_scan_options"},  # --oip-steps, --oip-wake, --precision; library only.
 }
 

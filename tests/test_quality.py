@@ -82,10 +82,16 @@ def test_superstimulus_and_selectivity_match_numpy(planted_scan, small_mnist):
     scan, _, _ = planted_scan
     t = scan.table()
     on_oip = numpy_forward(scan.best_images)  # (m, 3): every map on every map's best OIP
+    # superstimulus: on the OIP clipped to pixels [0, 255]; superstimulus_raw: on the OIP as searched.
+    on_clipped = numpy_forward(STD(np.clip(STD.to_pixels(scan.best_images.astype(np.float64)), 0, 255)))
+    pixels = STD.to_pixels(scan.best_images.astype(np.float64)).reshape(3, -1)
+    np.testing.assert_allclose(t["out_of_range_frac"], ((pixels < -0.5) | (pixels > 255.5)).mean(axis=1))
+    assert (t["out_of_range_frac"] > 0).all()  # The unconstrained search leaves the range.
     data_max = numpy_forward(STD(small_mnist.test_images)).max(axis=0)
     for i, m in enumerate(scan.map_indices):
         norm = on_oip[i] / data_max
-        np.testing.assert_allclose(t["superstimulus"][i], norm[m], rtol=1e-4)
+        np.testing.assert_allclose(t["superstimulus_raw"][i], norm[m], rtol=1e-4)
+        np.testing.assert_allclose(t["superstimulus"][i], on_clipped[i, m] / data_max[m], rtol=1e-4)
         others = np.delete(norm, m)
         assert t["selectivity_rank"][i] == int((others > norm[m]).sum())
         with np.errstate(divide="ignore"):  # No other map responds: inf.
@@ -100,11 +106,18 @@ def test_measures_in_range_and_reproducible(planted_scan):
     assert t["stability"].between(-1, 1).all()
     for col in quality.TWO_CHOICE:
         assert t[col].between(0, 1).all(), col
+        assert (t[f"{col}_lo"] <= t[col]).all() and (t[col] <= t[f"{col}_hi"]).all(), col
+        assert (t[f"{col}_hi"] - t[f"{col}_lo"]).between(0.05, 0.5).all(), col  # 20 trials: wide, not empty
     s = scan.summary().to_dict()["quality"]["two_choice"]
     assert s["chance"] == 0.5
-    for k in ("two_choice_oip", "two_choice_exemplars"):
-        lo, hi = s[k]["ci95"]
-        assert 0 <= lo <= s[k]["mean"] <= hi <= 1
+    # 2000 test images: 1000 queries, pools of 20; 4 restarts: 4 references per arm, 4 minimizing ones.
+    assert (s["pairs_per_map"], s["references_per_arm"], s["min_references_per_arm"]) == (20, 4, 4)
+    for k in ("two_choice_oip", "two_choice_exemplars", *(f"controls.{c}" for c in ("noise", "random_digits"))):
+        v = s["controls"][k.split(".")[1]] if "." in k else s[k]
+        lo, hi = v["ci95"]
+        assert 0 <= lo <= v["mean"] <= hi <= 1
+    assert abs(s["controls"]["noise"]["mean"] - 0.5) < 0.25  # Noise references tell nothing about a map.
+    assert scan.quality.min_images.shape == (3, 4, 28, 28, 1) and scan.quality.min_objective.shape == (3, 4)
     again = jaxoip.scan_maps(planted_quality_model(), "Dense_2", config=cfg, **kw)
     cols = ["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *quality.TWO_CHOICE]
     assert again.table()[cols].equals(t[cols])
@@ -127,3 +140,90 @@ def test_quality_config_checked():
         quality.QualityConfig(query_frac=0.7)
     with pytest.raises(JaxoipError, match="pairs"):
         quality.QualityConfig(pairs=0)
+
+
+def test_map_alone_equals_map_in_scan(small_mnist):
+    """A map's every measure is the same scanned alone as beside other maps (its own random stream)."""
+    kw = dict(restarts=4, precursor_starts=8, screen=2, seed=5, data=small_mnist, progress=False, chunk_size=4)
+    cfg = OIPConfig(steps=30, epsilon=0.05)
+    full = jaxoip.scan_maps(planted_quality_model(), "Dense_2", [0, 1, 2], config=cfg, **kw)
+    alone = jaxoip.scan_maps(planted_quality_model(), "Dense_2", [BAR], config=cfg, **kw)
+    np.testing.assert_array_equal(alone.best_images[0], full.best_images[BAR])
+    cols = list(alone.quality.columns())
+    assert {"out_of_range_frac", "superstimulus_raw", "two_choice_oip_lo", "two_choice_exemplars_minmax_hi"} <= set(
+        cols
+    )
+    a, f = alone.table()[cols].iloc[0], full.table()[cols].iloc[BAR]
+    assert a.equals(f), (a, f)
+    for k in ("strong", "weak", "exemplar_refs", "correct_oip", "correct_exemplars_minmax"):
+        np.testing.assert_array_equal(alone.quality.trials[k][0], full.quality.trials[k][BAR])
+
+
+def test_wilson_interval_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for k, n in ((0, 20), (7, 20), (20, 20), (63, 100), (99, 100)):
+        lo, hi = quality.wilson_interval(np.array([k / n]), n)
+        ci = scipy_stats.binomtest(k, n).proportion_ci(method="wilson")
+        np.testing.assert_allclose([lo[0], hi[0]], [ci.low, ci.high], atol=1e-12)
+    assert np.isnan(quality.wilson_interval(np.array([np.nan]), 10)[0][0])
+
+
+def _numpy_shift_similarity(a: np.ndarray, b: np.ndarray, s: int) -> float:
+    """Largest Pearson correlation over the overlaps of images a and b (H, W) shifted by up to s pixels."""
+    h, w = a.shape
+    best = -np.inf
+    for dy in range(-s, s + 1):
+        for dx in range(-s, s + 1):
+            x = a[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)].ravel().astype(np.float64)
+            y = b[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)].ravel().astype(np.float64)
+            x, y = x - x.mean(), y - y.mean()
+            best = max(best, float(x @ y / np.sqrt((x @ x) * (y @ y) + 1e-30)))
+    return best
+
+
+def test_layer_mean_recomputed_from_two_choice_npz(planted_scan, small_mnist, tmp_path):
+    """The saved trials rerun with plain NumPy give the published layer means of both max arms."""
+    import json
+
+    scan, _, _ = planted_scan
+    out = jaxoip.write_scan(scan, tmp_path / "scan")
+    summary = json.loads((out / "summary.json").read_text())["quality"]["two_choice"]
+    with np.load(out / "oips.npz") as z:
+        assert z["min_images"].shape == (3, 4, 28, 28, 1) and z["min_objective"].shape == (3, 4)
+    z = dict(np.load(out / "two_choice.npz"))
+    test_x = STD(small_mnist.test_images.astype(np.float64))[..., 0]
+    s = int(z["max_shift"])
+    for arm, refs in (("oip", z["oip_refs"][..., 0]), ("exemplars", test_x[z["exemplar_refs"]])):
+        accuracies = []
+        for i in range(len(z["map_indices"])):
+            if not (z["valid"][i] and (z["has_oip"][i] or arm != "oip")):
+                continue
+
+            def score(query, i=i, refs=refs):
+                return max(_numpy_shift_similarity(test_x[query], r, s) for r in refs[i])
+
+            strong = np.array([score(q) for q in z["strong"][i]])
+            weak = np.array([score(q) for q in z["weak"][i]])
+            correct = np.where(strong > weak, 1.0, np.where(strong == weak, 0.5, 0.0))
+            np.testing.assert_array_equal(correct, z[f"correct_{arm}"][i])
+            accuracies.append(correct.mean())
+        assert round(float(np.mean(accuracies)), 4) == summary[f"two_choice_{arm}"]["mean"], arm
+
+
+def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
+    """An independently trained CNN's features judge the same trials; its columns sit beside the pixel ones."""
+    kw = dict(restarts=2, precursor_starts=8, screen=2, seed=3, data=small_mnist, progress=False)
+    q = quality.QualityConfig(observer_model=tiny_checkpoint, min_starts=0)
+    scan = jaxoip.scan_maps(
+        planted_quality_model(), "Dense_2", config=OIPConfig(steps=30, epsilon=0.05), quality=q, **kw
+    )
+    t = scan.table()
+    for col in ("two_choice_oip", "two_choice_exemplars"):
+        for obs in ("", "_features"):
+            assert t[f"{col}{obs}"].between(0, 1).all() and (t[f"{col}{obs}_lo"] <= t[f"{col}{obs}"]).all()
+    assert t.loc[RING, "two_choice_exemplars_features"] >= 0.9  # Ring-like digits share features with ring digits.
+    s = scan.summary().to_dict()["quality"]["two_choice"]
+    assert s["observers"] == ["pixels", "features"] and "noise_features" in s["controls"]
+    assert "oip_minus_exemplars_features" in s and "two_choice_oip_minmax" not in s
+    with pytest.raises(JaxoipError, match="no layer 'Dense_9'"):
+        quality.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)

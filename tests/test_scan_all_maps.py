@@ -22,7 +22,9 @@ def scan_out(tiny_checkpoint, mnist, tmp_path_factory):
 
 def test_outputs_exist_and_parse(scan_out):
     names = {p.name for p in scan_out.iterdir()}
-    assert {"gallery.png", "maps.csv", "maps.json", "summary.json", "oips.npz"} <= names
+    assert {"gallery.png", "maps.csv", "maps.json", "summary.json", "oips.npz", "two_choice.npz"} <= names
+    # The folder's record of a complete run lists the new file too (what --overwrite may remove).
+    assert "two_choice.npz" in json.loads((scan_out / ".jaxoip.json").read_text())["files"]
     assert {f"snapshots_map{m:03d}.png" for m in (0, 1, 2, 7)} <= names
     table = pd.read_csv(scan_out / "maps.csv")
     assert table["map"].tolist() == [0, 1, 2, 7]
@@ -40,7 +42,9 @@ def test_outputs_exist_and_parse(scan_out):
         "found",
         "silent_on_noise",
         "dead_on_data",
+        "out_of_range_frac",
         "superstimulus",
+        "superstimulus_raw",
         "selectivity_rank",
         "selectivity_ratio",
         "stability",
@@ -48,6 +52,10 @@ def test_outputs_exist_and_parse(scan_out):
         "two_choice_exemplars",
         "two_choice_oip_minmax",
         "two_choice_exemplars_minmax",
+        "two_choice_oip_lo",
+        "two_choice_oip_hi",
+        "two_choice_exemplars_minmax_lo",
+        "two_choice_exemplars_minmax_hi",
     ):
         assert col in table, col
     rows = json.loads((scan_out / "maps.json").read_text())
@@ -63,6 +71,26 @@ def test_outputs_exist_and_parse(scan_out):
     assert arrays["best_images"].shape == (4, 28, 28, 1)
     assert arrays["best_pixels"].shape == (4, 28, 28, 1)
     np.testing.assert_allclose(arrays["best_objective"], table["best_objective"], rtol=1e-5)
+    # Issue 26: the minimizing OIPs (min(9, restarts) per map) and every two-choice trial are saved.
+    assert arrays["min_images"].shape == (4, 2, 28, 28, 1) and arrays["min_objective"].shape == (4, 2)
+    trials = np.load(scan_out / "two_choice.npz")
+    pairs = summary["quality"]["two_choice"]["pairs_per_map"]
+    assert trials["strong"].shape == trials["correct_oip"].shape == (4, pairs)
+    np.testing.assert_allclose(trials["correct_exemplars"].mean(axis=1), table["two_choice_exemplars"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("pixel_range", ["clip", "sigmoid"])
+def test_pixel_range_keeps_oips_in_range(tiny_checkpoint, mnist, tmp_path, pixel_range):
+    """--pixel-range clip and sigmoid give OIPs whose pixels all lie in [0, 255], with Fourier images too."""
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_checkpoint), "--maps", "0-2", "--param", "fourier", "--out", str(out), *ARGS]
+    assert cli.run(scan_all_maps.main, [*argv, "--pixel-range", pixel_range]) == 0
+    pixels = np.load(out / "oips.npz")["best_pixels"]
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3, (pixels.min(), pixels.max())
+    table = pd.read_csv(out / "maps.csv")
+    assert (table["out_of_range_frac"] == 0).all()
+    np.testing.assert_allclose(table["superstimulus"], table["superstimulus_raw"], rtol=1e-4)
+    assert json.loads((out / "summary.json").read_text())["oip_config"]["pixel_range"] == pixel_range
 
 
 def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
@@ -90,6 +118,7 @@ def test_scan_api_matches_command(tiny_trained, mnist, scan_out):
         (["--node", "5,5"], "outside the 3x3 maps"),
         (["--recipes", "fine,pink"], "unknown noise recipe 'pink'"),
         (["--restarts", "0"], "restarts must be at least 1"),
+        (["--observer-model", "no/such/observer"], "no checkpoint at"),
     ],
 )
 def test_bad_arguments_one_line_no_output(tiny_checkpoint, tmp_path, capsys, extra, message):

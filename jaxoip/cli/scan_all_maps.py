@@ -111,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
         default=FACET_THRESHOLD,
         help="starts whose images match up to a shift with correlation >= this share a facet",
     )
+    p.add_argument(
+        "--observer-model",
+        default=None,
+        metavar="PATH",
+        help="a second two-choice observer: feature similarity in this independently trained model's "
+        "checkpoint or Keras file (default: the pixel observer only)",
+    )
+    p.add_argument(
+        "--observer-layer", default=None, help="the observer model's layer (default: its layer before the last)"
+    )
     p.add_argument("--exemplars", type=int, default=3, help="test-set exemplars per map in the gallery (0: none)")
     p.add_argument("--all-starts", action="store_true", help="also save every start's image in oips.npz")
     p.add_argument("--out", default="scan_out", help="output folder")
@@ -132,6 +142,13 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 
         cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
     return cfg
+
+
+def quality_config(args: argparse.Namespace):
+    """The per-map measures' config (a `QualityConfig`): the defaults, with the second observer given."""
+    from jaxoip.oip.quality import QualityConfig
+
+    return QualityConfig(observer_model=args.observer_model, observer_layer=args.observer_layer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
+    if args.observer_model is not None:  # A bad observer fails before the search, in one line.
+        from jaxoip.oip.quality import feature_observer
+
+        feature_observer(quality_config(args), trained.standardization)
     chunk = args.chunk_size or default_chunk_size(trained.config)
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
@@ -282,6 +303,7 @@ def _scan(args, trained, cfg, recipes, data, out, bar):
         partial_dir=out.partial / "search" if out is not None else None,
         facet_threshold=args.facet_threshold,
         exemplars=args.exemplars,
+        quality=quality_config(args),
     )
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
     return result

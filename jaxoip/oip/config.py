@@ -20,6 +20,8 @@ from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
 QUANTITIES = ("auto", "activation", "pre")
+# How the search keeps its image a real one: not at all (the study's), projected (clip), or by construction.
+PIXEL_RANGES = ("none", "clip", "sigmoid")
 STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 # Far beyond the study's 600; more would run for days, and the step counter is int32 on device.
 MAX_STEPS = 1_000_000
@@ -119,6 +121,20 @@ class OIPConfig:
     fourier_decay: float = dataclasses.field(
         default=1.0, metadata={"help": "fourier: coefficients scaled by 1 / frequency^decay"}
     )
+    pixel_range: str = dataclasses.field(
+        default="none",
+        metadata={
+            "choices": PIXEL_RANGES,
+            "help": "keep the image's pixels in [0, 255]: none (the study's search), clip (projected ascent: clipped "
+            "after every step) or sigmoid (the search variable maps through a sigmoid to pixels, as Lucid's)",
+        },
+    )
+    pixel_mean: tuple[float, ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": "the model's pixel mean (one, or per channel), for pixel_range"}
+    )
+    pixel_std: tuple[float, ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": "the model's pixel std (one, or per channel), for pixel_range"}
+    )
     jitter: float = dataclasses.field(
         default=0.0, metadata={"help": "random shift of up to this many pixels at every step"}
     )
@@ -178,6 +194,16 @@ class OIPConfig:
             raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
         if self.param not in PARAMETERIZATIONS:
             raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+        if self.pixel_range not in PIXEL_RANGES:
+            raise JaxoipError(f"unknown pixel range {self.pixel_range!r}; choose from {', '.join(PIXEL_RANGES)}")
+        for name in ("pixel_mean", "pixel_std"):
+            v = getattr(self, name)
+            v = (v,) if isinstance(v, (int, float)) else tuple(v)
+            for x in v:
+                check_float(name, x)
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if len(self.pixel_mean) != len(self.pixel_std) or any(x <= 0 for x in self.pixel_std):
+            raise JaxoipError("pixel_mean and pixel_std must have the same length, with every std above 0")
         if self.scale >= 1:
             raise JaxoipError("scale must be below 1")
         if self.selective > 0 and self.weighted:

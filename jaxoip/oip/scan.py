@@ -142,7 +142,7 @@ def scan_maps(
             selective_max,
             magnitude,
         )
-        data_mean = data_max = acts = on_best = min_images = histogram = found = None
+        data_mean = data_max = acts = on_best = on_clipped = minimizing = histogram = found = None
         if data is not None:
             with bar.phase("data pass"):
                 x = trained.standardization(data.test_images)
@@ -159,6 +159,9 @@ def scan_maps(
                 else:
                     acts = data_activation(trained.model, both, layer_name, node, cfg=config)
                 acts, on_best = acts[: len(x)], acts[len(x) :]
+                # superstimulus is measured on the best OIPs inside the pixel range: a second, small pass.
+                clipped = quality_lib.clip_to_pixels(best, trained.standardization)
+                on_clipped = data_activation(trained.model, clipped, layer_name, node, cfg=config)
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
                 histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
             if exemplars > 0 and not shared_pass:
@@ -166,7 +169,7 @@ def scan_maps(
                     found = find_exemplars(trained, data, layer_name, k=exemplars, precision=config.precision)
             if quality is not None and quality.min_starts > 0:
                 with bar.phase("minimizing OIPs"):
-                    min_images = quality_lib.minimizing_oips(
+                    minimizing = quality_lib.minimizing_oips(
                         trained.model,
                         layer_name,
                         maps,
@@ -207,7 +210,9 @@ def scan_maps(
     )
     if quality is not None:
         x = None if data is None else trained.standardization(data.test_images)
-        result.quality = quality_lib.measure(result, quality, x, acts, on_best, min_images)
+        min_images, min_objective = minimizing if minimizing is not None else (None, None)
+        result.quality = quality_lib.measure(result, quality, x, acts, on_best, min_images, on_clipped)
+        result.quality.min_images, result.quality.min_objective = min_images, min_objective
     return result
 
 
@@ -276,6 +281,9 @@ def check_scan(
             raise JaxoipError("diversity needs at least 2 starts per map")
         config = dataclasses.replace(config, diversity_group=restarts)
         chunk = max(1, round(chunk / restarts)) * restarts
+    if config.pixel_range != "none":  # The range [0, 255] in the model's standardized values.
+        std = trained.standardization
+        config = dataclasses.replace(config, pixel_mean=std.mean, pixel_std=std.std)
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     check_arrays(
         scan_arrays(
@@ -425,7 +433,8 @@ def write_scan_files(
     exemplars: Exemplars | dict[int, list] | None = None,
     extra_summary: dict | None = None,
 ):
-    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz and snapshot strips into `folder`.
+    """Writes gallery.png, maps.csv, maps.json, summary.json, oips.npz (with the minimizing OIPs when
+    measured), two_choice.npz (when the two-choice task ran) and snapshot strips into `folder`.
 
     `exemplars`: `find_exemplars`' result for the scan's layer, or its patches by map index, for the gallery.
     """
@@ -450,7 +459,12 @@ def write_scan_files(
     }
     if all_starts:
         arrays.update(images=result.images, pixels=std.to_pixels(result.images), objective=result.objective)
+    q = result.quality
+    if q is not None and q.min_images is not None:
+        arrays.update(min_images=q.min_images, min_objective=q.min_objective)
     np.savez_compressed(tmp / "oips.npz", **arrays)
+    if q is not None and q.trials:  # Every two-choice trial's queries and references, to rerun the task.
+        np.savez_compressed(tmp / "two_choice.npz", **q.trials)
     facets = [f["images"] for f in facet_images(result, result.facet_threshold)] if result.restarts > 1 else None
     plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
     for m in snapshot_maps if snapshot_maps is not None else []:

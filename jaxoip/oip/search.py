@@ -73,6 +73,54 @@ def make_objectives(graphdef: nnx.GraphDef, layer_name: str, node: tuple[int, in
     return objectives
 
 
+# With a sigmoid, start images' pixels are first clipped to this share of the range inside its ends, where
+# the sigmoid's gradient is still 1% of its largest (a saturated start pixel would never move).
+SIGMOID_START_MARGIN = 0.01
+
+
+def pixel_bounds(cfg: OIPConfig, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, lo, hi) per channel, shaped (1, 1, C): the standardized values of pixels 0 and 255."""
+    if not cfg.pixel_std:
+        raise JaxoipError(
+            f"pixel range {cfg.pixel_range!r} needs the model's standardization (pixel_mean, pixel_std); none given"
+        )
+    if len(cfg.pixel_std) not in (1, channels):
+        raise JaxoipError(f"pixel_mean and pixel_std need 1 or {channels} values, got {len(cfg.pixel_std)}")
+    mean = np.broadcast_to(np.asarray(cfg.pixel_mean, np.float32), (channels,)).reshape(1, 1, channels)
+    std = np.broadcast_to(np.asarray(cfg.pixel_std, np.float32), (channels,)).reshape(1, 1, channels)
+    return mean, std, (0.0 - mean) / std, (255.0 - mean) / std
+
+
+def pixel_range_maps(cfg: OIPConfig, channels: int):
+    """(finish, view, start) for `cfg.pixel_range`, on batches except `finish` (one image, after each step).
+
+    none: the study's re-standardization after each step, the loop carrying standardized images. clip:
+    the re-standardized image clipped to the standardized values of pixels [0, 255] (projected ascent).
+    sigmoid: the loop carries u, the image is 255 sigmoid(u) in pixels, standardized by the model's
+    mean and std (no re-standardization: it would leave the range); a start image becomes the u of its
+    pixels, clipped to `SIGMOID_START_MARGIN` inside the range.
+    """
+    identity = lambda x: x  # noqa: E731
+    if cfg.pixel_range == "none":
+        return standardize_image, identity, identity
+    mean, std, lo, hi = (v[None] for v in pixel_bounds(cfg, channels))  # (1, 1, 1, C): batches
+    if cfg.pixel_range == "clip":
+        return (
+            lambda img: jnp.clip(standardize_image(img), lo[0], hi[0]),
+            identity,
+            lambda x: jnp.clip(x, lo, hi),
+        )
+
+    def view(u):
+        return (255.0 * jax.nn.sigmoid(u) - mean) / std
+
+    def start(x):
+        frac = jnp.clip((x * std + mean) / 255.0, SIGMOID_START_MARGIN, 1.0 - SIGMOID_START_MARGIN)
+        return jnp.log(frac) - jnp.log1p(-frac)
+
+    return identity, view, start
+
+
 def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: tuple[int, int] | None = None):
     """Pure (params, images (N,H,W,1), map_indices (N,), data_max, magnitude) -> dict of results, for one chunk.
 
@@ -113,6 +161,8 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
                 f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})"
             )
 
+        finish, view, start = pixel_range_maps(cfg, x0.shape[-1])
+
         def objectives(x):
             """(study objective, objective to ascend, asleep) per image."""
             if cfg.selective > 0:
@@ -126,10 +176,12 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         def total(p, t):
             x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude))(p)
-            if cfg.param != "pixels":
+            if cfg.pixel_range == "sigmoid":
+                x = view(x)
+            elif cfg.param != "pixels":
                 # Through the standardization: the gradient then vanishes only at the best standardized
                 # image, whatever the metric of the parameters (pixels keep the study's step).
-                x = jax.vmap(standardize_image)(x)
+                x = jax.vmap(finish)(x)
             xt = transforms.transform_batch(cfg, keys, t, x) if keys is not None else x
             obj, ascend, asleep = objectives(xt)
             if transforms.has_penalty(cfg):
@@ -142,17 +194,17 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         value_and_grad = jax.value_and_grad(total, has_aux=True)
 
+        # The loop carries z: the standardized image, or with a sigmoid the image before it (`view` maps z
+        # to the standardized image; the identity otherwise, the study's program unchanged).
         def body(state):
-            t, x, prev, trace, snapshots, conv_step, active, woken = state
-            p = jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(x)
+            t, z, prev, trace, snapshots, conv_step, active, woken = state
+            p = jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(z)
             (_, (obj, asleep)), g = value_and_grad(p, t)
             trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
             p = p + cfg.epsilon * jax.vmap(rms_normalize)(g)
-            x = jax.vmap(
-                lambda q: standardize_image(param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude))
-            )(p)
-            snapshots = jnp.where((snaps == t)[None, :, None, None, None], x[:, None], snapshots)
-            return t + 1, x, obj, trace, snapshots, conv_step, active, woken | asleep
+            z = jax.vmap(lambda q: finish(param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude)))(p)
+            snapshots = jnp.where((snaps == t)[None, :, None, None, None], view(z)[:, None], snapshots)
+            return t + 1, z, obj, trace, snapshots, conv_step, active, woken | asleep
 
         def cond(state):
             t, conv_step = state[0], state[5]
@@ -161,7 +213,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         init = (
             jnp.asarray(0),
-            x0,
+            start(x0),
             jnp.zeros((n,), jnp.float32),
             jnp.zeros((n, cfg.steps), jnp.float32),
             jnp.broadcast_to(x0[:, None], (n, len(cfg.snapshots), *x0.shape[1:])),
@@ -169,7 +221,8 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
             jnp.zeros((n,), bool),
             jnp.zeros((n,), bool),
         )
-        t, x, prev, trace, snapshots, conv_step, active, woken = jax.lax.while_loop(cond, body, init)
+        t, z, prev, trace, snapshots, conv_step, active, woken = jax.lax.while_loop(cond, body, init)
+        x = view(z)
         obj = objectives(x)[0]  # After the last step, untransformed.
         trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
         # After an early stop, the unfilled trace and snapshots hold the last values.
