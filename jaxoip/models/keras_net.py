@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,8 @@ from jaxoip.models.im2col import im2col_convs, use_im2col
 
 CONV_CLASSES = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
 PREPROCESSING = ("Rescaling", "Normalization")
+# A `keras.Model`; Keras is imported only when a Keras model is used.
+KerasModel = Any
 
 
 def import_keras():
@@ -242,7 +245,7 @@ def _probe(network: KerasNetwork, name: str):
 
 
 def from_keras(
-    model_or_path,
+    model_or_path: KerasModel | str | os.PathLike,
     standardization: Standardization | None = None,
     source: str | None = None,
     im2col: bool | None = None,

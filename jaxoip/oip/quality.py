@@ -63,7 +63,7 @@ import zlib
 
 import jax
 import numpy as np
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
@@ -235,7 +235,9 @@ def feature_observer(cfg: QualityConfig, standardization):
     return features
 
 
-def feature_similarity(queries: Float[np.ndarray, "m q f"], refs: Float[np.ndarray, "m s f"]) -> np.ndarray:
+def feature_similarity(
+    queries: Float[np.ndarray, "m q f"], refs: Float[np.ndarray, "m s f"]
+) -> Float[np.ndarray, "m q s"]:
     """(m, q, s) cosine similarity of feature vectors (0 where one of them is all zeros)."""
 
     def unit(v):
@@ -310,7 +312,9 @@ def two_choice(
     seed: int,
     layer_name: str,
     features=None,
-) -> tuple[dict[str, Float[np.ndarray, " m"]], dict[str, Float[np.ndarray, " m"]], dict[str, np.ndarray]]:
+) -> tuple[
+    dict[str, Float[np.ndarray, " m"]], dict[str, Float[np.ndarray, " m"]], dict[str, Shaped[np.ndarray, " *shape"]]
+]:
     """(per-map accuracies with their Wilson intervals, chance-level controls per map, every trial's inputs
     and outcomes for two_choice.npz); see the module docstring. NaN where undefined."""
     n = len(test_x)
