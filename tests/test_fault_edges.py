@@ -410,3 +410,43 @@ def test_class_names_are_kept_and_shown(tmp_path):
     table = pd.DataFrame({"index": [0], "label": [0], "predicted": [2], "p_predicted": [0.9]})
     fig = plot_predictions(table, data.test_images, class_names=data.class_names)
     assert any("airplane -> bird" in t.get_text() for t in fig.findobj(Text))
+
+
+def test_class_names_in_exemplar_figures_and_map_pages(tmp_path):
+    import dataclasses
+
+    from matplotlib.text import Text
+    from planted import COARSE, planted_model
+
+    from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.analysis.grids import layer_grid
+    from jaxoip.plots import plot_exemplars, plot_layer_grid
+    from jaxoip.site import write_scan_site
+    from jaxoip.site.data_views import data_views
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 28, 28)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(8) % 3, x_test=x, y_test=np.arange(8) % 3)
+    digits = jaxoip.load_images(tmp_path / "d.npz")
+    named = dataclasses.replace(digits, class_names=("cat", "dog", "ship"))
+    trained = planted_model(threshold=10.0)
+    result = jaxoip.scan_maps(
+        trained, "Conv2D_2", [COARSE], 2, OIPConfig(steps=3), precursor_starts=4, progress=False, quality=None,
+        data=named,
+    )  # fmt: skip
+    for data, shown in ((named, True), (digits, False)):
+        ex = find_exemplars(trained, data, "Conv2D_2", k=3)
+        classes = [data.class_name(data.test_labels[n]) for n in ex.image_indices[COARSE]]
+        texts = [t.get_text() for t in plot_exemplars(ex, labels=data.test_labels, class_names=data.class_names)
+                 .findobj(Text)]  # fmt: skip
+        label = next(t for t in texts if t.startswith(f"map {COARSE}:"))
+        assert ("mostly" in label) == shown
+        grid = layer_grid(trained, "Conv2D_2", "test:1", data)
+        title = " ".join(t.get_text() for t in plot_layer_grid(grid, class_names=data.class_names).findobj(Text))
+        assert ("label dog," in title) == shown and ("label 1," in title) != shown
+        folder = tmp_path / f"site_{shown}"
+        write_scan_site(result, folder, exemplars=ex, views=data_views(trained, data, "Conv2D_2", ex))
+        page = (folder / "site" / f"map{COARSE:03d}.html").read_text()
+        captions = re.findall(r"image (\d+)( \((\w+)\))?<br>", page)
+        assert [int(n) for n, _, _ in captions] == ex.image_indices[COARSE].tolist()
+        assert [c for _, _, c in captions] == (classes if shown else ["", "", ""])  # MNIST-like data: no names.

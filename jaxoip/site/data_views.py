@@ -24,6 +24,9 @@ class DataViews:
     overlays: list[Float[np.ndarray, "k H W 3"]]  # Per map: (k, H, W, 3) images in [0, 1], activation in red.
     values: Float[np.ndarray, "c k"]
     image_indices: Int[np.ndarray, "c k"]
+    # Per map and exemplar: its class's name where the data names its classes (class folders, CIFAR's meta),
+    # "" otherwise (MNIST's digits are not shown) and where there is no exemplar.
+    class_names: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 def _field_boxes(config, layer_name: str) -> list[tuple[int, int, int, int, int, int]]:
@@ -41,7 +44,7 @@ def data_views(
     """`exemplars` (of `exemplars.split`) whole, each with its map's activation spread over the receptive fields
     of the map's nodes: the overlay shows where in the image the map fires. One forward pass of the few images."""
     spec = get_layer(trained.config, layer_name, MAP_KINDS)
-    images, _ = check_data(data).split(exemplars.split)
+    images, labels = check_data(data).split(exemplars.split)
     used = np.unique(exemplars.image_indices[exemplars.image_indices >= 0])
     std = trained.standardization
     acts = batched_layer_map(trained.model, std(images[used]), spec.name, precision=precision) if used.size else None
@@ -61,4 +64,8 @@ def data_views(
             heat = heat / peak if peak > 0 else heat * 0
             tiles.append(heat_overlay(np.clip(np.asarray(images[int(n)], np.float32), 0, 255) / 255.0, heat))
         overlays.append(np.stack(tiles) if tiles else np.zeros((0, *images.shape[1:3], 3), np.float32))
-    return DataViews(exemplars.split, overlays, exemplars.values, exemplars.image_indices)
+    names = [
+        [data.class_name(labels[n]) if n >= 0 and data.class_names else "" for n in row]
+        for row in exemplars.image_indices
+    ]
+    return DataViews(exemplars.split, overlays, exemplars.values, exemplars.image_indices, names)
