@@ -445,7 +445,9 @@ def test_class_names_in_exemplar_figures_and_map_pages(tmp_path):
         title = " ".join(t.get_text() for t in plot_layer_grid(grid, class_names=data.class_names).findobj(Text))
         assert ("label dog," in title) == shown and ("label 1," in title) != shown
         folder = tmp_path / f"site_{shown}"
-        write_scan_site(result, folder, exemplars=ex, views=data_views(trained, data, "Conv2D_2", ex))
+        views = data_views(trained, data, "Conv2D_2", ex)
+        assert not views.beside and views.overlays[COARSE].shape == (3, 28, 28, 3)  # Grey: the red overlay.
+        write_scan_site(result, folder, exemplars=ex, views=views)
         page = (folder / "site" / f"map{COARSE:03d}.html").read_text()
         captions = re.findall(r"image (\d+)( \((\w+)\))?<br>", page)
         assert [int(n) for n, _, _ in captions] == ex.image_indices[COARSE].tolist()

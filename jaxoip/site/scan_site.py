@@ -344,6 +344,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "file": f,
                 "width": sheet.shape[1] * TILE,
                 "overlay": True,
+                "beside": views.beside,
+                "tile_w": tiles.shape[2] * TILE,
                 "items": [
                     {
                         "image": int(views.image_indices[m, k]),
