@@ -289,13 +289,20 @@ def _grid_figsize(grid, columns: int, extra_rows: float = 0.0):
     return columns * grid.shape[1] / per_inch + 1.0, grid.shape[0] / per_inch + extra_rows + 0.8
 
 
-def _prediction_text(label, probs) -> str:
+def _class_name(c, class_names=()) -> str:
+    """Class `c`'s name where the data has names (class folders, CIFAR's meta), else its number (MNIST's digits)."""
+    return class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+
+
+def _prediction_text(label, probs, class_names=()) -> str:
     p = np.asarray(probs)
-    return (f"label {label}, " if label is not None else "") + f"predicted {int(p.argmax())} ({p.max():.1%})"
+    given = f"label {_class_name(label, class_names)}, " if label is not None else ""
+    return given + f"predicted {_class_name(p.argmax(), class_names)} ({p.max():.1%})"
 
 
-def plot_layer_grid(layer_grid, cmap: str = "viridis", path=None, vmin=None, vmax=None):
-    """The input image beside the grid of all maps (or nodes) of a layer for it, like the study's figures."""
+def plot_layer_grid(layer_grid, cmap: str = "viridis", path=None, vmin=None, vmax=None, class_names=()):
+    """The input image beside the grid of all maps (or nodes) of a layer for it, like the study's figures.
+    `class_names`: the classes' names for the label and prediction (default: their numbers)."""
     g = layer_grid
     cm = check_colormap(cmap)
     if g.standardized and vmin is None and vmax is None:
@@ -305,7 +312,7 @@ def plot_layer_grid(layer_grid, cmap: str = "viridis", path=None, vmin=None, vma
         1, 2, figsize=(gw + 2.6, max(gh, 2.8)), gridspec_kw={"width_ratios": [2.0, gw]}, squeeze=True
     )
     show_pixels(ax_img, g.image.pixels)
-    ax_img.set_title(f"{g.image.name}\n{_prediction_text(g.image.label, g.probabilities)}", fontsize=7)
+    ax_img.set_title(f"{g.image.name}\n{_prediction_text(g.image.label, g.probabilities, class_names)}", fontsize=7)
     ax_img.axis("off")
     im = _draw_grid(ax, g.grid, g.cell_shape, g.per_row, cm, vmin, vmax)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=6)
@@ -319,8 +326,9 @@ def plot_layer_grid(layer_grid, cmap: str = "viridis", path=None, vmin=None, vma
     return fig
 
 
-def plot_comparison(comparison, cmap: str = "viridis", path=None):
-    """Grids of group A and group B side by side on one color scale, and the difference of the group means."""
+def plot_comparison(comparison, cmap: str = "viridis", path=None, class_names=()):
+    """Grids of group A and group B side by side on one color scale, and the difference of the group means.
+    `class_names`: the classes' names for the labels and predictions (default: their numbers)."""
     c = comparison
     cm = check_colormap(cmap)
     grids = list(c.grids_a) + list(c.grids_b)
@@ -339,7 +347,7 @@ def plot_comparison(comparison, cmap: str = "viridis", path=None):
         group = c.names[0] if col < len(c.grids_a) else c.names[1]
         show_pixels(axes[0, col], g.image.pixels)
         axes[0, col].set_title(
-            f"{group}: {g.image.name}\n{_prediction_text(g.image.label, g.probabilities)}", fontsize=6
+            f"{group}: {g.image.name}\n{_prediction_text(g.image.label, g.probabilities, class_names)}", fontsize=6
         )
         axes[0, col].axis("off")
         im = _draw_grid(axes[1, col], g.grid, g.cell_shape, g.per_row, cm, c.vmin, c.vmax)
@@ -386,7 +394,7 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
     `class_names`: the classes' names to show (default: their numbers)."""
 
     def name(c):
-        return class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c))
+        return _class_name(c, class_names)
 
     n = max(len(table), 1)
     cols = min(per_row, n)
@@ -407,11 +415,19 @@ def plot_predictions(table, images, path=None, per_row: int = 8, title: str = ""
     return fig
 
 
-def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
+def _most_common_class(classes, class_names) -> str:
+    """'mostly NAME (n/k)' of a map's exemplars' classes (ties: the lower class)."""
+    values, counts = np.unique(classes, return_counts=True)
+    top = int(np.argmax(counts))
+    return f"mostly {_class_name(values[top], class_names)} ({counts[top]}/{len(classes)})"
+
+
+def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8, labels=None, class_names=()):
     """For every map (or `maps`), its top test images' receptive-field patches in a row, one mosaic.
 
     Patches are drawn as in the data (`exemplar_shades`: bright strokes white); a map that no image
-    activates has none and is labelled "dead on data".
+    activates has none and is labelled "dead on data". With the split's `labels` and the data's
+    `class_names` (class folders, CIFAR's meta), each map's label also names its exemplars' most common class.
     """
     ex = exemplars
     maps = list(range(len(ex.patches))) if maps is None else [int(m) for m in maps]
@@ -435,6 +451,9 @@ def plot_exemplars(exemplars, path=None, maps=None, per_row: int = 8):
     for n, m in enumerate(maps):
         r, c = divmod(n, cols)
         status = "dead on data" if len(ex.patches[m]) == 0 else f"{ex.values[m, 0]:.3g}"
+        if class_names and labels is not None and len(ex.patches[m]):
+            used = ex.image_indices[m][ex.image_indices[m] >= 0]  # -1: no exemplar (the image does not activate it).
+            status += f", {_most_common_class(np.asarray(labels)[used], class_names)}"
         ax.text(c * block_w, r * block_h + top - 0.8, f"map {m}: {status}", fontsize=5, va="bottom")
     ax.axis("off")
     ax.set_title(

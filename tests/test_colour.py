@@ -126,3 +126,35 @@ def test_colour_scan_gallery_and_exemplars(colour_model, colour_data, tmp_path):
     save_figure(plot_exemplars(exemplars), tmp_path / "ex.png")
     grid = layer_grid(colour_model, "Conv2D_1", colour_data.test_images[0])
     save_figure(plot_layer_grid(grid), tmp_path / "grid.png")
+
+
+def test_site_draws_colour_exemplars_untouched_beside_their_activation(colour_model, colour_data, tmp_path):
+    """A red tint would turn colour exemplars brown: colour images keep their pixels, the activation beside them."""
+    import re
+
+    import jaxoip
+    from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.site import write_scan_site
+    from jaxoip.site.data_views import data_views
+    from jaxoip.site.images import heat_colours
+
+    ex = find_exemplars(colour_model, colour_data, "Conv2D_1", k=2)
+    views = data_views(colour_model, colour_data, "Conv2D_1", ex)
+    m = int(np.flatnonzero(~ex.dead)[0])
+    tiles = views.overlays[m]
+    assert views.beside and tiles.shape == (2, 32, 2 * 32 + 1, 3)
+    for tile, n in zip(tiles, ex.image_indices[m]):
+        np.testing.assert_array_equal(tile[:, :32], colour_data.test_images[n] / 255.0)  # Not tinted.
+        assert np.isnan(tile[:, 32]).all()  # A white column between image and heat map.
+        heat = tile[:, 33:]
+        assert heat.max() == 1.0 and heat.min() == 0.0  # Black where the map is silent, white at its peak.
+        np.testing.assert_allclose(heat, heat_colours(heat.sum(axis=-1) / 3), atol=1e-6)  # One ramp of one value.
+    result = jaxoip.scan_maps(
+        colour_model, "Conv2D_1", [m], 2, OIPConfig(steps=3), precursor_starts=4, screen=2, progress=False,
+        quality=None,
+    )  # fmt: skip
+    write_scan_site(result, tmp_path, exemplars=ex, views=views)
+    page = (tmp_path / "site" / f"map{m:03d}.html").read_text()
+    assert "each beside its activation" in page and "activation (red) over" not in page
+    widths = re.findall(r'<span style="width: (\d+)px">image \d+', page)
+    assert widths == [str((2 * 32 + 1) * 3 + 3)] * 2  # Captions span the image and its heat map.

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 EXAMPLE = ROOT / "examples" / "from_python.py"
 OWN_MODEL = ROOT / "examples" / "own_model.py"
+MAKE_IMAGES = ROOT / "examples" / "make_images.py"
 
 TINY = {
     "scan_all_maps": {"--steps": 8, "--restarts": 2, "--precursor-starts": 8, "--screen": 2},
@@ -200,21 +201,38 @@ def _interrupt(monkeypatch, what: str, n: int):
 
 
 def _own_images(path: Path):
-    """The README's `my_images.npz`: 32x32x3 images of 10 classes, a bright square of the class's corner and colour."""
+    """The README's `my_images.npz`, written by the README's own `examples/make_images.py` (so they cannot drift)."""
+    spec = importlib.util.spec_from_file_location("make_images", MAKE_IMAGES)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_images(path)
+
+
+def test_readme_makes_its_images_before_using_them(tmp_path):
+    """`python examples/make_images.py` comes before the first line that reads my_images.npz; it writes 32x32x3
+    images of 10 classes that load_images reads, and a second run leaves the file alone with one line."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
+    from jaxoip.data.images import load_images
 
-    def make(n):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 80, (n, 32, 32, 3)).astype(np.uint8)
-        for i, c in enumerate(y):
-            r, q = divmod(c % 4, 2)
-            x[i, 16 * r : 16 * r + 12, 16 * q : 16 * q + 12, c % 3] = 200 + 5 * c
-        return x, y
+    lines = [words for words, _ in _bash_lines()]
+    first_use = next(i for i, words in enumerate(lines) if "my_images.npz" in words)
+    assert ["python", "examples/make_images.py"] in lines[:first_use]
 
-    (x_train, y_train), (x_test, y_test) = make(1200), make(300)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    def make():
+        return subprocess.run(
+            [sys.executable, str(MAKE_IMAGES)], cwd=tmp_path, env=_example_env(), capture_output=True, text=True
+        )
+
+    run = make()
+    assert run.returncode == 0, run.stderr
+    data = load_images(tmp_path / "my_images.npz")
+    assert data.train_images.shape == (1200, 32, 32, 3) and data.test_images.shape == (300, 32, 32, 3)
+    assert set(np.unique(data.train_labels)) == set(range(10))
+    before = (tmp_path / "my_images.npz").read_bytes()
+    again = make()
+    assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1 and "exists" in again.stderr
+    assert (tmp_path / "my_images.npz").read_bytes() == before
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             trained, args.layer, img, per_row=args.per_row, standardize=args.standardize, precision=args.precision
         )
         path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
-        plots.plot_layer_grid(grid, args.cmap, path)
+        plots.plot_layer_grid(grid, args.cmap, path, class_names=data.class_names)
         p = grid.probabilities
         label = "none" if img.label is None else data.class_name(img.label)
         print(
@@ -185,7 +185,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             precision=args.precision,
         )
         path = stage / f"compare_{args.layer}.png"
-        plots.plot_comparison(comp, args.cmap, path)
+        plots.plot_comparison(comp, args.cmap, path, class_names=data.class_names)
         csv = _write_csv(comp.summary, stage / f"compare_{args.layer}.csv")
         s = comp.summary
         top = s["difference"].abs().sort_values(ascending=False).index[:8].tolist()
@@ -223,7 +223,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
         seconds = time.perf_counter() - start
         path = stage / f"exemplars_{args.layer}.png"
-        plots.plot_exemplars(ex, path)
+        plots.plot_exemplars(ex, path, labels=data.split(ex.split)[1], class_names=data.class_names)
         print(
             f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s "
             f"(precision {args.precision}); "

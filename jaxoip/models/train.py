@@ -35,6 +35,7 @@ from jaxoip.numerics import (
     check_precision,
     check_seed,
     precision_scope,
+    wait_ready,
 )
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
@@ -373,8 +374,11 @@ def train(
             t0 = time.perf_counter()
             idx, weights = epoch_batches(jax.random.fold_in(shuffle_key, epoch), train_x.shape[0], batch_size)
             params, opt_state, metrics = train_epoch(params, opt_state, train_x, train_y, idx, weights)
+            wait_ready(metrics)  # Not a blocking wait: a Ctrl-C lands while the epoch runs (a minute on a CPU).
             loss, acc = mean_metrics(metrics)
-            val_loss, val_acc = (float(v) for v in evaluate(params, test_x, test_y))
+            val = evaluate(params, test_x, test_y)
+            wait_ready(val)
+            val_loss, val_acc = (float(v) for v in val)
             check_converging(epoch, loss, val_loss)
             steps += idx.shape[0]
             for k, v in zip(history, (loss, acc, val_loss, val_acc, float(schedule(steps)), time.perf_counter() - t0)):

@@ -66,3 +66,17 @@ def heat_overlay(image01: Float[np.ndarray, "h w *c"], heat: Float[np.ndarray, "
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
     a = 0.6 * np.clip(np.asarray(heat, np.float32), 0, 1)[..., None]
     return (1 - a) * rgb * 0.85 + a * np.array([1.0, 0.15, 0.05], np.float32)
+
+
+def heat_colours(heat: Float[np.ndarray, "h w"]) -> Float[np.ndarray, "h w 3"]:
+    """`heat` (H, W) in [0, 1] as colours from black through red and yellow to white (matplotlib's "hot")."""
+    h = np.clip(np.asarray(heat, np.float32), 0, 1)[..., None]
+    return np.clip(3 * h - np.array([0.0, 1.0, 2.0], np.float32), 0, 1)
+
+
+def heat_beside(image01: Float[np.ndarray, "h w 3"], heat: Float[np.ndarray, "h w"]) -> Float[np.ndarray, "h w2 3"]:
+    """A colour image in [0, 1] untouched, a white column, and `heat` (H, W) in [0, 1] as a heat map beside it:
+    where the map fires, without tinting the colours that may be what drives it (`heat_overlay` is for grey)."""
+    img = np.asarray(image01, np.float32)
+    gap = np.full((img.shape[0], 1, 3), np.nan, np.float32)  # Drawn white.
+    return np.concatenate([img, gap, heat_colours(heat)], axis=1)

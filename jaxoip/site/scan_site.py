@@ -344,8 +344,14 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "file": f,
                 "width": sheet.shape[1] * TILE,
                 "overlay": True,
+                "beside": views.beside,
+                "tile_w": tiles.shape[2] * TILE,
                 "items": [
-                    {"image": int(views.image_indices[m, k]), "value": fmt(views.values[m, k])}
+                    {
+                        "image": int(views.image_indices[m, k]),
+                        "value": fmt(views.values[m, k]),
+                        "class_name": views.class_names[m][k] if m < len(views.class_names) else "",
+                    }
                     for k in range(len(tiles))
                 ],
             }
