@@ -14,11 +14,15 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
-from jaxoip.errors import DataError, JaxoipError
+from jaxoip.errors import CheckpointError, DataError, JaxoipError
 
 DATA_DIR_ENV = "JAXOIP_DATA_DIR"
 # The study's standardization: mean and std of MNIST's training pixels (the reference model's).
 MNIST_MEAN, MNIST_STD = 33.318421449829934, 78.56748998339798
+# Bounds of a usable standardization of image data (pixels 0..255, or 0..1): a std below 1e-3 blows inputs
+# up by a factor of more than 1000 and anything past 1e4 is not pixel statistics.
+STD_RANGE = (1e-3, 1e4)
+MAX_ABS_MEAN = 1e4
 # --input-scale presets, as pixel mean and std: pixels -> (pixels - mean) / std.
 INPUT_SCALES = {
     "0..255": (0.0, 1.0),
@@ -127,11 +131,8 @@ class Standardization:
         return cls(mean=scaled(mean), std=scaled(std))
 
     def check(self, where: str = "the standardization") -> Standardization:
-        """Itself, if it maps pixels to inputs usably: finite means and positive, finite stds; one line otherwise."""
-        values = lambda v: list(v) if isinstance(v, tuple) else [v]  # noqa: E731
-        mean, std = values(self.mean), values(self.std)
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and min(std) > 0):
-            raise JaxoipError(f"{where} (mean {self.mean}, std {self.std}) needs finite means and positive stds")
+        """Itself, if it maps image pixels to inputs usably (`check_standardization`); one line otherwise."""
+        check_standardization(self.mean, self.std, where)
         return self
 
     def _values(self, ndim: int):
@@ -326,3 +327,19 @@ def check_data(data, optional: bool = False):
     if data is None and optional:
         return None
     return check_type("data", data, MNIST, " (from jaxoip.load_mnist)", DataError)
+
+
+def check_standardization(mean, std, where: str):
+    """A usable standardization of image data: finite values, the mean and std within the bounds above."""
+    values = [v for x in (mean, std) for v in (x if isinstance(x, (list, tuple)) else [x])]
+    ok = (
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        and np.isfinite(values).all()
+        and all(STD_RANGE[0] <= s <= STD_RANGE[1] for s in (std if isinstance(std, (list, tuple)) else [std]))
+        and all(abs(m) <= MAX_ABS_MEAN for m in (mean if isinstance(mean, (list, tuple)) else [mean]))
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{where} has an unusable standardization (mean {mean}, std {std}): image data needs a finite mean "
+            f"within +-{MAX_ABS_MEAN:g} and a std between {STD_RANGE[0]:g} and {STD_RANGE[1]:g}"
+        )

@@ -25,9 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxoip._check import check_type
-from jaxoip.data.mnist import Standardization
+from jaxoip.data.mnist import Standardization, check_standardization
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
-from jaxoip.models.checkpoint import check_standardization
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
 from jaxoip.models.torch_net import missing_extra
