@@ -343,3 +343,14 @@ def check_standardization(mean, std, where: str):
             f"{where} has an unusable standardization (mean {mean}, std {std}): image data needs a finite mean "
             f"within +-{MAX_ABS_MEAN:g} and a std between {STD_RANGE[0]:g} and {STD_RANGE[1]:g}"
         )
+
+
+def model_standardization(given, input_shape, refusal: str) -> tuple[Standardization, str]:
+    """(the standardization of a foreign model, where it came from): `given`, checked; for a 28x28x1 model
+    without one, the study's MNIST standardization; otherwise a `JaxoipError` saying `refusal`."""
+    if given is None and tuple(input_shape) == (28, 28, 1):
+        return Standardization.mnist(), "the study's MNIST standardization (default for 28x28x1 models)"
+    if given is None:
+        raise JaxoipError(refusal)
+    check_type("standardization", given, Standardization)
+    return given.check(), "given"

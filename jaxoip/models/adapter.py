@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxoip._check import check_type
-from jaxoip.data.mnist import Standardization, check_standardization
+from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
@@ -161,7 +161,7 @@ def from_nnx(
         raise JaxoipError(f"input_shape must be (height, width, channels) of positive integers, got {input_shape!r}")
     std = Standardization.identity() if standardization is None else standardization
     check_type("standardization", std, Standardization)
-    check_standardization(std.mean, std.std, "from_nnx")
+    std.check("from_nnx")
     net = nnx.view(module, deterministic=True, use_running_average=True, raise_if_not_found=False)
     spec = probe(net, shape)
     return TrainedModel(

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxoip._check import check_type
-from jaxoip.data.mnist import Standardization
+from jaxoip.data.mnist import Standardization, model_standardization
 from jaxoip.errors import CheckpointError, JaxoipError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
@@ -267,19 +267,16 @@ def from_keras(
         raise JaxoipError(
             f"{where} standardizes its inputs itself (Rescaling/Normalization layers); give no standardization"
         )
-    std, std_source = own, "the model's Rescaling/Normalization layers"
-    if std is None:
-        std, std_source = standardization, "given"
-    if std is None and network.config.input_shape == (28, 28, 1):
-        std, std_source = Standardization.mnist(), "the study's MNIST standardization (default for 28x28x1 models)"
-    if std is None:
-        raise JaxoipError(
+    if own is not None:
+        std, std_source = own.check(), "the model's Rescaling/Normalization layers"
+    else:
+        std, std_source = model_standardization(
+            standardization,
+            network.config.input_shape,
             f"{where} has no Rescaling/Normalization layers: say how pixels map to its inputs with --input-scale "
             "(0..1, -1..1, imagenet or MEAN,STD) or --data (fit on those images); in Python standardization="
-            "Standardization.parse(...)"
+            "Standardization.parse(...)",
         )
-    check_type("standardization", std, Standardization)
-    std.check()
     return TrainedModel(
         model=network,
         standardization=std,

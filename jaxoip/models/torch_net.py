@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxoip._check import check_type
-from jaxoip.data.mnist import Standardization
+from jaxoip.data.mnist import Standardization, model_standardization
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
 from jaxoip.models.im2col import im2col_convs, use_im2col
@@ -243,16 +243,12 @@ def from_torch(
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
         raise JaxoipError(f"input_shape must be (height, width, channels) of positive integers, got {input_shape!r}")
-    std = standardization
-    if std is None and shape == (28, 28, 1):
-        std = Standardization.mnist()
-    if std is None:
-        raise JaxoipError(
-            "say how pixels (0-255) map to the module's inputs: from_torch(..., standardization="
-            "Standardization.parse('imagenet' | '0..1' | '-1..1' | 'MEAN,STD'))"
-        )
-    check_type("standardization", std, Standardization)
-    std.check()
+    std, std_source = model_standardization(
+        standardization,
+        shape,
+        "say how pixels (0-255) map to the module's inputs: from_torch(..., standardization="
+        "Standardization.parse('imagenet' | '0..1' | '-1..1' | 'MEAN,STD'))",
+    )
     net = copy.deepcopy(module).cpu().float().eval()
     for p in net.parameters():
         p.requires_grad_(False)  # The search differentiates with JAX; torch's autograd stays out of the trace.
@@ -263,5 +259,8 @@ def from_torch(
     return TrainedModel(
         model=TorchNetwork(weights, program, buffers, spec, im2col),
         standardization=std,
-        train_config={"source": f"torch:{type(module).__module__}.{type(module).__qualname__}"},
+        train_config={
+            "source": f"torch:{type(module).__module__}.{type(module).__qualname__}",
+            "standardization_data": std_source,
+        },
     )
