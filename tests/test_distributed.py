@@ -42,10 +42,11 @@ def _env(devices: int, cache: Path) -> dict:
     return env
 
 
-def _start(args, devices, cache, cwd) -> subprocess.Popen:
+def _start(args, devices, cache, cwd, env=None) -> subprocess.Popen:
+    """`python -m jaxoip scan_all_maps ARGS` in a child process; `env` adds to `_env`'s variables."""
     return subprocess.Popen(
         [sys.executable, "-m", "jaxoip", "scan_all_maps", *args],
-        env=_env(devices, cache),
+        env={**_env(devices, cache), **(env or {})},
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -312,21 +313,11 @@ def test_the_readmes_two_process_scan_writes_exemplars_and_site(mnist, tmp_path)
     """The README's command, tiny: process 1 must not wait at JAX's shutdown barrier while process 0 computes
     exemplars and the site (a short --distributed-timeout makes that barrier's timeout shorter than they take)."""
     port = _free_port()
-    env = {**_env(2, tmp_path / "cache"), "JAXOIP_DATA_DIR": os.environ[data_lib.DATA_DIR_ENV]}
+    data = {"JAXOIP_DATA_DIR": os.environ[data_lib.DATA_DIR_ENV]}
     tiny = ["--steps", "20", "--restarts", "2", "--precursor-starts", "8", "--screen", "2"]
     tiny += ["--distributed-timeout", "5"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jaxoip", "scan_all_maps", "--maps", "0-15", "--coordinator", f"localhost:{port}"]
-            + ["--num-processes", "2", "--process-id", str(i), "--out", "scan_2x2", *tiny],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    args = ["--maps", "0-15", "--coordinator", f"localhost:{port}", "--num-processes", "2", "--out", "scan_2x2"]
+    procs = [_start([*args, "--process-id", str(i), *tiny], 2, tmp_path / "cache", tmp_path, data) for i in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-2000:]
