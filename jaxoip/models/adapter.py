@@ -27,8 +27,9 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import CheckpointError, JaxoipError, LayerError
-from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
+from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel
 from jaxoip.models.im2col import im2col_convs, use_im2col
+from jaxoip.models.network import find_layer
 from jaxoip.models.torch_net import missing_extra
 
 OUTPUT = "output"
@@ -45,7 +46,7 @@ class NNXNetwork(Network):
     def __call__(self, images, until: str | None = None, pre_activation: bool = False):
         """Output of layer `until` (default: the module's output). `pre_activation` changes nothing: a
         submodule's output is what it computes, and activations between submodules are not layers."""
-        name = None if until is None else get_layer(self.config, until).name
+        name = None if until is None else find_layer(self.config, until).name
         if not use_im2col(self.im2col):
             return self._output(self.net, images, name)
         graphdef, state = nnx.split(self.net)

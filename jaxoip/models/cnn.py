@@ -24,6 +24,7 @@ from jaxoip import numerics
 from jaxoip._check import check_finite_images, check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import DivergenceError, LayerError
+from jaxoip.models.network import Layer, Network, find_layer  # noqa: F401 - Network was defined here.
 from jaxoip.models.spec import (  # noqa: F401 - the layer specs were defined here; they are still found here.
     _KINDS,
     ACTIVATIONS,
@@ -160,17 +161,6 @@ def pool2d(x: jax.Array, spec: LayerSpec) -> jax.Array:
     return total / count
 
 
-class Network(nnx.Module):
-    """What every analysis takes: a module whose `config` names its layers in forward order (`layer_specs`,
-    `layer_shapes`) and whose call returns any layer's output, `model(images, until=name, pre_activation)`.
-
-    `CNN` (the built-in chain), `jaxoip.models.adapter.NNXNetwork` (a researcher's own NNX module) and
-    `jaxoip.models.torch_net.TorchNetwork` (a PyTorch module through torchax) are the three.
-    """
-
-    config: ModelConfig
-
-
 class CNN(Network):
     """The built-in CNN. Keras-like initialization (Glorot-uniform kernels, zero biases)."""
 
@@ -200,7 +190,7 @@ class CNN(Network):
         a pooling, the pooled pre-activations of the convolution below).
         """
         specs = layer_specs(self.config)
-        target = specs.index(get_layer(self.config, until)) if until else len(specs) - 1
+        target = find_layer(self.config, until).index if until else len(specs) - 1
         skip = activation_source(specs, target) if pre_activation else None
         x = images
         for i, s in enumerate(specs[: target + 1]):

@@ -29,8 +29,9 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization, model_standardization
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
+from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel
 from jaxoip.models.im2col import im2col_convs, use_im2col
+from jaxoip.models.network import find_layer
 
 CONV_CLASSES = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
 PREPROCESSING = ("Rescaling", "Normalization")
@@ -87,7 +88,7 @@ class KerasNetwork(Network):
 
         `pre_activation` changes nothing: Keras computes a layer's activation inside the layer.
         """
-        name = self.config.layers[-1].name if until is None else get_layer(self.config, until).name
+        name = self.config.layers[-1].name if until is None else find_layer(self.config, until).name
         trainable = [p[...] for p in self.trainable]
         non_trainable = [v[...] for v in self.non_trainable]
         run = lambda trainable, non_trainable, images: self.graph(trainable, non_trainable, images, name)

@@ -28,8 +28,9 @@ from flax import nnx
 from jaxoip._check import check_type
 from jaxoip.data.mnist import Standardization, model_standardization
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel, get_layer
+from jaxoip.models.cnn import LayerSpec, Network, NetworkSpec, TrainedModel
 from jaxoip.models.im2col import im2col_convs, use_im2col
+from jaxoip.models.network import find_layer
 
 OUTPUT = "output"
 # A `torch.nn.Module`: torch is an optional extra, imported only when a PyTorch model is used.
@@ -134,7 +135,7 @@ class TorchNetwork(Network):
     def __call__(self, images, until: str | None = None, pre_activation: bool = False):
         """Output of layer `until` (default: the module's output). `pre_activation` changes nothing: a
         submodule's output is what it computes, and activations applied in `forward` are not layers."""
-        name = self.config.layers[-1].name if until is None else get_layer(self.config, until).name
+        name = self.config.layers[-1].name if until is None else find_layer(self.config, until).name
         layer = None if name == self.config.layers[-1].name and name not in self.program.submodules else name
         weights = {k: v[...] for k, v in self.weights.items()}
         run = lambda weights, images: self.program(weights, images, layer)  # noqa: E731
