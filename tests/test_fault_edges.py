@@ -347,7 +347,11 @@ def test_only_relu_units_can_be_dead():
     from planted import PLANTED_CONFIG
 
     from jaxoip.models.cnn import ModelConfig
-    from jaxoip.oip.scan import can_be_dead
+    from jaxoip.models.network import find_layer
+    from jaxoip.oip.objectives import from_config
+
+    def can_be_dead(config, name, cfg):
+        return from_config(find_layer(config, name), None, cfg).can_be_dead
 
     study = ModelConfig()
     assert can_be_dead(study, "Conv2D_3", OIPConfig()) and can_be_dead(study, "Max_Pool_2", OIPConfig())

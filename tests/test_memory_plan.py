@@ -54,12 +54,12 @@ def test_scan_library_checks_before_work(tiny_trained, eight_gib):
 
 def test_default_runs_pass_the_check(reference, eight_gib):
     from jaxoip.models.memory import check_arrays
-    from jaxoip.oip.scan import check_scan
+    from jaxoip.oip.scan import plan_scan
     from jaxoip.seeds.compare import compare_arrays
     from jaxoip.seeds.config import CompareConfig
 
-    maps, restarts, _, _, _ = check_scan(reference)
-    assert len(maps) == 128 and restarts >= 8
+    plan = plan_scan(reference)
+    assert len(plan.maps) == 128 and plan.restarts >= 8
     check_arrays(compare_arrays(CompareConfig(), ModelConfig(), 10_000, 5))
 
 

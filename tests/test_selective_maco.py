@@ -12,7 +12,8 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, init_model
 from jaxoip.oip import param, targets
 from jaxoip.oip.noise import initial_images, start_keys
-from jaxoip.oip.scan import check_needs_data, scan_maps
+from jaxoip.oip.objectives import from_config
+from jaxoip.oip.scan import plan_scan, scan_maps
 from jaxoip.oip.search import OIPConfig, search_oips
 
 SMALL = ModelConfig(conv=((5, 3, "relu"), (4, 3, "relu")), pool=(2,), dense=((10, "softmax"),))
@@ -54,7 +55,8 @@ def test_selective_objective_matches_an_independent_computation():
     maps = np.array([0, 1, 2, 3, 4, 2], np.int32)
     data_max = np.array([2.0, 0.5, 0.0, 1.5, 3.0], np.float32)  # map 2 dead on data
     graphdef, params = nnx.split(model)
-    fn = targets.make_selective_objectives(graphdef, "Conv2D_1", None, OIPConfig(selective=0.7))
+    objective = from_config(model.layer("Conv2D_1"), None, OIPConfig(selective=0.7))
+    fn = targets.make_selective_objectives(graphdef, objective)
     obj, selective, _, asleep = jax.jit(fn)(params, x, maps, data_max)
     acts = _conv1_numpy(model, x)
     np.testing.assert_allclose(obj, acts.mean(axis=(1, 2))[np.arange(6), maps], rtol=1e-5, atol=1e-6)
@@ -190,6 +192,7 @@ def test_bad_arguments_one_line(tiny_checkpoint, tmp_path, capsys, extra, messag
 def test_refused_without_mnist(tmp_path, monkeypatch, capsys, extra, message):
     from jaxoip.data import mnist as data_lib
     from jaxoip.errors import DataError
+    from jaxoip.models.checkpoint import load_reference_model
 
     def no_tfds():
         raise DataError("no MNIST data")
@@ -202,4 +205,4 @@ def test_refused_without_mnist(tmp_path, monkeypatch, capsys, extra, message):
     assert list(tmp_path.iterdir()) == []
     cfg = OIPConfig(steps=2, param="maco") if "maco" in message else OIPConfig(steps=2, selective=0.5)
     with pytest.raises(JaxoipError, match=message):
-        check_needs_data(cfg, None)
+        plan_scan(load_reference_model(), "Conv2D_1", config=cfg).check_data(None)

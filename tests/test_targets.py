@@ -8,6 +8,7 @@ from planted import ASLEEP_NODE, COARSE, DEAD, LIVE_NODE, planted_dense_model, p
 
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.oip.noise import initial_images, start_keys
+from jaxoip.oip.objectives import from_config
 from jaxoip.oip.search import OIPConfig, make_search, search_oips
 from jaxoip.oip.targets import Target, parse_terms, search_arguments
 
@@ -50,7 +51,8 @@ def test_study_config_is_bit_identical_to_the_study_search(tiny_trained):
     maps = np.array([0, 3, 5, 7], np.int32)
     x0 = _starts(4)
     cfg = OIPConfig(steps=25, wake=False)
-    new = jax.device_get(jax.jit(make_search(graphdef, "Conv2D_3", cfg, None))(params, x0, maps))
+    objective = from_config(tiny_trained.model.layer("Conv2D_3"), None, cfg)
+    new = jax.device_get(jax.jit(make_search(graphdef, objective, cfg))(params, x0, maps))
     old = jax.device_get(jax.jit(make_study_search(graphdef, "Conv2D_3", cfg, None))(params, x0, maps))
     for k in old:
         np.testing.assert_array_equal(new[k], old[k], err_msg=k)

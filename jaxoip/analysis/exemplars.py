@@ -18,10 +18,10 @@ from jaxoip.models.cnn import (
     TrainedModel,
     batched_layer_map,
     check_trained,
-    get_layer,
     layer_shapes,
     receptive_field,
 )
+from jaxoip.models.network import Layer, find_layer
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
 
 
@@ -55,13 +55,13 @@ def max_node(acts: Float[Array, "n h w c"]) -> tuple[Float[Array, "n c"], Int[Ar
 def find_exemplars(
     trained: TrainedModel,
     data: MNIST,
-    layer_name: str = "Conv2D_3",
+    layer_name: str | Layer = "Conv2D_3",
     k: int = 5,
     split: str = "test",
     precision: Precision = DEFAULT_PRECISION,
 ) -> Exemplars:
     """For every map of `layer_name`, the `k` images of `split` whose most active node is highest (and above 0)."""
-    spec = get_layer(check_trained(trained).config, layer_name, MAP_KINDS)
+    spec = find_layer(check_trained(trained).config, layer_name, MAP_KINDS)
     check_int("k (exemplars per map)", k, 1)
     images, _ = check_data(data).split(split)
     images = check_finite_images(f"the {split} images", images)
@@ -74,7 +74,7 @@ def find_exemplars(
 def exemplars_from_maxima(
     trained: TrainedModel,
     images: Float[np.ndarray, "n H W ch"],
-    layer_name: str,
+    layer_name: str | Layer,
     k: int,
     split: str,
     best: Float[np.ndarray, "n c"],
@@ -82,7 +82,7 @@ def exemplars_from_maxima(
 ) -> Exemplars:
     """`find_exemplars`' result from every image's largest node activation per map (`best`) and its flat
     position (`where`), as a pass over `images` that also computes other statistics gives them."""
-    spec = get_layer(trained.config, layer_name, MAP_KINDS)
+    spec = find_layer(trained.config, layer_name, MAP_KINDS)
     k = max(1, min(k, images.shape[0]))
     # Top k over images per map, on the host (stable: ties keep the lower image index).
     idx = np.argsort(-best.T, axis=1, kind="stable")[:, :k]  # (C, k)

@@ -57,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cli.check_backend()
     from jaxoip.models import checkpoint
-    from jaxoip.models.cnn import SEARCH_KINDS, get_layer
     from jaxoip.oip import scan
 
     if args.exemplars < 0:
@@ -70,9 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers = default_layers(trained.config) if args.layers is None else [s.strip() for s in args.layers.split(",")]
     if not layers or len(set(layers)) < len(layers) or not all(layers):
         raise JaxoipError(f"--layers must name distinct layers, got {args.layers!r}")
-    for name in layers:  # Every layer and size checked before the output folder is touched.
-        get_layer(trained.config, name, SEARCH_KINDS)
-        scan.check_scan(trained, name, None, args.restarts, cfg, precursor_starts=args.precursor_starts, seed=args.seed)
+    # Every layer and size checked before the output folder is touched.
+    plans = [
+        scan.plan_scan(
+            trained,
+            name,
+            restarts=args.restarts,
+            config=cfg,
+            precursor_starts=args.precursor_starts,
+            seed=args.seed,
+            exemplars=args.exemplars,
+        )
+        for name in layers
+    ]
     config = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "no_progress", "no_cache", "out")}
     with prepare_output(args.out, "microscope", config, args.overwrite, args.resume, 64 * 2**20) as out:
         data, note = cli.optional_data(args, trained.config.input_shape)
@@ -80,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note, file=sys.stderr)
         out.check_inputs(model=checkpoint.model_checksum(trained), data=data.checksum() if data else "none")
         entries = []
-        for name in layers:
-            bar = Progress(not args.no_progress, f"microscope {name}", unit="image-step")
+        for plan in plans:
+            bar = Progress(not args.no_progress, f"microscope {plan.layer.name}", unit="image-step")
             with bar:
-                entries.append(_layer(args, trained, cfg, data, name, out, bar))
+                entries.append(_layer(args, plan, data, out, bar))
         from jaxoip.site.microscope_site import write_microscope_site
 
         write_microscope_site(out.staging, entries, model=str(args.model or "the shipped reference model"))
@@ -95,33 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _layer(args, trained, cfg, data, name, out, bar) -> dict:
+def _layer(args, plan, data, out, bar) -> dict:
     """Scans one layer into <staging>/<layer>/ (files and site); returns its landing-page entry."""
-    from jaxoip.analysis.exemplars import find_exemplars
-    from jaxoip.models.cnn import MAP_KINDS, get_layer
     from jaxoip.oip import scan
     from jaxoip.site import write_scan_site
     from jaxoip.site.data_views import data_views
 
     t0 = time.perf_counter()
-    result = scan.scan_maps(
-        trained,
-        name,
-        None,
-        args.restarts,
-        cfg,
-        precursor_starts=args.precursor_starts,
-        seed=args.seed,
-        data=data,
-        progress=bar,
-        partial_dir=out.partial / name / "search",
-    )
+    trained, name, cfg = plan.trained, plan.layer.name, plan.config
+    result = scan.scan_layer(plan, data, bar, out.partial / name / "search")
     result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume")}
     scan_seconds = time.perf_counter() - t0
-    ex = views = None
-    if data is not None and args.exemplars and get_layer(trained.config, name).kind in MAP_KINDS:
+    ex, views = result.exemplars, None  # Found in the scan's data pass (a map layer's maps, with data).
+    if ex is not None:
         with bar.phase("exemplars"):
-            ex = find_exemplars(trained, data, name, k=args.exemplars, precision=cfg.precision)
             views = data_views(trained, data, name, ex, precision=cfg.precision)
     folder = out.staging / name
     folder.mkdir()

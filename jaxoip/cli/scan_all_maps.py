@@ -165,9 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     main_process = distributed.is_main()
     from jaxoip.models import checkpoint
-    from jaxoip.models.memory import check_fits
     from jaxoip.oip import scan
-    from jaxoip.oip.search import default_chunk_size
 
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
@@ -177,10 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jaxoip.oip.quality import feature_observer
 
         feature_observer(quality_config(args), trained.standardization)
-    chunk = args.chunk_size or default_chunk_size(trained.config)
-    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     # Every option that sizes an array, memory included, before the output folder is touched.
-    scan.check_scan(
+    plan = scan.plan_scan(
         trained,
         args.layer,
         args.maps,
@@ -192,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed,
         args.node,
         args.chunk_size,
+        quality_config(args),
+        args.facet_threshold,
+        args.exemplars,
     )
     # Not how the processes joined: a run resumes on another process count.
     skip = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
@@ -200,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
         # After the cheap checks: a bad argument fails at once.
         data, note = cli.optional_data(args, trained.config.input_shape)
-        scan.check_needs_data(cfg, data)
+        plan.check_data(data)
         if note and main_process:
             print(note, file=sys.stderr)
         # A resume goes on with the model and data it started with.
@@ -214,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.agree(error, "the resume check")
         bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
         with bar, count_compiles() as compiles:
-            result = _scan(args, trained, cfg, recipes, data, out, bar)
+            result = scan.scan_layer(plan, data, bar, out.partial / "search" if out is not None else None)
+            result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
             processes = distributed.process_count()
             # Exemplars, files and site are process 0's alone: the others leave now, all at once, rather than
             # wait at JAX's shutdown barrier (whose timeout is not the run's) while process 0 goes on.
@@ -281,32 +281,6 @@ def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
     if model_config is not None:
         check_target(model_config, args.layer, target_maps(model_config, args.layer, args.maps, cfg), args.node, cfg)
     return cfg, recipes
-
-
-def _scan(args, trained, cfg, recipes, data, out, bar):
-    from jaxoip.oip import scan
-
-    result = scan.scan_maps(
-        trained,
-        layer_name=args.layer,
-        map_indices=args.maps,
-        restarts=args.restarts,
-        config=cfg,
-        recipes=recipes,
-        precursor_starts=args.precursor_starts,
-        screen=args.screen,
-        seed=args.seed,
-        node=args.node,
-        data=data,
-        chunk_size=args.chunk_size,
-        progress=bar,
-        partial_dir=out.partial / "search" if out is not None else None,
-        facet_threshold=args.facet_threshold,
-        exemplars=args.exemplars,
-        quality=quality_config(args),
-    )
-    result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
-    return result
 
 
 def _site(args, trained, data, result, exemplars, folder) -> None:

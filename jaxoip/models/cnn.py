@@ -223,7 +223,7 @@ def map_activation(model: Network, images, layer_name: str, map_indices, pre_act
     `pre_activation` skips the convolution's activation (pooling still follows).
     """
     specs = layer_specs(model.config)
-    t = specs.index(get_layer(model.config, layer_name, MAP_KINDS))
+    t = find_layer(model.config, layer_name, MAP_KINDS).index
     c = t
     while c > 0 and specs[c].kind in ("pool", "dropout"):
         c -= 1
@@ -307,7 +307,7 @@ def batched_layer_map(
     compiled program: pass a module-level function (the same object on every call), not a fresh
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
     """
-    layer_name = get_layer(check_cnn(model).config, layer_name).name
+    layer_name = find_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
     check_finite_weights(model, layer_name)
     graphdef, params = nnx.split(model)

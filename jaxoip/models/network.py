@@ -88,7 +88,8 @@ class Layer:
         if node is None:
             return None
         if not self.is_maps:
-            raise LayerError(f"--node needs a map layer; {self.name} is a {self.kind} layer")
+            what = "vector" if self.is_vector else self.kind
+            raise LayerError(f"--node applies to maps, not to the {what} layer {self.name}")
         try:
             i, j = (int(v) for v in node)
         except (TypeError, ValueError):

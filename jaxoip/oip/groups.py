@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 
 from jaxoip import distributed
 from jaxoip.models.cnn import CNN, WEIGHTS
-from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
+from jaxoip.oip.objectives import Objective
+from jaxoip.oip.search import OIPConfig, OIPResult, run_search
 from jaxoip.progress import Progress, WeightedPart, as_progress
 
 # Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
@@ -25,11 +26,10 @@ GROUP_CHUNKS = 8
 
 def _group_key(
     model: CNN,
-    layer_name: str,
+    objective: Objective,
     maps: Int[np.ndarray, " n"],
     x0: Float[np.ndarray, "n H W ch"],
     config: OIPConfig,
-    node: tuple[int, int] | None,
     chunk: int,
     data_max: np.ndarray | None = None,
     magnitude: np.ndarray | None = None,
@@ -43,7 +43,8 @@ def _group_key(
     h = hashlib.sha256()
     h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, WEIGHTS))).encode())
     # Not the device or process count: with `chunk` images per device, every count gives the same bits.
-    h.update(repr((layer_name, node, config, chunk, jax.default_backend())).encode())
+    # The objective is all in `config` and the layer's name and node (the key of the runs before objectives).
+    h.update(repr((objective.layer.name, objective.node, config, chunk, jax.default_backend())).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())
     h.update(np.ascontiguousarray(x0, np.float32).tobytes())
     for extra in (data_max, magnitude):  # Which one is given follows from the config hashed above.
@@ -78,18 +79,17 @@ def _load_group(path: Path | None, key: str | None, n: int) -> dict | None:
 
 def search_in_groups(
     model: CNN,
-    layer_name: str,
+    objective: Objective,
     maps: Int[np.ndarray, " n"],
     x0: Float[np.ndarray, "n H W ch"],
     config: OIPConfig,
-    node: tuple[int, int] | None,
     chunk: int,
     progress: bool | Progress = False,
     partial_dir: str | os.PathLike | None = None,
     data_max: Float[np.ndarray, " c"] | None = None,
     magnitude: Float[np.ndarray, "H Wr"] | None = None,
 ) -> tuple[OIPResult, float]:
-    """`search_oips` over fixed groups of `GROUP_CHUNKS` chunks of `chunk` images per device; groups already in
+    """`run_search` over fixed groups of `GROUP_CHUNKS` chunks of `chunk` images per device; groups already in
     `partial_dir` are reused.
 
     The grouping depends neither on `partial_dir` nor on the device or process count, so a resumed search
@@ -107,7 +107,7 @@ def search_in_groups(
     parts, earlier = [], 0.0
     bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
     keys = [
-        _group_key(model, layer_name, maps[lo:hi], x0[lo:hi], config, node, chunk, data_max, magnitude)
+        _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude)
         if partial
         else None
         for lo, hi in bounds
@@ -121,19 +121,18 @@ def search_in_groups(
     done = distributed.from_main(done, "the resumed search groups")
     # Counted in image-steps, each chunk as it returns, so that the rate and the time left are real.
     work = n * config.steps
-    with as_progress(progress, total=work, desc=f"OIP search {layer_name}", unit="image-step") as bar:
+    with as_progress(progress, total=work, desc=f"OIP search {objective.layer.name}", unit="image-step") as bar:
         for g, (lo, hi) in enumerate(bounds):
             key, path = keys[g], partial / f"group_{g:05d}.npz" if partial else None
             part = {k.split("/", 1)[1]: v for k, v in done.items() if k.split("/", 1)[0] == str(g)} or None
             if part is None:
                 part_bar = WeightedPart(bar, (hi - lo) * config.steps)
-                res = search_oips(
+                res = run_search(
                     model,
-                    layer_name,
+                    objective,
                     maps[lo:hi],
                     x0[lo:hi],
                     config,
-                    node,
                     chunk,
                     part_bar,
                     data_max,

@@ -22,8 +22,9 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import CNN, batched_layer_map, check_cnn
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
 from jaxoip.oip import targets
+from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
-from jaxoip.oip.search import OIPConfig, check_target
+from jaxoip.oip.objectives import Objective, from_config, objective
 
 
 @dataclasses.dataclass
@@ -117,23 +118,37 @@ def precursor_scan(
     or a PRNG key used as the root directly. With `cfg`, the maps are its targets (`jaxoip.oip.targets`:
     dense nodes, logits, weighted sums) and its precision is used.
     """
-    recipes = get_recipes(recipes)
-    check_target(check_cnn(model).config, layer_name, [0], node, cfg)
+    objective = _objective(model, layer_name, node, cfg)
     if int(starts) < 1:
         raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
-    root = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
+    key = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
+    return run_precursor(model, objective, get_recipes(recipes), int(starts), key, cfg.precision if cfg else precision)
+
+
+def run_precursor(
+    model, objective: Objective, recipes: tuple[Recipe, ...], starts: int, root, precision: Precision
+) -> PrecursorResult:
+    """`precursor_scan` for a resolved objective, checked recipes and a checked root (seed or key)."""
     shape = tuple(model.config.input_shape)  # Starts of the model's input size and channels.
-    images = _precursor_images(root, recipes=recipes, starts=int(starts), shape=shape)
-    obj = data_activation(model, np.asarray(images), layer_name, node, precision, cfg)  # (R*K, C)
+    images = _precursor_images(root, recipes=recipes, starts=starts, shape=shape)
+    obj = objective_values(model, np.asarray(images), objective, precision)  # (R*K, C)
     obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(
-        layer_name=layer_name,
+        layer_name=objective.layer.name,
         recipes=tuple(r.name for r in recipes),
         frac_active=(obj > 0).mean(axis=1).T,
         mean=obj.mean(axis=1).T,
         max=obj.max(axis=1).T,
         starts=starts,
     )
+
+
+def _objective(model, layer_name: str, node, cfg: OIPConfig | None) -> Objective:
+    """The objective of a public call by layer name: `cfg`'s targets, or every map's mean (or node)."""
+    layer = check_cnn(model).layer(layer_name)
+    if cfg is None:
+        return objective(layer, node, quantity="activation", wake=False)
+    return from_config(layer, node, cfg)
 
 
 def data_activation(
@@ -148,10 +163,16 @@ def data_activation(
 
     With `cfg`, its precision replaces `precision`.
     """
-    check_target(check_cnn(model).config, layer_name, [0], node, cfg)
-    if cfg is not None:
-        precision = cfg.precision
-        if targets.is_custom(model.config, layer_name, cfg):
-            return targets.batched_target_values(model, images_std, layer_name, node, cfg)
-    reduce = MapObjectives(None if node is None else (int(node[0]), int(node[1])))
-    return np.asarray(batched_layer_map(model, images_std, layer_name, reduce, precision=precision))
+    objective = _objective(model, layer_name, node, cfg)
+    return objective_values(model, images_std, objective, cfg.precision if cfg else precision)
+
+
+def objective_values(
+    model, images_std: Float[ArrayLike, "n H W ch"], objective: Objective, precision: Precision
+) -> Float[np.ndarray, "n c"]:
+    """Every target's value of `objective` (every map's mean or node, dense unit, or weighted sum) for every
+    standardized image, forward only."""
+    if objective.custom:
+        return targets.batched_target_values(model, images_std, objective, precision)
+    reduce = MapObjectives(objective.node)
+    return np.asarray(batched_layer_map(model, images_std, objective.layer, reduce, precision=precision))

@@ -499,36 +499,29 @@ def measure(
     return out
 
 
-def minimizing_config(config, maps: Int[np.ndarray, " m"]):
-    """(config, target indices) of the search on each target's negated pre-activation, one start set per map.
-
-    A weighted target with weight -1 expresses the negation; for weighted sums every weight is negated.
-    Wake-up, diversity and the selective objective do not apply (the pre-activation has a gradient
-    everywhere; one start set; a weighted target has no single map to compare with the others).
-    """
-    if config.weighted:
-        terms = tuple(tuple((u, -w) for u, w in config.weighted[int(m)]) for m in maps)
-    else:
-        terms = tuple(((int(m), -1.0),) for m in maps)
-    cfg = dataclasses.replace(
-        config, weighted=terms, quantity="pre", wake=False, diversity=0.0, diversity_group=1, selective=0.0
-    )
-    return cfg, np.arange(len(maps), dtype=np.int32)
-
-
 def minimizing_oips(
-    model, layer_name: str, maps, x0, restarts: int, config, node, min_starts: int, chunk=None, magnitude=None
+    model, objective, maps, x0, restarts: int, config, min_starts: int, chunk: int, magnitude=None
 ):
     """(images (m, s, H, W, 1), objectives (m, s)): minimizing OIPs from the first s = min(`min_starts`,
-    `restarts`) of each map's screened starts `x0`; an objective is the negated pre-activation's value.
-
-    `magnitude`: MACO's fixed amplitude spectrum, when the scan's parameterization is maco.
+    `restarts`) of each map's screened starts `x0`; an objective is the negated pre-activation's value
+    (`objective.minimizing`: a weighted target has every weight negated). Diversity does not apply (one start
+    set per map); `magnitude`: MACO's fixed amplitude spectrum, when the scan's parameterization is maco.
     """
-    from jaxoip.oip.search import search_oips
+    from jaxoip.oip.search import run_search
 
-    cfg, idx = minimizing_config(config, maps)
+    negated, idx = objective.minimizing(maps)
+    # The fields the search's program and its resume key held when the negation was written into the config.
+    cfg = dataclasses.replace(
+        config,
+        weighted=negated.weighted,
+        quantity="pre",
+        wake=False,
+        diversity=0.0,
+        diversity_group=1,
+        selective=0.0,
+    )
     min_starts = min(min_starts, restarts)  # More would repeat starts, and so images.
     starts = x0.reshape(len(maps), restarts, *x0.shape[1:])[:, np.arange(min_starts) % restarts]
     starts = starts.reshape(-1, *x0.shape[1:])
-    res = search_oips(model, layer_name, np.repeat(idx, min_starts), starts, cfg, node, chunk, magnitude=magnitude)
+    res = run_search(model, negated, np.repeat(idx, min_starts), starts, cfg, chunk, magnitude=magnitude)
     return res.images.reshape(len(maps), min_starts, *x0.shape[1:]), res.objective.reshape(len(maps), min_starts)

@@ -24,28 +24,21 @@ from jaxoip._io import prepare_output
 from jaxoip.analysis.exemplars import Exemplars, exemplars_from_maxima, find_exemplars
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import (
-    MAP_KINDS,
-    TrainedModel,
-    activation_name,
-    batched_layer_map,
-    check_trained,
-    get_layer,
-    layer_shapes,
-)
+from jaxoip.models.cnn import TrainedModel, batched_layer_map, check_trained
 from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
+from jaxoip.models.network import Layer
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
-from jaxoip.oip import targets
-from jaxoip.oip.config import check_scan_args, target_maps
+from jaxoip.oip.config import check_scan_args
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
+from jaxoip.oip.objectives import Objective, from_config
 from jaxoip.oip.param import maco_magnitude
-from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, data_activation, precursor_scan
+from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, objective_values, run_precursor
 from jaxoip.oip.quality import QualityConfig
 from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
-from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
+from jaxoip.oip.search import OIPConfig, default_chunk_size
 from jaxoip.progress import Progress
 from jaxoip.shapes import MapIndices
 
@@ -56,6 +49,131 @@ def default_restarts() -> int:
 
 
 SEARCH_STREAM = 1  # fold_in(key(seed), stream): the search's starts, apart from the precursor's draws.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScanPlan:
+    """Everything a scan of one layer will do, resolved and checked once by `plan_scan`, memory included.
+
+    The precursor scan, the screened starts, the search, the minimizing search and the exemplars take the
+    plan and check nothing again. `config` holds the derived fields the search needs (the diversity groups,
+    the pixel range's standardization); `exemplars` is 0 where the objective has no per-map exemplars.
+    """
+
+    trained: TrainedModel
+    objective: Objective
+    maps: Int[np.ndarray, " m"]
+    restarts: int
+    config: OIPConfig
+    recipes: tuple[Recipe, ...]
+    precursor_starts: int
+    screen: int
+    seed: int
+    chunk: int
+    quality: QualityConfig | None
+    facet_threshold: float
+    exemplars: int
+
+    @property
+    def layer(self) -> Layer:
+        return self.objective.layer
+
+    @property
+    def node(self) -> tuple[int, int] | None:
+        return self.objective.node
+
+    @property
+    def image_steps(self) -> int:
+        """The search's image-steps (what the progress display counts)."""
+        return len(self.maps) * self.restarts * self.config.steps
+
+    def check_data(self, data: MNIST | None) -> None:
+        """One line when the scan needs MNIST and has none: the selective objective and MACO do."""
+        check_data(data, optional=True)
+        if data is not None:
+            return
+        if self.objective.selective > 0:
+            raise JaxoipError(
+                "--selective needs the test images: it normalizes each map by its largest activation on them; "
+                "no MNIST data was found"
+            )
+        if self.config.param == "maco":
+            raise JaxoipError(
+                "--param maco needs the training images: its fixed magnitude is their mean amplitude spectrum; "
+                "no MNIST data was found"
+            )
+
+
+def plan_scan(
+    trained: TrainedModel,
+    layer: str | Layer = "Conv2D_3",
+    maps: MapIndices | None = None,
+    restarts: int | None = None,
+    config: OIPConfig = OIPConfig(),
+    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
+    precursor_starts: int = 64,
+    screen: int = 8,
+    seed: int = 0,
+    node: tuple[int, int] | None = None,
+    chunk_size: int | None = None,
+    quality: QualityConfig | None = QualityConfig(),
+    facet_threshold: float = FACET_THRESHOLD,
+    exemplars: int = 0,
+) -> ScanPlan:
+    """The scan of `layer`'s maps (`maps`: target indices, default all), checked before any work: the layer
+    resolved once, the objective built from `config` (its quantity, weighted sums, wake-up, selectivity),
+    the targets, the recipes, the chunk layout and the memory the scan's arrays take. See `scan_maps`."""
+    check_trained(trained)
+    check_type("config", config, OIPConfig)
+    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
+    check_float("facet threshold", facet_threshold, 0, 1)
+    check_int("exemplars", exemplars, 0)
+    if quality is not None:
+        check_type("quality", quality, QualityConfig)
+    recipes = get_recipes(recipes)
+    objective = from_config(trained.model.layer(layer), node, config)
+    maps = objective.check_targets(np.arange(objective.n_targets) if maps is None else maps)
+    restarts = default_restarts() if restarts is None else int(restarts)
+    # Images per device, whatever the device count: a scan is the same bits on any number of devices.
+    chunk = min(chunk_size or default_chunk_size(trained.config), len(maps) * restarts)
+    if config.diversity > 0:
+        # A map's starts must share a chunk: groups of `restarts` consecutive images.
+        if restarts < 2:
+            raise JaxoipError("diversity needs at least 2 starts per map")
+        config = dataclasses.replace(config, diversity_group=restarts)
+        chunk = max(1, round(chunk / restarts)) * restarts
+    if config.pixel_range != "none":  # The range [0, 255] in the model's standardized values.
+        std = trained.standardization
+        config = dataclasses.replace(config, pixel_mean=std.mean, pixel_std=std.std)
+    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
+    check_arrays(
+        scan_arrays(
+            trained.config.input_shape,
+            objective.n_targets,
+            len(maps),
+            restarts,
+            config,
+            len(recipes),
+            precursor_starts,
+            screen,
+            chunk,
+        )
+    )
+    return ScanPlan(
+        trained=trained,
+        objective=objective,
+        maps=maps,
+        restarts=restarts,
+        config=config,
+        recipes=recipes,
+        precursor_starts=int(precursor_starts),
+        screen=int(screen),
+        seed=check_seed(seed),
+        chunk=chunk,
+        quality=quality,
+        facet_threshold=float(facet_threshold),
+        exemplars=exemplars if objective.per_map else 0,
+    )
 
 
 def scan_maps(
@@ -77,7 +195,8 @@ def scan_maps(
     facet_threshold: float = FACET_THRESHOLD,
     exemplars: int = 0,
 ) -> ScanResult:
-    """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe.
+    """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe:
+    `scan_layer(plan_scan(...), data, progress, partial_dir)`.
 
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
@@ -96,47 +215,66 @@ def scan_maps(
     `exemplars` are that many test images per map that drive it hardest (`find_exemplars`; a map layer's
     maps, no node, no weighted targets), found in the data pass where the target is the map's activation.
     """
-    t0 = time.perf_counter()
-    maps, restarts, config, recipes, chunk = check_scan(
-        trained, layer_name, map_indices, restarts, config, recipes, precursor_starts, screen, seed, node, chunk_size
+    plan = plan_scan(
+        trained,
+        layer_name,
+        map_indices,
+        restarts,
+        config,
+        recipes,
+        precursor_starts,
+        screen,
+        seed,
+        node,
+        chunk_size,
+        quality,
+        facet_threshold,
+        exemplars,
     )
-    check_data(data, optional=True)
-    check_needs_data(config, data)
-    check_float("facet threshold", facet_threshold, 0, 1)
-    check_int("exemplars", exemplars, 0)
-    seed = check_seed(seed)
-    exemplars = exemplars if wants_exemplars(trained, layer_name, node, config, data) else 0
+    return scan_layer(plan, data, progress, partial_dir)
+
+
+def scan_layer(
+    plan: ScanPlan,
+    data: MNIST | None = None,
+    progress: bool | Progress = True,
+    partial_dir: str | os.PathLike | None = None,
+) -> ScanResult:
+    """Runs the scan `plan_scan` planned: precursor scan, screened starts, the search (resumable in
+    `partial_dir`), then with `data` the data pass, the exemplars, the minimizing OIPs and the measures."""
+    t0 = time.perf_counter()
+    check_type("plan", plan, ScanPlan, " (from plan_scan)")
+    plan.check_data(data)
+    trained, objective, config, maps, restarts = plan.trained, plan.objective, plan.config, plan.maps, plan.restarts
+    layer_name, precision = objective.layer.name, config.precision
+    exemplars = plan.exemplars if data is not None else 0
     # The plain map objective: the exemplars' maxima come from the data pass (one pass over the test images).
-    shared_pass = exemplars > 0 and not targets.is_custom(trained.config, layer_name, config)
+    shared_pass = exemplars > 0 and not objective.custom
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
-    bar.plan(len(maps) * restarts * config.steps)  # The search's image-steps: a total from the first phase on.
+    bar.plan(plan.image_steps)  # The search's image-steps: a total from the first phase on.
     try:
         with bar.phase("precursor scan"):
-            pre = precursor_scan(
-                trained.model, layer_name, recipes, precursor_starts, seed, node, config.precision, config
-            )
+            root = np.uint32(plan.seed)
+            pre = run_precursor(trained.model, objective, plan.recipes, plan.precursor_starts, root, precision)
         selective_max = magnitude = None
-        if config.selective > 0:  # The selective objective normalizes by the maps' maxima over the test images.
+        if objective.selective > 0:  # The selective objective normalizes by the maps' maxima over the test images.
             with bar.phase("data maxima"):
                 x = trained.standardization(data.test_images)
-                selective_max = data_activation(trained.model, x, layer_name, node, cfg=config).max(axis=0)
+                selective_max = objective_values(trained.model, x, objective, precision).max(axis=0)
         if config.param == "maco":
             with bar.phase("maco spectrum"):
                 magnitude = maco_magnitude(trained.standardization(data.train_images))
         with bar.phase("screening starts"):
-            start_recipe, x0 = screened_starts(
-                trained, layer_name, maps, restarts, screen, recipes, pre, seed, node, config
-            )
+            start_recipe, x0 = screened_starts(plan, pre)
         res, earlier_seconds = search_in_groups(
             trained.model,
-            layer_name,
+            objective,
             np.repeat(maps, restarts),
             x0,
             config,
-            node,
-            chunk,
+            plan.chunk,
             bar,
             partial_dir,
             selective_max,
@@ -152,33 +290,34 @@ def scan_maps(
                 both = np.concatenate([x, best])
                 if shared_pass:
                     acts, top, where = batched_layer_map(
-                        trained.model, both, layer_name, MapMeansAndMaxima(), precision=config.precision
+                        trained.model, both, objective.layer, MapMeansAndMaxima(), precision=precision
                     )
                     top, where = top[: len(x)], where[: len(x)]
-                    found = exemplars_from_maxima(trained, data.test_images, layer_name, exemplars, "test", top, where)
+                    found = exemplars_from_maxima(
+                        trained, data.test_images, objective.layer, exemplars, "test", top, where
+                    )
                 else:
-                    acts = data_activation(trained.model, both, layer_name, node, cfg=config)
+                    acts = objective_values(trained.model, both, objective, precision)
                 acts, on_best = acts[: len(x)], acts[len(x) :]
                 # superstimulus is measured on the best OIPs inside the pixel range: a second, small pass.
                 clipped = quality_lib.clip_to_pixels(best, trained.standardization)
-                on_clipped = data_activation(trained.model, clipped, layer_name, node, cfg=config)
+                on_clipped = objective_values(trained.model, clipped, objective, precision)
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
                 histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
             if exemplars > 0 and not shared_pass:
                 with bar.phase("exemplars"):
-                    found = find_exemplars(trained, data, layer_name, k=exemplars, precision=config.precision)
-            if quality is not None and quality.min_starts > 0:
+                    found = find_exemplars(trained, data, objective.layer, k=exemplars, precision=precision)
+            if plan.quality is not None and plan.quality.min_starts > 0:
                 with bar.phase("minimizing OIPs"):
                     minimizing = quality_lib.minimizing_oips(
                         trained.model,
-                        layer_name,
+                        objective,
                         maps,
                         x0,
                         restarts,
                         config,
-                        node,
-                        quality.min_starts,
-                        chunk,
+                        plan.quality.min_starts,
+                        plan.chunk,
                         magnitude,
                     )
     finally:
@@ -188,117 +327,32 @@ def scan_maps(
         layer_name=layer_name,
         map_indices=maps,
         restarts=restarts,
-        node=node,
+        node=objective.node,
         config=config,
-        recipe_names=tuple(r.name for r in recipes),
+        recipe_names=tuple(r.name for r in plan.recipes),
         start_recipe=start_recipe,
         oip=res,
         precursor=pre,
         data_mean=data_mean,
         data_max=data_max,
         standardization=trained.standardization,
-        seed=seed,
-        screen=screen,
+        seed=plan.seed,
+        screen=plan.screen,
         seconds=time.perf_counter() - t0,
         search_seconds=res.seconds,
         earlier_search_seconds=earlier_seconds,
-        facet_threshold=float(facet_threshold),
+        facet_threshold=plan.facet_threshold,
         data_histogram=histogram,
-        can_be_dead=can_be_dead(trained.config, layer_name, config),
+        can_be_dead=objective.can_be_dead,
         data_source=None if data is None else data.source,
         exemplars=found,
     )
-    if quality is not None:
+    if plan.quality is not None:
         x = None if data is None else trained.standardization(data.test_images)
         min_images, min_objective = minimizing if minimizing is not None else (None, None)
-        result.quality = quality_lib.measure(result, quality, x, acts, on_best, min_images, on_clipped)
+        result.quality = quality_lib.measure(result, plan.quality, x, acts, on_best, min_images, on_clipped)
         result.quality.min_images, result.quality.min_objective = min_images, min_objective
     return result
-
-
-def can_be_dead(model_config, layer_name: str, config: OIPConfig) -> bool:
-    """Whether the searched value is a ReLU's (or a module's own layer, whose activation is unknown): only then
-    is a unit whose largest value on the data is <= 0 dead. Logits and other linear values are not."""
-    if config.weighted or config.quantity == "pre":
-        return False
-    if get_layer(model_config, layer_name).kind in ("maps", "units"):
-        return True
-    return activation_name(model_config, layer_name) == "relu"
-
-
-def wants_exemplars(trained: TrainedModel, layer_name: str, node, config: OIPConfig, data: MNIST | None) -> bool:
-    """Whether a scan has exemplars to find: data, the maps of a map layer, no node and no weighted targets."""
-    if data is None or node is not None or config.weighted:
-        return False
-    return get_layer(trained.config, layer_name).kind in MAP_KINDS
-
-
-def check_needs_data(config: OIPConfig, data: MNIST | None) -> None:
-    """One line when the search needs MNIST and has none: the selective objective and MACO do."""
-    if data is not None:
-        return
-    if config.selective > 0:
-        raise JaxoipError(
-            "--selective needs the test images: it normalizes each map by its largest activation on them; "
-            "no MNIST data was found"
-        )
-    if config.param == "maco":
-        raise JaxoipError(
-            "--param maco needs the training images: its fixed magnitude is their mean amplitude spectrum; "
-            "no MNIST data was found"
-        )
-
-
-def check_scan(
-    trained: TrainedModel,
-    layer_name: str = "Conv2D_3",
-    map_indices: MapIndices | None = None,
-    restarts: int | None = None,
-    config: OIPConfig = OIPConfig(),
-    recipes: Sequence[str | Recipe] = DEFAULT_RECIPES,
-    precursor_starts: int = 64,
-    screen: int = 8,
-    seed: int = 0,
-    node: tuple[int, int] | None = None,
-    chunk_size: int | None = None,
-) -> tuple[Int[np.ndarray, " m"], int, OIPConfig, tuple[Recipe, ...], int]:
-    """`scan_maps`'s arguments checked, memory included, before any work: the maps, restarts, config,
-    recipes and chunk size it will use."""
-    check_trained(trained)
-    check_type("config", config, OIPConfig)
-    check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
-    recipes = get_recipes(recipes)
-    maps = target_maps(trained.config, layer_name, map_indices, config)
-    n_maps = len(config.weighted) or layer_shapes(trained.config)[layer_name][-1]
-    check_target(trained.config, layer_name, maps, node, config)
-    restarts = default_restarts() if restarts is None else int(restarts)
-    maps = maps.astype(np.int32)
-    # Images per device, whatever the device count: a scan is the same bits on any number of devices.
-    chunk = min(chunk_size or default_chunk_size(trained.config), len(maps) * restarts)
-    if config.diversity > 0:
-        # A map's starts must share a chunk: groups of `restarts` consecutive images.
-        if restarts < 2:
-            raise JaxoipError("diversity needs at least 2 starts per map")
-        config = dataclasses.replace(config, diversity_group=restarts)
-        chunk = max(1, round(chunk / restarts)) * restarts
-    if config.pixel_range != "none":  # The range [0, 255] in the model's standardized values.
-        std = trained.standardization
-        config = dataclasses.replace(config, pixel_mean=std.mean, pixel_std=std.std)
-    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
-    check_arrays(
-        scan_arrays(
-            trained.config.input_shape,
-            n_maps,
-            len(maps),
-            restarts,
-            config,
-            len(recipes),
-            precursor_starts,
-            screen,
-            chunk,
-        )
-    )
-    return maps, restarts, config, recipes, chunk
 
 
 def scan_arrays(
@@ -373,16 +427,7 @@ def scan_arrays(
 
 
 def screened_starts(
-    trained: TrainedModel,
-    layer_name: str,
-    maps: Int[np.ndarray, " m"],
-    restarts: int,
-    screen: int,
-    recipes: tuple[Recipe, ...],
-    pre: PrecursorResult,
-    seed: int,
-    node: tuple[int, int] | None = None,
-    cfg: OIPConfig | None = None,
+    plan: ScanPlan, pre: PrecursorResult
 ) -> tuple[Int[np.ndarray, "m r"], Float[np.ndarray, "m*r H W ch"]]:
     """Each start's recipe index and the start images, the `r` starts of a map in a row.
 
@@ -390,16 +435,17 @@ def screened_starts(
     map's best recipe (or the recipes in turn for a silent map); each group of `screen` candidates gives
     its most active one.
     """
+    maps, restarts, screen, recipes = plan.maps, plan.restarts, plan.screen, plan.recipes
     n_cand = restarts * screen
     cycle = np.arange(n_cand) % len(recipes)
     silent = pre.silent_on_noise[maps]
     cand_recipe = np.where(silent[:, None], cycle[None, :], pre.best_recipe[maps][:, None]).astype(np.int32)
-    x = seeded_starts(
-        seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1), tuple(trained.config.input_shape)
-    )
+    shape = tuple(plan.trained.config.input_shape)
+    x = seeded_starts(plan.seed, SEARCH_STREAM, maps, n_cand, recipes, cand_recipe.reshape(-1), shape)
     if screen == 1:
         return cand_recipe, x
-    obj = data_activation(trained.model, x, layer_name, node, cfg=cfg)  # (M * n_cand, C), forward only
+    # (M * n_cand, C), forward only
+    obj = objective_values(plan.trained.model, x, plan.objective, plan.config.precision)
     obj = obj[np.arange(len(obj)), np.repeat(maps, n_cand)].reshape(len(maps), restarts, screen)
     # Within each group, the most active candidate; the first one when none is active.
     pick = np.argmax(obj, axis=2)

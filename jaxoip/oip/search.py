@@ -23,11 +23,12 @@ from jaxtyping import ArrayLike, Bool, Float, Int
 
 from jaxoip._check import check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
-from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, layer_shapes, map_activation, nonfinite_parameters
+from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, nonfinite_parameters
 from jaxoip.numerics import precision_scope, wait_ready
 from jaxoip.oip import facets, param, targets, transforms
 from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.noise import standardize_image
+from jaxoip.oip.objectives import Objective, from_config
 from jaxoip.progress import Progress
 
 
@@ -45,32 +46,6 @@ class OIPResult:
     woken: Bool[np.ndarray, " n"] | None = None  # some step ascended the pre-activation (cfg.wake)
     seconds: float = 0.0
     steps_run: int = 0
-
-
-def check_target(config: ModelConfig, layer_name: str, map_indices, node=None, cfg: OIPConfig | None = None):
-    """Validates an OIP target: a conv, pool or dense layer, indices in range, the node inside the map
-    (with `cfg.weighted`, the indices pick weighted sums)."""
-    maps = np.asarray(map_indices)
-    if maps.size and not np.issubdtype(maps.dtype, np.integer):
-        if not np.issubdtype(maps.dtype, np.number) or not np.all(np.isfinite(maps)) or np.any(maps != np.round(maps)):
-            raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
-    targets.check_target(config, layer_name, map_indices, node, cfg)
-
-
-def map_objective(activations: jax.Array, map_index: jax.Array, node: tuple[int, int] | None = None) -> jax.Array:
-    """Objective of one image: mean of map `map_index` of activations (H, W, C), or its node (i, j)."""
-    fmap = jnp.take(activations, map_index, axis=-1)
-    return fmap[node] if node is not None else fmap.mean()
-
-
-def make_objectives(graphdef: nnx.GraphDef, layer_name: str, node: tuple[int, int] | None = None):
-    """Pure (params, images (N,H,W,1), map_indices (N,)) -> objectives (N,), one selected map per image."""
-
-    def objectives(params, x, maps):
-        fmap = map_activation(nnx.merge(graphdef, params), x, layer_name, maps)  # (N, H, W)
-        return fmap[:, node[0], node[1]] if node is not None else fmap.mean(axis=(1, 2))
-
-    return objectives
 
 
 # With a sigmoid, start images' pixels are first clipped to this share of the range inside its ends, where
@@ -121,7 +96,7 @@ def pixel_range_maps(cfg: OIPConfig, channels: int):
     return identity, view, start
 
 
-def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: tuple[int, int] | None = None):
+def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
     """Pure (params, images (N,H,W,1), map_indices (N,), data_max, magnitude) -> dict of results, for one chunk.
 
     Each loop iteration costs one forward and one backward pass: the objective of image x_t comes
@@ -137,9 +112,9 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
     untransformed final image.
     """
     snaps = jnp.asarray(cfg.snapshots)
-    plain_objectives = make_objectives(graphdef, layer_name, node)
-    target_objectives = targets.make_target_objectives(graphdef, layer_name, node, cfg)
-    selective_objectives = targets.make_selective_objectives(graphdef, layer_name, node, cfg)
+    plain_objectives = targets.plain_objectives(graphdef, objective)
+    target_objectives = targets.make_target_objectives(graphdef, objective)
+    selective_objectives = targets.make_selective_objectives(graphdef, objective)
 
     def rms_normalize(g):
         return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
@@ -154,7 +129,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
     def search(params, x0, maps, data_max=None, magnitude=None):
         n, shape = x0.shape[0], x0.shape[1:3]
-        custom = cfg.wake or targets.is_custom(nnx.merge(graphdef, params).config, layer_name, cfg)
+        custom = objective.wake or objective.custom
         keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
         if cfg.diversity > 0 and (cfg.diversity_group < 2 or n % cfg.diversity_group):
             raise JaxoipError(
@@ -165,7 +140,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
 
         def objectives(x):
             """(study objective, objective to ascend, asleep) per image."""
-            if cfg.selective > 0:
+            if objective.selective > 0:
                 obj, selective, wake_obj, asleep = selective_objectives(params, x, maps, data_max)
                 return obj, jnp.where(asleep, wake_obj, selective), asleep
             if not custom:
@@ -274,15 +249,15 @@ def default_chunk_size(config: ModelConfig | None = None) -> int:
     return int(min(base, 1 << (int(fits).bit_length() - 1)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "cfg", "node"))
-def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, layer_name, cfg, node):
-    """The whole search for one chunk, one compiled program per (architecture, layer, config, node, shape).
+@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "cfg"))
+def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, objective, cfg):
+    """The whole search for one chunk, one compiled program per (architecture, objective, config, shape).
 
     Inputs placed with a sharding (`jax.device_put`) carry it into the program, so one jitted function
     serves one device and many.
     """
     with precision_scope(cfg.precision):
-        return make_search(graphdef, layer_name, cfg, node)(params, x0, maps, data_max, magnitude)
+        return make_search(graphdef, objective, cfg)(params, x0, maps, data_max, magnitude)
 
 
 def chunk_layout(
@@ -305,16 +280,17 @@ def chunk_layout(
     return chunk, math.ceil(n / chunk)
 
 
-def check_search_data(model_config: ModelConfig, layer_name: str, cfg: OIPConfig, data_max, magnitude):
-    """(data_max, magnitude) as float32 arrays where `cfg` uses them, else None; one line naming what is
+def check_search_data(objective: Objective, cfg: OIPConfig, data_max, magnitude):
+    """(data_max, magnitude) as float32 arrays where the search uses them, else None; one line naming what is
     missing or malformed."""
-    if cfg.selective > 0:
+    layer_name = objective.layer.name
+    if objective.selective > 0:
         if data_max is None:
             raise JaxoipError(
                 "the selective objective needs every map's largest activation on the test images (data_max); none given"
             )
         data_max = np.asarray(data_max, np.float32)
-        c = layer_shapes(model_config)[layer_name][-1]
+        c = objective.layer.channels
         if data_max.shape != (c,) or not np.isfinite(data_max).all():
             raise JaxoipError(
                 f"data_max must hold {c} finite values, one per unit of {layer_name}; got shape {data_max.shape}"
@@ -325,7 +301,7 @@ def check_search_data(model_config: ModelConfig, layer_name: str, cfg: OIPConfig
         if magnitude is None:
             raise JaxoipError("the maco parameterization needs the training images' amplitude spectrum; none given")
         magnitude = np.asarray(magnitude, np.float32)
-        h, w = model_config.input_shape[:2]
+        h, w = objective.layer.config.input_shape[:2]
         if magnitude.shape != (h, w // 2 + 1) or not np.isfinite(magnitude).all() or not (magnitude > 0).any():
             raise JaxoipError(
                 f"the maco magnitude must be {h}x{w // 2 + 1} finite values, not all zero; got {magnitude.shape}"
@@ -383,18 +359,50 @@ def search_oips(
     float rounding; neither holds with `cfg.early_stop`, which stops a whole chunk at once. `progress`:
     True for a progress bar, or a `jaxoip.progress.Progress` to report into.
     """
+    model_config = check_cnn(model).config
+    check_type("cfg", cfg, OIPConfig)
+    check_type("a layer name", layer_name, str, error=LayerError)
+    obj = from_config(model.layer(layer_name), node, cfg)
+    maps = obj.check_targets(map_indices)
+    if chunk_size is not None:
+        check_int("chunk size", chunk_size, 1)
+    return run_search(
+        model,
+        obj,
+        maps,
+        init_images,
+        cfg,
+        chunk_size or default_chunk_size(model_config),
+        progress,
+        data_max,
+        magnitude,
+        fixed_chunk,
+    )
+
+
+def run_search(
+    model,
+    objective: Objective,
+    map_indices: Int[np.ndarray, " n"],
+    init_images: Float[ArrayLike, "n H W ch"],
+    cfg: OIPConfig,
+    chunk_size: int,
+    progress: bool | Progress = False,
+    data_max: Float[ArrayLike, " c"] | None = None,
+    magnitude: Float[ArrayLike, "H Wr"] | None = None,
+    fixed_chunk: bool = False,
+) -> OIPResult:
+    """`search_oips` for a resolved objective and checked targets (`map_indices` int32, in range); the start
+    images, `data_max` and `magnitude` are checked here."""
     from jaxoip import distributed
     from jaxoip.progress import as_progress
 
-    model_config = check_cnn(model).config
-    check_type("cfg", cfg, OIPConfig)
+    model_config = model.config
+    layer_name = objective.layer.name
     graphdef, params = nnx.split(model)
-    check_target(model_config, layer_name, map_indices, node, cfg)
-    map_indices = np.asarray(map_indices).astype(np.int32).reshape(-1)
+    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
     init_images = check_finite_images("the start images", init_images).astype(np.float32)
-    if chunk_size is not None:
-        check_int("chunk size", chunk_size, 1)
-    data_max, magnitude = check_search_data(model_config, layer_name, cfg, data_max, magnitude)
+    data_max, magnitude = check_search_data(objective, cfg, data_max, magnitude)
     n = init_images.shape[0]
     if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
         raise JaxoipError(
@@ -402,13 +410,11 @@ def search_oips(
         )
     n_dev = len(distributed.devices())
     group = cfg.diversity_group if cfg.diversity > 0 else 1
-    chunk, n_chunks = chunk_layout(n, chunk_size or default_chunk_size(model_config), n_dev, group, fixed_chunk)
+    chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
     many = distributed.process_count() > 1
     if many:  # Every process's copy of the weights and data, as one replicated global array each.
         params, data_max, magnitude = distributed.replicated((params, data_max, magnitude), sharding.mesh)
-    node = tuple(int(v) for v in node) if node is not None else None
-
     pad = n_chunks * chunk - n
     x_all = np.concatenate([init_images, np.repeat(init_images[:1], pad, 0)])
     m_all = np.concatenate([map_indices, np.repeat(map_indices[:1], pad)])
@@ -421,9 +427,7 @@ def search_oips(
         elif sharding is not None:
             x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
         pending.append(
-            _search_chunk(
-                params, x, m, data_max, magnitude, graphdef=graphdef, layer_name=layer_name, cfg=cfg, node=node
-            )
+            _search_chunk(params, x, m, data_max, magnitude, graphdef=graphdef, objective=objective, cfg=cfg)
         )
     parts, steps_run = [], 0
     with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:

@@ -39,17 +39,11 @@ from jaxtyping import Int
 
 from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import (
-    _ACTIVATIONS,
-    VECTOR_KINDS,
-    activation_name,
-    get_layer,
-    layer_shapes,
-    map_activation,
-    pad_batches,
-)
+from jaxoip.models.cnn import _ACTIVATIONS, map_activation, pad_batches
+from jaxoip.models.network import Layer
 from jaxoip.numerics import precision_scope, wait_ready
-from jaxoip.oip.config import QUANTITIES, OIPConfig, Terms, check_target, check_terms, resolve_quantity  # noqa: F401
+from jaxoip.oip.config import OIPConfig, Terms, check_terms
+from jaxoip.oip.objectives import Objective
 
 
 def parse_terms(text: str) -> Terms:
@@ -122,25 +116,10 @@ def search_arguments(
     return targets[0].layer, np.arange(len(targets), dtype=np.int32), targets[0].node, cfg
 
 
-def is_custom(model_config, layer_name: str, cfg) -> bool:
-    """Whether the target needs this module (dense layer, weighted sums or pre-activations)."""
-    spec = get_layer(model_config, layer_name)
-    return (
-        spec.kind in VECTOR_KINDS
-        or bool(cfg.weighted)
-        or resolve_quantity(model_config, layer_name, cfg.quantity) == "pre"
-    )
-
-
-def layer_values(model, x, layer_name: str, pre: bool) -> jax.Array:
-    """All units of a layer for a batch: (N, H, W, C) or (N, C); `pre`: before the activation
-    (for a pool layer: the pooled pre-activation of the conv below, as pooling commutes with it)."""
-    return model(x, until=layer_name, pre_activation=pre)
-
-
-def unit_values(model, x, layer_name: str, node, pre: bool) -> jax.Array:
-    """(N, C): per unit, the map mean (or node) of a conv/pool layer, or the dense node."""
-    v = layer_values(model, x, layer_name, pre)
+def unit_values(model, x, layer: Layer, node, pre: bool) -> jax.Array:
+    """(N, C): per unit, the map mean (or node) of a map layer, or the dense node; `pre`: before the
+    activation (for a pool layer: the pooled pre-activation of the conv below, as pooling commutes with it)."""
+    v = model(x, until=layer, pre_activation=pre)
     if v.ndim == 4:
         v = v[:, node[0], node[1]] if node is not None else v.mean(axis=(1, 2))
     return v
@@ -154,40 +133,49 @@ def weight_matrix(weighted: tuple[Terms, ...], n_units: int) -> np.ndarray:
     return w
 
 
-def make_target_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
+def plain_objectives(graphdef: nnx.GraphDef, objective: Objective):
+    """Pure (params, images (N,H,W,1), maps (N,)) -> objectives (N,): map `maps[i]` of image i (its mean or
+    node), by the network's per-map path (`map_activation`)."""
+    node = objective.node
+
+    def fn(params, x, maps):
+        fmap = map_activation(nnx.merge(graphdef, params), x, objective.layer, maps)  # (N, H, W)
+        return fmap[:, node[0], node[1]] if node is not None else fmap.mean(axis=(1, 2))
+
+    return fn
+
+
+def make_target_objectives(graphdef: nnx.GraphDef, objective: Objective):
     """Pure (params, x (N,H,W,1), maps (N,)) -> (objective (N,), wake objective (N,), asleep (N,) bool).
 
-    The objective is the target's value; with `cfg.wake` on a ReLU layer, an image is `asleep` when
+    The objective is the target's value; with wake-up on a ReLU layer, an image is `asleep` when
     the positive-weight part of its target is zero, and the wake objective (ascended instead) is the
     target's pre-activation: the map's largest node (or its node), the dense node, the weighted sum.
     """
+    layer, node, quantity, wake = objective.layer, objective.node, objective.quantity, objective.wakes
+    act = _ACTIVATIONS[layer.activation]
 
     def fn(params, x, maps):
         model = nnx.merge(graphdef, params)
-        config = model.config
-        spec = get_layer(config, layer_name)
-        quantity = resolve_quantity(config, layer_name, cfg.quantity)
-        act = _ACTIVATIONS[activation_name(config, layer_name)]
-        wake = cfg.wake and activation_name(config, layer_name) == "relu" and quantity == "activation"
-        if cfg.weighted:
-            w = jnp.asarray(weight_matrix(cfg.weighted, layer_shapes(config)[layer_name][-1]))[maps]  # (N, C)
+        if objective.weighted:
+            w = jnp.asarray(weight_matrix(objective.weighted, layer.channels))[maps]  # (N, C)
             if quantity == "pre":
-                obj = (w * unit_values(model, x, layer_name, node, True)).sum(axis=1)
+                obj = (w * unit_values(model, x, layer, node, True)).sum(axis=1)
                 return obj, obj, jnp.zeros(obj.shape, bool)
-            post_v = unit_values(model, x, layer_name, node, False)
+            post_v = unit_values(model, x, layer, node, False)
             obj = (w * post_v).sum(axis=1)
             if not wake:
                 return obj, obj, jnp.zeros(obj.shape, bool)
             asleep = (jnp.maximum(w, 0) * post_v).sum(axis=1) <= 0
-            return obj, (w * unit_values(model, x, layer_name, node, True)).sum(axis=1), asleep
-        if spec.kind in VECTOR_KINDS:
-            pre_all = model(x, until=layer_name, pre_activation=True)
+            return obj, (w * unit_values(model, x, layer, node, True)).sum(axis=1), asleep
+        if layer.is_vector:
+            pre_all = model(x, until=layer, pre_activation=True)
             pre = jnp.take_along_axis(pre_all, maps[:, None], axis=1)[:, 0]
             if quantity == "pre":
                 return pre, pre, jnp.zeros(pre.shape, bool)
             post = jnp.take_along_axis(act(pre_all), maps[:, None], axis=1)[:, 0]
             return post, pre, (post <= 0) if wake else jnp.zeros(post.shape, bool)
-        pre_map = map_activation(model, x, layer_name, maps, pre_activation=True)  # (N, H, W)
+        pre_map = map_activation(model, x, layer, maps, pre_activation=True)  # (N, H, W)
         fmap = pre_map if quantity == "pre" else act(pre_map)
         obj = fmap[:, node[0], node[1]] if node is not None else fmap.mean(axis=(1, 2))
         if not wake:
@@ -209,26 +197,23 @@ def selective_value(values, maps, data_max, lam: float):
     return target - lam * mean_others
 
 
-def make_selective_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg):
+def make_selective_objectives(graphdef: nnx.GraphDef, objective: Objective):
     """Pure (params, x (N,H,W,1), maps (N,), data_max (C,)) -> (objective, selective objective, wake
-    objective, asleep), each (N,); the objective is the target's value, as without `cfg.selective`."""
+    objective, asleep), each (N,); the objective is the target's value, as without selectivity."""
+    layer, node, wake = objective.layer, objective.node, objective.wakes
 
     def fn(params, x, maps, data_max):
         model = nnx.merge(graphdef, params)
-        config = model.config
-        quantity = resolve_quantity(config, layer_name, cfg.quantity)
-        relu = activation_name(config, layer_name) == "relu"
-        wake = cfg.wake and relu and quantity == "activation"
         # One pass over the whole layer: with wake-up the pre-activation, the ReLU of it (for a pool
         # layer too, as ReLU commutes with max pooling) the activation.
-        full = layer_values(model, x, layer_name, quantity == "pre" or wake)
+        full = model(x, until=layer, pre_activation=objective.quantity == "pre" or wake)
         pre_full, full = full, (jax.nn.relu(full) if wake else full)
         if full.ndim == 4:
             values = full[:, node[0], node[1]] if node is not None else full.mean(axis=(1, 2))
         else:
             values = full
         obj = jnp.take_along_axis(values, maps[:, None], axis=1)[:, 0]
-        selective = selective_value(values, maps, data_max, cfg.selective)
+        selective = selective_value(values, maps, data_max, objective.selective)
         if not wake:
             return obj, selective, obj, jnp.zeros(obj.shape, bool)
         pre = jnp.take_along_axis(pre_full, maps.reshape(-1, *(1,) * (pre_full.ndim - 1)), axis=-1)[..., 0]
@@ -241,15 +226,15 @@ def make_selective_objectives(graphdef: nnx.GraphDef, layer_name: str, node, cfg
     return fn
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "node", "quantity", "weighted", "precision"))
-def _target_values(params, xs, *, graphdef, layer_name, node, quantity, weighted, precision):
+@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "precision"))
+def _target_values(params, xs, *, graphdef, objective, precision):
     """(params, image batches (steps, B, ...)) -> every target's value, flattened over steps."""
 
     def one(x):
         model = nnx.merge(graphdef, params)
-        v = unit_values(model, x, layer_name, node, resolve_quantity(model.config, layer_name, quantity) == "pre")
-        if weighted:
-            v = v @ jnp.asarray(weight_matrix(weighted, v.shape[-1])).T
+        v = unit_values(model, x, objective.layer, objective.node, objective.quantity == "pre")
+        if objective.weighted:
+            v = v @ jnp.asarray(weight_matrix(objective.weighted, v.shape[-1])).T
         return v
 
     with precision_scope(precision):
@@ -257,20 +242,11 @@ def _target_values(params, xs, *, graphdef, layer_name, node, quantity, weighted
     return out.reshape(-1, out.shape[-1])
 
 
-def batched_target_values(model, images, layer_name: str, node, cfg, batch_size: int = 500) -> np.ndarray:
+def batched_target_values(model, images, objective: Objective, precision, batch_size: int = 500) -> np.ndarray:
     """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only."""
     graphdef, params = nnx.split(model)
     images = np.asarray(images, np.float32)
     xs, n = pad_batches(images, max(1, min(batch_size, images.shape[0])))
-    out = _target_values(
-        params,
-        xs,
-        graphdef=graphdef,
-        layer_name=layer_name,
-        node=None if node is None else tuple(int(v) for v in node),
-        quantity=cfg.quantity,
-        weighted=cfg.weighted,
-        precision=cfg.precision,
-    )
+    out = _target_values(params, xs, graphdef=graphdef, objective=objective, precision=precision)
     wait_ready(out)  # A Ctrl-C lands while it runs.
     return np.asarray(out)[:n]

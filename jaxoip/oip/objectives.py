@@ -1,0 +1,207 @@
+"""What a search ascends, as a value: `Objective`, built once from a resolved `Layer` and composed like Lucent's.
+
+A batched search drives many targets at once: image i ascends target `maps[i]` of one objective. An
+`Objective` is that family of targets on one layer:
+
+    obj = objective(layer)                      # every map's mean (or node, or dense unit): target m is unit m
+    obj = channel(layer, 4) - channel(layer, 9) # one target: unit 4 rather than unit 9 ("4-9")
+    obj = 0.5 * channel(layer, 3) + 0.5 * channel(layer, 8)
+    -obj                                        # the minimizing search: every weight negated
+
+A unit's value is its activation, or with `quantity="pre"` its value before the activation (resolved from
+"auto": the class logits of a softmax layer). `wake` (a ReLU target's only) ascends the pre-activation while
+the target is zero; `selective` > 0 ascends the target against the layer's other units (normalized by their
+largest values on data). The objective is frozen and hashable: it is a static argument of the compiled search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+from jaxoip.errors import JaxoipError, LayerError
+from jaxoip.models.network import Layer
+from jaxoip.oip.config import QUANTITIES, Terms, check_terms
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A family of targets on one layer. `weighted` empty: target m is unit m (a map's mean or node, a dense
+    unit); else target k is the weighted sum `weighted[k]` of units. `quantity`, `wake` are resolved values."""
+
+    layer: Layer
+    node: tuple[int, int] | None = None
+    quantity: str = "activation"
+    weighted: tuple[Terms, ...] = ()
+    wake: bool = False  # Asked for; it acts only where a target can be asleep (`wakes`).
+    selective: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.layer, Layer):
+            raise JaxoipError(f"an objective needs a resolved layer (network.layer(name)), got {self.layer!r}")
+        if not (self.layer.is_maps or self.layer.is_vector):
+            raise LayerError(f"layer {self.layer.name} ({self.layer.kind}) has no maps or units to search")
+        object.__setattr__(self, "node", self.layer.check_node(self.node))
+        if self.quantity not in ("activation", "pre"):
+            raise JaxoipError(f"an objective's quantity is 'activation' or 'pre', got {self.quantity!r}")
+        weighted = tuple(check_terms(t, f"weighted target {k}") for k, t in enumerate(self.weighted))
+        object.__setattr__(self, "weighted", weighted)
+        c = self.layer.channels
+        for terms in weighted:
+            for u, _ in terms:
+                if not 0 <= u < c:
+                    what = "dense node" if self.layer.is_vector else "map index"
+                    raise LayerError(f"{what} {u} out of range: {self.layer.name} has 0..{c - 1}")
+        if self.selective and weighted:
+            raise JaxoipError(
+                "selective compares one map with the layer's other maps; "
+                "it does not apply to weighted targets (--target)"
+            )
+
+    # --- What the search and the measures need to know -----------------------------------------------------
+
+    @property
+    def n_targets(self) -> int:
+        """How many targets the family holds (the valid values of `maps[i]`)."""
+        return len(self.weighted) or self.layer.channels
+
+    @property
+    def can_wake(self) -> bool:
+        """Whether a target can be asleep: the activation of a ReLU layer."""
+        return self.layer.activation == "relu" and self.quantity == "activation"
+
+    @property
+    def wakes(self) -> bool:
+        """Whether the wake-up acts: asked for, on a ReLU activation."""
+        return self.wake and self.can_wake
+
+    @property
+    def custom(self) -> bool:
+        """Whether the target needs the general unit values (a vector layer, weighted sums, a pre-activation)
+        rather than the fast per-map path."""
+        return self.layer.is_vector or bool(self.weighted) or self.quantity == "pre"
+
+    @property
+    def can_be_dead(self) -> bool:
+        """Whether a unit whose largest value on the data is <= 0 is dead: a ReLU's value (or a module's own
+        layer, whose activation is unknown). Logits, weighted sums and pre-activations are not."""
+        if self.weighted or self.quantity == "pre":
+            return False
+        return self.layer.kind in ("maps", "units") or self.layer.activation == "relu"
+
+    @property
+    def per_map(self) -> bool:
+        """Whether target m is map m of a map layer (no node, no weighted sums): what exemplars are found for."""
+        return self.layer.is_maps and self.node is None and not self.weighted
+
+    def check_targets(self, maps) -> np.ndarray:
+        """`maps` (target indices) as int32, each in range; one line otherwise."""
+        maps = np.asarray(maps)
+        if maps.size == 0:
+            raise LayerError("no map index given")
+        if not np.issubdtype(maps.dtype, np.integer):
+            number = np.issubdtype(maps.dtype, np.number)
+            whole = number and np.all(np.isfinite(maps)) and np.all(maps == np.round(maps))
+            if not whole:
+                raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
+        maps = maps.astype(np.int64).reshape(-1)
+        n = self.n_targets
+        if maps.min() < 0 or maps.max() >= n:
+            bad = int(maps[(maps < 0) | (maps >= n)][0])
+            if self.weighted:
+                raise LayerError(f"weighted target {bad} out of range: {n} given")
+            kind = "nodes" if self.layer.is_vector else "maps"
+            what = "dense node" if self.layer.is_vector else "map index"
+            raise LayerError(f"{what} {bad} out of range: {self.layer.name} has {kind} 0..{n - 1}")
+        return maps.astype(np.int32)
+
+    # --- Composition ---------------------------------------------------------------------------------------
+
+    def family(self) -> tuple[Terms, ...]:
+        """Every target as weighted terms (target m of a plain objective is ((m, 1.0),))."""
+        return self.weighted or tuple(((u, 1.0),) for u in range(self.layer.channels))
+
+    def _with_family(self, family) -> Objective:
+        return dataclasses.replace(self, weighted=tuple(family), wake=False, selective=0.0)
+
+    def __neg__(self) -> Objective:
+        """The minimizing objective: every target's weights negated (no wake-up, no selectivity)."""
+        return self._with_family(tuple((u, -w) for u, w in terms) for terms in self.family())
+
+    def __mul__(self, k) -> Objective:
+        if not isinstance(k, numbers.Real) or isinstance(k, bool):
+            return NotImplemented
+        return self._with_family(tuple((u, float(k) * w) for u, w in terms) for terms in self.family())
+
+    __rmul__ = __mul__
+
+    def __add__(self, other) -> Objective:
+        """Target-wise sum of two objectives on the same layer, node and quantity; a one-target objective is
+        added to every target of the other."""
+        if not isinstance(other, Objective):
+            return NotImplemented
+        if (self.layer, self.node, self.quantity) != (other.layer, other.node, other.quantity):
+            raise JaxoipError("objectives add up only on the same layer, node and quantity")
+        a, b = self.family(), other.family()
+        if len(a) != len(b) and 1 not in (len(a), len(b)):
+            raise JaxoipError(f"objectives of {len(a)} and {len(b)} targets do not add up")
+        n = max(len(a), len(b))
+        return self._with_family(tuple(_sum_terms(a[k % len(a)], b[k % len(b)]) for k in range(n)))
+
+    def __sub__(self, other) -> Objective:
+        return self + (-other) if isinstance(other, Objective) else NotImplemented
+
+    def select(self, maps) -> Objective:
+        """The targets `maps` of this family, renumbered 0..len(maps)-1."""
+        family = self.family()
+        return self._with_family(family[int(m)] for m in self.check_targets(maps))
+
+    def pre(self) -> Objective:
+        """The same targets on the units' pre-activations (no wake-up: a pre-activation is never asleep)."""
+        return dataclasses.replace(self, quantity="pre", wake=False)
+
+    def minimizing(self, maps) -> tuple[Objective, np.ndarray]:
+        """(objective, target indices) of the minimizing search of targets `maps`: each target's negated
+        pre-activation (a negated ReLU has no gradient once the unit is off), one target per map."""
+        maps = self.check_targets(maps)
+        return (-self.pre()).select(maps), np.arange(len(maps), dtype=np.int32)
+
+
+def _sum_terms(a: Terms, b: Terms) -> Terms:
+    out: dict[int, float] = {}
+    for u, w in (*a, *b):
+        out[u] = out.get(u, 0.0) + w
+    return tuple(sorted(out.items()))
+
+
+def resolve_quantity(layer: Layer, quantity: str) -> str:
+    """'activation' or 'pre' for `quantity` on this layer ('auto': the logits of a softmax layer)."""
+    if quantity not in QUANTITIES:
+        raise JaxoipError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
+    if quantity != "auto":
+        return quantity
+    return "pre" if layer.activation == "softmax" else "activation"
+
+
+def objective(
+    layer: Layer,
+    node: tuple[int, int] | None = None,
+    quantity: str = "auto",
+    weighted: tuple[Terms, ...] = (),
+    wake: bool = True,
+    selective: float = 0.0,
+) -> Objective:
+    """Every unit of `layer` (or the weighted sums `weighted`), the study's target family: see the module."""
+    return Objective(layer, node, resolve_quantity(layer, quantity), tuple(weighted), bool(wake), float(selective))
+
+
+def channel(layer: Layer, unit: int, node: tuple[int, int] | None = None, quantity: str = "auto") -> Objective:
+    """One target: unit `unit` of `layer` (a map's mean, or its node; a dense unit), as a one-target family."""
+    return Objective(layer, node, resolve_quantity(layer, quantity), (((int(unit), 1.0),),))
+
+
+def from_config(layer: Layer, node, cfg) -> Objective:
+    """The objective an `OIPConfig` describes (its quantity, weighted sums, wake-up and selectivity)."""
+    return objective(layer, node, cfg.quantity, cfg.weighted, cfg.wake, cfg.selective)
