@@ -194,21 +194,36 @@ class CNN(Network):
         skip = activation_source(specs, target) if pre_activation else None
         x = images
         for i, s in enumerate(specs[: target + 1]):
-            if s.kind in ("conv", "batchnorm"):
-                x = getattr(self, s.name)(x)
-            elif s.kind == "dense":
-                layer = getattr(self, s.name)
-                x = numerics.matmul(x, layer.kernel[...]) + layer.bias[...][None, :]
-            elif s.kind == "pool":
-                x = pool2d(x, s)
-            elif s.kind == "gap":
-                x = x.mean(axis=(1, 2))
-            elif s.kind == "flatten":
-                x = x.reshape(x.shape[0], -1)
-            # Dropout is inert at inference.
-            if s.has_activation and i != skip:
-                x = _ACTIVATIONS[s.activation](x)
+            # Dropout is inert at inference; the layer `skip` leaves out its activation.
+            x = self._apply(dataclasses.replace(s, activation="linear") if i == skip else s, x)
         return x
+
+    def activations(self, images, layers, pre_activation: bool = False) -> dict[str, jax.Array]:
+        """{layer name: output} of several layers in one pass through the chain (see `Network.activations`)."""
+        if pre_activation:  # Each layer skips its own activation: one pass per layer.
+            return super().activations(images, layers, pre_activation)
+        wanted = {find_layer(self.config, layer, None).index for layer in layers}
+        specs, out, x = layer_specs(self.config), {}, images
+        for i, s in enumerate(specs[: max(wanted, default=-1) + 1]):
+            x = self._apply(s, x)
+            if i in wanted:
+                out[s.name] = x
+        return out
+
+    def _apply(self, s: LayerSpec, x: jax.Array) -> jax.Array:
+        """One layer with its activation, as `__call__` computes it."""
+        if s.kind in ("conv", "batchnorm"):
+            x = getattr(self, s.name)(x)
+        elif s.kind == "dense":
+            layer = getattr(self, s.name)
+            x = numerics.matmul(x, layer.kernel[...]) + layer.bias[...][None, :]
+        elif s.kind == "pool":
+            x = pool2d(x, s)
+        elif s.kind == "gap":
+            x = x.mean(axis=(1, 2))
+        elif s.kind == "flatten":
+            x = x.reshape(x.shape[0], -1)
+        return _ACTIVATIONS[s.activation](x) if s.has_activation else x
 
 
 _MODULE_ATTRIBUTES = frozenset(dir(CNN)) | {"config"}

@@ -67,9 +67,12 @@ class _Graph:
         self.view = view
         self.index = {name: i for i, name in enumerate(names)}
 
-    def __call__(self, trainable, non_trainable, images, until: str):
+    def __call__(self, trainable, non_trainable, images, until: str | tuple[str, ...]):
+        """The output of layer `until`, or a tuple of the outputs of the layers `until` names."""
         with jax.numpy_rank_promotion("allow"):  # Keras's layers broadcast implicitly (PReLU).
             outputs, _ = self.view.stateless_call(trainable, non_trainable, images, training=False)
+        if isinstance(until, tuple):
+            return tuple(outputs[self.index[name]] for name in until)
         return outputs[self.index[until]]
 
 
@@ -89,9 +92,17 @@ class KerasNetwork(Network):
         `pre_activation` changes nothing: Keras computes a layer's activation inside the layer.
         """
         name = self.config.layers[-1].name if until is None else find_layer(self.config, until).name
+        return self._run(images, name)
+
+    def activations(self, images, layers, pre_activation: bool = False) -> dict[str, jax.Array]:
+        """{layer name: output} of several layers from one call of the functional view."""
+        names = tuple(dict.fromkeys(find_layer(self.config, layer, None).name for layer in layers))
+        return dict(zip(names, self._run(images, names)))
+
+    def _run(self, images, until: str | tuple[str, ...]):
         trainable = [p[...] for p in self.trainable]
         non_trainable = [v[...] for v in self.non_trainable]
-        run = lambda trainable, non_trainable, images: self.graph(trainable, non_trainable, images, name)
+        run = lambda trainable, non_trainable, images: self.graph(trainable, non_trainable, images, until)
         return (im2col_convs(run) if use_im2col(self.im2col) else run)(trainable, non_trainable, images)
 
 
