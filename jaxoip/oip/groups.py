@@ -65,7 +65,12 @@ def _load_group(path: Path | None, key: str | None, n: int) -> dict | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
+            if str(z["key"]) != key:  # The command's resume check passed: the search itself differs.
+                print(
+                    f"warning: saved search group {path} was made by another search (another jaxoip version, "
+                    "chunk size or backend); searching it again",
+                    file=sys.stderr,
+                )
                 return None
             part = {k: np.asarray(z[k]) for k in (*_RESULT_ARRAYS, "steps_run", "seconds")}
         if any(part[k].shape[:1] != (n,) for k in _RESULT_ARRAYS) or not np.isfinite(part["images"]).all():
