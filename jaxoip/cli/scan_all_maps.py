@@ -45,7 +45,7 @@ from jaxoip.progress import Progress
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--restarts, --screen, --precursor-starts or --chunk-size"
 
 
@@ -59,7 +59,7 @@ def _node(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
-        "python -m jaxoip.scan_all_maps",
+        "python -m jaxoip scan_all_maps",
         "Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
     p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
@@ -318,12 +318,3 @@ def _site(args, trained, data, result, exemplars, folder) -> None:
     if exemplars is not None:
         views = data_views(trained, data, args.layer, exemplars, precision=args.precision)
     write_scan_site(result, folder, exemplars=exemplars, views=views)
-
-
-def entry():
-    """The `jaxoip-scan-all-maps` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

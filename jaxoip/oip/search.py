@@ -57,12 +57,6 @@ def check_target(config: ModelConfig, layer_name: str, map_indices, node=None, c
     targets.check_target(config, layer_name, map_indices, node, cfg)
 
 
-def map_objective(activations: jax.Array, map_index: jax.Array, node: tuple[int, int] | None = None) -> jax.Array:
-    """Objective of one image: mean of map `map_index` of activations (H, W, C), or its node (i, j)."""
-    fmap = jnp.take(activations, map_index, axis=-1)
-    return fmap[node] if node is not None else fmap.mean()
-
-
 def make_objectives(graphdef: nnx.GraphDef, layer_name: str, node: tuple[int, int] | None = None):
     """Pure (params, images (N,H,W,1), map_indices (N,)) -> objectives (N,), one selected map per image."""
 
