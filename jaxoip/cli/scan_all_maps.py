@@ -146,7 +146,7 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 
 def quality_config(args: argparse.Namespace):
     """The per-map measures' config (a `QualityConfig`): the defaults, with the second observer given."""
-    from jaxoip.oip.quality import QualityConfig
+    from jaxoip.oip.two_choice import QualityConfig
 
     return QualityConfig(observer_model=args.observer_model, observer_layer=args.observer_layer)
 
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
     if args.observer_model is not None:  # A bad observer fails before the search, in one line.
-        from jaxoip.oip.quality import feature_observer
+        from jaxoip.oip.two_choice import feature_observer
 
         feature_observer(quality_config(args), trained.standardization)
     chunk = args.chunk_size or default_chunk_size(trained.config)

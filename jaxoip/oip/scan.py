@@ -43,9 +43,9 @@ from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, data_activation, precursor_scan
-from jaxoip.oip.quality import QualityConfig
 from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
 from jaxoip.oip.search import OIPConfig, check_target, default_chunk_size
+from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.progress import Progress
 from jaxoip.shapes import MapIndices
 
