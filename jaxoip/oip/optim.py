@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("normalized", "adam")
+from jaxoip.oip.config import OPTIMIZERS
 
 
 def scale_by_image_rms(eps: float) -> optax.GradientTransformation:
@@ -32,7 +32,7 @@ def scale_by_image_rms(eps: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(name: str, epsilon: float, grad_eps: float) -> optax.GradientTransformation:
-    """The update rule `name` (one of `OPTIMIZERS`) for an ascent of step size `epsilon`."""
+    """The update rule `name` (one of `OPTIMIZERS`, `OIPConfig.optimizer`) for an ascent of step size `epsilon`."""
     if name == "normalized":
         return optax.chain(scale_by_image_rms(grad_eps), optax.scale(epsilon))
     if name == "adam":

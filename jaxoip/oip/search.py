@@ -136,7 +136,7 @@ def make_search(graphdef: nnx.GraphDef, layer_name: str, cfg: OIPConfig, node: t
     target_objectives = targets.make_target_objectives(graphdef, layer_name, node, cfg)
     selective_objectives = targets.make_selective_objectives(graphdef, layer_name, node, cfg)
 
-    optimizer = optim.make_optimizer("normalized", cfg.epsilon, cfg.grad_eps)
+    optimizer = optim.make_optimizer(cfg.optimizer, cfg.epsilon, cfg.grad_eps)
 
     def record(t, obj, prev, trace, conv_step, active):
         """Bookkeeping for the objective `obj` reached after step t - 1 (t >= 1)."""
