@@ -304,7 +304,7 @@ def two_choice(
 def summarize_two_choice(
     two_choice: dict[str, Float[np.ndarray, " m"]],
     controls: dict[str, Float[np.ndarray, " m"]],
-    trials: dict[str, np.ndarray],
+    trials: dict[str, Shaped[np.ndarray, " *shape"]],
     cfg: QualityConfig,
     seed: int,
 ) -> dict:
