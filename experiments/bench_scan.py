@@ -1,4 +1,4 @@
-"""The whole `python -m jaxoip.scan_all_maps` from a fresh process: a cold and a warm compilation cache.
+"""The whole `python -m jaxoip scan_all_maps` from a fresh process: a cold and a warm compilation cache.
 
 Each run is a new Python process (imports, model and data loading, every phase, figures). The cold run
 starts from an empty cache folder; the warm runs reuse it. Reports wall time, the command's own time per
@@ -24,7 +24,7 @@ from pathlib import Path
 
 def run_scan(extra: list[str], cache: Path, out: Path) -> dict:
     env = {**os.environ, "JAXOIP_CACHE_DIR": str(cache)}
-    cmd = [sys.executable, "-m", "jaxoip.scan_all_maps", *extra, "--no-progress", "--out", str(out)]
+    cmd = [sys.executable, "-m", "jaxoip", "scan_all_maps", *extra, "--no-progress", "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -31,9 +31,9 @@ import numpy as np
 
 from jaxoip.data.mnist import load_mnist
 from jaxoip.models.checkpoint import resolve_model
-from jaxoip.oip.quality import QualityConfig, bootstrap_mean, quality_rng
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.transforms import style_config
+from jaxoip.oip.two_choice import QualityConfig, bootstrap_mean, quality_rng
 
 STYLES = (
     "study",

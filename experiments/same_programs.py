@@ -44,7 +44,9 @@ def programs(checkout: Path, dump: Path) -> tuple[str, dict[str, str]]:
     """(the search's objective sum, {program name: normalized optimized HLO}) of `checkout`."""
     env = dict(os.environ, PYTHONPATH=str(checkout), JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
-    out = subprocess.run([sys.executable, "-c", SEARCH], env=env, capture_output=True, text=True, check=True).stdout
+    # From the checkout: `python -c` imports from its working folder first, which must not be another checkout.
+    run = dict(env=env, capture_output=True, text=True, check=True, cwd=checkout)
+    out = subprocess.run([sys.executable, "-c", SEARCH], **run).stdout
     found = {}
     for f in sorted(dump.glob("*after_optimizations.txt")):  # In compile order; a name may repeat.
         name = re.sub(r"^module_\d+\.|\.cpu_after_optimizations\.txt$", "", f.name)

@@ -6,7 +6,7 @@ the commands (`python -m jaxoip <command>`, in `jaxoip.cli`) start fast.
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "jaxoip.errors": (
@@ -39,7 +39,7 @@ _EXPORTS = {
     "jaxoip.models.adapter": ("from_nnx",),
     "jaxoip.models.keras_net": ("from_keras",),
     "jaxoip.models.torch_net": ("from_torch",),
-    "jaxoip.models.train": ("TrainConfig", "evaluate_model"),
+    "jaxoip.models.train": ("TrainConfig", "train", "evaluate_model"),
     "jaxoip.models.multiseed": ("train_seeds",),
     "jaxoip.models.checkpoint": ("load_model", "load_reference_model", "save_model", "upgrade_checkpoint"),
     "jaxoip.oip.noise": ("RECIPES", "Recipe", "initial_images", "start_keys"),
@@ -70,9 +70,6 @@ _EXPORTS = {
     "jaxoip.oip.similarity": ("shift_similarity_matrix", "cross_activation"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-# `jaxoip.models.train` is the training module; its main function is exported as `train_model`.
-_WHERE["train_model"] = "jaxoip.models.train"
-_RENAMED = {"train_model": "train"}
 
 __all__ = sorted(_WHERE)
 
@@ -80,7 +77,7 @@ __all__ = sorted(_WHERE)
 def __getattr__(name):
     if name not in _WHERE:
         raise AttributeError(f"module 'jaxoip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), _RENAMED.get(name, name))
+    value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value
     return value
 

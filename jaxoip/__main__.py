@@ -20,7 +20,7 @@ COMMANDS = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [
-        "usage: python -m jaxoip <command> [options]   (installed: jaxoip <command>, or jaxoip-scan-all-maps ...)",
+        "usage: python -m jaxoip <command> [options]   (installed: jaxoip <command> [options])",
         "",
         "commands:",
     ]

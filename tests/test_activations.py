@@ -11,8 +11,9 @@ from flax import nnx
 
 from jaxoip import cli
 from jaxoip.analysis import activations as act
-from jaxoip.analysis import grids
+from jaxoip.analysis import exemplars, grid_comparison, grids, predictions
 from jaxoip.cli import activations as act_cmd
+from jaxoip.data import inputs
 from jaxoip.data.mnist import MNIST
 from jaxoip.errors import DataError, JaxoipError, LayerError
 from jaxoip.models.cnn import ModelConfig, init_model, layer_output, receptive_field
@@ -23,7 +24,7 @@ from jaxoip.models.cnn import ModelConfig, init_model, layer_output, receptive_f
 def test_grid_puts_each_map_in_its_cell():
     h, w, c, per_row = 3, 2, 11, 4
     acts = np.arange(h * w * c, dtype=np.float32).reshape(h, w, c)
-    grid = act.activation_grid(acts, per_row)
+    grid = grids.activation_grid(acts, per_row)
     assert grid.shape == (3 * h, per_row * w)
     for m in range(c):
         r, col = divmod(m, per_row)
@@ -34,7 +35,7 @@ def test_grid_puts_each_map_in_its_cell():
 
 def test_dense_grid_has_one_cell_per_node():
     nodes = np.linspace(-1.0, 1.0, 10, dtype=np.float32)
-    grid = act.activation_grid(nodes, per_row=8)
+    grid = grids.activation_grid(nodes, per_row=8)
     assert grid.shape == (2, 8)
     np.testing.assert_array_equal(grid[0], nodes[:8])
     np.testing.assert_array_equal(grid[1, :2], nodes[8:])
@@ -45,7 +46,7 @@ def test_standardize_maps_follows_the_study():
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(4, 4, 3)).astype(np.float32)
     acts[..., 1] = 5.0  # a constant map
-    out = act.standardize_maps(acts)
+    out = grids.standardize_maps(acts)
     m = acts[..., 0]
     expected = np.clip((m - m.mean()) / m.std() * 64 + 128, 0, 255)
     np.testing.assert_allclose(out[..., 0], expected, rtol=1e-5)
@@ -53,8 +54,8 @@ def test_standardize_maps_follows_the_study():
     assert out.min() >= 0 and out.max() <= 255
     spiky = np.zeros((5, 5, 1), np.float32)
     spiky[0, 0, 0] = 100.0  # 4.9 standard deviations above the mean: clipped at 255
-    assert act.standardize_maps(spiky)[0, 0, 0] == 255.0
-    dense = act.standardize_maps(np.array([0.0, 1.0, 2.0, 3.0]))
+    assert grids.standardize_maps(spiky)[0, 0, 0] == 255.0
+    dense = grids.standardize_maps(np.array([0.0, 1.0, 2.0, 3.0]))
     np.testing.assert_allclose(dense.mean(), 128.0, rtol=1e-5)  # nodes are scaled together
 
 
@@ -66,7 +67,7 @@ def test_map_summary_on_hand_made_groups():
     a[:, :, :, 1] = 1.0  # map 1: both
     b[:, :, :, 1] = 3.0
     a[0, 0, 0, 3] = 0.2  # map 3: below 10% of the largest activation (4.0): inactive
-    s = act.map_summary(a, b)
+    s = grid_comparison.map_summary(a, b)
     assert list(s.index) == [0, 1, 2, 3]
     np.testing.assert_allclose(s["mean_a"], [1.0, 1.0, 0.0, 0.025])
     np.testing.assert_allclose(s["mean_b"], [0.0, 3.0, 0.5, 0.0])
@@ -75,10 +76,10 @@ def test_map_summary_on_hand_made_groups():
     np.testing.assert_allclose(s["active_b"], [0, 1, 1, 0])
     assert s.index[s["only_a"]].tolist() == [0]
     assert s.index[s["only_b"]].tolist() == [2]
-    dense = act.map_summary(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 0.5]]))
+    dense = grid_comparison.map_summary(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 0.5]]))
     assert dense["only_a"].tolist() == [True, False] and dense["only_b"].tolist() == [False, True]
     with pytest.raises(JaxoipError):
-        act.map_summary(a, b[..., :3])
+        grid_comparison.map_summary(a, b[..., :3])
 
 
 def test_confusion_matrix_matches_a_count():
@@ -87,9 +88,9 @@ def test_confusion_matrix_matches_a_count():
     expected = np.zeros((10, 10), np.int64)
     for t, p in zip(labels, predicted):
         expected[t, p] += 1
-    np.testing.assert_array_equal(act.confusion_matrix(labels, predicted), expected)
+    np.testing.assert_array_equal(predictions.confusion_matrix(labels, predicted), expected)
     cm = np.diag([50, 50, 50]) + np.array([[0, 1, 0], [7, 0, 0], [0, 3, 0]])
-    top = act.most_confused(cm, n=5)
+    top = predictions.most_confused(cm, n=5)
     assert list(zip(top["true"], top["predicted"], top["count"])) == [(1, 0, 7), (2, 1, 3), (0, 1, 1)]
     assert top["pair_count"].tolist() == [8, 3, 8]
     np.testing.assert_allclose(top["share"].iloc[0], 7 / 57)
@@ -99,32 +100,32 @@ def test_confusion_matrix_matches_a_count():
 
 
 def test_image_specs(mnist):
-    img = act.get_image("test:19", mnist)
+    img = inputs.get_image("test:19", mnist)
     np.testing.assert_array_equal(img.pixels, mnist.test_images[19])
     assert (img.name, img.label) == ("test:19", int(mnist.test_labels[19]))
-    assert act.get_image("train:7", mnist).label == int(mnist.train_labels[7])
+    assert inputs.get_image("train:7", mnist).label == int(mnist.train_labels[7])
     for pixels in (mnist.test_images[3][..., 0], mnist.test_images[3], mnist.test_images[3:4]):
-        np.testing.assert_array_equal(act.get_image(pixels).pixels, mnist.test_images[3])
-    assert [i.name for i in act.get_images("test:1, train:2", mnist)] == ["test:1", "train:2"]
+        np.testing.assert_array_equal(inputs.get_image(pixels).pixels, mnist.test_images[3])
+    assert [i.name for i in inputs.get_images("test:1, train:2", mnist)] == ["test:1", "train:2"]
 
 
 @pytest.mark.parametrize("spec", ["test19", "val:3", "test:abc", "test:-1", "test:", ":5", ""])
 def test_malformed_image_spec(spec, mnist):
     with pytest.raises(JaxoipError, match="SET:INDEX"):
-        act.get_image(spec, mnist)
+        inputs.get_image(spec, mnist)
 
 
 def test_bad_images(mnist):
     with pytest.raises(DataError, match=r"out of range.*10000 images"):
-        act.get_image("test:10000", mnist)
+        inputs.get_image("test:10000", mnist)
     with pytest.raises(JaxoipError, match="shape"):
-        act.get_image(np.zeros((27, 28)))
+        inputs.get_image(np.zeros((27, 28)))
     with pytest.raises(JaxoipError, match="shape"):
-        act.get_image(np.zeros((2, 28, 28, 1)))
+        inputs.get_image(np.zeros((2, 28, 28, 1)))
     with pytest.raises(JaxoipError, match="NaN"):
-        act.get_image(np.full((28, 28), np.nan))
+        inputs.get_image(np.full((28, 28), np.nan))
     with pytest.raises(JaxoipError, match="no images"):
-        act.get_images("", mnist)
+        inputs.get_images("", mnist)
 
 
 # --- With a trained model -----------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ def test_bad_images(mnist):
     [("Conv2D_3", (3, 3), 128, (48, 24)), ("Max_Pool_1", (13, 13), 32, (52, 104)), ("Dense_1", (1, 1), 100, (13, 8))],
 )
 def test_layer_grid_of_a_real_image(tiny_trained, mnist, layer, cell, n_maps, grid_shape):
-    g = act.layer_grid(tiny_trained, layer, "test:19", mnist)
+    g = grids.layer_grid(tiny_trained, layer, "test:19", mnist)
     expected = np.asarray(tiny_trained.layer_output(mnist.test_images[19:20], layer))[0]
     np.testing.assert_allclose(g.activations, expected, rtol=1e-4, atol=1e-5)
     assert (g.cell_shape, g.n_maps, g.grid.shape) == (cell, n_maps, grid_shape)
@@ -145,43 +146,43 @@ def test_layer_grid_of_a_real_image(tiny_trained, mnist, layer, cell, n_maps, gr
 
 
 def test_standardized_grid_of_an_array(tiny_trained, mnist):
-    g = act.layer_grid(tiny_trained, "Conv2D_3", mnist.test_images[19], per_row=16, standardize=True)
+    g = grids.layer_grid(tiny_trained, "Conv2D_3", mnist.test_images[19], per_row=16, standardize=True)
     assert (g.grid.shape, g.image.name, g.image.label) == ((24, 48), "array", None)
     raw = np.asarray(tiny_trained.layer_output(mnist.test_images[19:20], "Conv2D_3"))[0]
     np.testing.assert_allclose(g.activations, raw, rtol=1e-4, atol=1e-5)  # raw values are kept
-    np.testing.assert_allclose(g.cell(21), act.standardize_maps(raw)[..., 21], atol=1e-2)
+    np.testing.assert_allclose(g.cell(21), grids.standardize_maps(raw)[..., 21], atol=1e-2)
     assert np.nanmin(g.grid) >= 0 and np.nanmax(g.grid) <= 255
     compiled = grids._layer_and_output._cache_size()
-    act.layer_grid(tiny_trained, "Conv2D_3", "test:20", mnist)  # another image: no new compilation
+    grids.layer_grid(tiny_trained, "Conv2D_3", "test:20", mnist)  # another image: no new compilation
     assert grids._layer_and_output._cache_size() == compiled
 
 
 def test_analyses_run_at_the_precision_asked(tiny_trained, mnist):
     """bf16 rounds the matmul inputs: close to highest (bfloat16 keeps ~3 significant digits), not equal."""
-    hi = act.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist)
-    lo = act.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist, precision="bf16")
+    hi = grids.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist)
+    lo = grids.layer_grid(tiny_trained, "Conv2D_3", "test:19", mnist, precision="bf16")
     assert not np.array_equal(hi.activations, lo.activations)
     scale = np.abs(hi.activations).max()
     np.testing.assert_allclose(lo.activations, hi.activations, atol=0.05 * scale)
-    p_hi = act.predict_split(tiny_trained, mnist, precision="highest").probabilities[:200]
-    p_lo = act.predict_split(tiny_trained, mnist, precision="bf16").probabilities[:200]
+    p_hi = predictions.predict_split(tiny_trained, mnist, precision="highest").probabilities[:200]
+    p_lo = predictions.predict_split(tiny_trained, mnist, precision="bf16").probabilities[:200]
     assert not np.array_equal(p_hi, p_lo)
     np.testing.assert_allclose(p_lo, p_hi, atol=0.05)
 
 
 def test_bad_layer_and_per_row(tiny_trained, mnist):
     with pytest.raises(LayerError, match="valid names: Conv2D_1"):
-        act.layer_grid(tiny_trained, "Conv2D_9", "test:0", mnist)
+        grids.layer_grid(tiny_trained, "Conv2D_9", "test:0", mnist)
     with pytest.raises(JaxoipError, match="at least 1"):
-        act.layer_grid(tiny_trained, "Conv2D_3", "test:0", mnist, per_row=0)
+        grids.layer_grid(tiny_trained, "Conv2D_3", "test:0", mnist, per_row=0)
     with pytest.raises(LayerError, match="map layer"):
-        act.find_exemplars(tiny_trained, mnist, "Dense_1")
+        exemplars.find_exemplars(tiny_trained, mnist, "Dense_1")
 
 
 def test_compare_fours_and_nines(tiny_trained, mnist):
     fours = [int(i) for i in np.flatnonzero(mnist.test_labels == 4)[:3]]
     nines = [int(i) for i in np.flatnonzero(mnist.test_labels == 9)[:2]]
-    c = act.compare_images(
+    c = grid_comparison.compare_images(
         tiny_trained,
         "Conv2D_3",
         ",".join(f"test:{i}" for i in fours),
@@ -198,26 +199,26 @@ def test_compare_fours_and_nines(tiny_trained, mnist):
     np.testing.assert_allclose(c.summary["mean_a"], acts_a.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(c.summary["mean_b"], acts_b.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
-        c.difference_grid, act.activation_grid(acts_a.mean(0) - acts_b.mean(0)), rtol=1e-3, atol=1e-4
+        c.difference_grid, grids.activation_grid(acts_a.mean(0) - acts_b.mean(0)), rtol=1e-3, atol=1e-4
     )
     assert len(c.summary) == 128
 
 
 def test_predictions_of_the_test_set(tiny_trained, mnist):
-    pred = act.predict_split(tiny_trained, mnist)
+    pred = predictions.predict_split(tiny_trained, mnist)
     assert pred.probabilities.shape == (10000, 10)
     np.testing.assert_allclose(pred.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(pred.accuracy, tiny_trained.metrics["test_accuracy"], atol=1e-3)
     direct = np.asarray(tiny_trained.layer_output(mnist.test_images[:50], "Dense_2"))
     np.testing.assert_allclose(pred.probabilities[:50], direct, rtol=1e-4, atol=1e-6)
-    wrong = act.misclassified(pred)
+    wrong = predictions.misclassified(pred)
     assert len(wrong) == int((pred.predicted != pred.labels).sum()) > 0
     assert (wrong["label"] != wrong["predicted"]).all()
     assert wrong["p_predicted"].is_monotonic_decreasing
-    unsure = act.least_confident(pred, 20)
+    unsure = predictions.least_confident(pred, 20)
     assert unsure["p_predicted"].is_monotonic_increasing and len(unsure) == 20
     assert unsure["p_predicted"].iloc[-1] <= np.sort(pred.confidence)[20]
-    np.testing.assert_array_equal(pred.confusion(), act.confusion_matrix(pred.labels, pred.predicted))
+    np.testing.assert_array_equal(pred.confusion(), predictions.confusion_matrix(pred.labels, pred.predicted))
     assert pred.confusion().sum() == 10000
 
 
@@ -243,7 +244,7 @@ def _subset(mnist, n):
 
 def test_exemplars_agree_with_brute_force(tiny_trained, mnist):
     data, k = _subset(mnist, 150), 4
-    ex = act.find_exemplars(tiny_trained, data, "Conv2D_3", k=k)
+    ex = exemplars.find_exemplars(tiny_trained, data, "Conv2D_3", k=k)
     acts = np.asarray(tiny_trained.layer_output(data.test_images, "Conv2D_3"))
     for m in range(0, 128, 7):
         best = np.array([acts[i, :, :, m].max() for i in range(len(acts))])
@@ -364,7 +365,8 @@ def test_module_runs_and_fails_cleanly(tiny_checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "jaxoip.activations",
+            "jaxoip",
+            "activations",
             "--model",
             str(tiny_checkpoint),
             "--image",

@@ -92,7 +92,7 @@ def test_a_data_path_too_long_is_named_as_the_data_path(main, capsys, tmp_path, 
 def test_a_full_standard_output_is_a_failure_without_traceback():
     with open("/dev/full", "w") as full:
         r = subprocess.run(
-            [sys.executable, "-m", "jaxoip.train", "--help"],
+            [sys.executable, "-m", "jaxoip", "train", "--help"],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -175,7 +175,7 @@ def test_seed_warnings_only_for_shared_or_unknown_seeds():
 def test_compare_seeds_stops_at_ctrl_c_and_resumes(tmp_path):
     out = tmp_path / "out"
     argv = [
-        sys.executable, "-m", "jaxoip.compare_seeds", "--seeds", "2", "--max-parallel", "1", "--epochs", "1",
+        sys.executable, "-m", "jaxoip", "compare_seeds", "--seeds", "2", "--max-parallel", "1", "--epochs", "1",
         "--train-subset", "512", "--test-subset", "60", "--blocks", "5", "--max-samples", "1000",
         "--bootstrap", "5", "--oip-layer", "none", "--layers", "Conv2D_1", "--out", str(out),
     ]  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxoip import cli
-from jaxoip.compare_seeds import main
+from jaxoip.cli.compare_seeds import main
 from jaxoip.compiles import count_compiles
 from jaxoip.errors import JaxoipError
 from jaxoip.models.checkpoint import save_model

@@ -136,7 +136,8 @@ def _scan_cmd(out, cache):
     cmd = [
         sys.executable,
         "-m",
-        "jaxoip.scan_all_maps",
+        "jaxoip",
+        "scan_all_maps",
         "--maps",
         "0-3",
         "--restarts",
@@ -175,18 +176,16 @@ def test_commands_ask_xla_for_deterministic_gpu_kernels():
     assert "--xla_gpu_deterministic_ops=true" in out.stdout
 
 
-@pytest.mark.parametrize(
-    "module", ["jaxoip.train", "jaxoip.activations", "jaxoip.scan_all_maps", "jaxoip.compare_seeds"]
-)
+@pytest.mark.parametrize("command", ["train", "activations", "scan_all_maps", "compare_seeds", "microscope"])
 @pytest.mark.slow
-def test_module_commands_set_the_flag_before_any_backend_starts(module):
-    """`python -m jaxoip.<command>` imports the library (and JAX) first; XLA reads its flags when the first
-    backend starts, so the flag counts as long as no backend has started when the command sets it."""
+def test_commands_set_the_flag_before_any_backend_starts(command):
+    """`python -m jaxoip <command>` imports the command (and JAX) after `jaxoip.cli`; XLA reads its flags when
+    the first backend starts, so the flag counts as long as no backend has started when the command sets it."""
     code = (
         "import os, runpy, sys\nfrom jax._src import xla_bridge\n"
-        f"sys.argv = [{module!r}, '--help']\n"
+        f"sys.argv = ['jaxoip', {command!r}, '--help']\n"
         "try:\n"
-        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "    runpy.run_module('jaxoip', run_name='__main__', alter_sys=True)\n"
         "except SystemExit:\n    pass\n"
         "print(os.environ.get('XLA_FLAGS', ''), bool(xla_bridge._backends))\n"
     )

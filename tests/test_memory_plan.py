@@ -108,7 +108,7 @@ def test_a_backend_jax_cannot_start_is_named(command, tmp_path):
     import sys
 
     env = {**os.environ, "JAX_PLATFORMS": "bogus"}
-    argv = [sys.executable, "-m", f"jaxoip.{command}", "--out", str(tmp_path / "o")]
+    argv = [sys.executable, "-m", "jaxoip", command, "--out", str(tmp_path / "o")]
     argv += ["--confusion"] if command == "activations" else []
     p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr

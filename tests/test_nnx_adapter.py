@@ -1,6 +1,7 @@
 """A researcher's own Flax NNX module through `jaxoip.from_nnx`: its submodules by attribute path, the
 search, exemplars and activation grids through the public API and the commands, and a planted optimum."""
 
+import dataclasses
 import importlib.util
 import shutil
 from pathlib import Path
@@ -140,5 +141,10 @@ def test_the_search_recovers_a_planted_optimum():
 def test_the_seed_comparison_says_it_takes_jaxoips_cnn(user_model):
     from jaxoip.seeds.compare import check_models
 
+    reference = jaxoip.load_reference_model()
+    assert not user_model.model.rebuildable and reference.model.rebuildable
     with pytest.raises(JaxoipError, match="model 0 is a module of your own: the seed comparison compares"):
         check_models([user_model, user_model])
+    linear = dataclasses.replace(reference, model=nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    with pytest.raises(JaxoipError, match="model 1's .model must be a Network"):
+        check_models([reference, linear])

@@ -11,7 +11,7 @@ import jaxoip
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
-from jaxoip.oip import quality
+from jaxoip.oip import quality, two_choice
 from jaxoip.oip.config import OIPConfig
 
 # Dense_1 (ReLU) nodes of a flattened standardized image match a ring, a vertical bar and K fixed pixel-noise
@@ -72,7 +72,7 @@ def test_planted_answers(planted_scan):
     """The ring map's OIP is selective and explains it; the noise map's OIP explains nothing."""
     scan, _, _ = planted_scan
     t = scan.table().set_index("map")
-    print(t[["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *quality.TWO_CHOICE]].T)
+    print(t[["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *two_choice.TWO_CHOICE]].T)
     assert t.loc[RING, "selectivity_rank"] == 0 and t.loc[RING, "selectivity_ratio"] > 1
     assert t.loc[RING, "two_choice_oip"] >= 0.95
     assert abs(t.loc[NOISE, "two_choice_oip"] - 0.5) <= 0.2
@@ -104,7 +104,7 @@ def test_measures_in_range_and_reproducible(planted_scan):
     assert (t["superstimulus"] > 0).all() and (t["selectivity_ratio"] > 0).all()
     assert t["selectivity_rank"].between(0, 2).all()
     assert t["stability"].between(-1, 1).all()
-    for col in quality.TWO_CHOICE:
+    for col in two_choice.TWO_CHOICE:
         assert t[col].between(0, 1).all(), col
         assert (t[f"{col}_lo"] <= t[col]).all() and (t[col] <= t[f"{col}_hi"]).all(), col
         assert (t[f"{col}_hi"] - t[f"{col}_lo"]).between(0.05, 0.5).all(), col  # 20 trials: wide, not empty
@@ -119,7 +119,7 @@ def test_measures_in_range_and_reproducible(planted_scan):
     assert abs(s["controls"]["noise"]["mean"] - 0.5) < 0.25  # Noise references tell nothing about a map.
     assert scan.quality.min_images.shape == (3, 4, 28, 28, 1) and scan.quality.min_objective.shape == (3, 4)
     again = jaxoip.scan_maps(planted_quality_model(), "Dense_2", config=cfg, **kw)
-    cols = ["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *quality.TWO_CHOICE]
+    cols = ["superstimulus", "selectivity_rank", "selectivity_ratio", "stability", *two_choice.TWO_CHOICE]
     assert again.table()[cols].equals(t[cols])
     assert again.summary().to_dict()["quality"] == scan.summary().to_dict()["quality"]
 
@@ -132,14 +132,14 @@ def test_undefined_measures_stay_empty():
     rank, ratio = quality.selectivity(on_oip, np.array([0, 1]), data_max)
     assert rank[0] == 0 and ratio[0] == np.inf and np.isnan(rank[1]) and np.isnan(ratio[1])
     sim = np.array([[[0.9], [0.1], [0.5], [0.1]]])  # strong queries 0.9, 0.1; weak 0.5, 0.1
-    assert quality.two_choice_accuracy(sim, np.ones((1, 1), bool))[0] == 0.75
+    assert two_choice.trial_correct(sim, slice(0, 1)).mean(axis=1)[0] == 0.75
 
 
 def test_quality_config_checked():
     with pytest.raises(JaxoipError, match="query fraction"):
-        quality.QualityConfig(query_frac=0.7)
+        two_choice.QualityConfig(query_frac=0.7)
     with pytest.raises(JaxoipError, match="pairs"):
-        quality.QualityConfig(pairs=0)
+        two_choice.QualityConfig(pairs=0)
 
 
 def test_map_alone_equals_map_in_scan(small_mnist):
@@ -162,10 +162,10 @@ def test_map_alone_equals_map_in_scan(small_mnist):
 def test_wilson_interval_matches_scipy():
     scipy_stats = pytest.importorskip("scipy.stats")
     for k, n in ((0, 20), (7, 20), (20, 20), (63, 100), (99, 100)):
-        lo, hi = quality.wilson_interval(np.array([k / n]), n)
+        lo, hi = two_choice.wilson_interval(np.array([k / n]), n)
         ci = scipy_stats.binomtest(k, n).proportion_ci(method="wilson")
         np.testing.assert_allclose([lo[0], hi[0]], [ci.low, ci.high], atol=1e-12)
-    assert np.isnan(quality.wilson_interval(np.array([np.nan]), 10)[0][0])
+    assert np.isnan(two_choice.wilson_interval(np.array([np.nan]), 10)[0][0])
 
 
 def _numpy_shift_similarity(a: np.ndarray, b: np.ndarray, s: int) -> float:
@@ -213,7 +213,7 @@ def test_layer_mean_recomputed_from_two_choice_npz(planted_scan, small_mnist, tm
 def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
     """An independently trained CNN's features judge the same trials; its columns sit beside the pixel ones."""
     kw = dict(restarts=2, precursor_starts=8, screen=2, seed=3, data=small_mnist, progress=False)
-    q = quality.QualityConfig(observer_model=tiny_checkpoint, min_starts=0)
+    q = two_choice.QualityConfig(observer_model=tiny_checkpoint, min_starts=0)
     scan = jaxoip.scan_maps(
         planted_quality_model(), "Dense_2", config=OIPConfig(steps=30, epsilon=0.05), quality=q, **kw
     )
@@ -226,4 +226,4 @@ def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
     assert s["observers"] == ["pixels", "features"] and "noise_features" in s["controls"]
     assert "oip_minus_exemplars_features" in s and "two_choice_oip_minmax" not in s
     with pytest.raises(JaxoipError, match="no layer 'Dense_9'"):
-        quality.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)
+        two_choice.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)

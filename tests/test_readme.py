@@ -75,8 +75,6 @@ def _commands() -> list[list[str]]:
     for words, _ in _bash_lines():
         if words[:3] == ["python", "-m", "jaxoip"]:
             out.append(words[3:])
-        elif words[:2] == ["python", "-m"] and words[2].startswith("jaxoip."):
-            out.append([words[2].removeprefix("jaxoip."), *words[3:]])
     return out
 
 
@@ -98,6 +96,11 @@ def tiny(argv: list[str]) -> list[str]:
 
 def test_the_readme_has_commands_for_every_command():
     assert {argv[0] for argv in _commands()} >= set(COMMANDS)
+
+
+def test_the_readme_starts_commands_through_one_door():
+    """`python -m jaxoip NAME` (installed: `jaxoip NAME`); the doors removed in 0.2.0 are not shown."""
+    assert not re.findall(r"python -m jaxoip\.\w+|jaxoip-(?:scan|train|activ|compare|micro)[\w-]*", README)
 
 
 @pytest.mark.parametrize("argv", _commands(), ids=lambda a: " ".join(a)[:60])
@@ -247,10 +250,9 @@ def test_readme_examples_run_in_order(tmp_path, mnist, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ran = []
     for words, comment in _bash_lines():
-        if words[:2] == ["python", "-m"] and (words[2] == "jaxoip" or words[2].startswith("jaxoip.")):
-            argv = words[3:] if words[2] == "jaxoip" else [words[2].removeprefix("jaxoip."), *words[3:]]
-        else:
+        if words[:3] != ["python", "-m", "jaxoip"]:
             continue
+        argv = words[3:]
         if any("torch_model.py" in word for word in argv) and importlib.util.find_spec("torchax") is None:
             continue  # The PyTorch example needs the extra (`pip install 'jaxoip[torch]'`; CI installs it).
         argv = tiny(argv)

@@ -381,7 +381,7 @@ def _env():
 def test_killed_training_resumes_to_identical_weights(tmp_path, mnist):
     """A real `train` command killed with SIGKILL after its first epoch, then finished with --resume."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "jaxoip.train", "--epochs", "2", "--train-subset", "256", "--seed", "3"]
+    args = [sys.executable, "-m", "jaxoip", "train", "--epochs", "2", "--train-subset", "256", "--seed", "3"]
     args += ["--no-progress", "--out", str(out)]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -49,7 +49,7 @@ NO_ARRAYS = {
     "receptive_field",
     "save_model",
     "style_config",
-    "train_model",
+    "train",
     "train_seeds",
     "upgrade_checkpoint",
     "write_report",

@@ -8,13 +8,11 @@ The analyses built on them live in their own modules:
 - `jaxoip.analysis.predictions`: class probabilities of a split, misclassified and least-sure images, confusions.
 - `jaxoip.analysis.exemplars`: per map, the test images that activate it most, with the receptive-field patches.
 
-Their public names can still be imported from here (`from jaxoip.analysis.activations import layer_grid`).
 The command `python -m jaxoip activations` (`jaxoip.cli.activations`) draws these figures.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import jax
@@ -78,34 +76,3 @@ def class_probabilities(
     last = layer_specs(trained.config)[-1].name
     x = trained.standardization(jnp.asarray(check_finite_images("the images", pixels), jnp.float32))
     return np.asarray(batched_layer_map(trained.model, x, last, to_probabilities(trained), precision=precision))
-
-
-# The analyses once lived in this module; their names stay importable from here (imported on first use,
-# since those modules import this one).
-_MOVED = {
-    "jaxoip.data.inputs": ("InputImage", "parse_image_spec", "get_image", "get_images"),
-    "jaxoip.analysis.grids": ("standardize_maps", "activation_grid", "LayerGrid", "layer_grid"),
-    "jaxoip.analysis.grid_comparison": ("map_summary", "Comparison", "compare_images"),
-    "jaxoip.analysis.predictions": (
-        "Predictions",
-        "predict_split",
-        "misclassified",
-        "least_confident",
-        "confusion_matrix",
-        "most_confused",
-    ),
-    "jaxoip.analysis.exemplars": ("Exemplars", "find_exemplars"),
-}
-_WHERE = {name: module for module, names in _MOVED.items() for name in names}
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'jaxoip.analysis.activations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_WHERE])

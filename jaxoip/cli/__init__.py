@@ -1,9 +1,8 @@
-"""Shared plumbing of the `python -m jaxoip.NAME` commands.
+"""Shared plumbing of the `python -m jaxoip NAME` commands (installed: `jaxoip NAME`).
 
-Importing this module (every command does so first) makes GPU results bit-for-bit repeatable: it adds
-`--xla_gpu_deterministic_ops=true` to XLA_FLAGS before JAX starts a backend (`python -m jaxoip.train`
-has imported JAX by then, which is early enough). Library users who need the same
-on a GPU set that flag themselves (see the README).
+Importing this module (`python -m jaxoip` does so before it imports a command) makes GPU results
+bit-for-bit repeatable: it adds `--xla_gpu_deterministic_ops=true` to XLA_FLAGS before JAX starts a
+backend. Library users who need the same on a GPU set that flag themselves (see the README).
 """
 
 from __future__ import annotations
@@ -121,7 +120,7 @@ def run(
     """Runs a command; a user error becomes one line on stderr and exit status 2.
 
     `memory_options`: the command's options that size its work, named when it runs out of memory
-    (default: the `MEMORY_OPTIONS` of `main`'s module, however the command was started).
+    (default: the `MEMORY_OPTIONS` of `main`'s module).
     """
     memory_options = memory_options or _memory_options(main)
     try:

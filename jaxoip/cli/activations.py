@@ -1,4 +1,4 @@
-"""`python -m jaxoip activations` (also `python -m jaxoip.activations`): activation figures and tables.
+"""`python -m jaxoip activations`: activation figures and tables.
 
 Grids of all maps of a layer for test images, two groups of images compared on one color scale, the
 confusion matrix, the misclassified and least-sure test images, and dataset exemplars per map.
@@ -29,7 +29,7 @@ from jaxoip.models.cnn import MAP_KINDS, get_layer, layer_shapes
 if TYPE_CHECKING:  # pandas is imported by the analyses that build the tables.
     import pandas as pd
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--exemplars"
 
 
@@ -57,7 +57,7 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
-        "python -m jaxoip.activations",
+        "python -m jaxoip activations",
         "Activation grids of a layer, group comparisons, predictions, confusion matrix, exemplars.",
     )
     p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
@@ -229,12 +229,3 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             f"(precision {args.precision}); "
             f"wrote {shown / path.name}"
         )
-
-
-def entry():
-    """The `jaxoip-activations` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

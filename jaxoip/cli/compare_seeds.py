@@ -36,13 +36,13 @@ _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the st
 _OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
 
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--seeds, --max-parallel, --max-samples, --bootstrap or --oip-restarts"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
-        "python -m jaxoip.compare_seeds", "Compare the feature maps of independently trained copies of the CNN."
+        "python -m jaxoip compare_seeds", "Compare the feature maps of independently trained copies of the CNN."
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", type=int, default=5, help="train this many copies")
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compare.check_models(models, layers)
             print(f"{len(models)} models ({args.epochs} epochs each) in {out.path / 'models'}")
         result = compare.compare_models(models, data, cfg, names=names, progress=not args.no_progress)
-        command = "python -m jaxoip.compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+        command = "python -m jaxoip compare_seeds " + shlex.join(sys.argv[1:] if argv is None else list(argv))
         from jaxoip.seeds.report import write_report_files  # matplotlib: imported when the report is written.
 
         write_report_files(result, out.staging, command=command)
@@ -183,12 +183,3 @@ def _site(result, models, data, folder) -> None:
     used = sorted({i for pair in result.oip for i in pair}) if layer else []
     exemplars = {i: find_exemplars(models[i], data, layer, k=3, precision=result.config.oip.precision) for i in used}
     write_compare_site(result, folder, exemplars=exemplars or None)
-
-
-def entry():
-    """The `jaxoip-compare-seeds` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

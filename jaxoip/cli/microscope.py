@@ -21,7 +21,7 @@ from jaxoip.progress import Progress
 
 _OIP_FIELDS = ("steps", "wake", "precision")
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--restarts or --precursor-starts"
 
 
@@ -138,12 +138,3 @@ def _layer(args, plan, data, out, bar) -> dict:
         "seconds": time.perf_counter() - t0,
         "thumbs": [f"{name}/site/img/{p.name}" for p in sorted((folder / "site" / "img").glob("*_best.png"))[:16]],
     }
-
-
-def entry():
-    """The `jaxoip-microscope` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -45,7 +45,7 @@ from jaxoip.progress import Progress
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--restarts, --screen, --precursor-starts or --chunk-size"
 
 
@@ -59,7 +59,7 @@ def _node(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = flags.parser(
-        "python -m jaxoip.scan_all_maps",
+        "python -m jaxoip scan_all_maps",
         "Find the optimal input pattern of every map of a layer (precursor scan, then batched search).",
     )
     p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
@@ -146,7 +146,7 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 
 def quality_config(args: argparse.Namespace):
     """The per-map measures' config (a `QualityConfig`): the defaults, with the second observer given."""
-    from jaxoip.oip.quality import QualityConfig
+    from jaxoip.oip.two_choice import QualityConfig
 
     return QualityConfig(observer_model=args.observer_model, observer_layer=args.observer_layer)
 
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cli.enable_compilation_cache(not args.no_cache)
     trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
     if args.observer_model is not None:  # A bad observer fails before the search, in one line.
-        from jaxoip.oip.quality import feature_observer
+        from jaxoip.oip.two_choice import feature_observer
 
         feature_observer(quality_config(args), trained.standardization)
     # Every option that sizes an array, memory included, before the output folder is touched.
@@ -292,12 +292,3 @@ def _site(args, trained, data, result, exemplars, folder) -> None:
     if exemplars is not None:
         views = data_views(trained, data, args.layer, exemplars, precision=args.precision)
     write_scan_site(result, folder, exemplars=exemplars, views=views)
-
-
-def entry():
-    """The `jaxoip-scan-all-maps` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -1,6 +1,5 @@
-"""`python -m jaxoip train` (also `python -m jaxoip.train`): train the study's CNN on MNIST, or a CNN of your
-layers (--conv, --pool, --dense) on your images (--data): the input shape comes from the images, the output
-units from their classes.
+"""`python -m jaxoip train`: train the study's CNN on MNIST, or a CNN of your layers (--conv, --pool,
+--dense) on your images (--data): the input shape comes from the images, the output units from their classes.
 
 Writes one checkpoint folder: state/ (Orbax), metadata.json, history.json and history.png; keeps
 per-epoch checkpoints while it runs, so `--resume` finishes a killed run with the same weights.
@@ -30,12 +29,12 @@ MODEL_FLAGS = {
     "study's, 100:relu and one softmax unit per class)",
 }
 
-# Named when the command runs out of memory, however it was started (`cli.run`).
+# Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--batch-size"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = flags.parser("python -m jaxoip.train", "Train the study's CNN on MNIST, or your CNN on your images.")
+    p = flags.parser("python -m jaxoip train", "Train the study's CNN on MNIST, or your CNN on your images.")
     p.add_argument("--out", default="runs/model", help="checkpoint folder to write, with history.json/png")
     flags.add_flags(p, TrainConfig)
     # No defaults here: an option not given keeps the study's layer (sized to the data, see model_config_for_data).
@@ -80,12 +79,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{model_config.dense[-1][0]} classes"
     )
     return 0
-
-
-def entry():
-    """The `jaxoip-train` console script."""
-    cli.execute(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -183,6 +183,10 @@ class CNN(Network):
                 setattr(self, s.name, BatchNorm(channels, s.epsilon))
             channels = shape[-1]
 
+    @property
+    def rebuildable(self) -> bool:
+        return True
+
     def __call__(self, images, until: str | None = None, pre_activation: bool = False):
         """Output of layer `until` (default: the last) for a batch of standardized images (B, H, W, C).
 

@@ -158,6 +158,13 @@ class Network(nnx.Module):
         return tuple(self.config.input_shape)
 
     @property
+    def rebuildable(self) -> bool:
+        """Whether `init_model(network.config, key)` builds this architecture anew (fresh weights) and each
+        conv layer's kernel is `network.<layer>.kernel`: what training and the seed comparison (its
+        untrained copies, its kernel comparison) need. The built-in CNN is; a module of your own is not."""
+        return False
+
+    @property
     def layers(self) -> tuple[Layer, ...]:
         """Every layer, in forward order."""
         return resolve_layers(self.config)

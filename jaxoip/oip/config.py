@@ -2,7 +2,7 @@
 
 The search itself is `jaxoip.oip.search`; the toolkit fields are explained where they act: `jaxoip.oip.targets`
 (quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles), `jaxoip.oip.param` (param),
-`jaxoip.oip.facets` (diversity) and `jaxoip.oip.targets` (selective).
+`jaxoip.oip.facets` (diversity), `jaxoip.oip.targets` (selective) and `jaxoip.oip.optim` (optimizer).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ STUDY_SNAPSHOT_STEPS = (9, 18, 36, 72, 144, 288)
 MAX_STEPS = 1_000_000
 # How the image is stepped (`jaxoip.oip.param`).
 PARAMETERIZATIONS = ("pixels", "fourier", "maco")
+# The update rule (`jaxoip.oip.optim`): the study's normalized-gradient step, or Adam.
+OPTIMIZERS = ("normalized", "adam")
 # Starts whose images match up to a shift with at least this correlation share a facet (`jaxoip.oip.facets`).
 FACET_THRESHOLD = 0.5
 # Presets of the transformations and penalties (`jaxoip.oip.transforms`).
@@ -92,6 +94,14 @@ class OIPConfig:
         metadata={"help": "stop a chunk when all its starts have converged (results then depend on the chunk)"},
     )
     grad_eps: float = dataclasses.field(default=1e-5, metadata={"help": "added to the gradient's RMS before dividing"})
+    optimizer: str = dataclasses.field(
+        default="normalized",
+        metadata={
+            "choices": OPTIMIZERS,
+            "help": "update rule: normalized (the study's: epsilon times each image's gradient over its RMS) or adam "
+            "(Optax's Adam direction times epsilon; --grad-eps unused)",
+        },
+    )
     quantity: str = dataclasses.field(
         default="auto",
         metadata={
@@ -192,6 +202,8 @@ class OIPConfig:
         check_seed(self.transform_seed)
         if self.quantity not in QUANTITIES:
             raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise JaxoipError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.param not in PARAMETERIZATIONS:
             raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
         if self.pixel_range not in PIXEL_RANGES:

@@ -36,9 +36,9 @@ from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
 from jaxoip.oip.objectives import Objective, from_config
 from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, objective_values, run_precursor
-from jaxoip.oip.quality import QualityConfig
 from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
 from jaxoip.oip.search import OIPConfig, default_chunk_size
+from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.progress import Progress
 from jaxoip.shapes import MapIndices
 

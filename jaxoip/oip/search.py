@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -25,7 +26,7 @@ from jaxoip._check import check_finite_images, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, nonfinite_parameters
 from jaxoip.numerics import precision_scope, wait_ready
-from jaxoip.oip import facets, param, targets, transforms
+from jaxoip.oip import facets, optim, param, targets, transforms
 from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.noise import standardize_image
 from jaxoip.oip.objectives import Objective, from_config
@@ -116,8 +117,7 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
     target_objectives = targets.make_target_objectives(graphdef, objective)
     selective_objectives = targets.make_selective_objectives(graphdef, objective)
 
-    def rms_normalize(g):
-        return g / (jnp.sqrt(jnp.mean(g**2)) + cfg.grad_eps)
+    optimizer = optim.make_optimizer(cfg.optimizer, cfg.epsilon, cfg.grad_eps)
 
     def record(t, obj, prev, trace, conv_step, active):
         """Bookkeeping for the objective `obj` reached after step t - 1 (t >= 1)."""
@@ -171,32 +171,38 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
 
         # The loop carries z: the standardized image, or with a sigmoid the image before it (`view` maps z
         # to the standardized image; the identity otherwise, the study's program unchanged).
+        def to_params(z):
+            return jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(z)
+
         def body(state):
-            t, z, prev, trace, snapshots, conv_step, active, woken = state
-            p = jax.vmap(lambda img: param.to_params(cfg.param, img, cfg.fourier_decay))(z)
+            t, z, prev, trace, snapshots, conv_step, active, woken, opt_state = state
+            p = to_params(z)
             (_, (obj, asleep)), g = value_and_grad(p, t)
             trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)
-            p = p + cfg.epsilon * jax.vmap(rms_normalize)(g)
+            updates, opt_state = optimizer.update(g, opt_state, p)  # Ascent: g is the objective's gradient.
+            p = optax.apply_updates(p, updates)
             z = jax.vmap(lambda q: finish(param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude)))(p)
             snapshots = jnp.where((snaps == t)[None, :, None, None, None], view(z)[:, None], snapshots)
-            return t + 1, z, obj, trace, snapshots, conv_step, active, woken | asleep
+            return t + 1, z, obj, trace, snapshots, conv_step, active, woken | asleep, opt_state
 
         def cond(state):
             t, conv_step = state[0], state[5]
             go = t < cfg.steps
             return go & ~jnp.all(conv_step >= 0) if cfg.early_stop else go
 
+        z0 = start(x0)
         init = (
             jnp.asarray(0),
-            start(x0),
+            z0,
             jnp.zeros((n,), jnp.float32),
             jnp.zeros((n, cfg.steps), jnp.float32),
             jnp.broadcast_to(x0[:, None], (n, len(cfg.snapshots), *x0.shape[1:])),
             jnp.full((n,), -1, jnp.int32),
             jnp.zeros((n,), bool),
             jnp.zeros((n,), bool),
+            optimizer.init(to_params(z0)),  # No arrays for the study's stateless step.
         )
-        t, z, prev, trace, snapshots, conv_step, active, woken = jax.lax.while_loop(cond, body, init)
+        t, z, prev, trace, snapshots, conv_step, active, woken, _ = jax.lax.while_loop(cond, body, init)
         x = view(z)
         obj = objectives(x)[0]  # After the last step, untransformed.
         trace, conv_step, active = record(t, obj, prev, trace, conv_step, active)

@@ -16,7 +16,7 @@ changes.
 An L2 penalty is not offered: the search keeps every image standardized (mean 0, standard deviation 1),
 so its L2 norm, about any constant, is the same for every image and such a penalty would do nothing.
 
-Styles (`--style` of `python -m jaxoip.scan_all_maps`):
+Styles (`--style` of `python -m jaxoip scan_all_maps`):
 - `study`: the study's plain gradient ascent, no transformation, no penalty.
 - `robust`: random shift of up to 2 pixels, scale 0.9-1.1 and rotation of up to 10 degrees at every
   step (Lucent's defaults, scaled from 224 to 28 pixels), total variation 0.05 and blur 0.5.

@@ -32,9 +32,9 @@ from jaxoip.data.mnist import MNIST
 from jaxoip.data.mnist import check_data as check_dataset
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
 from jaxoip.models.cnn import (
-    CNN,
     ModelConfig,
     TrainedModel,
+    check_cnn,
     check_trained,
     get_layer,
     init_model,
@@ -86,7 +86,7 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
     if len(models) < 2:
         raise JaxoipError(f"a seed comparison needs at least two models, got {len(models)}")
     for i, m in enumerate(models):
-        if not isinstance(m.model, CNN):
+        if not check_cnn(m.model, f"model {i}'s .model").rebuildable:
             raise JaxoipError(
                 f"model {i} is a module of your own: the seed comparison compares convolution kernels and layers "
                 "by name, which it does for jaxoip's CNN (a ModelConfig, a checkpoint or a Keras file)"
