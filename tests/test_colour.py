@@ -97,8 +97,9 @@ def test_colour_similarity_counts_all_channels():
 def test_colour_scan_gallery_and_exemplars(colour_model, colour_data, tmp_path):
     import jaxoip
     from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.analysis.figures import plot_exemplars, plot_layer_grid
     from jaxoip.analysis.grids import layer_grid
-    from jaxoip.plots import plot_exemplars, plot_layer_grid, save_figure
+    from jaxoip.figures import save_figure
 
     cfg = OIPConfig(steps=12, snapshot_steps=(3,), param="fourier", jitter=2.0, scale=0.1, rotate=5.0, tv=0.05)
     result = jaxoip.scan_maps(

@@ -306,7 +306,7 @@ def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_p
     from planted import planted_model
 
     from jaxoip.oip import scan
-    from jaxoip.plots import oip_gallery
+    from jaxoip.oip.figures import oip_gallery
     from jaxoip.progress import Progress
     from jaxoip.site import write_scan_site
 
@@ -394,7 +394,7 @@ def test_class_names_are_kept_and_shown(tmp_path):
     import pandas as pd
     from matplotlib.text import Text
 
-    from jaxoip.plots import plot_confusion_matrix, plot_predictions
+    from jaxoip.analysis.figures import plot_confusion_matrix, plot_predictions
 
     cifar = tmp_path / "cifar"
     cifar.mkdir()
@@ -419,8 +419,8 @@ def test_class_names_in_exemplar_figures_and_map_pages(tmp_path):
     from planted import COARSE, planted_model
 
     from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.analysis.figures import plot_exemplars, plot_layer_grid
     from jaxoip.analysis.grids import layer_grid
-    from jaxoip.plots import plot_exemplars, plot_layer_grid
     from jaxoip.site import write_scan_site
     from jaxoip.site.data_views import data_views
 

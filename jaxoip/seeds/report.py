@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxoip._check import check_type
 from jaxoip._io import prepare_output
-from jaxoip.seeds.plots import plot_matched_oips, plot_matching, plot_oip_measures
+from jaxoip.seeds.figures import plot_matched_oips, plot_matching, plot_oip_measures
 
 if TYPE_CHECKING:
     from jaxoip.seeds.result import SeedComparison
