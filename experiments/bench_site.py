@@ -34,6 +34,7 @@ def main():
     p.add_argument("--keep", default=None, help="write the site to this folder (default: a temporary one)")
     args = p.parse_args()
 
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.data.mnist import load_mnist
     from jaxoip.models.checkpoint import load_reference_model
@@ -42,7 +43,6 @@ def main():
     from jaxoip.oip.scan_result import facet_images, objective_histograms
     from jaxoip.oip.search import OIPConfig
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
 
     trained, data = load_reference_model(), load_mnist()
     maps = None if args.maps is None else list(range(args.maps))

@@ -134,16 +134,17 @@ def test_site_draws_colour_exemplars_untouched_beside_their_activation(colour_mo
     import re
 
     import jaxoip
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
-    from jaxoip.site.images import heat_colours
+    from jaxoip.site.images import exemplar_tiles, heat_colours
 
     ex = find_exemplars(colour_model, colour_data, "Conv2D_1", k=2)
     views = data_views(colour_model, colour_data, "Conv2D_1", ex)
     m = int(np.flatnonzero(~ex.dead)[0])
-    tiles = views.overlays[m]
-    assert views.beside and tiles.shape == (2, 32, 2 * 32 + 1, 3)
+    assert views.colour and views.images[m].shape == (2, 32, 32, 3) and views.heat[m].shape == (2, 32, 32)
+    tiles = exemplar_tiles(views.images[m], views.heat[m])
+    assert tiles.shape == (2, 32, 2 * 32 + 1, 3)
     for tile, n in zip(tiles, ex.image_indices[m]):
         np.testing.assert_array_equal(tile[:, :32], colour_data.test_images[n] / 255.0)  # Not tinted.
         assert np.isnan(tile[:, 32]).all()  # A white column between image and heat map.

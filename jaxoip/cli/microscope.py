@@ -97,11 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _layer(args, trained, cfg, data, name, out, bar) -> dict:
     """Scans one layer into <staging>/<layer>/ (files and site); returns its landing-page entry."""
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.models.cnn import MAP_KINDS, get_layer
     from jaxoip.oip import scan
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
 
     t0 = time.perf_counter()
     result = scan.scan_maps(

@@ -15,10 +15,12 @@ from jaxtyping import Bool, Float, Int, Shaped
 from jaxoip._check import check_type
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import Standardization
+from jaxoip.display import html
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
 from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
+from jaxoip.oip.similarity import similar_maps
 
 
 @dataclasses.dataclass
@@ -116,6 +118,11 @@ class ScanResult:
             self._facets[threshold] = scan_facets(self, threshold)
         return self._facets[threshold]
 
+    def similar_maps(self, k: int = 5) -> tuple[Int[np.ndarray, "m k"], Float[np.ndarray, "m k"]]:
+        """For each map, the positions of the `k` maps whose best OIPs are most alike and those correlations,
+        most similar first (`jaxoip.oip.similarity.similar_maps`)."""
+        return similar_maps(self.best_images, k)
+
     @property
     def image_steps_per_second(self) -> float:
         """Over all starts and the search time of all groups, in this process or the killed one it resumed."""
@@ -161,11 +168,10 @@ class ScanResult:
             df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
         return df
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view of a scan: the summary and a compact table with each map's best OIP as a thumbnail."""
-        from jaxoip.site.notebook import scan_html
-
-        return scan_html(self)
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view of a scan, drawn by the view registered for it (`jaxoip.display`): the summary and a
+        compact table with each map's best OIP as a thumbnail (`jaxoip.site.notebook`)."""
+        return html(self)
 
     def summary(self) -> ScanSummary:
         """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""
