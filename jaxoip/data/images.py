@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxoip._check import INT32_MAX
-from jaxoip.data.mnist import _IDX_FILES, MNIST, load_idx_dir
+from jaxoip.data.mnist import IDX_FILES, MNIST, load_idx_dir
 from jaxoip.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -51,7 +51,7 @@ def load_images(path: str | os.PathLike, holdout: int = 6) -> MNIST:
     if not is_dir:
         raise DataError(f"image data {path} does not exist")
     names = {p.name for p in path.iterdir() if p.is_file()}
-    if any(stem in names or f"{stem}.gz" in names for stem in _IDX_FILES.values()):
+    if any(stem in names or f"{stem}.gz" in names for stem in IDX_FILES.values()):
         return load_idx_dir(path)
     for train, test, label_key in (_CIFAR10, _CIFAR100):
         if set(train) | set(test) <= names:

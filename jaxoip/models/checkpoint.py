@@ -39,9 +39,9 @@ from jaxoip.models.metadata import (  # noqa: F401 - defined here before; still 
     FORMAT,
     OLD_FORMATS,
     REFERENCE_NAME,
-    _old_std_checksum,
-    _read_metadata,
     metadata_checksum,
+    old_std_checksum,
+    read_metadata,
     reference_model_path,
 )
 
@@ -218,7 +218,7 @@ def load_model(
         from jaxoip.models.keras import load_keras_model
 
         return load_keras_model(path, data_dir, data, input_scale)
-    return _restore(path, _read_metadata(path))
+    return _restore(path, read_metadata(path))
 
 
 def _restore(path: Path, meta: dict) -> TrainedModel:
@@ -272,7 +272,7 @@ def upgrade_checkpoint(path: str | os.PathLike, new_path: str | os.PathLike) -> 
     if not isinstance(path, (str, os.PathLike)) or not isinstance(new_path, (str, os.PathLike)):
         raise CheckpointError(f"upgrade_checkpoint takes two folder paths, got {path!r} and {new_path!r}")
     path = Path(path).absolute()
-    meta = _read_metadata(path, old_formats=True)
+    meta = read_metadata(path, old_formats=True)
     return save_model(new_path, _restore(path, meta))
 
 
