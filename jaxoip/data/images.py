@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxoip._check import INT32_MAX
-from jaxoip.data.mnist import IDX_FILES, MNIST, load_idx_dir
+from jaxoip.data.mnist import IDX_FILES, MNIST, load_idx_dir, load_mnist, optional_mnist
 from jaxoip.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -70,8 +70,6 @@ def load_data(
 ) -> MNIST | None:
     """The images of a command: `load_images(path)` when a path is given (`--data`), else MNIST from `data_dir`
     or `$JAXOIP_DATA_DIR` (`--data-dir`; with `optional`, None when no MNIST is configured or found)."""
-    from jaxoip.data.mnist import load_mnist, optional_mnist
-
     check_data_source(path, data_dir)
     if path is not None:
         return load_images(path)

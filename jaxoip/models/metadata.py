@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from jaxoip.errors import CheckpointError
+from jaxoip.models.spec import ModelConfig
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -77,8 +78,6 @@ def reference_model_path() -> Path:
 def checkpoint_model_config(path: str | os.PathLike | None):
     """The `ModelConfig` in the metadata.json of the checkpoint folder `path` (None or "reference": the reference
     model's), or None for a Keras file, a factory or a path that is no checkpoint folder (its loader then says why)."""
-    from jaxoip.models.spec import ModelConfig
-
     if path in (None, "reference"):
         path = reference_model_path()
     if (

@@ -67,7 +67,12 @@ from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
+from jaxoip.models.checkpoint import resolve_model
+from jaxoip.models.cnn import layer_shapes
+from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.facets import shift_similarity
+from jaxoip.oip.precursor import data_activation
+from jaxoip.oip.search import search_oips
 from jaxoip.oip.similarity import shift_similarity_matrix
 
 CHANCE = 0.5
@@ -209,10 +214,6 @@ def feature_observer(cfg: QualityConfig, standardization):
     nodes of a dense one), or None without one; the images are rescaled to the observer's standardization."""
     if cfg.observer_model is None:
         return None
-    from jaxoip.models.checkpoint import resolve_model
-    from jaxoip.models.cnn import layer_shapes
-    from jaxoip.oip.config import OIPConfig
-    from jaxoip.oip.precursor import data_activation
 
     observer_target = OIPConfig(quantity="activation")  # Every unit's activation (map mean, or dense node).
 
@@ -524,8 +525,6 @@ def minimizing_oips(
 
     `magnitude`: MACO's fixed amplitude spectrum, when the scan's parameterization is maco.
     """
-    from jaxoip.oip.search import search_oips
-
     cfg, idx = minimizing_config(config, maps)
     min_starts = min(min_starts, restarts)  # More would repeat starts, and so images.
     starts = x0.reshape(len(maps), restarts, *x0.shape[1:])[:, np.arange(min_starts) % restarts]

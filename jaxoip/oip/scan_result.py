@@ -21,6 +21,7 @@ from jaxoip.oip.precursor import PrecursorResult
 from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
 from jaxoip.oip.similarity import similar_maps
+from jaxoip.oip.targets import Target
 
 
 @dataclasses.dataclass
@@ -99,8 +100,6 @@ class ScanResult:
     def labels(self) -> list[str]:
         """Each searched target's name for figures: `map 5`, or a weighted target's own description (`4-9`)."""
         if self.config.weighted:
-            from jaxoip.oip.targets import Target
-
             return [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
         return [f"map {m}" for m in self.map_indices]
 
