@@ -2,7 +2,7 @@
 
 Runs the default scan of `python -m jaxoip scan_all_maps` (reference model, Conv2D_3, all 128 maps, the CPU's
 8 starts or an accelerator's 16, 600 steps, 3 exemplars) in memory, then times, each on the same `ScanResult`:
-- the gallery (`jaxoip.plots.oip_gallery` with facets and exemplars, written as the command writes it);
+- the gallery (`jaxoip.oip.figures.oip_gallery` with facets and exemplars, written as the command writes it);
 - the site: the activation histograms (`objective_histograms`, on the scan's own data pass), `data_views`
   (exemplar overlays: one forward pass of the exemplar images) and `write_scan_site` (pages and PNGs).
 The exemplars (`find_exemplars`) and the facets, which both use, are computed before either is timed.
@@ -34,15 +34,15 @@ def main():
     p.add_argument("--keep", default=None, help="write the site to this folder (default: a temporary one)")
     args = p.parse_args()
 
-    from jaxoip import plots
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.data.mnist import load_mnist
     from jaxoip.models.checkpoint import load_reference_model
+    from jaxoip.oip import figures
     from jaxoip.oip.scan import scan_maps
     from jaxoip.oip.scan_result import facet_images, objective_histograms
     from jaxoip.oip.search import OIPConfig
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
 
     trained, data = load_reference_model(), load_mnist()
     maps = None if args.maps is None else list(range(args.maps))
@@ -64,7 +64,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery.png"
-        gallery_s, _ = best_of(lambda: plots.oip_gallery(result, gallery, exemplars=patches, facets=facets))
+        gallery_s, _ = best_of(lambda: figures.oip_gallery(result, gallery, exemplars=patches, facets=facets))
         views_s, views = best_of(lambda: data_views(trained, data, "Conv2D_3", ex))
         site_dir = Path(args.keep) if args.keep else Path(tmp) / "site_out"
 

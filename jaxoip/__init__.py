@@ -6,7 +6,12 @@ the commands (`python -m jaxoip <command>`, in `jaxoip.cli`) start fast.
 
 import importlib
 
+from jaxoip.display import register_html
+
 __version__ = "0.2.0"
+
+# Jupyter's view of a scan: the site's table with thumbnails, imported when a notebook first shows a scan.
+register_html("jaxoip.oip.scan_result.ScanResult", "jaxoip.site.notebook:scan_html")
 
 _EXPORTS = {
     "jaxoip.errors": (

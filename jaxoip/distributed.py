@@ -17,12 +17,14 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 
 import numpy as np
 from jaxtyping import Shaped
 
+from jaxoip._io import prepare_output
 from jaxoip.errors import JaxoipError
 
 DEFAULT_TIMEOUT = 300  # Seconds: the issue's bound for a process that never joins or dies.
@@ -154,8 +156,6 @@ out.flush()
 
 def _filtered(fd: int, message: str = ""):
     """Routes this process's file descriptor `fd` (1 or 2) through `_FILTER`."""
-    import subprocess
-
     (sys.stdout if fd == 1 else sys.stderr).flush()
     original = os.dup(fd)
     filt = subprocess.Popen([sys.executable, "-c", _FILTER, message], stdin=subprocess.PIPE, stdout=original)
@@ -411,8 +411,6 @@ def main_output(*args, **kwargs):
 
     A folder process 0 refuses stops every process (`agree`).
     """
-    from jaxoip._io import prepare_output
-
     error, out = None, None
     with contextlib.ExitStack() as stack:
         if is_main():

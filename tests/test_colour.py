@@ -97,8 +97,9 @@ def test_colour_similarity_counts_all_channels():
 def test_colour_scan_gallery_and_exemplars(colour_model, colour_data, tmp_path):
     import jaxoip
     from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.analysis.figures import plot_exemplars, plot_layer_grid
     from jaxoip.analysis.grids import layer_grid
-    from jaxoip.plots import plot_exemplars, plot_layer_grid, save_figure
+    from jaxoip.figures import save_figure
 
     cfg = OIPConfig(steps=12, snapshot_steps=(3,), param="fourier", jitter=2.0, scale=0.1, rotate=5.0, tv=0.05)
     result = jaxoip.scan_maps(
@@ -133,16 +134,17 @@ def test_site_draws_colour_exemplars_untouched_beside_their_activation(colour_mo
     import re
 
     import jaxoip
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
-    from jaxoip.site.images import heat_colours
+    from jaxoip.site.images import exemplar_tiles, heat_colours
 
     ex = find_exemplars(colour_model, colour_data, "Conv2D_1", k=2)
     views = data_views(colour_model, colour_data, "Conv2D_1", ex)
     m = int(np.flatnonzero(~ex.dead)[0])
-    tiles = views.overlays[m]
-    assert views.beside and tiles.shape == (2, 32, 2 * 32 + 1, 3)
+    assert views.colour and views.images[m].shape == (2, 32, 32, 3) and views.heat[m].shape == (2, 32, 32)
+    tiles = exemplar_tiles(views.images[m], views.heat[m])
+    assert tiles.shape == (2, 32, 2 * 32 + 1, 3)
     for tile, n in zip(tiles, ex.image_indices[m]):
         np.testing.assert_array_equal(tile[:, :32], colour_data.test_images[n] / 255.0)  # Not tinted.
         assert np.isnan(tile[:, 32]).all()  # A white column between image and heat map.

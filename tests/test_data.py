@@ -106,7 +106,7 @@ def test_env_variable_is_used(tmp_path, monkeypatch):
 def test_real_files_uncompressed_match(mnist, tmp_path):
     # The loader reads the same data from plain and gzipped files.
     src = resolve_data_dir()
-    for name in data_lib._IDX_FILES.values():
+    for name in data_lib.IDX_FILES.values():
         with gzip.open(f"{src}/{name}.gz") as f, open(tmp_path / name, "wb") as g:
             shutil.copyfileobj(f, g)
     plain = load_idx_dir(tmp_path)

@@ -123,8 +123,9 @@ def test_evaluate_model_compiles_once(reference, mnist):
     assert a == b
 
 
-def test_importing_plots_keeps_the_matplotlib_backend():
-    code = "import matplotlib; b = matplotlib.get_backend(); import jaxoip.plots; print(b == matplotlib.get_backend())"
+def test_importing_the_figures_keeps_the_matplotlib_backend():
+    figures = "jaxoip.figures, jaxoip.analysis.figures, jaxoip.models.figures, jaxoip.oip.figures, jaxoip.seeds.figures"
+    code = f"import matplotlib; b = matplotlib.get_backend(); import {figures}; print(b == matplotlib.get_backend())"
     env = {**os.environ, "MPLBACKEND": "svg"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "True"

@@ -306,7 +306,7 @@ def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_p
     from planted import planted_model
 
     from jaxoip.oip import scan
-    from jaxoip.plots import oip_gallery
+    from jaxoip.oip.figures import oip_gallery
     from jaxoip.progress import Progress
     from jaxoip.site import write_scan_site
 
@@ -398,7 +398,7 @@ def test_class_names_are_kept_and_shown(tmp_path):
     import pandas as pd
     from matplotlib.text import Text
 
-    from jaxoip.plots import plot_confusion_matrix, plot_predictions
+    from jaxoip.analysis.figures import plot_confusion_matrix, plot_predictions
 
     cifar = tmp_path / "cifar"
     cifar.mkdir()
@@ -422,11 +422,12 @@ def test_class_names_in_exemplar_figures_and_map_pages(tmp_path):
     from matplotlib.text import Text
     from planted import COARSE, planted_model
 
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.analysis.exemplars import find_exemplars
+    from jaxoip.analysis.figures import plot_exemplars, plot_layer_grid
     from jaxoip.analysis.grids import layer_grid
-    from jaxoip.plots import plot_exemplars, plot_layer_grid
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
+    from jaxoip.site.images import exemplar_tiles
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 28, 28)).astype(np.uint8)
@@ -450,7 +451,8 @@ def test_class_names_in_exemplar_figures_and_map_pages(tmp_path):
         assert ("label dog," in title) == shown and ("label 1," in title) != shown
         folder = tmp_path / f"site_{shown}"
         views = data_views(trained, data, "Conv2D_2", ex)
-        assert not views.beside and views.overlays[COARSE].shape == (3, 28, 28, 3)  # Grey: the red overlay.
+        assert not views.colour and views.heat[COARSE].shape == (3, 28, 28)
+        assert exemplar_tiles(views.images[COARSE], views.heat[COARSE]).shape == (3, 28, 28, 3)  # Grey: red over.
         write_scan_site(result, folder, exemplars=ex, views=views)
         page = (folder / "site" / f"map{COARSE:03d}.html").read_text()
         captions = re.findall(r"image (\d+)( \((\w+)\))?<br>", page)

@@ -80,7 +80,7 @@ def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight
 
 def test_exemplar_figure_checked(capsys, tmp_path, eight_gib, mnist):
     from jaxoip import activations
-    from jaxoip.analysis.exemplars import check_exemplar_figure
+    from jaxoip.analysis.figures import check_exemplar_figure
 
     _refused(
         capsys, activations.main, ["--exemplars", "100000000", "--out", str(tmp_path / "o")], "--exemplars 100000000"

@@ -10,7 +10,13 @@ from jaxoip.data.mnist import Standardization
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, TrainedModel, init_model
 from jaxoip.oip.search import OIPConfig
-from jaxoip.oip.similarity import cross_activation, restart_pair_means, shift_similarity, shift_similarity_matrix
+from jaxoip.oip.similarity import (
+    cross_activation,
+    restart_pair_means,
+    shift_similarity,
+    shift_similarity_matrix,
+    similar_maps,
+)
 from jaxoip.seeds.compare import CompareConfig
 from jaxoip.seeds.oips import map_oips, oip_pair_metrics, pair_oip_measures
 from tests.planted import DEAD, planted_model
@@ -39,6 +45,21 @@ def test_shifted_copy_scores_one_and_its_negative_only_without_sign():
     np.testing.assert_allclose(np.asarray(s)[0, 0], signed[0], atol=1e-6)
     np.testing.assert_allclose(np.asarray(s)[1, 1], 1.0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(u)[0, 2], 1.0, atol=1e-4)
+
+
+def test_similar_maps_name_each_maps_nearest_others_most_similar_first():
+    big = _blobs()
+    a, shifted, other = big[4:32, 4:32], big[7:35, 1:29], _blobs(seed=5)[4:32, 4:32]
+    faint = 0.5 * a + 0.5 * other  # Between the two: second nearest to both.
+    best = np.stack([a, other, shifted, faint])[..., None]
+    order, r = similar_maps(best, k=2)
+    assert order.shape == r.shape == (4, 2)
+    assert order[0].tolist() == [2, 3] and order[2, 0] == 0  # A map and its shifted copy: each other's nearest.
+    assert (order != np.arange(4)[:, None]).all()  # Never a map itself.
+    assert (np.diff(r, axis=1) <= 0).all() and r[0, 0] > 0.99
+    colour = np.repeat(best, 3, axis=-1)  # Colour OIPs are compared by their brightness.
+    np.testing.assert_array_equal(similar_maps(colour, k=2)[0], order)
+    assert similar_maps(best[:1])[0].shape == (1, 0)  # One map: no others.
 
 
 def test_restart_pair_means_leave_out_silent_starts():

@@ -1,4 +1,5 @@
-"""Figures: one-epoch history, one dpi, one grey scale for exemplars, dead maps, small galleries, target labels."""
+"""Figures (`jaxoip.figures` and each subpackage's `figures`): one-epoch history, one dpi, one grey scale for
+exemplars, dead maps, small galleries, target labels."""
 
 import dataclasses
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from jaxoip import plots
+from jaxoip import figures
 from jaxoip.analysis.exemplars import Exemplars, find_exemplars
+from jaxoip.analysis.figures import plot_exemplars
 from jaxoip.data.mnist import Standardization
+from jaxoip.models.figures import plot_history
+from jaxoip.oip.figures import oip_gallery, snapshot_strip
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.oip.search import OIPConfig, OIPResult
 from tests.planted import DEAD, planted_model
@@ -51,7 +55,7 @@ def _texts(fig) -> list[str]:
 
 def test_one_epoch_history_shows_its_points():
     h = {"loss": [0.5], "val_loss": [0.4], "accuracy": [0.9], "val_accuracy": [0.92]}
-    fig = plots.plot_history(h)
+    fig = plot_history(h)
     for ax in fig.axes:
         lines = ax.get_lines()
         assert len(lines) == 2
@@ -62,15 +66,15 @@ def test_one_epoch_history_shows_its_points():
 
 
 def test_figures_have_one_dpi(tmp_path):
-    fig, _ = plots.subplots(figsize=(2, 1))
-    assert fig.dpi == plots.DPI == 150
-    path = plots.save_figure(fig, tmp_path / "f.png", tight=False)
+    fig, _ = figures.subplots(figsize=(2, 1))
+    assert fig.dpi == figures.DPI == 150
+    path = figures.save_figure(fig, tmp_path / "f.png", tight=False)
     import matplotlib.image
 
     assert matplotlib.image.imread(path).shape[:2] == (150, 300)
-    gallery = plots.oip_gallery(_result(), tmp_path / "g.png")
-    assert gallery.dpi == plots.DPI
-    w, h = gallery.get_size_inches() * plots.DPI
+    gallery = oip_gallery(_result(), tmp_path / "g.png")
+    assert gallery.dpi == figures.DPI
+    w, h = gallery.get_size_inches() * figures.DPI
     assert np.allclose(matplotlib.image.imread(tmp_path / "g.png").shape[:2], (h, w), atol=1)
 
 
@@ -100,8 +104,8 @@ def test_exemplars_have_the_same_grey_in_the_gallery_and_the_exemplars_figure():
         "Conv2D_3", "test", np.array([[0, 1], [2, 3]]), np.array([[3.0, 2.0], [1.0, 0.5]]), np.zeros((2, 2, 2)), []
     )
     ex.patches = [patches, patches]
-    gallery = plots.oip_gallery(_result(), exemplars={0: patches, 1: patches})
-    figure = plots.plot_exemplars(ex)
+    gallery = oip_gallery(_result(), exemplars={0: patches, 1: patches})
+    figure = plot_exemplars(ex)
     for e in range(2):
         a, b = _gallery_patch_rgba(gallery, patches[e], e), _exemplars_patch_rgba(figure, patches[e], e)
         np.testing.assert_array_equal(a, b)
@@ -115,17 +119,17 @@ def test_dead_map_has_no_exemplars_and_is_labelled_so(mnist):
     assert ex.dead.tolist() == [True, False]
     assert len(ex.patches[DEAD]) == 0 and (ex.image_indices[DEAD] == -1).all() and (ex.nodes[DEAD] == -1).all()
     assert len(ex.patches[1]) == 3 and (ex.values[1] > 0).all()
-    texts = _texts(plots.plot_exemplars(ex))
+    texts = _texts(plot_exemplars(ex))
     assert f"map {DEAD}: dead on data" in texts and not any(t.startswith("map 1: dead") for t in texts)
     # The gallery says so too, from the data pass or from an empty exemplar list.
     result = _result(maps=(0, 1), data_max=np.array([-0.5, 2.0]))
-    texts = _texts(plots.oip_gallery(result, exemplars={0: ex.patches[DEAD], 1: ex.patches[1]}))
+    texts = _texts(oip_gallery(result, exemplars={0: ex.patches[DEAD], 1: ex.patches[1]}))
     assert any(t.startswith("map 0:") and "dead on data" in t for t in texts)
     assert not any(t.startswith("map 1:") and "dead on data" in t for t in texts)
 
 
 def test_small_gallery_is_legible_and_keeps_its_title():
-    fig = plots.oip_gallery(_result(layer="Dense_2", maps=(4,), restarts=2))
+    fig = oip_gallery(_result(layer="Dense_2", maps=(4,), restarts=2))
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
@@ -145,7 +149,7 @@ FOUR_NOT_NINE, SEVEN = ((4, 1.0), (9, -1.0)), ((7, 1.0),)
 def test_targets_are_labelled_by_their_description(weighted, labels):
     result = _result(layer="Dense_2", weighted=weighted)
     assert result.labels == labels
-    texts = _texts(plots.oip_gallery(result))
+    texts = _texts(oip_gallery(result))
     for label in labels:
         assert any(t.startswith(f"{label}: ") for t in texts)
-    assert f"Dense_2 {labels[0]}: best of 2 starts" in _texts(plots.snapshot_strip(result, 0))
+    assert f"Dense_2 {labels[0]}: best of 2 starts" in _texts(snapshot_strip(result, 0))

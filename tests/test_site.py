@@ -4,16 +4,19 @@ import base64
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxoip import cli, scan_all_maps
+from jaxoip import cli, display, scan_all_maps
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.search import OIPConfig
 from jaxoip.site import images as im
 from jaxoip.site import write_scan_site
+from jaxoip.site.scan_site import fmt
 
 ARGS = ["--steps", "6", "--restarts", "2", "--precursor-starts", "4", "--no-progress", "--maps", "0-1"]
 
@@ -94,6 +97,41 @@ def test_repr_html_shows_every_map_with_inline_thumbnails(small_scan):
     assert f"{small_scan.summary().found} of 3 maps" in html
     evil = dataclasses.replace(small_scan, layer_name="<b>x</b>")._repr_html_()
     assert "<b>x</b>" not in evil and "&lt;b&gt;x&lt;/b&gt;" in evil
+
+
+def test_the_scan_result_knows_no_site_and_its_view_is_registered():
+    """`jaxoip.oip` imports no view: the notebook's view is registered (`jaxoip.display`) and imported when asked."""
+    code = "import sys, jaxoip.oip.scan_result, jaxoip.oip.scan\n"
+    code += "print(any(m.startswith('jaxoip.site') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_registered_view_draws_its_class_and_subclasses():
+    class Shown:
+        pass
+
+    class Sub(Shown):
+        pass
+
+    name = f"{Shown.__module__}.{Shown.__qualname__}"
+    assert display.html(Shown()) is None  # Nothing registered: Jupyter shows the repr.
+    display.register_html(name, lambda obj: f"<p>{type(obj).__name__}</p>")
+    try:
+        assert display.html(Shown()) == "<p>Shown</p>" and display.html(Sub()) == "<p>Sub</p>"
+        display.register_html(name, "builtins:repr")  # By module path: imported at the first view.
+        assert display.html(Shown()).startswith(f"<{Shown.__module__}.")
+    finally:
+        del display._HTML[name]
+
+
+def test_the_site_links_each_map_to_its_most_similar_maps(small_scan, tmp_path):
+    order, r = small_scan.similar_maps(2)
+    assert order.shape == (3, 2) and (order != np.arange(3)[:, None]).all()
+    write_scan_site(small_scan, tmp_path)
+    page = (tmp_path / "site" / "map000.html").read_text()
+    for q, v in zip(order[0], r[0]):
+        assert f"map{small_scan.map_indices[q]:03d}.html" in page and fmt(v) in page
 
 
 def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cli.check_backend()
-    from jaxoip import plots
+    from jaxoip.analysis import figures
     from jaxoip.models import checkpoint
 
     if not (
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = tuple(s.strip() for s in args.names.split(","))
     if len(names) != 2 or not all(names):
         raise JaxoipError(f"--names needs two names separated by a comma; got {args.names!r}")
-    plots.check_colormap(args.cmap)
+    figures.check_colormap(args.cmap)
     specs = [s for group in (args.image, args.compare, args.versus) if group for s in group.split(",") if s.strip()]
     for s in specs:
         if not s.strip().endswith(".npy"):
@@ -137,9 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before the output folder: a bad data path is no output problem.
     data = check_data_shape(load_data(args.data, args.data_dir), trained.config.input_shape)
     if args.exemplars:
-        from jaxoip.analysis.exemplars import check_exemplar_figure
-
-        check_exemplar_figure(trained.config, args.layer, args.exemplars, len(data.test_images))
+        figures.check_exemplar_figure(trained.config, args.layer, args.exemplars, len(data.test_images))
     if args.image or args.compare:
         maps = layer_shapes(trained.config)[get_layer(trained.config, args.layer).name][-1]
         if args.per_row is None:
@@ -158,14 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_figures(args, trained, data, names, images, stage: Path, shown: Path):
-    from jaxoip import plots
+    from jaxoip.analysis import figures
 
     for img in images:
         grid = layer_grid(
             trained, args.layer, img, per_row=args.per_row, standardize=args.standardize, precision=args.precision
         )
         path = stage / f"{args.layer}_{_file_stem(img.name)}.png"
-        plots.plot_layer_grid(grid, args.cmap, path, class_names=data.class_names)
+        figures.plot_layer_grid(grid, args.cmap, path, class_names=data.class_names)
         p = grid.probabilities
         label = "none" if img.label is None else data.class_name(img.label)
         print(
@@ -185,7 +183,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             precision=args.precision,
         )
         path = stage / f"compare_{args.layer}.png"
-        plots.plot_comparison(comp, args.cmap, path, class_names=data.class_names)
+        figures.plot_comparison(comp, args.cmap, path, class_names=data.class_names)
         csv = _write_csv(comp.summary, stage / f"compare_{args.layer}.csv")
         s = comp.summary
         top = s["difference"].abs().sort_values(ascending=False).index[:8].tolist()
@@ -200,7 +198,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         if args.confusion:
             cm = pred.confusion()
             path = stage / "confusion.png"
-            plots.plot_confusion_matrix(
+            figures.plot_confusion_matrix(
                 cm, path, title=f"test accuracy {pred.accuracy:.2%}", class_names=data.class_names
             )
             confused = most_confused(cm).to_string(index=False)
@@ -212,7 +210,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
             if n:
                 rows = table(pred, n)
                 path = stage / f"{what}.png"
-                plots.plot_predictions(
+                figures.plot_predictions(
                     rows, data.test_images, path, title=f"{what} test images", class_names=data.class_names
                 )
                 print(
@@ -223,7 +221,7 @@ def _write_figures(args, trained, data, names, images, stage: Path, shown: Path)
         ex = find_exemplars(trained, data, args.layer, k=args.exemplars, precision=args.precision)
         seconds = time.perf_counter() - start
         path = stage / f"exemplars_{args.layer}.png"
-        plots.plot_exemplars(ex, path, labels=data.split(ex.split)[1], class_names=data.class_names)
+        figures.plot_exemplars(ex, path, labels=data.split(ex.split)[1], class_names=data.class_names)
         print(
             f"{args.layer}: top-{args.exemplars} test images of {len(ex.patches)} maps in {seconds:.1f} s "
             f"(precision {args.precision}); "

@@ -106,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _layer(args, plan, data, out, bar) -> dict:
     """Scans one layer into <staging>/<layer>/ (files and site); returns its landing-page entry."""
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.oip import scan
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
 
     t0 = time.perf_counter()
     trained, name, cfg = plan.trained, plan.layer.name, plan.config

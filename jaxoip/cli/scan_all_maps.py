@@ -285,8 +285,8 @@ def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
 
 def _site(args, trained, data, result, exemplars, folder) -> None:
     """The browsable site: with exemplars, also their activation overlays and the maps' activation histograms."""
+    from jaxoip.analysis.data_views import data_views
     from jaxoip.site import write_scan_site
-    from jaxoip.site.data_views import data_views
 
     views = None
     if exemplars is not None:

@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxoip import plots
     from jaxoip.models import checkpoint
+    from jaxoip.models.figures import plot_history
 
     args = _parser().parse_args(argv)
     cli.check_backend()
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         checkpoint.write_checkpoint(out.staging, trained)
         (out.staging / "history.json").write_text(json.dumps(trained.history, indent=1))
-        plots.plot_history(trained.history, out.staging / "history.png")
+        plot_history(trained.history, out.staging / "history.png")
     h = trained.history
     print(
         f"test accuracy {h['val_accuracy'][-1]:.4%}, test loss {h['val_loss'][-1]:.4f} after {cfg.epochs} epochs "

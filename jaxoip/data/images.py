@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxoip._check import INT32_MAX
-from jaxoip.data.mnist import _IDX_FILES, MNIST, load_idx_dir
+from jaxoip.data.mnist import IDX_FILES, MNIST, load_idx_dir, load_mnist, optional_mnist
 from jaxoip.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -51,7 +51,7 @@ def load_images(path: str | os.PathLike, holdout: int = 6) -> MNIST:
     if not is_dir:
         raise DataError(f"image data {path} does not exist")
     names = {p.name for p in path.iterdir() if p.is_file()}
-    if any(stem in names or f"{stem}.gz" in names for stem in _IDX_FILES.values()):
+    if any(stem in names or f"{stem}.gz" in names for stem in IDX_FILES.values()):
         return load_idx_dir(path)
     for train, test, label_key in (_CIFAR10, _CIFAR100):
         if set(train) | set(test) <= names:
@@ -70,8 +70,6 @@ def load_data(
 ) -> MNIST | None:
     """The images of a command: `load_images(path)` when a path is given (`--data`), else MNIST from `data_dir`
     or `$JAXOIP_DATA_DIR` (`--data-dir`; with `optional`, None when no MNIST is configured or found)."""
-    from jaxoip.data.mnist import load_mnist, optional_mnist
-
     check_data_source(path, data_dir)
     if path is not None:
         return load_images(path)

@@ -31,7 +31,7 @@ INPUT_SCALES = {
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
 
-_IDX_FILES = {
+IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
@@ -193,7 +193,7 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
     if not data_dir.is_dir():
         raise DataError(f"MNIST data directory {data_dir} does not exist")
     arrays = {}
-    for key, stem in _IDX_FILES.items():
+    for key, stem in IDX_FILES.items():
         arrays[key] = _read_idx(_find_idx(data_dir, stem), 3 if key.endswith("images") else 1)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxoip import distributed
+from jaxoip._check import check_type
 from jaxoip._io import prepare_output
 from jaxoip.data.mnist import (  # noqa: F401 - the bounds were defined here; still found here.
     MAX_ABS_MEAN,
@@ -34,14 +36,16 @@ from jaxoip.data.mnist import (  # noqa: F401 - the bounds were defined here; st
     check_standardization,
 )
 from jaxoip.errors import CheckpointError, JaxoipError
-from jaxoip.models.cnn import WEIGHTS, ModelConfig, TrainedModel, init_model, nonfinite_parameters
+from jaxoip.models.adapter import is_factory, load_factory
+from jaxoip.models.cnn import WEIGHTS, ModelConfig, TrainedModel, check_trained, init_model, nonfinite_parameters
+from jaxoip.models.keras import load_keras_model
 from jaxoip.models.metadata import (  # noqa: F401 - defined here before; still found here.
     FORMAT,
     OLD_FORMATS,
     REFERENCE_NAME,
-    _old_std_checksum,
-    _read_metadata,
     metadata_checksum,
+    old_std_checksum,
+    read_metadata,
     reference_model_path,
 )
 
@@ -136,8 +140,6 @@ def _quiet_failed_read(state: Path):
 def _checkpointer():
     import orbax.checkpoint as ocp  # Slow import; only where checkpoints are touched.
 
-    from jaxoip import distributed
-
     if distributed.process_count() == 1:
         return ocp.StandardCheckpointer()
     # A multi-process run: each process reads or writes alone (only process 0 saves), so Orbax must not wait
@@ -175,8 +177,6 @@ def write_checkpoint(folder: str | os.PathLike, trained: TrainedModel) -> Path:
 
 def save_model(path: str | os.PathLike, trained: TrainedModel, overwrite: bool = False) -> Path:
     """Writes `trained` to the new or empty folder `path` (replacing a jaxoip checkpoint there with `overwrite`)."""
-    from jaxoip.models.cnn import check_trained
-
     check_trained(trained)
     with prepare_output(path, "save_model", {}, overwrite=overwrite) as out:
         write_checkpoint(out.staging, trained)
@@ -196,10 +196,7 @@ def load_model(
     `data`, or for a 28x28x1 model MNIST's training set, as in the study. `path/to/file.py:factory` runs
     `factory()`, which returns `jaxoip.from_nnx(...)`, `from_keras(...)` or `from_torch(...)`.
     """
-    from jaxoip._check import check_type
-
     check_type("path", path, (str, os.PathLike), " (a checkpoint folder or .keras/.h5 file)", CheckpointError)
-    from jaxoip.models.adapter import is_factory, load_factory
 
     keras_file = Path(path).suffix.lower() in KERAS_SUFFIXES
     if input_scale is not None and not keras_file:
@@ -215,10 +212,8 @@ def load_model(
         )
     path = Path(path).absolute()
     if keras_file:
-        from jaxoip.models.keras import load_keras_model
-
         return load_keras_model(path, data_dir, data, input_scale)
-    return _restore(path, _read_metadata(path))
+    return _restore(path, read_metadata(path))
 
 
 def _restore(path: Path, meta: dict) -> TrainedModel:
@@ -272,7 +267,7 @@ def upgrade_checkpoint(path: str | os.PathLike, new_path: str | os.PathLike) -> 
     if not isinstance(path, (str, os.PathLike)) or not isinstance(new_path, (str, os.PathLike)):
         raise CheckpointError(f"upgrade_checkpoint takes two folder paths, got {path!r} and {new_path!r}")
     path = Path(path).absolute()
-    meta = _read_metadata(path, old_formats=True)
+    meta = read_metadata(path, old_formats=True)
     return save_model(new_path, _restore(path, meta))
 
 

@@ -26,8 +26,8 @@ from jaxoip.data.mnist import Standardization
 from jaxoip.errors import DivergenceError, LayerError
 from jaxoip.models.network import Layer, Network, find_layer  # noqa: F401 - Network was defined here.
 from jaxoip.models.spec import (  # noqa: F401 - the layer specs were defined here; they are still found here.
-    _KINDS,
     ACTIVATIONS,
+    KINDS,
     MAP_KINDS,
     SEARCH_KINDS,
     VECTOR_KINDS,
@@ -35,20 +35,20 @@ from jaxoip.models.spec import (  # noqa: F401 - the layer specs were defined he
     LayerSpec,
     ModelConfig,
     NetworkSpec,
-    _chain_shapes,
-    _check_activation,
-    _compact_specs,
-    _same_padding,
-    _window_out,
     activation_name,
     activation_source,
+    chain_shapes,
+    check_activation,
     check_model_config,
+    compact_specs,
     get_layer,
     layer_aliases,
     layer_names,
     layer_shapes,
     layer_specs,
     receptive_field,
+    same_padding,
+    window_out,
 )
 
 # The variables a trained network is: parameters and batch-normalization statistics (what checkpoints hold).
@@ -75,7 +75,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = "val
     kh, kw, c_in, c_out = kernel.shape
     if padding == "same":
         pads = [(0, 0)] * (x.ndim - 3)
-        pads += [_same_padding(x.shape[-3], kh, stride), _same_padding(x.shape[-2], kw, stride), (0, 0)]
+        pads += [same_padding(x.shape[-3], kh, stride), same_padding(x.shape[-2], kw, stride), (0, 0)]
         x = jnp.pad(x, pads)
     h, w = (x.shape[-3] - kh) // stride + 1, (x.shape[-2] - kw) // stride + 1
     rows, cols = (h - 1) * stride + 1, (w - 1) * stride + 1
@@ -151,7 +151,7 @@ def pool2d(x: jax.Array, spec: LayerSpec) -> jax.Array:
     window, strides = (1, size, size, 1), (1, stride, stride, 1)
     pads = [(0, 0), (0, 0), (0, 0), (0, 0)]
     if spec.padding == "same":
-        pads[1], pads[2] = _same_padding(x.shape[1], size, stride), _same_padding(x.shape[2], size, stride)
+        pads[1], pads[2] = same_padding(x.shape[1], size, stride), same_padding(x.shape[2], size, stride)
     if spec.pool == "max":
         out = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
         nan = jax.lax.reduce_window(jnp.isnan(x).astype(x.dtype), 0.0, jax.lax.max, window, strides, pads)
@@ -168,7 +168,7 @@ class CNN(Network):
         self.config = config
         init = nnx.initializers.glorot_uniform()
         channels = config.input_shape[-1]
-        for s, shape in zip(layer_specs(config), _chain_shapes(layer_specs(config), config.input_shape)):
+        for s, shape in zip(layer_specs(config), chain_shapes(layer_specs(config), config.input_shape)):
             if s.name in _MODULE_ATTRIBUTES:
                 raise LayerError(f"layer name {s.name!r} is taken by the module itself; rename the layer")
             if s.kind == "conv":

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxoip.data.images import load_images
 from jaxoip.data.mnist import DATA_DIR_ENV, Standardization, optional_mnist
 from jaxoip.errors import CheckpointError, DataError
 from jaxoip.models.cnn import WEIGHTS, LayerSpec, ModelConfig, TrainedModel, init_model, layer_aliases, layer_specs
+from jaxoip.models.keras_net import from_keras, load_keras_file, preprocessing_layers
 
 
 class NotAChain(CheckpointError):
@@ -397,8 +399,6 @@ def keras_standardization(
     """The training set's mean and std, as the study standardized its inputs, and the data's source: the
     images at `data` (any set `load_images` reads) when given, else MNIST from `data_dir`."""
     if data is not None:
-        from jaxoip.data.images import load_images
-
         images = load_images(data)
         return Standardization.fit(images.train_images), images.source
     found = optional_mnist(data_dir)  # A folder that was named but does not load raises its own error.
@@ -468,8 +468,6 @@ def load_keras_model(
 
 def _through_keras(path: Path, data_dir, data, input_scale: Standardization | None) -> TrainedModel:
     """A Keras file that is not a single chain of the layers read here, run by Keras on its JAX backend."""
-    from jaxoip.models.keras_net import from_keras, load_keras_file, preprocessing_layers
-
     model = load_keras_file(path)
     std = input_scale
     if std is None and data is not None and not preprocessing_layers(model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -44,7 +45,6 @@ def _proc_kib(path: str, key: str) -> int | None:
 
 def host_available_bytes() -> int:
     """The host memory a new array can still take: the available memory, within the address-space limit."""
-    import os
     import resource
 
     free = _proc_kib("/proc/meminfo", "MemAvailable:")

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from jaxoip.errors import CheckpointError
+from jaxoip.models.spec import ModelConfig
 
 FORMAT = "jaxoip-checkpoint/3"
 OLD_FORMATS = ("jaxoip-checkpoint/1", "jaxoip-checkpoint/2")
@@ -25,7 +26,7 @@ def metadata_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _read_metadata(path: Path, old_formats: bool = False) -> dict:
+def read_metadata(path: Path, old_formats: bool = False) -> dict:
     """metadata.json of the checkpoint folder `path`, checked against its checksum (`old_formats`: as written)."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -44,7 +45,7 @@ def _read_metadata(path: Path, old_formats: bool = False) -> dict:
         if "metadata_checksum" in meta:
             raise CheckpointError(f"{meta_file}: a {meta['format']} file has no metadata_checksum (edited checkpoint)")
         std = meta.get("standardization") or {}
-        if meta["format"] == "jaxoip-checkpoint/2" and meta.get("standardization_checksum") != _old_std_checksum(
+        if meta["format"] == "jaxoip-checkpoint/2" and meta.get("standardization_checksum") != old_std_checksum(
             std.get("mean"), std.get("std")
         ):
             raise CheckpointError(f"{meta_file}: the standardization does not match its checksum (edited checkpoint)")
@@ -62,7 +63,7 @@ def _read_metadata(path: Path, old_formats: bool = False) -> dict:
     return meta
 
 
-def _old_std_checksum(mean, std) -> str:
+def old_std_checksum(mean, std) -> str:
     """The standardization checksum of format 2 (read only by `upgrade_checkpoint`)."""
     try:
         return hashlib.sha256(json.dumps([float(mean), float(std)]).encode()).hexdigest()
@@ -77,8 +78,6 @@ def reference_model_path() -> Path:
 def checkpoint_model_config(path: str | os.PathLike | None):
     """The `ModelConfig` in the metadata.json of the checkpoint folder `path` (None or "reference": the reference
     model's), or None for a Keras file, a factory or a path that is no checkpoint folder (its loader then says why)."""
-    from jaxoip.models.spec import ModelConfig
-
     if path in (None, "reference"):
         path = reference_model_path()
     if (
@@ -88,6 +87,6 @@ def checkpoint_model_config(path: str | os.PathLike | None):
     ):
         return None
     try:
-        return ModelConfig.from_dict(_read_metadata(Path(path).absolute())["model_config"])
+        return ModelConfig.from_dict(read_metadata(Path(path).absolute())["model_config"])
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None  # The loader says what is wrong with the checkpoint.

@@ -35,6 +35,7 @@ from jaxoip.models.train import (
     trained_model,
 )
 from jaxoip.numerics import check_seed, wait_ready
+from jaxoip.progress import tqdm_class
 
 
 def train_seeds(
@@ -98,8 +99,6 @@ def train_seeds(
 
     bar, own_bar = None, progress is True and distributed.is_main()
     if own_bar:
-        from jaxoip.progress import tqdm_class
-
         bar = tqdm_class()(total=cfg.epochs * len(seeds), desc=f"training {len(seeds)} seeds", unit="seed-epoch")
     elif progress and progress is not True:
         bar = progress

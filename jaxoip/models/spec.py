@@ -21,7 +21,7 @@ MAP_KINDS = ("conv", "pool", "batchnorm", "activation", "dropout", "maps")
 VECTOR_KINDS = ("gap", "dense", "units")
 # Layers an OIP search can target: the map layers and the vector layers.
 SEARCH_KINDS = (*MAP_KINDS, *VECTOR_KINDS)
-_KINDS = ("conv", "pool", "gap", "batchnorm", "activation", "dropout", "flatten", "dense", "maps", "units")
+KINDS = ("conv", "pool", "gap", "batchnorm", "activation", "dropout", "flatten", "dense", "maps", "units")
 # The activations a layer may name (`jaxoip.models.cnn` holds their functions).
 ACTIVATIONS = ("relu", "linear", "sigmoid", "tanh", "softmax")
 
@@ -48,9 +48,9 @@ class LayerSpec:
         where = f"layer {self.name!r}"
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"{where}: a layer needs a name")
-        if self.kind not in _KINDS:
-            raise ValueError(f"{where}: unknown kind {self.kind!r}; choose from {', '.join(_KINDS)}")
-        _check_activation(self.activation)
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        check_activation(self.activation)
         if self.padding not in ("valid", "same") or self.pool not in ("max", "avg"):
             raise ValueError(f"{where}: padding is 'valid' or 'same', pool is 'max' or 'avg'")
         if self.kind in ("conv", "dense", "pool") and self.size < 1:
@@ -98,7 +98,7 @@ class ModelConfig:
             odd = [n for n in names if not n.isidentifier()]
             if odd:  # They name the module's attributes.
                 raise ValueError(f"layer name {odd[0]!r} is not a Python identifier")
-            _chain_shapes(layers, self.input_shape)  # Raises on a chain that does not fit together.
+            chain_shapes(layers, self.input_shape)  # Raises on a chain that does not fit together.
             return
         object.__setattr__(self, "conv", tuple(tuple(c) for c in self.conv))
         object.__setattr__(self, "pool", tuple(self.pool))
@@ -106,12 +106,12 @@ class ModelConfig:
         if len(self.pool) > len(self.conv):
             raise ValueError("more pool layers than conv layers")
         for _, _, act in self.conv:
-            _check_activation(act)
+            check_activation(act)
         for _, act in self.dense:
-            _check_activation(act)
+            check_activation(act)
         if not self.dense:
             raise ValueError("the network needs at least one dense (output) layer")
-        _chain_shapes(_compact_specs(self), self.input_shape)  # Raises on layers that shrink the image to nothing.
+        chain_shapes(compact_specs(self), self.input_shape)  # Raises on layers that shrink the image to nothing.
 
     def to_dict(self) -> dict:
         if self.layers:
@@ -141,12 +141,14 @@ class NetworkSpec:
         return dataclasses.asdict(self)
 
 
-def _check_activation(name: str):
+def check_activation(name: str):
+    """A ValueError unless `name` is one of `ACTIVATIONS`."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
 
 
-def _compact_specs(config: ModelConfig) -> tuple[LayerSpec, ...]:
+def compact_specs(config: ModelConfig) -> tuple[LayerSpec, ...]:
+    """The layer specs of a config given in the compact form (`conv`, `pool`, `dense`)."""
     specs = []
     for i, (filters, kernel, act) in enumerate(config.conv):
         specs.append(LayerSpec(f"Conv2D_{i + 1}", "conv", filters, kernel, act))
@@ -158,17 +160,18 @@ def _compact_specs(config: ModelConfig) -> tuple[LayerSpec, ...]:
     return tuple(specs)
 
 
-def _same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     """Keras/TensorFlow 'same' padding (before, after) of one axis: the output has ceil(size / stride) steps."""
     total = max((-(-size // stride) - 1) * stride + window - size, 0)
     return total // 2, total - total // 2
 
 
-def _window_out(size: int, window: int, stride: int, padding: str) -> int:
+def window_out(size: int, window: int, stride: int, padding: str) -> int:
+    """The number of steps of a window along one axis ("same" or "valid" padding)."""
     return -(-size // stride) if padding == "same" else (size - window) // stride + 1
 
 
-def _chain_shapes(specs: tuple[LayerSpec, ...], input_shape) -> list[tuple[int, ...]]:
+def chain_shapes(specs: tuple[LayerSpec, ...], input_shape) -> list[tuple[int, ...]]:
     """Output shape of every layer (without batch axis); a ValueError naming the first layer that does not fit."""
     shape, shapes = tuple(input_shape), []
     for s in specs:
@@ -177,7 +180,7 @@ def _chain_shapes(specs: tuple[LayerSpec, ...], input_shape) -> list[tuple[int, 
             raise ValueError(f"layer {s.name!r} ({s.kind}) needs (H, W, C) maps, got shape {shape}")
         if s.kind in ("conv", "pool"):
             window = s.kernel if s.kind == "conv" else s.size
-            h, w = (_window_out(n, window, s.stride, s.padding) for n in shape[:2])
+            h, w = (window_out(n, window, s.stride, s.padding) for n in shape[:2])
             if h < 1 or w < 1:
                 raise ValueError(f"layer {s.name!r} ({s.kind}) leaves no output from {shape[0]}x{shape[1]} maps")
             shape = (h, w, s.size if s.kind == "conv" else shape[2])
@@ -198,7 +201,7 @@ def _chain_shapes(specs: tuple[LayerSpec, ...], input_shape) -> list[tuple[int, 
 def layer_specs(config: ModelConfig | NetworkSpec) -> tuple[LayerSpec, ...]:
     """The layers in forward order (the study's names for a compact config)."""
     check_model_config(config)
-    return config.layers or _compact_specs(config)
+    return config.layers or compact_specs(config)
 
 
 def layer_names(config: ModelConfig) -> tuple[str, ...]:
@@ -257,7 +260,7 @@ def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     if isinstance(config, NetworkSpec):
         shapes = dict(zip((s.name for s in specs), config.shapes))
     else:
-        shapes = dict(zip((s.name for s in specs), _chain_shapes(specs, config.input_shape)))
+        shapes = dict(zip((s.name for s in specs), chain_shapes(specs, config.input_shape)))
     shapes.update({alias: shapes[name] for alias, name in layer_aliases(config).items()})
     return shapes
 
@@ -288,7 +291,7 @@ def receptive_field(config: ModelConfig, layer_name: str, i: int, j: int) -> tup
     if isinstance(config, NetworkSpec):  # The geometry of a foreign module's layers is unknown: the whole image.
         return 0, H, 0, W
     specs = layer_specs(config)
-    shapes = [config.input_shape, *_chain_shapes(specs, config.input_shape)]
+    shapes = [config.input_shape, *chain_shapes(specs, config.input_shape)]
     # Walk backwards from the layer: output rows [r0, r1) of a window layer come from input rows
     # [r0 * stride - pad, (r1 - 1) * stride - pad + window).
     r0, r1, c0, c1 = i, i + 1, j, j + 1
@@ -298,8 +301,8 @@ def receptive_field(config: ModelConfig, layer_name: str, i: int, j: int) -> tup
         if s.kind in ("conv", "pool"):
             window = s.kernel if s.kind == "conv" else s.size
             below = shapes[k]
-            pad_r = _same_padding(below[0], window, s.stride)[0] if s.padding == "same" else 0
-            pad_c = _same_padding(below[1], window, s.stride)[0] if s.padding == "same" else 0
+            pad_r = same_padding(below[0], window, s.stride)[0] if s.padding == "same" else 0
+            pad_c = same_padding(below[1], window, s.stride)[0] if s.padding == "same" else 0
             r0, r1 = r0 * s.stride - pad_r, (r1 - 1) * s.stride - pad_r + window
             c0, c1 = c0 * s.stride - pad_c, (c1 - 1) * s.stride - pad_c + window
     return max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)

@@ -37,6 +37,7 @@ from jaxoip.numerics import (
     precision_scope,
     wait_ready,
 )
+from jaxoip.progress import tqdm_class
 
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "adamax", "sgd")
 SCHEDULES = ("none", "power", "exponential")
@@ -367,8 +368,6 @@ def train(
         steps = start * -(-train_x.shape[0] // batch_size)
         epochs = range(start, cfg.epochs)
         if progress:
-            from jaxoip.progress import tqdm_class
-
             epochs = tqdm_class()(epochs, desc="training", unit="epoch", initial=start, total=cfg.epochs)
         for epoch in epochs:
             t0 = time.perf_counter()

@@ -484,7 +484,7 @@ def write_scan_files(
 
     `exemplars`: `find_exemplars`' result for the scan's layer, or its patches by map index, for the gallery.
     """
-    from jaxoip import plots
+    from jaxoip.oip import figures
 
     if isinstance(exemplars, Exemplars):
         exemplars = {int(m): exemplars.patches[m] for m in result.map_indices}
@@ -512,6 +512,6 @@ def write_scan_files(
     if q is not None and q.trials:  # Every two-choice trial's queries and references, to rerun the task.
         np.savez_compressed(tmp / "two_choice.npz", **q.trials)
     facets = [f["images"] for f in facet_images(result, result.facet_threshold)] if result.restarts > 1 else None
-    plots.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
+    figures.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
     for m in snapshot_maps if snapshot_maps is not None else []:
-        plots.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")
+        figures.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")

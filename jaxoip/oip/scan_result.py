@@ -15,10 +15,13 @@ from jaxtyping import Bool, Float, Int, Shaped
 from jaxoip._check import check_type
 from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import Standardization
+from jaxoip.display import html
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
 from jaxoip.oip.precursor import PrecursorResult
 from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
+from jaxoip.oip.similarity import similar_maps
+from jaxoip.oip.targets import Target
 
 
 @dataclasses.dataclass
@@ -97,8 +100,6 @@ class ScanResult:
     def labels(self) -> list[str]:
         """Each searched target's name for figures: `map 5`, or a weighted target's own description (`4-9`)."""
         if self.config.weighted:
-            from jaxoip.oip.targets import Target
-
             return [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
         return [f"map {m}" for m in self.map_indices]
 
@@ -115,6 +116,11 @@ class ScanResult:
         if threshold not in self._facets:  # table(), summary(), oips.npz and the gallery all ask for them.
             self._facets[threshold] = scan_facets(self, threshold)
         return self._facets[threshold]
+
+    def similar_maps(self, k: int = 5) -> tuple[Int[np.ndarray, "m k"], Float[np.ndarray, "m k"]]:
+        """For each map, the positions of the `k` maps whose best OIPs are most alike and those correlations,
+        most similar first (`jaxoip.oip.similarity.similar_maps`)."""
+        return similar_maps(self.best_images, k)
 
     @property
     def image_steps_per_second(self) -> float:
@@ -161,11 +167,10 @@ class ScanResult:
             df[name] = pd.array([None if np.isnan(x) else int(x) for x in v], "Int64") if name.endswith("rank") else v
         return df
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view of a scan: the summary and a compact table with each map's best OIP as a thumbnail."""
-        from jaxoip.site.notebook import scan_html
-
-        return scan_html(self)
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view of a scan, drawn by the view registered for it (`jaxoip.display`): the summary and a
+        compact table with each map's best OIP as a thumbnail (`jaxoip.site.notebook`)."""
+        return html(self)
 
     def summary(self) -> ScanSummary:
         """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""

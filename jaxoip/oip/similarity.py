@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 _EPS = 1e-12
 
@@ -160,6 +160,22 @@ def shift_similarity(a, b, max_shift: int = 7) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     out = [shift_similarity_matrix(a[p : p + 1], b[p : p + 1], max_shift) for p in range(a.shape[0])]
     return np.asarray([o[0][0, 0] for o in out]), np.asarray([o[1][0, 0] for o in out])
+
+
+def similar_maps(
+    best_images: Float[np.ndarray, "m H W C"], k: int = 5
+) -> tuple[Int[np.ndarray, "m k"], Float[np.ndarray, "m k"]]:
+    """For each map, the positions of the `k` maps whose best OIPs are most alike (shift-invariant correlation,
+    `shift_similarity_matrix`) and those correlations, most similar first."""
+    x = np.asarray(best_images, np.float32)
+    x = x.mean(axis=-1, keepdims=True)  # Colour OIPs compared by their brightness.
+    n = x.shape[0]
+    if n < 2:
+        return np.zeros((n, 0), int), np.zeros((n, 0))
+    sim = np.asarray(shift_similarity_matrix(x, x, min(7, x.shape[1] - 1))[0], np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, n - 1)]
+    return order, np.take_along_axis(sim, order, axis=1)
 
 
 def oip_similarities(

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -27,10 +28,12 @@ import jax
 import numpy as np
 import pandas as pd
 
+from jaxoip import distributed
 from jaxoip._check import check_type
 from jaxoip.data.mnist import MNIST
 from jaxoip.data.mnist import check_data as check_dataset
 from jaxoip.errors import CheckpointError, JaxoipError, OutputError
+from jaxoip.models import checkpoint
 from jaxoip.models.cnn import (
     ModelConfig,
     TrainedModel,
@@ -41,6 +44,11 @@ from jaxoip.models.cnn import (
     layer_shapes,
     layer_specs,
 )
+from jaxoip.models.memory import PlannedArray, check_arrays
+from jaxoip.models.multiseed import train_seeds
+from jaxoip.oip.noise import DEFAULT_RECIPES
+from jaxoip.oip.scan import scan_arrays
+from jaxoip.oip.search import default_chunk_size
 from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
 from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions
 from jaxoip.seeds.oips import compare_oips, oip_pair_metrics
@@ -104,9 +112,6 @@ def check_models(models: Sequence[TrainedModel], layers: Sequence[str] = CONV_LA
 def check_settings(config: CompareConfig, data: MNIST, model_config=None, n_models: int = 2) -> None:
     """The settings that depend on the data or the architecture, refused before any training or search;
     memory included, for `n_models` models."""
-    from jaxoip.models.cnn import ModelConfig
-    from jaxoip.models.memory import check_arrays
-
     n = len(data.test_images)
     if config.test_subset is not None and config.test_subset > n:
         raise JaxoipError(f"test subset {config.test_subset} is larger than the {n} test images")
@@ -122,11 +127,6 @@ def check_settings(config: CompareConfig, data: MNIST, model_config=None, n_mode
 
 def compare_arrays(config: CompareConfig, model_config, n_images: int, n_models: int) -> list:
     """The large arrays of a comparison of `n_models` models on `n_images` test images."""
-    from jaxoip.models.memory import PlannedArray
-    from jaxoip.oip.noise import DEFAULT_RECIPES
-    from jaxoip.oip.scan import scan_arrays
-    from jaxoip.oip.search import default_chunk_size
-
     shapes = layer_shapes(model_config)
     pairs = n_models * (n_models - 1) // 2
     blocks = min(config.blocks, n_images)
@@ -350,8 +350,6 @@ def compare_models(
 
 def _check_model_folder(folder: Path, seeds) -> None:
     """Creates `folder`, refuses a `seed_<s>` in it that is not a checkpoint and removes a killed run's leftovers."""
-    import shutil
-
     folder.mkdir(parents=True, exist_ok=True)
     for p in (folder / f"seed_{s}" for s in seeds):  # Only checkpoints of ours are ever replaced.
         if (p.exists() or p.is_symlink()) and (p.is_symlink() or not (p / "metadata.json").is_file()):
@@ -373,12 +371,6 @@ def trained_models(seeds, cfg, data, folder: Path | None, max_parallel=None, pro
     process, is trained at once; only process 0 has a `folder` (None on the others), saves each round and
     returns the models. The others return None.
     """
-    import shutil
-
-    from jaxoip import distributed
-    from jaxoip.models import checkpoint
-    from jaxoip.models.multiseed import train_seeds
-
     main, error = distributed.is_main(), None
     if main:
         try:

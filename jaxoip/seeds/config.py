@@ -18,7 +18,7 @@ _SET_BY_COMPARE = ("trained", "layer_name", "map_indices", "restarts", "config",
 
 def check_scan_options(options) -> tuple[tuple[str, object], ...]:
     """`options` (a mapping or (name, value) pairs) as sorted pairs; a JaxoipError for unknown names."""
-    from jaxoip.oip.scan import scan_maps
+    from jaxoip.oip.scan import scan_maps  # Here, not above: the config loads without JAX.
 
     items = tuple(sorted(dict(options).items()))
     accepted = set(inspect.signature(scan_maps).parameters) - set(_SET_BY_COMPARE)
@@ -116,7 +116,7 @@ class CompareConfig:
                 raise JaxoipError("the OIP comparison needs at least 2 restarts and 2 maps")
         if self.oip_source not in OIP_SOURCES:
             raise JaxoipError(f"unknown OIP source {self.oip_source!r}; choose from {', '.join(OIP_SOURCES)}")
-        from jaxoip.oip.noise import get_recipes
+        from jaxoip.oip.noise import get_recipes  # Here, not above: the config loads without JAX.
 
         get_recipes([self.oip_recipe])
         object.__setattr__(self, "oip_scan_options", check_scan_options(self.oip_scan_options))

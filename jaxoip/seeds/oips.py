@@ -19,6 +19,10 @@ import numpy as np
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel
 from jaxoip.numerics import DEFAULT_PRECISION, Precision
+from jaxoip.oip.noise import initial_images
+from jaxoip.oip.precursor import data_activation
+from jaxoip.oip.scan import scan_maps
+from jaxoip.oip.search import search_oips
 from jaxoip.oip.similarity import cross_activation, masked_mean, oip_similarities, select_oip_maps
 from jaxoip.seeds.config import OIP_SOURCES, CompareConfig
 
@@ -39,10 +43,6 @@ def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig
     The starts depend on `config.seed` and the map index only, so every model is searched from the same
     starts ("shared") or the same candidate starts ("scan").
     """
-    from jaxoip.oip.noise import initial_images
-    from jaxoip.oip.scan import scan_maps
-    from jaxoip.oip.search import search_oips
-
     maps = np.asarray(maps, np.int32).reshape(-1)
     r = config.oip_restarts
     if config.oip_source == "shared":
@@ -84,8 +84,6 @@ def responses(
     trained: TrainedModel, layer_name: str, images: np.ndarray, precision: Precision = DEFAULT_PRECISION
 ) -> np.ndarray:
     """The search's objective (mean of each map) of every map of `layer_name` for standardized images: (N, C)."""
-    from jaxoip.oip.precursor import data_activation
-
     return data_activation(trained.model, images, layer_name, precision=precision)
 
 

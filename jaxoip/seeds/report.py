@@ -9,16 +9,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxoip._check import check_type
 from jaxoip._io import prepare_output
-from jaxoip.seeds.plots import plot_matched_oips, plot_matching, plot_oip_measures
-
-if TYPE_CHECKING:
-    from jaxoip.seeds.result import SeedComparison
+from jaxoip.seeds.figures import plot_matched_oips, plot_matching, plot_oip_measures
+from jaxoip.seeds.result import SeedComparison, seed_warnings
 
 
 def _fmt(v) -> str:
@@ -83,8 +80,6 @@ def _count_text(counts) -> str:
 
 
 def markdown_report(result: SeedComparison, command: str | None = None) -> str:
-    from jaxoip.seeds.result import seed_warnings
-
     cfg, used = result.config, result.used
     lines = ["# Seed comparison: the same filters, in the same order?", ""]
     if command:
@@ -210,8 +205,6 @@ def write_report(
 ) -> Path:
     """Writes the report into the new or empty folder `out` (see `write_report_files`), through
     `jaxoip._io.prepare_output`: a folder holding anything jaxoip did not write is refused."""
-    from jaxoip.seeds.result import SeedComparison
-
     check_type("the comparison", result, SeedComparison, " (from jaxoip.compare_models)")
     with prepare_output(out, "write_report", {}, overwrite=overwrite) as o:
         write_report_files(result, o.staging, command)

@@ -2,7 +2,8 @@
 
 `write_scan_site` writes a scan's site (`python -m jaxoip scan_all_maps` does, unless --no-html),
 `write_compare_site` a seed comparison's (`compare_seeds`), `write_microscope_site` the landing page of
-`microscope`; `ScanResult._repr_html_` (`jaxoip.site.notebook`) is a scan's view in Jupyter.
+`microscope`; `jaxoip.site.notebook.scan_html` is a scan's view in Jupyter (`ScanResult._repr_html_`, registered
+in `jaxoip.display`).
 """
 
 from jaxoip.site.compare_site import write_compare_site

@@ -80,3 +80,16 @@ def heat_beside(image01: Float[np.ndarray, "h w 3"], heat: Float[np.ndarray, "h 
     img = np.asarray(image01, np.float32)
     gap = np.full((img.shape[0], 1, 3), np.nan, np.float32)  # Drawn white.
     return np.concatenate([img, gap, heat_colours(heat)], axis=1)
+
+
+def exemplar_tiles(
+    pixels: Float[np.ndarray, "k h w c"], heat: Float[np.ndarray, "k h w"]
+) -> Float[np.ndarray, "k h w2 3"]:
+    """Exemplar images (pixel units) each with where the map fires (`heat` in [0, 1]): laid over a grey image in
+    red (`heat_overlay`), beside a colour image as a heat map (`heat_beside`)."""
+    pixels = np.asarray(pixels, np.float32)
+    k, h, w, c = pixels.shape
+    draw = heat_overlay if c == 1 else heat_beside
+    if not k:
+        return np.zeros((0, h, w if c == 1 else 2 * w + 1, 3), np.float32)
+    return np.stack([draw(pixels01(p), a) for p, a in zip(pixels, heat)])

@@ -1,4 +1,5 @@
-"""`ScanResult._repr_html_`: a compact table with inline thumbnails, which Jupyter shows for a scan."""
+"""A scan's view in Jupyter: a compact table with inline thumbnails (`ScanResult._repr_html_`, through the view
+registered for it in `jaxoip.display`)."""
 
 from __future__ import annotations
 

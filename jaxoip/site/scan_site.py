@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float, Int
 
 from jaxoip.site import images as im
 from jaxoip.site.render import copy_static, environment
@@ -89,24 +88,6 @@ def page_names(map_indices) -> list[str]:
     maps = [int(m) for m in map_indices]
     dup = {m for m in maps if maps.count(m) > 1}
     return [f"map{m:03d}" + (f"_{p}" if m in dup else "") for p, m in enumerate(maps)]
-
-
-def similar_maps(
-    best_images: Float[np.ndarray, "m H W C"], k: int = SIMILAR
-) -> tuple[Int[np.ndarray, "m k"], Float[np.ndarray, "m k"]]:
-    """For each map, the positions of the `k` maps whose best OIPs are most alike (shift-invariant correlation,
-    `jaxoip.oip.similarity`) and those correlations, most similar first."""
-    from jaxoip.oip.similarity import shift_similarity_matrix
-
-    x = np.asarray(best_images, np.float32)
-    x = x.mean(axis=-1, keepdims=True)  # Colour OIPs compared by their brightness.
-    n = x.shape[0]
-    if n < 2:
-        return np.zeros((n, 0), int), np.zeros((n, 0))
-    sim = np.asarray(shift_similarity_matrix(x, x, min(7, x.shape[1] - 1))[0], np.float64)
-    np.fill_diagonal(sim, -np.inf)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, n - 1)]
-    return order, np.take_along_axis(sim, order, axis=1)
 
 
 def _polyline(y: np.ndarray, width: int = 360, height: int = 140, logx: bool = True) -> dict:
@@ -194,8 +175,9 @@ def write_scan_site(
 ) -> Path:
     """Writes the site of `result` (a `ScanResult`) into `folder`; returns the path of its `index.html`.
 
-    `exemplars`: `find_exemplars`' result or its patches by map index; `views`: `data_views`' exemplar overlays
-    (both optional: a scan without data has neither; its activation histograms come with `result`).
+    `exemplars`: `find_exemplars`' result or its patches by map index; `views`: `data_views`' exemplars with
+    their activations (`jaxoip.analysis.data_views`); both optional: a scan without data has neither. The
+    activation histograms and the maps' similarities come with `result`; this only draws.
     `model`: what the overview names as the model (default: the scan's --model option).
     """
     folder = Path(folder)
@@ -215,7 +197,7 @@ def write_scan_site(
     best = result.best_images
     objective = result.objective
     h, w = best.shape[1:3]
-    similar, similarity = similar_maps(best)
+    similar, similarity = result.similar_maps(SIMILAR)
     facets = result.facets()
     cols, rows = _cells(table)
     thumbs = [f"img/{n}_best.png" for n in names]
@@ -334,8 +316,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
         for i, r in enumerate(pre.recipes)
     ]
     ex = None
-    if views is not None and m < len(views.overlays):
-        tiles = views.overlays[m]
+    if views is not None and m < len(views.images):
+        tiles = im.exemplar_tiles(views.images[m], views.heat[m])
         if len(tiles):
             f = f"img/{name}_exemplars.png"
             sheet = im.strip(list(tiles))
@@ -344,7 +326,7 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "file": f,
                 "width": sheet.shape[1] * TILE,
                 "overlay": True,
-                "beside": views.beside,
+                "beside": views.colour,
                 "tile_w": tiles.shape[2] * TILE,
                 "items": [
                     {

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxoip.plots import display_planes, enhance_contrast, new_figure, save_figure, show_image
+from jaxoip.figures import display_planes, enhance_contrast, new_figure, save_figure, show_image
 
 if TYPE_CHECKING:
     from jaxoip.seeds.result import SeedComparison
