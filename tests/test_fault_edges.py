@@ -312,8 +312,8 @@ def test_the_plain_view_says_it_is_clipped_and_a_linear_unit_is_never_dead(tmp_p
 
     # The bar has its total (the search's image-steps) from the first phase on, and counts it once.
     bar, totals = Progress(False), []
-    precursor_scan = scan.precursor_scan
-    monkeypatch.setattr(scan, "precursor_scan", lambda *a, **k: totals.append(bar.total) or precursor_scan(*a, **k))
+    run_precursor = scan.run_precursor
+    monkeypatch.setattr(scan, "run_precursor", lambda *a, **k: totals.append(bar.total) or run_precursor(*a, **k))
 
     # Blank images: the linear Conv2D_1 (patch sums) is 0 on all of them, and not dead for that.
     blank = np.zeros((6, 28, 28), np.uint8)

@@ -39,7 +39,7 @@ def _refused(capsys, main, argv, *parts):
     ],
 )
 def test_scan_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib):
-    from jaxoip import scan_all_maps
+    from jaxoip.cli import scan_all_maps
 
     _refused(capsys, scan_all_maps.main, argv + ["--out", str(tmp_path / "o")], *parts)
     assert not (tmp_path / "o").exists()
@@ -72,15 +72,15 @@ def test_default_runs_pass_the_check(reference, eight_gib):
     ],
 )
 def test_compare_command_checks_every_array(argv, parts, capsys, tmp_path, eight_gib, mnist):
-    from jaxoip import compare_seeds
+    from jaxoip.cli import compare_seeds
 
     _refused(capsys, compare_seeds.main, argv + ["--out", str(tmp_path / "o")], *parts)
     assert not (tmp_path / "o").exists()
 
 
 def test_exemplar_figure_checked(capsys, tmp_path, eight_gib, mnist):
-    from jaxoip import activations
     from jaxoip.analysis.figures import check_exemplar_figure
+    from jaxoip.cli import activations
 
     _refused(
         capsys, activations.main, ["--exemplars", "100000000", "--out", str(tmp_path / "o")], "--exemplars 100000000"

@@ -102,7 +102,7 @@ def test_no_iprogress_warning_in_a_notebook_without_ipywidgets(monkeypatch):
 def test_resumed_scan_reports_this_run_and_the_earlier_one_apart(tmp_path, monkeypatch):
     trained = _untrained()
     monkeypatch.setattr(search_groups, "GROUP_CHUNKS", 1)  # Groups of 2 images: 3 groups.
-    real, calls = search_groups.search_oips, []
+    real, calls = search_groups.run_search, []
 
     def killed_after_two(*a, **k):
         if len(calls) == 2:
@@ -110,10 +110,10 @@ def test_resumed_scan_reports_this_run_and_the_earlier_one_apart(tmp_path, monke
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(search_groups, "search_oips", killed_after_two)
+    monkeypatch.setattr(search_groups, "run_search", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         scan.scan_maps(trained, partial_dir=tmp_path, chunk_size=2, progress=False, **KWARGS)
-    monkeypatch.setattr(search_groups, "search_oips", real)
+    monkeypatch.setattr(search_groups, "run_search", real)
     saved = 0.0
     for path in sorted(tmp_path.glob("group_*.npz")):
         with np.load(path) as z:

@@ -192,7 +192,7 @@ def _interrupt(monkeypatch, what: str, n: int):
 
         monkeypatch.setattr(train_lib, "save_epoch", save_then_stop)
     else:
-        real, calls = search_groups.search_oips, []
+        real, calls = search_groups.run_search, []
 
         def stop_after_n(*a, **k):
             if len(calls) == n:
@@ -200,7 +200,7 @@ def _interrupt(monkeypatch, what: str, n: int):
             calls.append(1)
             return real(*a, **k)
 
-        monkeypatch.setattr(search_groups, "search_oips", stop_after_n)
+        monkeypatch.setattr(search_groups, "run_search", stop_after_n)
 
 
 def _own_images(path: Path):

@@ -286,7 +286,7 @@ def test_compare_config_refuses(kwargs):
 )
 def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("jaxoip.models.memory.available_bytes", lambda: 8 * 2**30)
-    from jaxoip import scan_all_maps
+    from jaxoip.cli import scan_all_maps
 
     _one_line_exit_2(capsys, scan_all_maps.main, argv + ["--out", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()
@@ -422,7 +422,7 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(search_groups, "GROUP_CHUNKS", 1)  # Groups of 2 images: 4 groups.
     whole = scan.scan_maps(trained, **kwargs)
 
-    real, calls = search_groups.search_oips, []
+    real, calls = search_groups.run_search, []
 
     def killed_after_two(*a, **k):
         if len(calls) == 2:
@@ -430,11 +430,11 @@ def test_interrupted_scan_resumes_without_redoing_groups(tmp_path, monkeypatch):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(search_groups, "search_oips", killed_after_two)
+    monkeypatch.setattr(search_groups, "run_search", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
     assert len(list(tmp_path.glob("group_*.npz"))) == 2
-    monkeypatch.setattr(search_groups, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(search_groups, "run_search", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     calls.clear()
     resumed = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
     assert len(calls) == 2  # Only the two groups not yet done.
@@ -635,7 +635,7 @@ def test_scan_resume_refuses_a_changed_model(tmp_path, monkeypatch, capsys):
     argv = ["--model", str(model), "--maps", "0-1", "--restarts", "1", "--steps", "2", "--precursor-starts", "2"]
     argv += ["--screen", "1", "--exemplars", "0", "--data-dir", str(data), "--no-progress", "--no-cache"]
     argv += ["--out", str(out)]
-    monkeypatch.setattr(scan, "scan_maps", _killed_after_saving("partial_dir"))
+    monkeypatch.setattr(scan, "scan_layer", _killed_after_saving("partial_dir"))
     assert cli.run(scan_all_maps.main, argv) == 130
     capsys.readouterr()
     _saved_untrained(model, 1)  # Same path, other contents.
@@ -688,8 +688,8 @@ def test_damaged_saved_group_is_searched_again(tmp_path, monkeypatch, capsys):
     groups = sorted(tmp_path.glob("group_*.npz"))
     groups[1].write_bytes(groups[1].read_bytes()[:300])  # Truncated.
     groups[2].write_bytes(b"garbage")
-    real, calls = search_groups.search_oips, []
-    monkeypatch.setattr(search_groups, "search_oips", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real, calls = search_groups.run_search, []
+    monkeypatch.setattr(search_groups, "run_search", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     capsys.readouterr()
     again = scan.scan_maps(trained, partial_dir=tmp_path, **kwargs)
     assert len(calls) == 2

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxoip import cli, scan_all_maps
+from jaxoip import cli
+from jaxoip.cli import scan_all_maps
 from jaxoip.errors import JaxoipError
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.search import OIPConfig

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli, scan_all_maps
+from jaxoip import cli
+from jaxoip.cli import scan_all_maps
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, init_model
 from jaxoip.oip import param, targets

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxoip import cli, scan_all_maps
+from jaxoip import cli
+from jaxoip.cli import scan_all_maps
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.search import OIPConfig
 from jaxoip.site import write_scan_site
