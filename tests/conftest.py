@@ -4,7 +4,7 @@ The tiers: every test that uses the `mnist` fixture, directly or through another
 `tiny_checkpoint`, a module's fixture built on them), is marked `mnist` here at collection, so that
 `pytest -m "not mnist and not slow"` (the fast tier: planted models and generated images) deselects it rather
 than letting it skip. A test that asks for `mnist` only inside its body (`request.getfixturevalue`) carries the
-mark itself.
+mark itself, as do a few tests that need no data but take too long for the fast tier (each says so).
 """
 
 import jax
