@@ -1,4 +1,11 @@
-"""Shared fixtures: real MNIST when available, and one tiny trained model per test session."""
+"""Shared fixtures: real MNIST when available, and one tiny trained model per test session.
+
+The tiers: every test that uses the `mnist` fixture, directly or through another (`tiny_trained`,
+`tiny_checkpoint`, a module's fixture built on them), is marked `mnist` here at collection, so that
+`pytest -m "not mnist and not slow"` (the fast tier: planted models and generated images) deselects it rather
+than letting it skip. A test that asks for `mnist` only inside its body (`request.getfixturevalue`) carries the
+mark itself, as do a few tests that need no data but take too long for the fast tier (each says so).
+"""
 
 import jax
 import pytest
@@ -6,6 +13,12 @@ import pytest
 from jaxoip.data import mnist as data_lib
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "mnist" in getattr(item, "fixturenames", ()):  # The closure: fixtures of fixtures included.
+            item.add_marker(pytest.mark.mnist)
 
 
 @pytest.fixture(scope="session")

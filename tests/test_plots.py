@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from planted import DEAD, planted_model
 
 from jaxoip import figures
 from jaxoip.analysis.exemplars import Exemplars, find_exemplars
@@ -15,7 +16,6 @@ from jaxoip.models.figures import plot_history
 from jaxoip.oip.figures import oip_gallery, snapshot_strip
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.oip.search import OIPConfig, OIPResult
-from tests.planted import DEAD, planted_model
 
 
 def _result(layer="Conv2D_3", maps=(0, 1), restarts=2, weighted=(), data_max=None) -> ScanResult:

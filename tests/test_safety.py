@@ -230,7 +230,7 @@ def test_train_config_refuses(field, value):
         (["--momentum", "-5"], "momentum must be at least 0"),
         (["--decay-steps", "0"], "decay steps must be at least 1"),
         (["--train-subset", "0"], "train subset must be at least 1"),
-        (["--batch-size", "1000000"], "use --batch-size 9"),
+        pytest.param(["--batch-size", "1000000"], "use --batch-size 9", marks=pytest.mark.mnist),
     ],
 )
 def test_train_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch, request):

@@ -12,7 +12,7 @@ import pytest
 from jaxoip.models import cnn, spec
 from jaxoip.models.metadata import checkpoint_model_config, reference_model_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BAD_SCANS = [
     (["--layer", "Conv2D_9"], "unknown map or vector layer 'Conv2D_9'"),
     (["--maps", "0-200"], "map index 128 out of range: Conv2D_3 has maps 0..127"),

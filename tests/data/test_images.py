@@ -8,7 +8,7 @@ from PIL import Image
 
 from jaxoip.data.images import load_images
 from jaxoip.errors import DataError
-from tests.test_data import _fake_dir
+from tests.data.test_data import _fake_dir
 
 RNG = np.random.default_rng(0)
 

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from planted import DEAD, planted_model
 from scipy.ndimage import gaussian_filter
 
 from jaxoip.data.mnist import Standardization
@@ -19,7 +20,6 @@ from jaxoip.oip.similarity import (
 )
 from jaxoip.seeds.compare import CompareConfig
 from jaxoip.seeds.oips import map_oips, oip_pair_metrics, pair_oip_measures
-from tests.planted import DEAD, planted_model
 
 
 def _blobs(seed=0, size=40):

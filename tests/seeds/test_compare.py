@@ -213,7 +213,7 @@ def test_compare_seeds_end_to_end(tmp_path, capsys, mnist):
         (["--layers", "Max_Pool_1", "--oip-layer", "none"], "unknown conv layer"),
         (["--layers", "Conv2D_1"], "not among the compared layers"),
         (["--models", "only_one"], "at least two models"),
-        (["--models", "missing_a", "missing_b"], "no checkpoint"),
+        pytest.param(["--models", "missing_a", "missing_b"], "no checkpoint", marks=pytest.mark.mnist),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, request):

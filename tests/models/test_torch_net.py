@@ -27,7 +27,7 @@ from jaxoip.models import torch_net  # noqa: E402
 from jaxoip.models.cnn import layer_aliases, layer_names, layer_shapes  # noqa: E402
 from jaxoip.oip.search import OIPConfig, search_oips  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "torch_model.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "torch_model.py"
 PIXELS = jaxoip.Standardization.identity()  # Pixels go in as they are.
 
 
@@ -104,6 +104,7 @@ def test_the_users_module_is_not_changed():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its ResNet-18 (the fast tier stays under 2 minutes).
 def test_a_resnet18_at_64x64_equals_torch():
     """torchvision's resnet18(weights=None), written out (torchvision does not import beside the CPU build of
     torch): its blocks' shared `relu` is read at its last call, as Lucent reads it."""
@@ -156,6 +157,7 @@ def test_the_weights_are_arguments_of_the_compiled_program(small):
     assert compiles.programs == 0 and not np.allclose(before, after)
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its torchax search (the fast tier stays under 2 minutes).
 def test_the_search_recovers_a_planted_optimum():
     """A 28x28 convolution whose kernel is a ring: its maps are the image's correlation with the ring, so
     the best standardized image is the ring itself."""
@@ -236,6 +238,7 @@ def test_a_factory_that_returns_a_bare_module_is_one_line(tmp_path, monkeypatch)
         jaxoip.load_model(f"{tmp_path / 'fresh.py'}:factory")
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its whole command (the fast tier stays under 2 minutes).
 def test_the_scan_command_takes_a_torch_factory(tmp_path):
     """`scan_all_maps --model file.py:factory` writes the table, the OIPs and the site; the best objective it
     reports is what torch's own forward pass gives on the written best image."""

@@ -27,7 +27,7 @@ from jaxoip.models.multiseed import wait_ready
 from jaxoip.models.train import TrainConfig, train
 from jaxoip.seeds import compare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _refused(capsys, main, argv, message, out):

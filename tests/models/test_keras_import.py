@@ -120,6 +120,7 @@ def test_keras_model_matches_keras_predictions(keras_files, idx_dir, name):
     assert trained.train_config["keras_layers"]["Dense_1"] == keras_model.layers[-2].name
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its two whole commands (the fast tier stays under 2 minutes).
 @needs_keras
 def test_keras_model_as_command_input(keras_files, idx_dir, tmp_path):
     _, d = keras_files

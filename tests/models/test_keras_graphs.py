@@ -103,6 +103,7 @@ def jax_leaves(tree):
     return jax.tree.leaves(tree)
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its MobileNetV2 (the fast tier stays under 2 minutes).
 def test_mobilenet_v2_from_keras_applications():
     import keras
 

@@ -94,6 +94,7 @@ def test_colour_similarity_counts_all_channels():
     assert float(signed[0, 0]) > 0.99 and float(signed[0, 1]) < 0.5
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its scan and figures (the fast tier stays under 2 minutes).
 def test_colour_scan_gallery_and_exemplars(colour_model, colour_data, tmp_path):
     import jaxoip
     from jaxoip.analysis.exemplars import find_exemplars
@@ -129,6 +130,7 @@ def test_colour_scan_gallery_and_exemplars(colour_model, colour_data, tmp_path):
     save_figure(plot_layer_grid(grid), tmp_path / "grid.png")
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its site (the fast tier stays under 2 minutes).
 def test_site_draws_colour_exemplars_untouched_beside_their_activation(colour_model, colour_data, tmp_path):
     """A red tint would turn colour exemplars brown: colour images keep their pixels, the activation beside them."""
     import re

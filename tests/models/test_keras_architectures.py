@@ -150,6 +150,7 @@ def test_a_model_without_preprocessing_is_standardized_from_the_data_given(tmp_p
     assert trained.train_config["standardization_data"].endswith("set.npz")
 
 
+@pytest.mark.mnist  # Needs no MNIST: in that tier for its whole command (the fast tier stays under 2 minutes).
 def test_scan_all_maps_takes_the_colour_keras_model(tmp_path):
     """Done-when of issue 15: the command on a colour Keras file writes a gallery of colour OIPs."""
     import keras

@@ -7,7 +7,7 @@ import jaxoip
 from jaxoip.errors import JaxoipError
 from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.search import search_oips
-from tests.test_quality import STD, planted_quality_model
+from tests.oip.test_quality import STD, planted_quality_model
 
 
 @pytest.mark.parametrize("param", ["pixels", "fourier", "maco"])

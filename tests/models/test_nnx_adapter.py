@@ -20,7 +20,7 @@ from jaxoip.models.cnn import layer_names, layer_shapes
 from jaxoip.oip.search import OIPConfig, search_oips
 
 # The README's example module (examples/own_model.py), loaded as the commands load it.
-USER_MODULE = Path(__file__).resolve().parents[1] / "examples" / "own_model.py"
+USER_MODULE = Path(__file__).resolve().parents[2] / "examples" / "own_model.py"
 _spec = importlib.util.spec_from_file_location("own_model", USER_MODULE)
 own_model = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(own_model)
