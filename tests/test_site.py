@@ -103,7 +103,7 @@ def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monke
     out = tmp_path / "micro"
     argv = ["--model", str(tiny_checkpoint), "--layers", "Conv2D_1,Dense_2", "--out", str(out), "--steps", "3"]
     argv += ["--restarts", "2", "--precursor-starts", "4", "--exemplars", "1", "--no-progress"]
-    real, calls = groups.search_oips, []
+    real, calls = groups.run_search, []
 
     def stop_in_the_second_layer(*a, **k):
         if len(calls) == 1:  # Conv2D_1's one group is done and kept; Ctrl-C during Dense_2's.
@@ -112,13 +112,13 @@ def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monke
         return real(*a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(groups, "search_oips", stop_in_the_second_layer)
+        m.setattr(groups, "run_search", stop_in_the_second_layer)
         assert cli.run(microscope.main, argv) == 130
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "running"
     assert not (out / "index.html").exists()
     with monkeypatch.context() as m:
         searched = []
-        m.setattr(groups, "search_oips", lambda *a, **k: searched.append(1) or real(*a, **k))
+        m.setattr(groups, "run_search", lambda *a, **k: searched.append(1) or real(*a, **k))
         assert cli.run(microscope.main, [*argv, "--resume"]) == 0
     assert searched == [1]  # Only Dense_2 searched again.
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"

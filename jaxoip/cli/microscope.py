@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=str(args.model or jobs.REFERENCE_MODEL),
             started=t_start,
         )
-    if not distributed.is_main():
+    if out is None:  # Not process 0, which prints.
         return 0
     for run in runs:
         s = run.result.summary()

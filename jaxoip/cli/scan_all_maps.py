@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra_summary={"compilation_cache": str(cache) if cache else None},
             started=t_start,
         )
-    if not distributed.is_main():
+    if out is None:  # Not process 0, which prints.
         return 0
     s, compiles = run.result.summary(), run.compiles
     live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
