@@ -4,8 +4,6 @@ output folder's rules, and microscope over two processes."""
 import filecmp
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -85,23 +83,14 @@ def test_microscope_over_two_processes_gives_the_bits_of_one(tiny_checkpoint, mn
     """microscope on 2 processes x 1 device: every layer's oips.npz equals one process's bit for bit, only
     process 0 writes and prints, and process 1 waits for process 0's files and site between the layers
     longer than a short --distributed-timeout (that wait is not the run's timeout)."""
-    from test_distributed import _env, _free_port
+    from test_distributed import _free_port, _start
 
-    argv = ["--model", str(tiny_checkpoint), "--layers", "Conv2D_1,Dense_2", "--steps", "4", "--restarts", "2"]
+    argv = ["--model", str(tiny_checkpoint), "--layers", "Conv2D_3,Dense_2", "--steps", "4", "--restarts", "2"]
     argv += ["--precursor-starts", "4", "--exemplars", "1", "--no-progress", "--distributed-timeout", "5"]
     port, data = _free_port(), {"JAXOIP_DATA_DIR": os.environ[data_lib.DATA_DIR_ENV]}
     join = ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jaxoip", "microscope", *argv, *join, "--process-id", str(i), "--out", f"out{i}"],
-            env={**_env(1, tmp_path / "cache"), **data},
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    ids = [[*join, "--process-id", str(i), "--out", f"out{i}"] for i in range(2)]
+    procs = [_start([*argv, *i], 1, tmp_path / "cache", tmp_path, data, "microscope") for i in ids]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-2000:]
@@ -109,12 +98,12 @@ def test_microscope_over_two_processes_gives_the_bits_of_one(tiny_checkpoint, mn
     assert not (tmp_path / "out1").exists() and results[1][0] == ""
     assert f"wrote {out}/index.html" in results[0][0] and "Dense_2: OIP found" in results[0][0]
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"
-    assert 'href="Conv2D_1/index.html"' in (out / "index.html").read_text()
+    assert 'href="Conv2D_3/index.html"' in (out / "index.html").read_text()
     one = tmp_path / "one"
     from jaxoip.cli import microscope
 
     assert cli.run(microscope.main, [*argv, "--out", str(one)]) == 0
-    for layer in ("Conv2D_1", "Dense_2"):
+    for layer in ("Conv2D_3", "Dense_2"):
         assert json.loads((out / layer / "summary.json").read_text())["processes"] == 2
         assert filecmp.cmp(out / layer / "maps.csv", one / layer / "maps.csv", shallow=False), layer
         with np.load(out / layer / "oips.npz") as two, np.load(one / layer / "oips.npz") as single:
