@@ -213,7 +213,7 @@ def _scan_into(
             distributed.leave()
         error = None
         if main:
-            try:
+            try:  # The counts and seconds are filled in as the files are written (`_write`).
                 extra = {
                     **(extra_summary or {}),
                     "compiled_programs": 0,
