@@ -307,14 +307,16 @@ def check_same(settings: dict) -> None:
         )
 
 
-def agree(error: BaseException | None, what: str) -> None:
+def agree(error: BaseException | None, what: str, watch: bool = True) -> None:
     """A step every process passes or none: re-raises this process's `error`, and stops the others with one
-    line naming the process that failed (its own message says why)."""
+    line naming the process that failed (its own message says why). `watch`: as for `_allgather_bytes` (without,
+    the others may wait longer than the run's timeout, e.g. while process 0 writes files)."""
     if process_count() == 1:
         if error is not None:
             raise error
         return
-    failed = [i for i, b in enumerate(_allgather_bytes(b"0" if error is None else b"1", what)) if b == b"1"]
+    votes = _allgather_bytes(b"0" if error is None else b"1", what, watch)
+    failed = [i for i, b in enumerate(votes) if b == b"1"]
     if error is not None:
         raise error
     if failed:

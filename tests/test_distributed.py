@@ -42,10 +42,10 @@ def _env(devices: int, cache: Path) -> dict:
     return env
 
 
-def _start(args, devices, cache, cwd, env=None) -> subprocess.Popen:
-    """`python -m jaxoip scan_all_maps ARGS` in a child process; `env` adds to `_env`'s variables."""
+def _start(args, devices, cache, cwd, env=None, command="scan_all_maps") -> subprocess.Popen:
+    """`python -m jaxoip COMMAND ARGS` in a child process; `env` adds to `_env`'s variables."""
     return subprocess.Popen(
-        [sys.executable, "-m", "jaxoip", "scan_all_maps", *args],
+        [sys.executable, "-m", "jaxoip", command, *args],
         env={**_env(devices, cache), **(env or {})},
         cwd=cwd,
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxoip import cli
+from jaxoip import cli, jobs
 from jaxoip._io import LOCK, MARKER, PARTIAL, TMP_PREFIX, prepare_output, read_marker
 from jaxoip.cli import train as train_cmd
 from jaxoip.data.mnist import Standardization, load_mnist
@@ -635,7 +635,7 @@ def test_scan_resume_refuses_a_changed_model(tmp_path, monkeypatch, capsys):
     argv = ["--model", str(model), "--maps", "0-1", "--restarts", "1", "--steps", "2", "--precursor-starts", "2"]
     argv += ["--screen", "1", "--exemplars", "0", "--data-dir", str(data), "--no-progress", "--no-cache"]
     argv += ["--out", str(out)]
-    monkeypatch.setattr(scan, "scan_layer", _killed_after_saving("partial_dir"))
+    monkeypatch.setattr(jobs, "scan_layer", _killed_after_saving("partial_dir"))
     assert cli.run(scan_all_maps.main, argv) == 130
     capsys.readouterr()
     _saved_untrained(model, 1)  # Same path, other contents.

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 import time
 from collections.abc import Sequence
 
 from jaxoip import cli, distributed
-from jaxoip._io import add_output_flags, check_apart
-from jaxoip.cli import flags
-from jaxoip.compiles import count_compiles
+from jaxoip._io import add_output_flags
+from jaxoip.cli import flags, scans
 from jaxoip.errors import JaxoipError
 
 # Plain Python: the arguments are checked before JAX is imported (`_check_early`).
@@ -40,7 +37,6 @@ from jaxoip.oip.config import (
     style_config,
     target_maps,
 )
-from jaxoip.progress import Progress
 
 _STYLE_FIELDS = ("jitter", "scale", "rotate", "tv", "l1", "blur")
 
@@ -156,21 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     join = flags.config_from_args(distributed.DistributedConfig, args)
     cfg, recipes = _check_early(args)
-    # Before JAX starts: the processes of a multi-process run join, then agree on their settings.
-    distributed.start(join)
-    cli.check_backend()
-    # --out may differ: only process 0 writes.
-    distributed.check_same(
-        {k: v for k, v in vars(args).items() if k not in (*distributed.JOIN_OPTIONS, "no_progress", "out")}
-    )
-    main_process = distributed.is_main()
-    from jaxoip.models import checkpoint
+    trained, cache = scans.start(args, join)
+    from jaxoip import jobs
     from jaxoip.oip import scan
 
-    model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
-    check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
-    cache = cli.enable_compilation_cache(not args.no_cache)
-    trained = checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale)
     if args.observer_model is not None:  # A bad observer fails before the search, in one line.
         from jaxoip.oip.two_choice import feature_observer
 
@@ -192,59 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.facet_threshold,
         args.exemplars,
     )
-    # Not how the processes joined: a run resumes on another process count.
-    skip = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
-    config = {k: v for k, v in vars(args).items() if k not in skip}
     # Only process 0 writes (out is None on the others).
-    with distributed.main_output(args.out, "scan_all_maps", config, args.overwrite, args.resume, 64 * 2**20) as out:
-        # After the cheap checks: a bad argument fails at once.
-        data, note = cli.optional_data(args, trained.config.input_shape)
-        plan.check_data(data)
-        if note and main_process:
-            print(note, file=sys.stderr)
-        # A resume goes on with the model and data it started with.
-        data_checksum = data.checksum() if data else None
-        error = None
-        try:
-            if out is not None:
-                out.check_inputs(model=checkpoint.model_checksum(trained), data=data_checksum or "none")
-        except JaxoipError as e:
-            error = e
-        distributed.agree(error, "the resume check")
-        bar = Progress(not args.no_progress and main_process, f"scan {args.layer}", unit="image-step")
-        with bar, count_compiles() as compiles:
-            result = scan.scan_layer(plan, data, bar, out.partial / "search" if out is not None else None)
-            result.options = {k: v for k, v in vars(args).items() if k not in ("overwrite", "resume", "process_id")}
-            processes = distributed.process_count()
-            # Exemplars, files and site are process 0's alone: the others leave now, all at once, rather than
-            # wait at JAX's shutdown barrier (whose timeout is not the run's) while process 0 goes on.
-            distributed.leave()
-            if not main_process:
-                return 0
-            exemplars = result.exemplars
-            with bar.phase("figures and tables"):
-                extra = {
-                    "compilation_cache": str(cache) if cache else None,
-                    "compiled_programs": compiles.compiled,
-                    "cached_programs": compiles.cache_hits,
-                    "command_seconds": round(time.perf_counter() - t_start, 2),
-                    "phase_seconds": bar.seconds,
-                    "data_source": data.source if data else None,
-                    "data_checksum": data_checksum,
-                    "processes": processes,
-                }
-                if out is not None:
-                    scan.write_scan_files(result, out.staging, args.maps, args.all_starts, exemplars, extra)
-            if not args.no_html and out is not None:
-                with bar.phase("site"):
-                    _site(args, trained, data, result, exemplars, out.staging)
-                # The site compiles too: summary.json counts what the console line below counts.
-                extra.update(compiled_programs=compiles.compiled, cached_programs=compiles.cache_hits)
-                summary = out.staging / "summary.json"
-                summary.write_text(json.dumps({**json.loads(summary.read_text()), **extra}, indent=1))
-    if not main_process:
+    with scans.output(args, "scan_all_maps") as out:
+        data = scans.data(args, trained, [plan])
+        run = jobs.run_scan(
+            plan,
+            data,
+            out,
+            snapshot_maps=args.maps,
+            all_starts=args.all_starts,
+            site=not args.no_html,
+            progress=not args.no_progress,
+            options=scans.options(args),
+            extra_summary={"compilation_cache": str(cache) if cache else None},
+            started=t_start,
+        )
+    if out is None:  # Not process 0, which prints.
         return 0
-    s = result.summary()
+    s, compiles = run.result.summary(), run.compiles
     live = f" of {s.live_maps} live on data" if s.live_maps is not None else ""
     cpu_default = " (CPU default)" if args.restarts is None and s.backend == "cpu" else ""
     earlier = f" (+{s.earlier_search_seconds:.1f} s before the resume)" if s.earlier_search_seconds else ""
@@ -259,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"search {s.search_seconds:.1f} s{earlier}, {s.image_steps_per_second:.0f} image-steps/s on "
         f"{s.devices} {s.backend} device(s), precision {s.precision}; "
         f"{compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
-        f"wrote {out.path}{' (resumed)' if out.resumed else ''}"
+        f"wrote {run.path}{' (resumed)' if run.resumed else ''}"
     )
     return 0
 
@@ -283,12 +233,3 @@ def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
     return cfg, recipes
 
 
-def _site(args, trained, data, result, exemplars, folder) -> None:
-    """The browsable site: with exemplars, also their activation overlays and the maps' activation histograms."""
-    from jaxoip.analysis.data_views import data_views
-    from jaxoip.site import write_scan_site
-
-    views = None
-    if exemplars is not None:
-        views = data_views(trained, data, args.layer, exemplars, precision=args.precision)
-    write_scan_site(result, folder, exemplars=exemplars, views=views)
