@@ -462,13 +462,13 @@ def test_compare_seeds_resume_keeps_trained_models(tmp_path, mnist, monkeypatch)
         return out
 
     first = []
-    monkeypatch.setattr(multiseed, "train_seeds", killed_on_seed_1)
+    monkeypatch.setattr(compare, "train_seeds", killed_on_seed_1)
     with pytest.raises(KeyboardInterrupt):
         compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
     assert (tmp_path / "seed_0" / "metadata.json").is_file() and not (tmp_path / "seed_1").exists()
 
     monkeypatch.setattr(
-        multiseed, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
+        compare, "train_seeds", lambda seeds, *a, **k: (trained_seeds.extend(seeds), real(seeds, *a, **k))[1]
     )
     trained_seeds.clear()
     models = compare.trained_models([0, 1], cfg, mnist, tmp_path, max_parallel=1, progress=False)
