@@ -18,7 +18,7 @@ STEPS, MAPS, RESTARTS = (20, 4, 2) if QUICK else (300, 16, 4)
 
 model = jaxoip.load_reference_model()  # TrainedModel: .model (NNX), .standardization, .history
 data = jaxoip.load_mnist()  # $JAXOIP_DATA_DIR, or load_mnist("../shared/data/mnist")
-cfg = jaxoip.OIPConfig(steps=STEPS)  # every field validated; wake-up on; precision="highest" by default
+cfg = jaxoip.OIPConfig(steps=STEPS)  # every field validated; precision="highest" by default
 scan = jaxoip.scan_maps(model, "Conv2D_3", map_indices=range(MAPS), restarts=RESTARTS, config=cfg, data=data)
 table = scan.table()  # pandas DataFrame, one row per map
 print(table[["map", "best_objective", "method", "facets", "silent_on_noise", "dead_on_data"]].to_string(index=False))

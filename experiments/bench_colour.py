@@ -36,10 +36,12 @@ import numpy as np
 from flax import nnx
 
 from jaxoip.models.cnn import BatchNorm, LayerSpec, ModelConfig, init_model
+from jaxoip.oip.config import ObjectiveConfig
 from jaxoip.oip.noise import standardize_image, start_keys
 from jaxoip.oip.search import OIPConfig, default_chunk_size, search_oips
 
 LAYER = "c3"
+PLAIN = ObjectiveConfig(wake=False)  # The study's plain ascent, as the torch side runs it.
 CONFIG = ModelConfig(
     input_shape=(32, 32, 3),
     layers=(
@@ -168,7 +170,7 @@ def torch_timed_search(ts: TorchSearch, xs, ms, steps: int, chunk: int) -> float
 def jax_timed_search(model, maps, x0, cfg: OIPConfig, chunk: int) -> float:
     """Seconds of `search_oips` over all images (programs already compiled)."""
     t0 = time.perf_counter()
-    search_oips(model, LAYER, maps, x0, cfg, chunk_size=chunk)
+    search_oips(model, LAYER, maps, x0, cfg, chunk_size=chunk, options=PLAIN)
     return time.perf_counter() - t0
 
 
@@ -176,7 +178,7 @@ def agreement(model, ts: TorchSearch, maps, x0, steps: int, cfg: OIPConfig) -> d
     """Objectives after each of `steps` steps from the same starts, jaxoip against PyTorch: the largest relative
     difference (over images and steps, relative to the objective's largest magnitude per image) and of the
     final images."""
-    res = search_oips(model, LAYER, maps, x0, dataclasses.replace(cfg, steps=steps))
+    res = search_oips(model, LAYER, maps, x0, dataclasses.replace(cfg, steps=steps), options=PLAIN)
     xt, trace = ts.run(*ts.inputs(x0, maps), steps)
     tj, tt = res.traces, trace.cpu().numpy()
     scale = np.maximum(np.abs(tj).max(axis=1, keepdims=True), 1e-12)
@@ -229,7 +231,7 @@ def main():
 
     load_before = os.getloadavg()
     model = colour_model(args.seed)
-    cfg = OIPConfig(steps=args.steps, precision="highest", wake=False)
+    cfg = OIPConfig(steps=args.steps, precision="highest")
     maps = np.repeat(np.arange(args.maps), args.restarts)
     x0 = colour_starts(args.seed, args.maps, args.restarts)
     chunk = args.chunk_size or default_chunk_size()
@@ -250,7 +252,7 @@ def main():
         raise SystemExit(f"error: jaxoip and PyTorch disagree beyond {args.tolerance:g}; timing them would not compare")
 
     # Warm-up: compile jaxoip's program for this chunk, and run one torch chunk.
-    search_oips(model, LAYER, maps[:chunk], x0[:chunk], cfg, chunk_size=chunk)
+    search_oips(model, LAYER, maps[:chunk], x0[:chunk], cfg, chunk_size=chunk, options=PLAIN)
     xs, ms = ts.inputs(x0, maps)
     torch_timed_search(ts, xs[:chunk], ms[:chunk], min(args.steps, 5), chunk)
 

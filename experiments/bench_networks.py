@@ -28,6 +28,7 @@ from flax import nnx
 
 from jaxoip.models.adapter import from_nnx
 from jaxoip.models.checkpoint import load_reference_model
+from jaxoip.oip.config import ObjectiveConfig
 from jaxoip.oip.noise import initial_images, start_keys
 from jaxoip.oip.search import OIPConfig, search_oips
 
@@ -117,7 +118,7 @@ def as_torch(trained, im2col):
 
 def timed(trained, layer, maps, x0, cfg):
     t = time.perf_counter()
-    res = search_oips(trained.model, layer, maps, x0, cfg)
+    res = search_oips(trained.model, layer, maps, x0, cfg, options=ObjectiveConfig(wake=False))
     return time.perf_counter() - t, res.objective
 
 
@@ -134,7 +135,7 @@ def main():
     keys = start_keys(0, list(range(args.maps)), args.restarts).reshape(-1)
     x0 = np.asarray(initial_images(keys, ["coarse7"]))
     # The study's plain ascent (no wake-up: a foreign layer's output has no separate pre-activation).
-    cfg = OIPConfig(steps=args.steps, early_stop=False, wake=False)
+    cfg = OIPConfig(steps=args.steps, early_stop=False)
     image_steps = maps.size * args.steps
     rows = [("built-in CNN", lambda: (reference, "Conv2D_3"))]
     for label, build in [("Keras graph", as_keras), ("NNX module", as_nnx), ("torch via torchax", as_torch)]:

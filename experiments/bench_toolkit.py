@@ -20,26 +20,29 @@ import jax
 import numpy as np
 
 from jaxoip.models.checkpoint import resolve_model
+from jaxoip.oip.config import ObjectiveConfig
 from jaxoip.oip.noise import initial_images, start_keys
-from jaxoip.oip.search import OIPConfig, default_chunk_size, search_oips
+from jaxoip.oip.search import OIPConfig, SearchSetup, default_chunk_size, search_oips
 from jaxoip.oip.transforms import style_config
 
 
-def configs(steps: int, restarts: int) -> dict[str, OIPConfig]:
+def configs(steps: int, restarts: int) -> dict[str, tuple[OIPConfig, ObjectiveConfig, SearchSetup]]:
+    plain, wake, setup = ObjectiveConfig(wake=False), ObjectiveConfig(wake=True), SearchSetup()
     return {
-        "plain (study)": OIPConfig(steps=steps),
-        "wake": OIPConfig(steps=steps, wake=True),
-        "robust": style_config("robust", steps=steps),
-        "fourier": OIPConfig(steps=steps, param="fourier"),
-        "diversity 1.0": OIPConfig(steps=steps, diversity=1.0, diversity_group=restarts),
+        "plain (study)": (OIPConfig(steps=steps), plain, setup),
+        "wake": (OIPConfig(steps=steps), wake, setup),
+        "robust": (style_config("robust", steps=steps), plain, setup),
+        "fourier": (OIPConfig(steps=steps, param="fourier"), plain, setup),
+        "diversity 1.0": (OIPConfig(steps=steps, diversity=1.0), plain, SearchSetup(group=restarts)),
     }
 
 
-def bench(model, layer, maps, x0, cfg, chunk) -> tuple[float, float, float]:
+def bench(model, layer, maps, x0, settings, chunk) -> tuple[float, float, float]:
     """(image-steps per second, seconds, fraction of images with a positive objective), compile excluded."""
-    search_oips(model, layer, maps[:chunk], x0[:chunk], cfg, chunk_size=chunk)
+    cfg, options, setup = settings
+    search_oips(model, layer, maps[:chunk], x0[:chunk], cfg, chunk_size=chunk, options=options, setup=setup)
     t0 = time.perf_counter()
-    res = search_oips(model, layer, maps, x0, cfg, chunk_size=chunk)
+    res = search_oips(model, layer, maps, x0, cfg, chunk_size=chunk, options=options, setup=setup)
     dt = time.perf_counter() - t0
     return len(maps) * res.steps_run / dt, dt, float((res.objective > 0).mean())
 

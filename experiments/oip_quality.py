@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxoip.data.mnist import load_mnist
 from jaxoip.models.checkpoint import resolve_model
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.transforms import style_config
 from jaxoip.oip.two_choice import QualityConfig, bootstrap_mean, quality_rng
@@ -52,22 +53,24 @@ MEASURES = ("out_of_range_frac", "superstimulus", "superstimulus_raw", "selectiv
 TWO_CHOICE = ("two_choice_oip", "two_choice_exemplars", "two_choice_oip_minmax", "two_choice_exemplars_minmax")
 
 
-def style(name: str, steps: int, selective: float):
-    """The OIPConfig of a style: the scan's defaults with one thing changed."""
+def style(name: str, steps: int, selective: float) -> tuple[OIPConfig, ObjectiveConfig]:
+    """The search's config and the objective's options of a style: the scan's defaults with one thing changed."""
+    options = {"study": ObjectiveConfig(wake=False), "selective": ObjectiveConfig(selective=selective)}
     fields = {
-        "study": dict(wake=False),
+        "study": {},
         "wake": {},
         "robust": {},
         "fourier": dict(param="fourier"),
         "maco": dict(param="maco"),
         "diversity": dict(diversity=1.0),
-        "selective": dict(selective=selective),
+        "selective": {},
         "clip": dict(pixel_range="clip"),
         "sigmoid": dict(pixel_range="sigmoid"),
         "clip-fourier": dict(pixel_range="clip", param="fourier"),
         "sigmoid-maco": dict(pixel_range="sigmoid", param="maco"),
     }[name]
-    return style_config("robust" if name == "robust" else "study", **{"steps": steps, "wake": True, **fields})
+    cfg = style_config("robust" if name == "robust" else "study", **{"steps": steps, **fields})
+    return cfg, options.get(name, ObjectiveConfig())
 
 
 def row(result, bootstrap: int, seed: int) -> dict:
@@ -119,9 +122,18 @@ def main():
         n = trained.model(np.zeros((1, *trained.config.input_shape), np.float32), until=layer).shape[-1]
         maps = range(min(args.maps or n, n))
         for name in args.styles.split(","):
-            cfg = style(name, args.steps, args.selective)
+            cfg, options = style(name, args.steps, args.selective)
             result = scan_maps(
-                trained, layer, maps, args.restarts, cfg, seed=args.seed, data=data, progress=False, quality=quality
+                trained,
+                layer,
+                maps,
+                args.restarts,
+                cfg,
+                seed=args.seed,
+                data=data,
+                progress=False,
+                quality=quality,
+                options=options,
             )
             rows.append({"layer": layer, "style": name, **row(result, args.bootstrap, args.seed)})
             r = rows[-1]

@@ -133,11 +133,12 @@ def test_parse_terms_keeps_good_sums():
         (5, "weighted must be sums"),
     ],
 )
-def test_oip_config_refuses_bad_weighted_targets(weighted, message):
+def test_weighted_targets_are_refused_in_one_line(weighted, message):
     from jaxoip.errors import JaxoipError
+    from jaxoip.oip.config import check_weighted
 
     with pytest.raises(JaxoipError, match=message):
-        OIPConfig(weighted=weighted)
+        check_weighted(weighted)
 
 
 @pytest.mark.parametrize("k", [0, -3, 2.5, None])
@@ -196,8 +197,7 @@ def _public_calls(ref, data):
         "layer_shapes": lambda bad: jaxoip.layer_shapes(bad),
         "receptive_field": lambda bad: jaxoip.receptive_field(bad, "Conv2D_1", 0, 0),
         "parse_terms": lambda bad: jaxoip.parse_terms(bad),
-        "search_arguments(targets)": lambda bad: jaxoip.search_arguments(bad, cfg),
-        "search_arguments(cfg)": lambda bad: jaxoip.search_arguments([jaxoip.Target.parse("Dense_2", "4")], bad),
+        "search_arguments(targets)": lambda bad: jaxoip.search_arguments(bad),
         "load_mnist": lambda bad: jaxoip.load_mnist(bad) if bad is not None else 1 / 0,
     }
 

@@ -348,16 +348,17 @@ def test_only_relu_units_can_be_dead():
 
     from jaxoip.models.cnn import ModelConfig
     from jaxoip.models.network import find_layer
+    from jaxoip.oip.config import ObjectiveConfig
     from jaxoip.oip.objectives import from_config
 
-    def can_be_dead(config, name, cfg):
-        return from_config(find_layer(config, name), None, cfg).can_be_dead
+    def can_be_dead(config, name, options=ObjectiveConfig()):
+        return from_config(find_layer(config, name), None, options).can_be_dead
 
     study = ModelConfig()
-    assert can_be_dead(study, "Conv2D_3", OIPConfig()) and can_be_dead(study, "Max_Pool_2", OIPConfig())
-    assert not can_be_dead(study, "Dense_2", OIPConfig())  # Softmax: the search takes the class logits.
-    assert not can_be_dead(study, "Conv2D_3", OIPConfig(quantity="pre"))
-    assert not can_be_dead(PLANTED_CONFIG, "Conv2D_1", OIPConfig())  # A linear convolution.
+    assert can_be_dead(study, "Conv2D_3") and can_be_dead(study, "Max_Pool_2")
+    assert not can_be_dead(study, "Dense_2")  # Softmax: the search takes the class logits.
+    assert not can_be_dead(study, "Conv2D_3", ObjectiveConfig(quantity="pre"))
+    assert not can_be_dead(PLANTED_CONFIG, "Conv2D_1")  # A linear convolution.
 
 
 def test_help_names_what_model_takes_and_what_train_does(tmp_path):

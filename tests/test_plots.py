@@ -12,8 +12,11 @@ from jaxoip import figures
 from jaxoip.analysis.exemplars import Exemplars, find_exemplars
 from jaxoip.analysis.figures import plot_exemplars
 from jaxoip.data.mnist import Standardization
+from jaxoip.models.cnn import ModelConfig
 from jaxoip.models.figures import plot_history
+from jaxoip.models.network import find_layer
 from jaxoip.oip.figures import oip_gallery, snapshot_strip
+from jaxoip.oip.objectives import objective
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.oip.search import OIPConfig, OIPResult
 
@@ -37,7 +40,8 @@ def _result(layer="Conv2D_3", maps=(0, 1), restarts=2, weighted=(), data_max=Non
         map_indices=np.asarray(maps, np.int32),
         restarts=restarts,
         node=None,
-        config=OIPConfig(steps=4, weighted=weighted),
+        config=OIPConfig(steps=4),
+        target=objective(find_layer(ModelConfig(), layer), weighted=weighted),
         recipe_names=("uniform",),
         start_recipe=np.zeros((len(maps), restarts), np.int32),
         oip=oip,

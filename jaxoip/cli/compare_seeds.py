@@ -29,11 +29,11 @@ from jaxoip.cli import flags
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, get_layer
 from jaxoip.models.train import TrainConfig, check_training_data
-from jaxoip.oip.search import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 from jaxoip.seeds.config import CompareConfig
 
 _TRAIN_FIELDS = ("epochs", "train_subset")  # Of TrainConfig; the rest is the study's recipe.
-_OIP_FIELDS = ("steps", "wake")  # Of CompareConfig.oip, as --oip-steps and --oip-wake.
+_OIP_FIELDS = ("steps",)  # Of CompareConfig.oip, as --oip-steps; --oip-wake is of CompareConfig.oip_objective.
 
 
 # Named when the command runs out of memory (`cli.run`).
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     options = flags.add_flags(p, CompareConfig)
     options["seed"].help = "first training seed (seeds S..S+N-1); " + options["seed"].help
     flags.add_flags(p, OIPConfig, prefix="oip-", only=_OIP_FIELDS)
+    flags.add_flags(p, ObjectiveConfig, prefix="oip-", only=("wake",))
     p.add_argument("--out", default="compare_out", help="report folder")
     p.add_argument(
         "--no-html", action="store_true", help="skip the browsable site (index.html and site/, opened from disk)"
@@ -74,7 +75,8 @@ def configs(args: argparse.Namespace) -> tuple[CompareConfig, TrainConfig]:
     for name in args.layers:  # A clear message for a bad name before CompareConfig's own checks.
         get_layer(ModelConfig(), name, ("conv",))
     oip = flags.config_from_args(OIPConfig, args, prefix="oip-", only=_OIP_FIELDS, precision=args.precision)
-    cfg = flags.config_from_args(CompareConfig, args, oip=oip)
+    objective = flags.config_from_args(ObjectiveConfig, args, prefix="oip-", only=("wake",))
+    cfg = flags.config_from_args(CompareConfig, args, oip=oip, oip_objective=objective)
     return cfg, flags.config_from_args(TrainConfig, args, only=_TRAIN_FIELDS, precision=args.precision)
 
 

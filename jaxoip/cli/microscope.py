@@ -15,9 +15,9 @@ from jaxoip import cli, distributed
 from jaxoip._io import add_output_flags
 from jaxoip.cli import flags, scans
 from jaxoip.errors import JaxoipError
-from jaxoip.oip.search import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 
-_OIP_FIELDS = ("steps", "wake", "precision")
+_OIP_FIELDS = ("steps", "precision")
 
 # Named when the command runs out of memory (`cli.run`).
 MEMORY_OPTIONS = "--restarts or --precursor-starts"
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "--layers", default=None, help="comma-separated layers (default: every conv layer and the class logits)"
     )
     flags.add_flags(p, OIPConfig, only=_OIP_FIELDS)
+    flags.add_flags(p, ObjectiveConfig, only=("wake",))
     p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
     p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
     p.add_argument("--seed", type=int, default=0, help="seed of the starts")
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.exemplars < 0:
         raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
     cfg = flags.config_from_args(OIPConfig, args, only=_OIP_FIELDS)
+    options = flags.config_from_args(ObjectiveConfig, args, only=("wake",))
     trained, _ = scans.start(args, join)
     from jaxoip import jobs
     from jaxoip.oip import scan
@@ -66,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             precursor_starts=args.precursor_starts,
             seed=args.seed,
             exemplars=args.exemplars,
+            options=options,
         )
         for name in layers
     ]
@@ -89,4 +92,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     total, scanned = time.perf_counter() - t_start, sum(run.scan_seconds for run in runs)
     print(f"{total:.1f} s in all, {scanned:.1f} s of scans; wrote {out.path}/index.html")
     return 0
-

@@ -15,7 +15,6 @@ the layer's other maps (see `jaxoip.oip.targets`); both need MNIST.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -30,6 +29,7 @@ from jaxoip.oip.config import (
     DEFAULT_RECIPES,
     FACET_THRESHOLD,
     STYLES,
+    ObjectiveConfig,
     OIPConfig,
     check_scan_args,
     check_target,
@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     options = flags.add_flags(p, OIPConfig, defaults=dict.fromkeys(_STYLE_FIELDS))
     for name in _STYLE_FIELDS:
         options[name].help += f" (default: from --style: study 0, robust {STYLES['robust'].get(name, 0)})"
+    flags.add_flags(p, ObjectiveConfig)  # What is ascended: --quantity, --wake, --selective.
     p.add_argument("--restarts", type=int, default=None, help="random starts per map (default: 16, on CPU 8)")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="noise recipes of the precursor scan")
     p.add_argument("--precursor-starts", type=int, default=64, help="starts per recipe in the precursor scan")
@@ -131,13 +132,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def oip_config(args: argparse.Namespace) -> OIPConfig:
-    """The search's config: the preset of --style, the OIPConfig options given, --seed and --target."""
-    cfg = style_config(args.style, **flags.flag_values(OIPConfig, args), transform_seed=args.seed)
-    if args.target:
-        from jaxoip.oip.targets import Target
+    """The search's config: the preset of --style, then the OIPConfig options given."""
+    return style_config(args.style, **flags.flag_values(OIPConfig, args))
 
-        cfg = dataclasses.replace(cfg, weighted=tuple(Target.parse(args.layer, t).terms for t in args.target))
-    return cfg
+
+def weighted_targets(args: argparse.Namespace) -> tuple:
+    """The weighted sums of --target (target i is sum i), or () for plain units."""
+    from jaxoip.oip.targets import Target
+
+    return tuple(Target.parse(args.layer, t).terms for t in args.target or ())
 
 
 def quality_config(args: argparse.Namespace):
@@ -151,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     args = _parser().parse_args(argv)
     join = flags.config_from_args(distributed.DistributedConfig, args)
-    cfg, recipes = _check_early(args)
+    cfg, objective, weighted, recipes = _check_early(args)
     trained, cache = scans.start(args, join)
     from jaxoip import jobs
     from jaxoip.oip import scan
@@ -176,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quality_config(args),
         args.facet_threshold,
         args.exemplars,
+        objective,
+        weighted,
     )
     # Only process 0 writes (out is None on the others).
     with scans.output(args, "scan_all_maps") as out:
@@ -214,10 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
-    """(the search's config, the recipes), after every check that needs neither JAX, the weights nor data:
-    the numbers, and the layer, maps and node against the checkpoint's metadata.json (a Keras file or a
-    factory has its layers checked once loaded). A bad argument is refused in about a second."""
+def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, ObjectiveConfig, tuple, tuple]:
+    """(the search's config, the objective's options, the weighted targets, the recipes), after every check
+    that needs neither JAX, the weights nor data: the numbers, and the layer, maps and node against the
+    checkpoint's metadata.json (a Keras file or a factory has its layers checked once loaded). A bad argument
+    is refused in about a second."""
     check_scan_args(args.restarts, args.precursor_starts, args.screen, args.seed, args.chunk_size)
     if args.exemplars < 0:
         raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
@@ -225,11 +231,10 @@ def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, tuple]:
         raise JaxoipError("give either --maps or --target, not both")
     if not 0 <= args.facet_threshold <= 1:
         raise JaxoipError("--facet-threshold must be between 0 and 1")
-    cfg = oip_config(args)
+    cfg, objective, weighted = oip_config(args), flags.config_from_args(ObjectiveConfig, args), weighted_targets(args)
     recipes = get_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
     model_config = checkpoint_model_config(args.model)
     if model_config is not None:
-        check_target(model_config, args.layer, target_maps(model_config, args.layer, args.maps, cfg), args.node, cfg)
-    return cfg, recipes
-
-
+        maps = target_maps(model_config, args.layer, args.maps, weighted)
+        check_target(model_config, args.layer, maps, args.node, weighted, objective)
+    return cfg, objective, weighted, recipes

@@ -15,7 +15,7 @@ from jaxtyping import Int
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError, LayerError
-from jaxoip.models.spec import SEARCH_KINDS, VECTOR_KINDS, activation_name, get_layer, layer_shapes
+from jaxoip.models.spec import SEARCH_KINDS, VECTOR_KINDS, get_layer, layer_shapes
 from jaxoip.numerics import DEFAULT_PRECISION, PRECISION_HELP, Precision, check_precision, check_seed
 
 # What a unit's value is: its activation, its pre-activation, or auto (logits of a softmax layer).
@@ -69,12 +69,12 @@ def check_terms(terms, what: str = "a weighted target") -> Terms:
 
 @dataclasses.dataclass(frozen=True)
 class OIPConfig:
-    """The study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing the image.
+    """How the search steps: the optimizer, the parameterization, the transformations and the penalties.
 
-    Wake-up is on by default, as in the commands (`wake=False`: exactly the study's search). The other
-    toolkit fields (after `grad_eps`) default to the study's plain ascent on one unit; see
-    `jaxoip.oip.targets` (quantity, weighted), `jaxoip.oip.transforms` (jitter ... blur, the styles),
-    `jaxoip.oip.param` (param) and `jaxoip.oip.facets` (diversity).
+    The defaults are the study's search: 600 steps of size 0.01 on the RMS-normalized gradient, re-standardizing
+    the image. What is ascended is not here but in the objective (`jaxoip.oip.objectives`, `ObjectiveConfig`).
+    See `jaxoip.oip.optim` (optimizer), `jaxoip.oip.param` (param, pixel_range), `jaxoip.oip.transforms`
+    (jitter ... blur, the styles) and `jaxoip.oip.facets` (diversity).
     """
 
     steps: int = dataclasses.field(default=600, metadata={"help": "gradient steps"})
@@ -102,24 +102,6 @@ class OIPConfig:
             "(Optax's Adam direction times epsilon; --grad-eps unused)",
         },
     )
-    quantity: str = dataclasses.field(
-        default="auto",
-        metadata={
-            "choices": QUANTITIES,
-            "help": "unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
-            "else the activation)",
-        },
-    )
-    weighted: tuple[tuple[tuple[int, float], ...], ...] = dataclasses.field(
-        default=(), metadata={"flag": False, "help": "weighted sums of units; map index i picks sum i"}
-    )
-    wake: bool = dataclasses.field(
-        default=True,
-        metadata={
-            "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
-            "study's objective (off: the study's search)"
-        },
-    )
     param: str = dataclasses.field(
         default="pixels",
         metadata={
@@ -139,12 +121,6 @@ class OIPConfig:
             "after every step) or sigmoid (the search variable maps through a sigmoid to pixels, as Lucid's)",
         },
     )
-    pixel_mean: tuple[float, ...] = dataclasses.field(
-        default=(), metadata={"flag": False, "help": "the model's pixel mean (one, or per channel), for pixel_range"}
-    )
-    pixel_std: tuple[float, ...] = dataclasses.field(
-        default=(), metadata={"flag": False, "help": "the model's pixel std (one, or per channel), for pixel_range"}
-    )
     jitter: float = dataclasses.field(
         default=0.0, metadata={"help": "random shift of up to this many pixels at every step"}
     )
@@ -162,19 +138,6 @@ class OIPConfig:
     diversity: float = dataclasses.field(
         default=0.0, metadata={"help": "weight of the diversity penalty across a map's starts (0: off)"}
     )
-    selective: float = dataclasses.field(
-        default=0.0,
-        metadata={
-            "help": "ascend the target's activation over its largest on the test images minus this times the mean "
-            "of the same ratio over the layer's other maps (0: off)"
-        },
-    )
-    diversity_group: int = dataclasses.field(
-        default=1, metadata={"flag": False, "help": "consecutive images that are one map's starts (for diversity)"}
-    )
-    transform_seed: int = dataclasses.field(
-        default=0, metadata={"flag": False, "help": "seed of the per-image transformation keys"}
-    )
     precision: Precision = dataclasses.field(
         default=DEFAULT_PRECISION,
         metadata={"help": f"matmul precision of every compiled pass: {PRECISION_HELP}"},
@@ -184,50 +147,70 @@ class OIPConfig:
         for s in tuple(self.snapshot_steps):
             check_int("snapshot step", s, 0)
         object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
-        if isinstance(self.weighted, (str, bytes)) or not hasattr(self.weighted, "__iter__"):
-            raise JaxoipError(f"weighted must be sums of (unit, weight) pairs, got {self.weighted!r}")
-        object.__setattr__(
-            self,
-            "weighted",
-            tuple(check_terms(terms, f"weighted target {k}") for k, terms in enumerate(self.weighted)),
-        )
         check_precision(self.precision)
         check_int("steps", self.steps, 1, MAX_STEPS)
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)
         check_float("grad_eps", self.grad_eps, 0, lo_open=True)
-        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay", "selective"):
+        for name in ("jitter", "scale", "rotate", "tv", "l1", "blur", "diversity", "fourier_decay"):
             check_float(name, getattr(self, name), 0)
-        check_int("diversity_group", self.diversity_group, 1)
-        check_seed(self.transform_seed)
-        if self.quantity not in QUANTITIES:
-            raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
         if self.optimizer not in OPTIMIZERS:
             raise JaxoipError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.param not in PARAMETERIZATIONS:
             raise JaxoipError(f"unknown parameterization {self.param!r}; choose from {', '.join(PARAMETERIZATIONS)}")
         if self.pixel_range not in PIXEL_RANGES:
             raise JaxoipError(f"unknown pixel range {self.pixel_range!r}; choose from {', '.join(PIXEL_RANGES)}")
-        for name in ("pixel_mean", "pixel_std"):
-            v = getattr(self, name)
-            v = (v,) if isinstance(v, (int, float)) else tuple(v)
-            for x in v:
-                check_float(name, x)
-            object.__setattr__(self, name, tuple(float(x) for x in v))
-        if len(self.pixel_mean) != len(self.pixel_std) or any(x <= 0 for x in self.pixel_std):
-            raise JaxoipError("pixel_mean and pixel_std must have the same length, with every std above 0")
         if self.scale >= 1:
             raise JaxoipError("scale must be below 1")
-        if self.selective > 0 and self.weighted:
-            raise JaxoipError(
-                "selective compares one map with the layer's other maps; "
-                "it does not apply to weighted targets (--target)"
-            )
 
     @property
     def snapshots(self) -> tuple[int, ...]:
         """0-based steps after which the image is kept: the requested ones below `steps`, and the last."""
         return tuple(sorted({s for s in self.snapshot_steps if 0 <= s < self.steps - 1} | {self.steps - 1}))
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """How a layer's units are ascended (the commands' --quantity, --wake, --selective): the settings from which
+    `jaxoip.oip.objectives.objective` builds the objective. Wake-up is on by default, as in the commands
+    (`wake=False` with the defaults: exactly the study's search)."""
+
+    quantity: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "choices": QUANTITIES,
+            "help": "unit value: activation, pre (before the activation) or auto (class logits of a softmax layer, "
+            "else the activation)",
+        },
+    )
+    wake: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "while a ReLU map is zero for a start, ascend its pre-activation (its largest node), then the "
+            "study's objective (off: the study's search)"
+        },
+    )
+    selective: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "ascend the target's activation over its largest on the test images minus this times the mean "
+            "of the same ratio over the layer's other maps (0: off)"
+        },
+    )
+
+    def __post_init__(self):
+        if self.quantity not in QUANTITIES:
+            raise JaxoipError(f"unknown quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
+        check_float("selective", self.selective, 0)
+        object.__setattr__(self, "wake", bool(self.wake))
+        object.__setattr__(self, "selective", float(self.selective))
+
+
+def check_weighted(weighted) -> tuple[Terms, ...]:
+    """Weighted sums of units (`check_terms` each), as a tuple; one line otherwise."""
+    if isinstance(weighted, (str, bytes)) or not hasattr(weighted, "__iter__"):
+        raise JaxoipError(f"weighted must be sums of (unit, weight) pairs, got {weighted!r}")
+    return tuple(check_terms(terms, f"weighted target {k}") for k, terms in enumerate(weighted))
 
 
 def style_config(style: str, **fields):
@@ -308,21 +291,13 @@ def check_scan_args(
     check_int("chunk size", chunk_size, 1, optional=True)
 
 
-def resolve_quantity(model_config, layer_name: str, quantity: str) -> str:
-    """'activation' or 'pre' for `quantity` on this layer ('auto': logits of a softmax layer)."""
-    if quantity not in QUANTITIES:
-        raise JaxoipError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
-    if quantity != "auto":
-        return quantity
-    return "pre" if activation_name(model_config, layer_name) == "softmax" else "activation"
-
-
-def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
-    """Validates a target: a map or vector layer, indices in range, the node inside the map."""
+def check_target(config, layer_name: str, map_indices, node=None, weighted=(), options: ObjectiveConfig | None = None):
+    """Validates a target on a network's plain-data `config` (before JAX is imported; once loaded, the objective
+    checks itself): a map or vector layer, indices in range (of the `weighted` sums, if any), the node inside
+    the map, the selectivity only on single units."""
     spec = get_layer(config, layer_name, SEARCH_KINDS)
     shape = layer_shapes(config)[layer_name]
     c = shape[-1]
-    weighted = cfg.weighted if cfg is not None else ()
     vector = spec.kind in VECTOR_KINDS
     what = "dense node" if vector else "map index"
     maps = np.asarray(map_indices)
@@ -345,13 +320,18 @@ def check_target(config, layer_name: str, map_indices, node=None, cfg=None):
         h, w = shape[0], shape[1]
         if not (0 <= i < h and 0 <= j < w):
             raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
-    if cfg is not None:
-        resolve_quantity(config, layer_name, cfg.quantity)
+    if options is not None and options.selective > 0 and weighted:
+        raise JaxoipError(SELECTIVE_WEIGHTED)
 
 
-def target_maps(config, layer_name: str, map_indices, cfg: OIPConfig | None = None) -> Int[np.ndarray, " m"]:
+SELECTIVE_WEIGHTED = (
+    "selective compares one map with the layer's other maps; it does not apply to weighted targets (--target)"
+)
+
+
+def target_maps(config, layer_name: str, map_indices, weighted=()) -> Int[np.ndarray, " m"]:
     """The units a search of `layer_name` targets: `map_indices`, or all of the layer's maps (or of the
-    weighted sums in `cfg`) when None; a one-line error when the layer is not a map or vector layer."""
+    `weighted` sums) when None; a one-line error when the layer is not a map or vector layer."""
     get_layer(config, layer_name, SEARCH_KINDS)
-    n = len(cfg.weighted) if cfg is not None and cfg.weighted else layer_shapes(config)[layer_name][-1]
+    n = len(weighted) if weighted else layer_shapes(config)[layer_name][-1]
     return np.arange(n) if map_indices is None else np.asarray(map_indices).reshape(-1)

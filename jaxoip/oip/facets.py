@@ -4,7 +4,7 @@ During the search (`OIPConfig.diversity` > 0), each image is pushed away from th
 map, as in Lucid's `diversity` objective: the penalty is the mean cosine similarity between the image's
 Gram matrix of the first conv layer's features and those of the map's other starts (Gram matrices
 ignore where a feature sits, so shifted copies count as alike). The starts of one map are the
-consecutive groups of `OIPConfig.diversity_group` images of a batch.
+consecutive groups of `SearchSetup.group` images of a batch.
 
 After the search, `map_facets` groups a map's results into facets: starts whose images match up to a
 translation (maximum normalized cross-correlation over all shifts >= `threshold`) share a facet

@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from jaxoip import distributed
 from jaxoip.models.cnn import CNN, WEIGHTS
 from jaxoip.oip.objectives import Objective
-from jaxoip.oip.search import OIPConfig, OIPResult, run_search
+from jaxoip.oip.search import OIPConfig, OIPResult, SearchSetup, run_search
 from jaxoip.progress import Progress, WeightedPart, as_progress
 
 # Chunks per saved group of a resumable search: a kill loses at most this many chunks of work.
@@ -33,6 +33,7 @@ def _group_key(
     chunk: int,
     data_max: np.ndarray | None = None,
     magnitude: np.ndarray | None = None,
+    setup: SearchSetup = SearchSetup(),
 ) -> str:
     """What a saved group's results depend on: the model, the target, the start images, the search and
     the data it normalizes by (selective) or takes its spectrum from (maco)."""
@@ -43,8 +44,7 @@ def _group_key(
     h = hashlib.sha256()
     h.update(params_checksum(nnx.to_pure_dict(nnx.state(model, WEIGHTS))).encode())
     # Not the device or process count: with `chunk` images per device, every count gives the same bits.
-    # The objective is all in `config` and the layer's name and node (the key of the runs before objectives).
-    h.update(repr((objective.layer.name, objective.node, config, chunk, jax.default_backend())).encode())
+    h.update(repr((objective, config, setup, chunk, jax.default_backend())).encode())
     h.update(np.ascontiguousarray(maps, np.int32).tobytes())
     h.update(np.ascontiguousarray(x0, np.float32).tobytes())
     for extra in (data_max, magnitude):  # Which one is given follows from the config hashed above.
@@ -93,6 +93,7 @@ def search_in_groups(
     partial_dir: str | os.PathLike | None = None,
     data_max: Float[np.ndarray, " c"] | None = None,
     magnitude: Float[np.ndarray, "H Wr"] | None = None,
+    setup: SearchSetup = SearchSetup(),
 ) -> tuple[OIPResult, float]:
     """`run_search` over fixed groups of `GROUP_CHUNKS` chunks of `chunk` images per device; groups already in
     `partial_dir` are reused.
@@ -112,7 +113,9 @@ def search_in_groups(
     parts, earlier = [], 0.0
     bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
     keys = [
-        _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude) if partial else None
+        _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude, setup)
+        if partial
+        else None
         for lo, hi in bounds
     ]
     # The groups an earlier run finished, read by process 0 (the only one with `partial_dir`) and handed to
@@ -141,6 +144,7 @@ def search_in_groups(
                     data_max,
                     magnitude,
                     fixed_chunk=True,
+                    setup=setup,
                 )
                 part = {k: getattr(res, k) for k in _RESULT_ARRAYS}
                 part.update(steps_run=res.steps_run, seconds=res.seconds)

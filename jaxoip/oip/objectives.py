@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.network import Layer
-from jaxoip.oip.config import QUANTITIES, Terms, check_terms
+from jaxoip.oip.config import QUANTITIES, SELECTIVE_WEIGHTED, ObjectiveConfig, Terms, check_terms, check_weighted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,7 @@ class Objective:
                     what = "dense node" if self.layer.is_vector else "map index"
                     raise LayerError(f"{what} {u} out of range: {self.layer.name} has 0..{c - 1}")
         if self.selective and weighted:
-            raise JaxoipError(
-                "selective compares one map with the layer's other maps; "
-                "it does not apply to weighted targets (--target)"
-            )
+            raise JaxoipError(SELECTIVE_WEIGHTED)
 
     # --- What the search and the measures need to know -----------------------------------------------------
 
@@ -194,7 +191,9 @@ def objective(
     selective: float = 0.0,
 ) -> Objective:
     """Every unit of `layer` (or the weighted sums `weighted`), the study's target family: see the module."""
-    return Objective(layer, node, resolve_quantity(layer, quantity), tuple(weighted), bool(wake), float(selective))
+    return Objective(
+        layer, node, resolve_quantity(layer, quantity), check_weighted(weighted), bool(wake), float(selective)
+    )
 
 
 def channel(layer: Layer, unit: int, node: tuple[int, int] | None = None, quantity: str = "auto") -> Objective:
@@ -202,6 +201,9 @@ def channel(layer: Layer, unit: int, node: tuple[int, int] | None = None, quanti
     return Objective(layer, node, resolve_quantity(layer, quantity), (((int(unit), 1.0),),))
 
 
-def from_config(layer: Layer, node, cfg) -> Objective:
-    """The objective an `OIPConfig` describes (its quantity, weighted sums, wake-up and selectivity)."""
-    return objective(layer, node, cfg.quantity, cfg.weighted, cfg.wake, cfg.selective)
+def from_config(
+    layer: Layer, node=None, options: ObjectiveConfig = ObjectiveConfig(), weighted: tuple[Terms, ...] = ()
+) -> Objective:
+    """The objective of `layer`'s units (or of the `weighted` sums) that `options` describes (the commands'
+    --quantity, --wake and --selective)."""
+    return objective(layer, node, options.quantity, check_weighted(weighted), options.wake, options.selective)

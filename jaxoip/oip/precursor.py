@@ -22,7 +22,7 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import CNN, batched_layer_map, check_cnn
 from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
 from jaxoip.oip import targets
-from jaxoip.oip.config import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, Terms
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
 from jaxoip.oip.objectives import Objective, from_config, objective
 
@@ -110,19 +110,20 @@ def precursor_scan(
     key: Key[Array, ""] | int = 0,
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
-    cfg: OIPConfig | None = None,
+    options: ObjectiveConfig | None = None,
+    weighted: tuple[Terms, ...] = (),
 ) -> PrecursorResult:
     """Measures every map of `layer_name` on `starts` random images of each recipe (same images for all maps).
 
     `key`: an integer seed (the draws come from fold_in(key(seed), PRECURSOR_STREAM), as in `scan_maps`)
-    or a PRNG key used as the root directly. With `cfg`, the maps are its targets (`jaxoip.oip.targets`:
-    dense nodes, logits, weighted sums) and its precision is used.
+    or a PRNG key used as the root directly. `layer_name` may be an `Objective`; with `options` (and
+    `weighted`), the maps are its targets (`jaxoip.oip.objectives`: dense nodes, logits, weighted sums).
     """
-    objective = _objective(model, layer_name, node, cfg)
+    objective = _objective(model, layer_name, node, options, weighted)
     if int(starts) < 1:
         raise JaxoipError(f"precursor starts must be at least 1, got {starts}")
     key = np.uint32(check_seed(key)) if isinstance(key, (int, np.integer)) else as_key(key)
-    return run_precursor(model, objective, get_recipes(recipes), int(starts), key, cfg.precision if cfg else precision)
+    return run_precursor(model, objective, get_recipes(recipes), int(starts), key, precision)
 
 
 def run_precursor(
@@ -143,12 +144,16 @@ def run_precursor(
     )
 
 
-def _objective(model, layer_name: str, node, cfg: OIPConfig | None) -> Objective:
-    """The objective of a public call by layer name: `cfg`'s targets, or every map's mean (or node)."""
-    layer = check_cnn(model).layer(layer_name)
-    if cfg is None:
-        return objective(layer, node, quantity="activation", wake=False)
-    return from_config(layer, node, cfg)
+def _objective(model, target, node, options: ObjectiveConfig | None, weighted) -> Objective:
+    """The objective of a public call: an `Objective` as it is, or a layer's targets as `options` and `weighted`
+    say (default: every map's mean, or node, or dense unit)."""
+    check_cnn(model)
+    if isinstance(target, Objective):
+        return target
+    layer = model.layer(target)
+    if options is None:
+        return objective(layer, node, quantity="activation", weighted=weighted, wake=False)
+    return from_config(layer, node, options, weighted)
 
 
 def data_activation(
@@ -157,14 +162,13 @@ def data_activation(
     layer_name: str = "Conv2D_3",
     node: tuple[int, int] | None = None,
     precision: Precision = DEFAULT_PRECISION,
-    cfg: OIPConfig | None = None,
+    options: ObjectiveConfig | None = None,
+    weighted: tuple[Terms, ...] = (),
 ) -> Float[np.ndarray, "n c"]:
-    """The objective (map mean, or node) of every map (or `cfg`'s target) for every standardized image.
-
-    With `cfg`, its precision replaces `precision`.
-    """
-    objective = _objective(model, layer_name, node, cfg)
-    return objective_values(model, images_std, objective, cfg.precision if cfg else precision)
+    """The objective (map mean, or node) of every map (or of the targets `options` and `weighted` describe, or
+    of an `Objective` given as `layer_name`) for every standardized image."""
+    objective = _objective(model, layer_name, node, options, weighted)
+    return objective_values(model, images_std, objective, precision)
 
 
 def objective_values(

@@ -178,27 +178,22 @@ def measure(
     return out
 
 
-def minimizing_oips(model, objective, maps, x0, restarts: int, config, min_starts: int, chunk: int, magnitude=None):
+def minimizing_oips(
+    model, objective, maps, x0, restarts: int, config, min_starts: int, chunk: int, magnitude=None, setup=None
+):
     """(images (m, s, H, W, 1), objectives (m, s)): minimizing OIPs from the first s = min(`min_starts`,
     `restarts`) of each map's screened starts `x0`; an objective is the negated pre-activation's value
     (`objective.minimizing`: a weighted target has every weight negated). Diversity does not apply (one start
-    set per map); `magnitude`: MACO's fixed amplitude spectrum, when the scan's parameterization is maco.
+    set per map); `magnitude`: MACO's fixed amplitude spectrum, when the scan's parameterization is maco;
+    `setup`: the scan's `SearchSetup`.
     """
-    from jaxoip.oip.search import run_search
+    from jaxoip.oip.search import SearchSetup, run_search
 
     negated, idx = objective.minimizing(maps)
-    # The fields the search's program and its resume key held when the negation was written into the config.
-    cfg = dataclasses.replace(
-        config,
-        weighted=negated.weighted,
-        quantity="pre",
-        wake=False,
-        diversity=0.0,
-        diversity_group=1,
-        selective=0.0,
-    )
+    cfg = dataclasses.replace(config, diversity=0.0)
+    setup = dataclasses.replace(setup or SearchSetup(), group=1)
     min_starts = min(min_starts, restarts)  # More would repeat starts, and so images.
     starts = x0.reshape(len(maps), restarts, *x0.shape[1:])[:, np.arange(min_starts) % restarts]
     starts = starts.reshape(-1, *x0.shape[1:])
-    res = run_search(model, negated, np.repeat(idx, min_starts), starts, cfg, chunk, magnitude=magnitude)
+    res = run_search(model, negated, np.repeat(idx, min_starts), starts, cfg, chunk, magnitude=magnitude, setup=setup)
     return res.images.reshape(len(maps), min_starts, *x0.shape[1:]), res.objective.reshape(len(maps), min_starts)

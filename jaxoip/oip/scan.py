@@ -29,7 +29,7 @@ from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
 from jaxoip.models.network import Layer
 from jaxoip.numerics import check_seed
 from jaxoip.oip import quality as quality_lib
-from jaxoip.oip.config import check_scan_args
+from jaxoip.oip.config import ObjectiveConfig, Terms, check_scan_args
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.groups import search_in_groups
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, seeded_starts
@@ -37,7 +37,7 @@ from jaxoip.oip.objectives import Objective, from_config
 from jaxoip.oip.param import maco_magnitude
 from jaxoip.oip.precursor import MapMeansAndMaxima, PrecursorResult, objective_values, run_precursor
 from jaxoip.oip.scan_result import ScanResult, facet_images, objective_histograms
-from jaxoip.oip.search import OIPConfig, default_chunk_size
+from jaxoip.oip.search import OIPConfig, SearchSetup, default_chunk_size
 from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.progress import Progress
 from jaxoip.shapes import MapIndices
@@ -56,8 +56,9 @@ class ScanPlan:
     """Everything a scan of one layer will do, resolved and checked once by `plan_scan`, memory included.
 
     The precursor scan, the screened starts, the search, the minimizing search and the exemplars take the
-    plan and check nothing again. `config` holds the derived fields the search needs (the diversity groups,
-    the pixel range's standardization); `exemplars` is 0 where the objective has no per-map exemplars.
+    plan and check nothing again. `setup` holds what the search derives from the scan (the transformations'
+    seed, the diversity groups, the pixel standardization); `exemplars` is 0 where the objective has no
+    per-map exemplars.
     """
 
     trained: TrainedModel
@@ -65,6 +66,7 @@ class ScanPlan:
     maps: Int[np.ndarray, " m"]
     restarts: int
     config: OIPConfig
+    setup: SearchSetup
     recipes: tuple[Recipe, ...]
     precursor_starts: int
     screen: int
@@ -106,7 +108,7 @@ class ScanPlan:
 
 def plan_scan(
     trained: TrainedModel,
-    layer: str | Layer = "Conv2D_3",
+    layer: str | Layer | Objective = "Conv2D_3",
     maps: MapIndices | None = None,
     restarts: int | None = None,
     config: OIPConfig = OIPConfig(),
@@ -119,10 +121,13 @@ def plan_scan(
     quality: QualityConfig | None = QualityConfig(),
     facet_threshold: float = FACET_THRESHOLD,
     exemplars: int = 0,
+    options: ObjectiveConfig = ObjectiveConfig(),
+    weighted: tuple[Terms, ...] = (),
 ) -> ScanPlan:
     """The scan of `layer`'s maps (`maps`: target indices, default all), checked before any work: the layer
-    resolved once, the objective built from `config` (its quantity, weighted sums, wake-up, selectivity),
-    the targets, the recipes, the chunk layout and the memory the scan's arrays take. See `scan_maps`."""
+    resolved once, the objective built from `options` (quantity, wake-up, selectivity) and the `weighted`
+    sums (or `layer` an `Objective` value itself), the targets, the recipes, the chunk layout and the memory
+    the scan's arrays take. See `scan_maps`."""
     check_trained(trained)
     check_type("config", config, OIPConfig)
     check_scan_args(restarts, precursor_starts, screen, seed, chunk_size)
@@ -131,20 +136,29 @@ def plan_scan(
     if quality is not None:
         check_type("quality", quality, QualityConfig)
     recipes = get_recipes(recipes)
-    objective = from_config(trained.model.layer(layer), node, config)
+    check_type("options", options, ObjectiveConfig)
+    if isinstance(layer, Objective):
+        if node is not None or weighted or options != ObjectiveConfig():
+            raise JaxoipError("an Objective holds its node, weighted sums and options: give them to it, not here")
+        objective = layer
+        trained.model.layer(objective.layer)  # A layer of this network.
+    else:
+        objective = from_config(trained.model.layer(layer), node, options, weighted)
     maps = objective.check_targets(np.arange(objective.n_targets) if maps is None else maps)
     restarts = default_restarts() if restarts is None else int(restarts)
     # Images per device, whatever the device count: a scan is the same bits on any number of devices.
     chunk = min(chunk_size or default_chunk_size(trained.config), len(maps) * restarts)
+    seed = check_seed(seed)
+    group = 1
     if config.diversity > 0:
         # A map's starts must share a chunk: groups of `restarts` consecutive images.
         if restarts < 2:
             raise JaxoipError("diversity needs at least 2 starts per map")
-        config = dataclasses.replace(config, diversity_group=restarts)
+        group = restarts
         chunk = max(1, round(chunk / restarts)) * restarts
-    if config.pixel_range != "none":  # The range [0, 255] in the model's standardized values.
-        std = trained.standardization
-        config = dataclasses.replace(config, pixel_mean=std.mean, pixel_std=std.std)
+    # The pixel range [0, 255] in the model's standardized values; the transformations' keys from `seed`.
+    std = trained.standardization
+    setup = SearchSetup(seed, group, *((std.mean, std.std) if config.pixel_range != "none" else ((), ())))
     check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     check_arrays(
         scan_arrays(
@@ -165,10 +179,11 @@ def plan_scan(
         maps=maps,
         restarts=restarts,
         config=config,
+        setup=setup,
         recipes=recipes,
         precursor_starts=int(precursor_starts),
         screen=int(screen),
-        seed=check_seed(seed),
+        seed=seed,
         chunk=chunk,
         quality=quality,
         facet_threshold=float(facet_threshold),
@@ -194,6 +209,8 @@ def scan_maps(
     quality: QualityConfig | None = QualityConfig(),
     facet_threshold: float = FACET_THRESHOLD,
     exemplars: int = 0,
+    options: ObjectiveConfig = ObjectiveConfig(),
+    weighted: tuple[Terms, ...] = (),
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe:
     `scan_layer(plan_scan(...), data, progress, partial_dir)`.
@@ -201,7 +218,9 @@ def scan_maps(
     A map that some recipe activates gets all its starts from that recipe; a map silent on all recipes
     gets its starts from the recipes in turn. Each start is the most active of `screen` candidates
     drawn that way (forward passes only), so maps that few random images wake still get live starts.
-    `data` adds each map's activation on the test images; the selective objective (`config.selective`)
+    `layer_name` may be an `Objective` (`jaxoip.oip.objectives`); else `options` (quantity, wake-up,
+    selectivity) and `weighted` (sums of units; target i is sum i) say what is ascended.
+    `data` adds each map's activation on the test images; the selective objective (`options.selective`)
     normalizes by its maxima and MACO (`config.param` maco) takes its magnitude from the mean amplitude
     spectrum of the training images, so both need `data`. Every compiled pass runs at
     `config.precision`. `progress`: True (default) for one progress display in image-steps of the search,
@@ -230,6 +249,8 @@ def scan_maps(
         quality,
         facet_threshold,
         exemplars,
+        options,
+        weighted,
     )
     return scan_layer(plan, data, progress, partial_dir)
 
@@ -279,6 +300,7 @@ def scan_layer(
             partial_dir,
             selective_max,
             magnitude,
+            plan.setup,
         )
         data_mean = data_max = acts = on_best = on_clipped = minimizing = histogram = found = None
         if data is not None:
@@ -319,6 +341,7 @@ def scan_layer(
                         plan.quality.min_starts,
                         plan.chunk,
                         magnitude,
+                        plan.setup,
                     )
     finally:
         if own:
@@ -329,6 +352,7 @@ def scan_layer(
         restarts=restarts,
         node=objective.node,
         config=config,
+        target=objective,
         recipe_names=tuple(r.name for r in plan.recipes),
         start_recipe=start_recipe,
         oip=res,

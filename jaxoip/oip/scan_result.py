@@ -17,6 +17,7 @@ from jaxoip.analysis.exemplars import Exemplars
 from jaxoip.data.mnist import Standardization
 from jaxoip.display import html
 from jaxoip.oip.facets import FACET_THRESHOLD, MapFacets, map_facets
+from jaxoip.oip.objectives import Objective
 from jaxoip.oip.precursor import PrecursorResult
 from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
@@ -58,6 +59,13 @@ class ScanResult:
     can_be_dead: bool = True
     data_source: str | None = None  # Where the data of the data pass came from (`MNIST.source`).
     exemplars: Exemplars | None = None  # The test images that drive each map hardest (`scan_maps(exemplars=k)`).
+    target: Objective | None = None  # What was ascended (`jaxoip.oip.objectives`); None: every map's mean.
+
+    @property
+    def weighted(self) -> tuple:
+        """The weighted sums the targets are (target i is sum i), or () when target m is unit m."""
+        return self.target.weighted if self.target is not None else ()
+
     _facets: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _per_map(self, a: Shaped[np.ndarray, "m*r ..."]) -> Shaped[np.ndarray, "m r ..."]:
@@ -92,15 +100,15 @@ class ScanResult:
 
     @property
     def woken(self) -> Bool[np.ndarray, "m r"]:
-        """Starts that ascended the pre-activation at some step (`OIPConfig.wake`)."""
+        """Starts that ascended the pre-activation at some step (the objective's wake-up)."""
         w = self.oip.woken if self.oip.woken is not None else np.zeros(self.oip.objective.shape, bool)
         return self._per_map(w)
 
     @property
     def labels(self) -> list[str]:
         """Each searched target's name for figures: `map 5`, or a weighted target's own description (`4-9`)."""
-        if self.config.weighted:
-            return [Target(self.layer_name, self.config.weighted[m]).label for m in self.map_indices]
+        if self.weighted:
+            return [Target(self.layer_name, self.weighted[m]).label for m in self.map_indices]
         return [f"map {m}" for m in self.map_indices]
 
     @property
@@ -137,7 +145,7 @@ class ScanResult:
         zero = self._per_map(self.oip.stayed_zero)
         pre = self.precursor.table().iloc[self.map_indices].reset_index(drop=True)
         df = pd.DataFrame({"map": self.map_indices})
-        if self.config.weighted:
+        if self.weighted:
             df["target"] = self.labels
         if self.data_mean is not None:
             df["data_mean"] = self.data_mean[self.map_indices]
@@ -196,6 +204,7 @@ class ScanResult:
             woken=int((t["method"] == "woken").sum()),
             facet_threshold=self.facet_threshold,
             oip_config=dataclasses.asdict(self.config),
+            objective=None if self.target is None else objective_summary(self.target),
             options=self.options,
             dead_on_data=None if dead is None else int(dead.sum()),
             live_maps=None if dead is None else int((~dead).sum()),
@@ -232,6 +241,7 @@ class ScanSummary:
     woken: int
     facet_threshold: float
     oip_config: dict
+    objective: dict | None
     options: dict
     dead_on_data: int | None = None  # The three counts need the data pass (None without MNIST).
     live_maps: int | None = None
@@ -242,7 +252,7 @@ class ScanSummary:
     def to_dict(self) -> dict:
         """The fields as summary.json holds them (the data counts only when known)."""
         out = dataclasses.asdict(self)
-        for k in ("dead_on_data", "live_maps", "found_of_live", "quality"):
+        for k in ("dead_on_data", "live_maps", "found_of_live", "quality", "objective"):
             if out[k] is None:
                 del out[k]
         return out
@@ -302,3 +312,15 @@ def facet_images(
             )
         )
     return out
+
+
+def objective_summary(objective: Objective) -> dict:
+    """What was ascended, as summary.json holds it: the layer, node, quantity, wake-up, selectivity, sums."""
+    return {
+        "layer": objective.layer.name,
+        "node": None if objective.node is None else list(objective.node),
+        "quantity": objective.quantity,
+        "wake": objective.wake,
+        "selective": objective.selective,
+        "weighted": [[list(term) for term in terms] for terms in objective.weighted],
+    }

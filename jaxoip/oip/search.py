@@ -22,12 +22,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import ArrayLike, Bool, Float, Int
 
-from jaxoip._check import check_finite_images, check_int, check_type
+from jaxoip._check import check_finite_images, check_float, check_int, check_type
 from jaxoip.errors import DivergenceError, JaxoipError, LayerError
 from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, nonfinite_parameters
-from jaxoip.numerics import precision_scope, wait_ready
+from jaxoip.models.network import Layer
+from jaxoip.numerics import check_seed, precision_scope, wait_ready
 from jaxoip.oip import facets, optim, param, targets, transforms
-from jaxoip.oip.config import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig, Terms
 from jaxoip.oip.noise import standardize_image
 from jaxoip.oip.objectives import Objective, from_config
 from jaxoip.progress import Progress
@@ -44,9 +45,38 @@ class OIPResult:
     snapshot_steps: tuple[int, ...]
     converged_step: Int[np.ndarray, " n"]  # first step with relative change < conv_criterion; -1 if never
     stayed_zero: Bool[np.ndarray, " n"]  # the map never left zero (dead ReLU for this start)
-    woken: Bool[np.ndarray, " n"] | None = None  # some step ascended the pre-activation (cfg.wake)
+    woken: Bool[np.ndarray, " n"] | None = None  # some step ascended the pre-activation (wake-up)
     seconds: float = 0.0
     steps_run: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSetup:
+    """What a search takes from the scan around it, derived rather than chosen (`plan_scan` sets it): the
+    seed of the per-image transformation keys, how many consecutive images are one map's starts (the
+    diversity term's groups), and the model's pixel standardization (for `OIPConfig.pixel_range`)."""
+
+    seed: int = 0
+    group: int = 1
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        check_int("diversity group", self.group, 1)
+        for name in ("pixel_mean", "pixel_std"):
+            v = getattr(self, name)
+            v = (v,) if isinstance(v, (int, float)) else tuple(v)
+            for x in v:
+                check_float(name, x)
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if len(self.pixel_mean) != len(self.pixel_std) or any(x <= 0 for x in self.pixel_std):
+            raise JaxoipError("pixel_mean and pixel_std must have the same length, with every std above 0")
+
+    @classmethod
+    def of(cls, standardization, seed: int = 0, group: int = 1) -> SearchSetup:
+        """The setup of a search for a model with `standardization` (its mean and std)."""
+        return cls(seed, group, standardization.mean, standardization.std)
 
 
 # With a sigmoid, start images' pixels are first clipped to this share of the range inside its ends, where
@@ -54,20 +84,22 @@ class OIPResult:
 SIGMOID_START_MARGIN = 0.01
 
 
-def pixel_bounds(cfg: OIPConfig, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def pixel_bounds(
+    cfg: OIPConfig, setup: SearchSetup, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, std, lo, hi) per channel, shaped (1, 1, C): the standardized values of pixels 0 and 255."""
-    if not cfg.pixel_std:
+    if not setup.pixel_std:
         raise JaxoipError(
-            f"pixel range {cfg.pixel_range!r} needs the model's standardization (pixel_mean, pixel_std); none given"
+            f"pixel range {cfg.pixel_range!r} needs the model's standardization (SearchSetup.of(standardization))"
         )
-    if len(cfg.pixel_std) not in (1, channels):
-        raise JaxoipError(f"pixel_mean and pixel_std need 1 or {channels} values, got {len(cfg.pixel_std)}")
-    mean = np.broadcast_to(np.asarray(cfg.pixel_mean, np.float32), (channels,)).reshape(1, 1, channels)
-    std = np.broadcast_to(np.asarray(cfg.pixel_std, np.float32), (channels,)).reshape(1, 1, channels)
+    if len(setup.pixel_std) not in (1, channels):
+        raise JaxoipError(f"pixel_mean and pixel_std need 1 or {channels} values, got {len(setup.pixel_std)}")
+    mean = np.broadcast_to(np.asarray(setup.pixel_mean, np.float32), (channels,)).reshape(1, 1, channels)
+    std = np.broadcast_to(np.asarray(setup.pixel_std, np.float32), (channels,)).reshape(1, 1, channels)
     return mean, std, (0.0 - mean) / std, (255.0 - mean) / std
 
 
-def pixel_range_maps(cfg: OIPConfig, channels: int):
+def pixel_range_maps(cfg: OIPConfig, setup: SearchSetup, channels: int):
     """(finish, view, start) for `cfg.pixel_range`, on batches except `finish` (one image, after each step).
 
     none: the study's re-standardization after each step, the loop carrying standardized images. clip:
@@ -79,7 +111,7 @@ def pixel_range_maps(cfg: OIPConfig, channels: int):
     identity = lambda x: x  # noqa: E731
     if cfg.pixel_range == "none":
         return standardize_image, identity, identity
-    mean, std, lo, hi = (v[None] for v in pixel_bounds(cfg, channels))  # (1, 1, 1, C): batches
+    mean, std, lo, hi = (v[None] for v in pixel_bounds(cfg, setup, channels))  # (1, 1, 1, C): batches
     if cfg.pixel_range == "clip":
         return (
             lambda img: jnp.clip(standardize_image(img), lo[0], hi[0]),
@@ -97,7 +129,7 @@ def pixel_range_maps(cfg: OIPConfig, channels: int):
     return identity, view, start
 
 
-def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
+def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig, setup: SearchSetup = SearchSetup()):
     """Pure (params, images (N,H,W,1), map_indices (N,), data_max, magnitude) -> dict of results, for one chunk.
 
     Each loop iteration costs one forward and one backward pass: the objective of image x_t comes
@@ -105,8 +137,8 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
     carries standardized images; with the default config every step is the study's plain ascent.
     Toolkit options (all static, in `cfg`): the image is stepped in `cfg.param` coordinates; the
     objective is measured on a randomly transformed copy (per-image keys from `transforms.image_keys`);
-    penalties and the diversity term are subtracted; with `cfg.wake` a ReLU target at zero is replaced
-    by its pre-activation; with `cfg.selective` the whole layer is computed and the selective objective
+    penalties and the diversity term are subtracted; with the objective's wake-up a ReLU target at zero is replaced
+    by its pre-activation; with its selectivity the whole layer is computed and the selective objective
     (`targets.make_selective_objectives`, normalized by `data_max` (C,)) ascended; with `cfg.param` maco
     the image's amplitude spectrum is `magnitude` (H, W//2+1). Traces hold the objective (the target's
     value) of the (transformed) image each step was taken on; the final objective is that of the
@@ -130,13 +162,11 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
     def search(params, x0, maps, data_max=None, magnitude=None):
         n, shape = x0.shape[0], x0.shape[1:3]
         custom = objective.wake or objective.custom
-        keys = transforms.image_keys(cfg.transform_seed, x0, maps) if transforms.has_transform(cfg) else None
-        if cfg.diversity > 0 and (cfg.diversity_group < 2 or n % cfg.diversity_group):
-            raise JaxoipError(
-                f"diversity needs groups of at least 2 starts dividing the batch ({n}, {cfg.diversity_group})"
-            )
+        keys = transforms.image_keys(setup.seed, x0, maps) if transforms.has_transform(cfg) else None
+        if cfg.diversity > 0 and (setup.group < 2 or n % setup.group):
+            raise JaxoipError(f"diversity needs groups of at least 2 starts dividing the batch ({n}, {setup.group})")
 
-        finish, view, start = pixel_range_maps(cfg, x0.shape[-1])
+        finish, view, start = pixel_range_maps(cfg, setup, x0.shape[-1])
 
         def objectives(x):
             """(study objective, objective to ascend, asleep) per image."""
@@ -164,7 +194,7 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig):
             value = ascend.sum()  # Images are independent: each one's gradient is its own.
             if cfg.diversity > 0:
                 features = facets.gram_features(nnx.merge(graphdef, params), xt)
-                value = value - cfg.diversity * facets.diversity_penalty(features, cfg.diversity_group).sum()
+                value = value - cfg.diversity * facets.diversity_penalty(features, setup.group).sum()
             return value, (obj, asleep)
 
         value_and_grad = jax.value_and_grad(total, has_aux=True)
@@ -255,15 +285,15 @@ def default_chunk_size(config: ModelConfig | None = None) -> int:
     return int(min(base, 1 << (int(fits).bit_length() - 1)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "cfg"))
-def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, objective, cfg):
+@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "cfg", "setup"))
+def _search_chunk(params, x0, maps, data_max, magnitude, *, graphdef, objective, cfg, setup):
     """The whole search for one chunk, one compiled program per (architecture, objective, config, shape).
 
     Inputs placed with a sharding (`jax.device_put`) carry it into the program, so one jitted function
     serves one device and many.
     """
     with precision_scope(cfg.precision):
-        return make_search(graphdef, objective, cfg)(params, x0, maps, data_max, magnitude)
+        return make_search(graphdef, objective, cfg, setup)(params, x0, maps, data_max, magnitude)
 
 
 def chunk_layout(
@@ -341,7 +371,7 @@ def check_finite(res: dict, params=None):
 
 def search_oips(
     model: CNN,
-    layer_name: str,
+    target: str | Layer | Objective,
     map_indices: Int[ArrayLike, " n"],
     init_images: Float[ArrayLike, "n H W ch"],
     cfg: OIPConfig = OIPConfig(),
@@ -351,12 +381,19 @@ def search_oips(
     data_max: Float[ArrayLike, " c"] | None = None,
     magnitude: Float[ArrayLike, "H Wr"] | None = None,
     fixed_chunk: bool = False,
+    *,
+    options: ObjectiveConfig = ObjectiveConfig(),
+    weighted: tuple[Terms, ...] = (),
+    setup: SearchSetup = SearchSetup(),
 ) -> OIPResult:
-    """Runs the OIP search for standardized images `init_images`, image i driving map `map_indices[i]`.
+    """Runs the OIP search for standardized images `init_images`, image i driving target `map_indices[i]`.
 
-    `data_max` (with `cfg.selective`): every unit's largest value over the test images, as
+    `target`: a layer (name or `Layer`), whose units (or `weighted` sums of them) are ascended as `options`
+    says (`node`: a map's node instead of its mean), or an `Objective` value (`jaxoip.oip.objectives`).
+    `data_max` (a selective objective): every unit's largest value over the test images, as
     `jaxoip.oip.precursor.data_activation` gives it. `magnitude` (with `cfg.param` maco): the fixed
-    amplitude spectrum, `jaxoip.oip.param.maco_magnitude` of the standardized training images.
+    amplitude spectrum, `jaxoip.oip.param.maco_magnitude` of the standardized training images. `setup`: the
+    transformations' seed, the diversity groups and the pixel standardization (`SearchSetup.of`).
 
     All chunks are dispatched before any result is fetched. `chunk_size` is per device (`chunk_layout`;
     `fixed_chunk`: also for fewer images), so results are the same bits on any number of devices and
@@ -367,23 +404,19 @@ def search_oips(
     """
     model_config = check_cnn(model).config
     check_type("cfg", cfg, OIPConfig)
-    check_type("a layer name", layer_name, str, error=LayerError)
-    obj = from_config(model.layer(layer_name), node, cfg)
+    check_type("setup", setup, SearchSetup)
+    if isinstance(target, Objective):
+        if node is not None or weighted or options != ObjectiveConfig():
+            raise JaxoipError("an Objective holds its node, weighted sums and options: give them to it, not here")
+        obj = target
+    else:
+        check_type("a target", target, (str, Layer), " (a layer name, a Layer or an Objective)", error=LayerError)
+        obj = from_config(model.layer(target), node, options, weighted)
     maps = obj.check_targets(map_indices)
     if chunk_size is not None:
         check_int("chunk size", chunk_size, 1)
-    return run_search(
-        model,
-        obj,
-        maps,
-        init_images,
-        cfg,
-        chunk_size or default_chunk_size(model_config),
-        progress,
-        data_max,
-        magnitude,
-        fixed_chunk,
-    )
+    chunk = chunk_size or default_chunk_size(model_config)
+    return run_search(model, obj, maps, init_images, cfg, chunk, progress, data_max, magnitude, fixed_chunk, setup)
 
 
 def run_search(
@@ -397,6 +430,7 @@ def run_search(
     data_max: Float[ArrayLike, " c"] | None = None,
     magnitude: Float[ArrayLike, "H Wr"] | None = None,
     fixed_chunk: bool = False,
+    setup: SearchSetup = SearchSetup(),
 ) -> OIPResult:
     """`search_oips` for a resolved objective and checked targets (`map_indices` int32, in range); the start
     images, `data_max` and `magnitude` are checked here."""
@@ -415,7 +449,7 @@ def run_search(
             f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
         )
     n_dev = len(distributed.devices())
-    group = cfg.diversity_group if cfg.diversity > 0 else 1
+    group = setup.group if cfg.diversity > 0 else 1
     chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)
     sharding = NamedSharding(_devices_mesh(), P("batch")) if n_dev > 1 else None
     many = distributed.process_count() > 1
@@ -433,7 +467,9 @@ def run_search(
         elif sharding is not None:
             x, m = jax.device_put(x, sharding), jax.device_put(m, sharding)
         pending.append(
-            _search_chunk(params, x, m, data_max, magnitude, graphdef=graphdef, objective=objective, cfg=cfg)
+            _search_chunk(
+                params, x, m, data_max, magnitude, graphdef=graphdef, objective=objective, cfg=cfg, setup=setup
+            )
         )
     parts, steps_run = [], 0
     with as_progress(progress, total=n_chunks, desc=f"OIP search {layer_name}", unit="chunk") as bar:

@@ -14,9 +14,9 @@ index with an optional `weight*` in front:
     4,-1*9   the same
     0.5*3+0.5*8
 
-In the batched search (`OIPConfig.weighted`), image i then drives the weighted sum number `maps[i]`.
+In the batched search (an objective's `weighted` sums), image i then drives the weighted sum number `maps[i]`.
 
-The selective objective (`OIPConfig.selective` = lambda > 0, `make_selective_objectives`) ascends the
+The selective objective (`ObjectiveConfig.selective` = lambda > 0, `make_selective_objectives`) ascends the
 target's normalized value minus lambda times the mean normalized value of the layer's other units,
 a unit's value normalized by its largest value over the test images (`data_max`). It computes the
 whole layer at every step. A unit whose largest value on data is not positive (dead on data) has no
@@ -42,7 +42,7 @@ from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import _ACTIVATIONS, map_activation, pad_batches
 from jaxoip.models.network import Layer
 from jaxoip.numerics import precision_scope, wait_ready
-from jaxoip.oip.config import OIPConfig, Terms, check_terms
+from jaxoip.oip.config import Terms, check_terms
 from jaxoip.oip.objectives import Objective
 
 
@@ -93,12 +93,12 @@ class Target:
 
 
 def search_arguments(
-    targets: Iterable[Target], cfg: OIPConfig
-) -> tuple[str, Int[np.ndarray, " m"], tuple[int, int] | None, OIPConfig]:
-    """(layer, maps, node, cfg) for `search_oips` from targets of one layer and node.
+    targets: Iterable[Target],
+) -> tuple[str, Int[np.ndarray, " m"], tuple[int, int] | None, tuple[Terms, ...]]:
+    """(layer, maps, node, weighted) for `search_oips` (or `scan_maps`) from targets of one layer and node.
 
-    Plain units keep `cfg` and search their indices; otherwise `cfg.weighted` holds the sums and
-    image i searches sum i.
+    Plain units search their indices (weighted is empty); otherwise `weighted` holds the sums and image i
+    searches sum i.
     """
     if isinstance(targets, Target) or not isinstance(targets, Iterable):
         raise JaxoipError(f"targets must be a list of Target, got {type(targets).__name__}")
@@ -107,13 +107,11 @@ def search_arguments(
         raise JaxoipError("no target given")
     for t in targets:
         check_type("a target", t, Target, " (Target.parse(layer, '4-9'))")
-    check_type("cfg", cfg, OIPConfig)
     if len({(t.layer, t.node) for t in targets}) > 1:
         raise JaxoipError("all targets of one search must share their layer and node")
     if all(t.single is not None for t in targets):
-        return targets[0].layer, np.array([t.single for t in targets], np.int32), targets[0].node, cfg
-    cfg = dataclasses.replace(cfg, weighted=tuple(t.terms for t in targets))
-    return targets[0].layer, np.arange(len(targets), dtype=np.int32), targets[0].node, cfg
+        return targets[0].layer, np.array([t.single for t in targets], np.int32), targets[0].node, ()
+    return targets[0].layer, np.arange(len(targets), dtype=np.int32), targets[0].node, tuple(t.terms for t in targets)
 
 
 def unit_values(model, x, layer: Layer, node, pre: bool) -> jax.Array:

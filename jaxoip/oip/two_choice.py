@@ -134,10 +134,7 @@ def feature_observer(cfg: QualityConfig, standardization):
         return None
     from jaxoip.models.checkpoint import resolve_model
     from jaxoip.models.cnn import layer_shapes
-    from jaxoip.oip.config import OIPConfig
     from jaxoip.oip.precursor import data_activation
-
-    observer_target = OIPConfig(quantity="activation")  # Every unit's activation (map mean, or dense node).
 
     observer = resolve_model(cfg.observer_model)
     layers = list(layer_shapes(observer.config))
@@ -152,7 +149,8 @@ def feature_observer(cfg: QualityConfig, standardization):
                 f"the scanned one {images.shape[1:]}"
             )
         x = observer.standardization(standardization.to_pixels(np.asarray(images, np.float32)))
-        values = data_activation(observer.model, np.asarray(x, np.float32), layer, cfg=observer_target)
+        # Every unit's activation (map mean, or dense node).
+        values = data_activation(observer.model, np.asarray(x, np.float32), layer)
         return values.astype(np.float64)
 
     return features

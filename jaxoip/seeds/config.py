@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from jaxoip._check import INT32_MAX, check_float, check_int
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.numerics import check_seed
-from jaxoip.oip.config import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 
 OIP_SOURCES = ("scan", "shared")
 # scan_maps arguments that the comparison sets itself (node: the measures need the map-mean objective).
@@ -67,6 +67,9 @@ class CompareConfig:
     )
     oip_restarts: int = dataclasses.field(default=8, metadata={"help": "OIP starts per map"})
     oip: OIPConfig = dataclasses.field(default=OIPConfig(), metadata={"flag": False, "help": "the OIP search"})
+    oip_objective: ObjectiveConfig = dataclasses.field(
+        default=ObjectiveConfig(), metadata={"flag": False, "help": "what the OIP search ascends (wake-up)"}
+    )
     oip_recipe: str = dataclasses.field(
         default="study", metadata={"help": "noise recipe of the starts of the 'shared' OIP source"}
     )

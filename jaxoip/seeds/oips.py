@@ -56,6 +56,7 @@ def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig
             np.tile(starts, (len(maps), 1, 1, 1)),
             config.oip,
             progress=progress,
+            options=config.oip_objective,
         )
         images, objective, stayed_zero = res.images, res.objective, res.stayed_zero
     elif config.oip_source == "scan":
@@ -67,6 +68,7 @@ def map_oips(trained: TrainedModel, layer_name: str, maps, config: CompareConfig
             config=config.oip,
             seed=config.seed,
             progress=progress,
+            options=config.oip_objective,
             **dict(config.oip_scan_options),
         )
         images, objective, stayed_zero = res.oip.images, res.oip.objective, res.oip.stayed_zero

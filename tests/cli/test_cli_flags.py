@@ -15,7 +15,7 @@ from jaxoip.cli import scan_all_maps as scan_cmd
 from jaxoip.cli import train as train_cmd
 from jaxoip.models.train import TrainConfig
 from jaxoip.numerics import PRECISIONS
-from jaxoip.oip.search import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 from jaxoip.seeds.compare import CompareConfig
 
 COMMANDS = {
@@ -29,19 +29,20 @@ COMMANDS = {
 # `flag: False`, which must then be exactly those in NOT_OPTIONS.
 CONFIGS = {
     "train": [(TrainConfig, "", None)],
-    "scan_all_maps": [(OIPConfig, "", None)],
+    "scan_all_maps": [(OIPConfig, "", None), (ObjectiveConfig, "", None)],
     "compare_seeds": [
         (CompareConfig, "", None),
         (TrainConfig, "", ("epochs", "train_subset")),
-        (OIPConfig, "oip-", ("steps", "wake")),
+        (OIPConfig, "oip-", ("steps",)),
+        (ObjectiveConfig, "oip-", ("wake",)),
     ],
     "activations": [],
 }
 NOT_OPTIONS = {
     TrainConfig: set(),
-    # --target, the scan's restarts, --seed, the model's standardization (for --pixel-range).
-    OIPConfig: {"weighted", "diversity_group", "transform_seed", "pixel_mean", "pixel_std"},
-    CompareConfig: {"oip", "oip_scan_options"},  # --oip-steps, --oip-wake, --precision; library only.
+    OIPConfig: set(),
+    ObjectiveConfig: set(),
+    CompareConfig: {"oip", "oip_objective", "oip_scan_options"},  # --oip-steps, --oip-wake, --precision; library only.
 }
 
 # Every option the commands had before they were derived from the configs: these names must keep working.
@@ -109,8 +110,9 @@ def test_no_arguments_give_the_library_defaults_field_by_field():
     # One default per option: a command run with no arguments builds exactly the library's configs.
     assert _differences(flags.config_from_args(TrainConfig, train_cmd._parser().parse_args([])), TrainConfig()) == {}
     scan = scan_cmd.oip_config(scan_cmd._parser().parse_args([]))
-    assert _differences(scan, OIPConfig()) == {}  # --jitter ... --blur from --style study, transform_seed from --seed
-    assert scan.wake and OIPConfig().wake  # Wake-up on in both; --no-wake / wake=False is the study's search.
+    assert _differences(scan, OIPConfig()) == {}  # --jitter ... --blur from --style study
+    options = flags.config_from_args(ObjectiveConfig, scan_cmd._parser().parse_args([]))
+    assert options == ObjectiveConfig() and options.wake  # Wake-up on in both; --no-wake is the study's search.
     cfg, tcfg = compare_cmd.configs(compare_cmd._parser().parse_args([]))
     assert _differences(cfg, CompareConfig()) == {}
     assert _differences(cfg.oip, CompareConfig().oip) == {} and _differences(cfg.oip, OIPConfig()) == {}
@@ -159,10 +161,9 @@ def test_train_values_round_trip():
 
 def test_scan_values_round_trip():
     argv = "--snapshot-steps 3,5 --early-stop --no-wake --tv 0.2 --quantity pre --steps 9 --seed 4".split()
-    cfg = scan_cmd.oip_config(scan_cmd._parser().parse_args(argv))
-    assert cfg == OIPConfig(
-        snapshot_steps=(3, 5), early_stop=True, wake=False, tv=0.2, quantity="pre", steps=9, transform_seed=4
-    )
+    args = scan_cmd._parser().parse_args(argv)
+    assert scan_cmd.oip_config(args) == OIPConfig(snapshot_steps=(3, 5), early_stop=True, tv=0.2, steps=9)
+    assert flags.config_from_args(ObjectiveConfig, args) == ObjectiveConfig(quantity="pre", wake=False)
     robust = scan_cmd.oip_config(scan_cmd._parser().parse_args(["--style", "robust", "--jitter", "0"]))
     assert robust.jitter == 0.0 and robust.rotate == 10.0  # An option given wins over the style's preset.
 
@@ -175,7 +176,8 @@ def test_compare_values_round_trip():
         layers=("Conv2D_2", "Conv2D_3"),
         thresholds=(0.1, 0.2),
         oip_layer=None,
-        oip=OIPConfig(steps=7, wake=False, precision="tf32"),
+        oip=OIPConfig(steps=7, precision="tf32"),
+        oip_objective=ObjectiveConfig(wake=False),
         ci=0.9,
         oip_source="shared",
         seed=3,

@@ -194,9 +194,9 @@ def test_toolkit_options_recorded(tiny_checkpoint, mnist, tmp_path):
     assert set(table["method"]) <= {"direct", "woken", "none"}
     assert (table["facets"] >= 1).all() and "facet_sizes" in table
     summary = json.loads((out / "summary.json").read_text())
-    cfg = summary["oip_config"]
-    assert cfg["weighted"] == [[[4, 1.0], [9, -1.0]], [[7, 1.0]]] and cfg["param"] == "fourier"
-    assert cfg["jitter"] == 2.0 and cfg["diversity"] == 0.5 and cfg["diversity_group"] == 2 and cfg["wake"]
+    cfg, objective = summary["oip_config"], summary["objective"]
+    assert objective["weighted"] == [[[4, 1.0], [9, -1.0]], [[7, 1.0]]] and cfg["param"] == "fourier"
+    assert cfg["jitter"] == 2.0 and cfg["diversity"] == 0.5 and objective["wake"] and objective["layer"] == "Dense_2"
     assert summary["options"]["style"] == "robust" and summary["options"]["facet_threshold"] == 0.5
     arrays = np.load(out / "oips.npz")
     assert arrays["woken"].shape == (2, 2) and arrays["facet_labels"].shape == (2, 2)

@@ -3,7 +3,7 @@ import numpy as np
 
 from jaxoip.oip import facets
 from jaxoip.oip.noise import initial_images, start_keys
-from jaxoip.oip.search import OIPConfig, search_oips
+from jaxoip.oip.search import OIPConfig, SearchSetup, search_oips
 
 
 def _blob(cy, cx, size=28):
@@ -57,7 +57,7 @@ def test_diversity_penalty_and_search(tiny_trained):
     x0 = np.asarray(initial_images(start_keys(0, [3, 5], 4).reshape(-1), ["study"]))
     plain = search_oips(tiny_trained.model, "Conv2D_3", maps, x0, OIPConfig(steps=40))
     diverse = search_oips(
-        tiny_trained.model, "Conv2D_3", maps, x0, OIPConfig(steps=40, diversity=5.0, diversity_group=4)
+        tiny_trained.model, "Conv2D_3", maps, x0, OIPConfig(steps=40, diversity=5.0), setup=SearchSetup(group=4)
     )
     assert not np.allclose(plain.images, diverse.images, atol=0.05)
     model = tiny_trained.model

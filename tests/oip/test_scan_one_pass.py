@@ -6,7 +6,7 @@ import pytest
 
 from jaxoip.analysis.exemplars import find_exemplars
 from jaxoip.data.mnist import MNIST
-from jaxoip.oip.config import OIPConfig
+from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 from jaxoip.oip.scan import scan_maps
 
 SMALL = dict(map_indices=[0, 5, 9], restarts=1, precursor_starts=4, screen=1, progress=False, quality=None)
@@ -30,9 +30,9 @@ def _same_exemplars(a, b):
 def test_scan_exemplars_match_find_exemplars(reference, data, quantity):
     """Default target: found in the data pass; `pre` (another objective): a separate pass. Same exemplars, and
     the data columns are those of a scan without exemplars, to the bit."""
-    cfg = OIPConfig(steps=5, quantity=quantity)
-    with_ex = scan_maps(reference, "Conv2D_2", config=cfg, data=data, exemplars=3, **SMALL)
-    without = scan_maps(reference, "Conv2D_2", config=cfg, data=data, **SMALL)
+    cfg, options = OIPConfig(steps=5), ObjectiveConfig(quantity=quantity)
+    with_ex = scan_maps(reference, "Conv2D_2", config=cfg, data=data, exemplars=3, options=options, **SMALL)
+    without = scan_maps(reference, "Conv2D_2", config=cfg, data=data, options=options, **SMALL)
     assert without.exemplars is None
     _same_exemplars(with_ex.exemplars, find_exemplars(reference, data, "Conv2D_2", k=3))
     np.testing.assert_array_equal(with_ex.data_mean, without.data_mean)

@@ -12,6 +12,7 @@ from jaxoip.cli import scan_all_maps
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import ModelConfig, init_model
 from jaxoip.oip import param, targets
+from jaxoip.oip.config import ObjectiveConfig
 from jaxoip.oip.noise import initial_images, start_keys
 from jaxoip.oip.objectives import from_config
 from jaxoip.oip.scan import plan_scan, scan_maps
@@ -56,7 +57,7 @@ def test_selective_objective_matches_an_independent_computation():
     maps = np.array([0, 1, 2, 3, 4, 2], np.int32)
     data_max = np.array([2.0, 0.5, 0.0, 1.5, 3.0], np.float32)  # map 2 dead on data
     graphdef, params = nnx.split(model)
-    objective = from_config(model.layer("Conv2D_1"), None, OIPConfig(selective=0.7))
+    objective = from_config(model.layer("Conv2D_1"), None, ObjectiveConfig(selective=0.7))
     fn = targets.make_selective_objectives(graphdef, objective)
     obj, selective, _, asleep = jax.jit(fn)(params, x, maps, data_max)
     acts = _conv1_numpy(model, x)
@@ -72,7 +73,10 @@ def test_selective_search_trades_activation_for_selectivity():
     x0, maps = _starts(8, "fine"), np.tile(np.arange(4, dtype=np.int32), 2)
     data_max = np.array([1.0, 2.0, 0.5, 1.5, 1.0], np.float32)
     plain = search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=40, epsilon=0.05))
-    sel = search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=40, epsilon=0.05, selective=2.0), data_max=data_max)
+    selective = ObjectiveConfig(selective=2.0)
+    sel = search_oips(
+        model, "Conv2D_1", maps, x0, OIPConfig(steps=40, epsilon=0.05), data_max=data_max, options=selective
+    )
     acts = _conv1_numpy(model, sel.images)
     np.testing.assert_allclose(sel.objective, acts.mean(axis=(1, 2))[np.arange(8), maps], rtol=1e-4, atol=1e-5)
     s_sel = _selective_numpy(acts, maps, data_max, 2.0)
@@ -83,9 +87,15 @@ def test_selective_search_trades_activation_for_selectivity():
 def test_selective_zero_is_the_plain_search_bit_for_bit():
     model = init_model(SMALL, 3)
     x0, maps = _starts(4), np.arange(4, dtype=np.int32)
-    plain = search_oips(model, "Conv2D_2", maps, x0, OIPConfig(steps=15, wake=True))
+    plain = search_oips(model, "Conv2D_2", maps, x0, OIPConfig(steps=15), options=ObjectiveConfig(wake=True))
     zero = search_oips(
-        model, "Conv2D_2", maps, x0, OIPConfig(steps=15, wake=True, selective=0.0), data_max=np.ones(4, np.float32)
+        model,
+        "Conv2D_2",
+        maps,
+        x0,
+        OIPConfig(steps=15),
+        data_max=np.ones(4, np.float32),
+        options=ObjectiveConfig(wake=True, selective=0.0),
     )
     for k in ("images", "objective", "traces", "snapshots"):
         np.testing.assert_array_equal(getattr(zero, k), getattr(plain, k))
@@ -100,8 +110,11 @@ def test_selective_zero_is_the_plain_search_bit_for_bit():
     ],
 )
 def test_selective_config_errors(kwargs, message):
+    weighted = kwargs.pop("weighted", ())
     with pytest.raises(JaxoipError, match=message) as e:
-        OIPConfig(**kwargs)
+        search_oips(
+            init_model(SMALL, 3), "Conv2D_1", [0], _starts(1), options=ObjectiveConfig(**kwargs), weighted=weighted
+        )
     assert len(str(e.value).splitlines()) == 1
 
 
@@ -109,9 +122,10 @@ def test_search_refuses_missing_or_malformed_data():
     model = init_model(SMALL, 3)
     x0, maps = _starts(2), np.arange(2, dtype=np.int32)
     with pytest.raises(JaxoipError, match="needs every map's largest activation"):
-        search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=2, selective=1.0))
+        search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=2), options=ObjectiveConfig(selective=1.0))
     with pytest.raises(JaxoipError, match="must hold 5 finite values"):
-        search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=2, selective=1.0), data_max=np.ones(3))
+        selective = ObjectiveConfig(selective=1.0)
+        search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=2), data_max=np.ones(3), options=selective)
     with pytest.raises(JaxoipError, match="maco parameterization needs"):
         search_oips(model, "Conv2D_1", maps, x0, OIPConfig(steps=2, param="maco"))
     with pytest.raises(JaxoipError, match="maco magnitude must be 28x15"):
@@ -157,15 +171,24 @@ def test_maco_and_selective_from_the_command_line(tiny_checkpoint, tiny_trained,
     argv = ["--model", str(tiny_checkpoint), "--maps", "0,5", "--param", "maco", "--selective", "1", "--seed", "3"]
     assert cli.run(scan_all_maps.main, [*argv, "--out", str(out), *ARGS]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["oip_config"]["param"] == "maco" and summary["oip_config"]["selective"] == 1.0
+    assert summary["oip_config"]["param"] == "maco" and summary["objective"]["selective"] == 1.0
     assert summary["options"]["param"] == "maco" and summary["options"]["selective"] == 1.0
     images = np.load(out / "oips.npz")["best_images"]
     spectra = np.abs(np.fft.rfft2(images[..., 0], norm="ortho"))
     mag = param.maco_magnitude(tiny_trained.standardization(mnist.train_images))
     np.testing.assert_allclose(spectra, np.broadcast_to(mag, spectra.shape), atol=2e-5)
-    cfg = OIPConfig(steps=12, param="maco", selective=1.0, wake=True, transform_seed=3)
+    cfg = OIPConfig(steps=12, param="maco")
     res = scan_maps(
-        tiny_trained, "Conv2D_3", [0, 5], restarts=2, config=cfg, precursor_starts=8, screen=2, seed=3, data=mnist
+        tiny_trained,
+        "Conv2D_3",
+        [0, 5],
+        restarts=2,
+        config=cfg,
+        precursor_starts=8,
+        screen=2,
+        seed=3,
+        data=mnist,
+        options=ObjectiveConfig(selective=1.0, wake=True),
     )
     np.testing.assert_array_equal(res.best_images, images)
 
@@ -204,6 +227,7 @@ def test_refused_without_mnist(tmp_path, monkeypatch, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
-    cfg = OIPConfig(steps=2, param="maco") if "maco" in message else OIPConfig(steps=2, selective=0.5)
+    cfg = OIPConfig(steps=2, param="maco") if "maco" in message else OIPConfig(steps=2)
+    options = ObjectiveConfig(selective=0.5 if "selective" in message else 0.0)
     with pytest.raises(JaxoipError, match=message):
-        plan_scan(load_reference_model(), "Conv2D_1", config=cfg).check_data(None)
+        plan_scan(load_reference_model(), "Conv2D_1", config=cfg, options=options).check_data(None)

@@ -82,9 +82,9 @@ def test_fourier_round_trip():
 @pytest.mark.parametrize(
     "cfg",
     [
-        OIPConfig(steps=200, epsilon=0.05, param="fourier", wake=True),
-        transforms.style_config("robust", steps=200, epsilon=0.05, wake=True),
-        transforms.style_config("robust", steps=200, epsilon=0.05, param="fourier", wake=True),
+        OIPConfig(steps=200, epsilon=0.05, param="fourier"),
+        transforms.style_config("robust", steps=200, epsilon=0.05),
+        transforms.style_config("robust", steps=200, epsilon=0.05, param="fourier"),
     ],
     ids=["fourier", "robust", "robust-fourier"],
 )
