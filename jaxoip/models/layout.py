@@ -13,7 +13,8 @@ operation gets the array itself (`materialize`), so the result is always that of
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -107,9 +107,7 @@ def search_in_groups(
     parts, earlier = [], 0.0
     bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
     keys = [
-        _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude)
-        if partial
-        else None
+        _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude) if partial else None
         for lo, hi in bounds
     ]
     # The groups an earlier run finished, read by process 0 (the only one with `partial_dir`) and handed to

@@ -499,9 +499,7 @@ def measure(
     return out
 
 
-def minimizing_oips(
-    model, objective, maps, x0, restarts: int, config, min_starts: int, chunk: int, magnitude=None
-):
+def minimizing_oips(model, objective, maps, x0, restarts: int, config, min_starts: int, chunk: int, magnitude=None):
     """(images (m, s, H, W, 1), objectives (m, s)): minimizing OIPs from the first s = min(`min_starts`,
     `restarts`) of each map's screened starts `x0`; an objective is the negated pre-activation's value
     (`objective.minimizing`: a weighted target has every weight negated). Diversity does not apply (one start
