@@ -8,8 +8,11 @@ writes its convolutions as im2col (`jaxoip.models.cnn.conv2d`). Keras's JAX back
 and evaluates it with every 2-D convolution it can express (no input dilation, no batch groups; feature
 groups of 1, or one per input channel: depthwise) replaced by slices and one matmul (a multiply-add for
 depthwise), at the precision in scope (`jaxoip.numerics`), and every max pooling whose windows tile its
-input by a reshape and max, as `jaxoip.models.cnn.max_pool`. Everything else is bound as traced, so the
-result, its gradient and its vmap are those of `fn`, up to float rounding.
+input by a reshape and max, as `jaxoip.models.cnn.max_pool`. The convolutions compute in NHWC whatever the
+layout asked for; the interpreter holds transposed values lazily (`jaxoip.models.layout`), so that a network
+computing in NCHW (torchax) runs in NHWC from its input transpose to its output's, with no transposes around
+its layers. Everything else is bound as traced, so the result, its gradient and its vmap are those of `fn`,
+up to float rounding.
 """
 
 from __future__ import annotations

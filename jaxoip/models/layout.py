@@ -129,7 +129,9 @@ def _custom_jvp(eqn, invals, evaluate):
     params = eqn.params
     perm = _common_perm(invals, [v.aval.ndim for v in eqn.outvars])
     floating = all(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in (*eqn.invars, *eqn.outvars))
-    if perm is None or params["num_consts"] or not floating or any(_ndim(v) == 0 for v in invals):
+    if perm is None or params.get("num_consts", 1) or not floating or any(_ndim(v) == 0 for v in invals):
+        return None
+    if "jvp_jaxpr_fun" not in params:  # Another JAX's spelling: the function as traced, on the arrays meant.
         return None
     call, jvp_jaxpr_fun = params["call_jaxpr"], params["jvp_jaxpr_fun"]
 
