@@ -8,8 +8,11 @@ writes its convolutions as im2col (`jaxoip.models.cnn.conv2d`). Keras's JAX back
 and evaluates it with every 2-D convolution it can express (no input dilation, no batch groups; feature
 groups of 1, or one per input channel: depthwise) replaced by slices and one matmul (a multiply-add for
 depthwise), at the precision in scope (`jaxoip.numerics`), and every max pooling whose windows tile its
-input by a reshape and max, as `jaxoip.models.cnn.max_pool`. Everything else is bound as traced, so the
-result, its gradient and its vmap are those of `fn`, up to float rounding.
+input by a reshape and max, as `jaxoip.models.cnn.max_pool`. The convolutions compute in NHWC whatever the
+layout asked for; the interpreter holds transposed values lazily (`jaxoip.models.layout`), so that a network
+computing in NCHW (torchax) runs in NHWC from its input transpose to its output's, with no transposes around
+its layers. Everything else is bound as traced, so the result, its gradient and its vmap are those of `fn`,
+up to float rounding.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 from jax.extend import core
 
 from jaxoip import numerics
+from jaxoip.models.layout import RULES, Laid, lay, materialize, on_axes, transposed
 
 CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint")
 
@@ -46,6 +50,13 @@ def _tiling(params: dict, shape) -> bool:
     )
 
 
+def _max_pool(x, *, window_dimensions, **_):
+    """`max_pool` of an array or a `Laid` value, on its held array."""
+    if isinstance(x, Laid):
+        return lay(max_pool(x.phys, window_dimensions=on_axes(window_dimensions, x.perm)), x.perm)
+    return max_pool(x, window_dimensions=window_dimensions)
+
+
 def max_pool(x, *, window_dimensions, **_):
     """Max pooling over tiling windows as a reshape and max (floor mode): the same values as
     `lax.reduce_window`, with a gradient that avoids XLA's select-and-scatter (about 2x faster on a CPU)."""
@@ -66,12 +77,18 @@ def _convertible(params: dict, lhs_shape, rhs_shape) -> bool:
     )
 
 
-def conv(lhs, rhs, *, window_strides, padding, rhs_dilation, dimension_numbers, feature_group_count, **_):
+def conv(lhs, rhs, **params):
     """`lax.conv_general_dilated` of 2-D images as shifted slices and one matmul (or, depthwise, a
     multiply-add), in the layouts the dimension numbers give."""
+    return materialize(_conv(lhs, rhs, **params))
+
+
+def _conv(lhs, rhs, *, window_strides, padding, rhs_dilation, dimension_numbers, feature_group_count, **_):
+    """`conv` of arrays or `Laid` values, computed in NHWC; the result `Laid` in the layout asked for, so
+    that a transpose to NHWC after it (or in the next convolution) cancels."""
     lhs_spec, rhs_spec, out_spec = dimension_numbers
-    x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))  # N, H, W, C
-    k = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))  # kh, kw, I, O
+    x = materialize(transposed(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1])))  # N, H, W, C
+    k = materialize(transposed(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0])))  # kh, kw, I, O
     x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)])
     kh, kw, c_in, c_out = k.shape
     (sh, sw), (dh, dw) = window_strides, rhs_dilation
@@ -88,11 +105,11 @@ def conv(lhs, rhs, *, window_strides, padding, rhs_dilation, dimension_numbers, 
         out = sum(s * k[a, b, 0][None, None, None, :] for s, (a, b) in zip(slices, _taps(kh, kw)))
     axes = [0, 0, 0, 0]
     axes[out_spec[0]], axes[out_spec[2]], axes[out_spec[3]], axes[out_spec[1]] = 0, 1, 2, 3
-    return jnp.transpose(out, axes)
+    return lay(out, axes)
 
 
-# Primitive name -> (whether an equation can be rewritten, its rewrite).
-REWRITES = {"conv_general_dilated": (_convertible, conv), "reduce_window_max": (_tiling, max_pool)}
+# Primitive name -> (whether an equation can be rewritten, its rewrite of arrays or `Laid` values).
+REWRITES = {"conv_general_dilated": (_convertible, _conv), "reduce_window_max": (_tiling, _max_pool)}
 
 
 def _taps(kh: int, kw: int):
@@ -101,6 +118,13 @@ def _taps(kh: int, kw: int):
 
 def eval_jaxpr(jaxpr: core.Jaxpr, consts, *args):
     """Evaluates `jaxpr` with its convertible convolutions as im2col; calls holding convolutions are inlined."""
+    return [materialize(v) for v in _evaluate(jaxpr, consts, *args)]
+
+
+def _evaluate(jaxpr: core.Jaxpr, consts, *args):
+    """`eval_jaxpr` with values that may be held transposed (`jaxoip.models.layout`): transposes are
+    lazy, operations that do not care about axis order run on the held arrays, the others get the arrays
+    meant. Returns values that may be `Laid`."""
     env = {}
 
     def read(v):
@@ -113,12 +137,20 @@ def eval_jaxpr(jaxpr: core.Jaxpr, consts, *args):
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
-        if name in REWRITES and REWRITES[name][0](eqn.params, *(v.aval.shape for v in eqn.invars)):
+        laid = any(isinstance(v, Laid) for v in invals)
+        outvals = None
+        if name == "transpose":
+            outvals = [transposed(invals[0], eqn.params["permutation"])]
+        elif name in REWRITES and REWRITES[name][0](eqn.params, *(v.aval.shape for v in eqn.invars)):
             outvals = [REWRITES[name][1](*invals, **eqn.params)]
-        elif name in CALLS and "jaxpr" in eqn.params and has_conv(_inner(eqn.params["jaxpr"])):
+        elif name in CALLS and "jaxpr" in eqn.params and (laid or has_conv(_inner(eqn.params["jaxpr"]))):
             inner = eqn.params["jaxpr"]
-            outvals = eval_jaxpr(_inner(inner), getattr(inner, "consts", ()), *invals)
-        else:
+            outvals = _evaluate(_inner(inner), getattr(inner, "consts", ()), *invals)
+        elif laid and name in RULES:
+            with eqn.ctx.manager:
+                outvals = RULES[name](eqn, invals, _evaluate)
+        if outvals is None:
+            invals = [materialize(v) for v in invals]
             with eqn.ctx.manager:
                 outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
             outvals = outvals if eqn.primitive.multiple_results else [outvals]

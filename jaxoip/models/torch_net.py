@@ -9,6 +9,8 @@ JAX function of its weights, which live in the network as NNX variables, so that
 arguments of every compiled program, as an NNX module's are. A layer's output is read with a forward hook
 on its submodule while that function is traced; under `jax.jit` everything after the layer is dead code,
 which XLA drops. jaxoip's images are (B, H, W, C); the transposes to and from PyTorch's NCHW stay here.
+With im2col (the default on a CPU) they cancel with those that torchax's layers imply, and the whole
+network's convolutional layers compute in NHWC (`jaxoip.models.layout`).
 
 A submodule called more than once per forward pass (torchvision's ResNet blocks call one `relu` twice) is
 read at its last call, as Lucent's hooks read it. Activations applied in `forward` by functions

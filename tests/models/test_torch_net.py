@@ -143,6 +143,25 @@ def test_the_gradient_of_a_maps_mean_equals_torchs_autograd(small):
     np.testing.assert_allclose(np.asarray(got), want.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-7)
 
 
+def test_with_im2col_the_layers_run_in_nhwc_with_the_plain_lowerings_values_and_gradients(small):
+    """torchax computes in NCHW; with im2col no transpose of the activations is left (batch norm, PReLU, max
+    pooling and the residual add run in NHWC), and the value and gradient equal torchax's own lowering."""
+    net, _ = small
+    images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32))
+    results, transposes = [], []
+    for im2col in (False, True):
+        graphdef, params = nnx.split(jaxoip.from_torch(net, (32, 32, 3), PIXELS, im2col=im2col).model)
+        objective = lambda p, x, g=graphdef: nnx.merge(g, p)(x, until="block")[..., 3].mean()  # noqa: E731
+        with jaxoip.precision_scope("highest"):
+            results.append(jax.jit(jax.value_and_grad(objective, argnums=1))(params, images))
+        jaxpr = jax.make_jaxpr(jax.grad(objective, argnums=1))(params, images).jaxpr
+        transposes.append(sum(e.primitive.name == "transpose" and e.invars[0].aval.shape[0] == 2 for e in jaxpr.eqns))
+    (value, grad), (value_im2col, grad_im2col) = results
+    np.testing.assert_allclose(value_im2col, value, rtol=1e-5)
+    np.testing.assert_allclose(grad_im2col, grad, rtol=1e-5, atol=1e-5 * float(jnp.abs(grad).max()))
+    assert transposes[0] > 0 and transposes[1] == 0
+
+
 def test_the_weights_are_arguments_of_the_compiled_program(small):
     """nnx.split gives the torch weights as NNX variables: new weights change the output, not the program."""
     _, trained = small
