@@ -89,5 +89,12 @@ def test_search_takes_a_name_or_an_objective(ref):
     cfg = OIPConfig(steps=3)
     by_name = search_oips(ref.model, "Conv2D_3", [1, 2], x0, cfg)
     layer = ref.model.layer("Conv2D_3")
-    assert from_config(layer, None, cfg) == objectives_lib.objective(layer)  # The config's defaults.
-    np.testing.assert_array_equal(by_name.objective, search_oips(ref.model, "Conv2D_3", [1, 2], x0, cfg).objective)
+    assert from_config(layer) == objectives_lib.objective(layer)  # The options' defaults: wake-up on.
+    by_value = search_oips(ref.model, objective(layer), [1, 2], x0, cfg)
+    np.testing.assert_array_equal(by_name.images, by_value.images)
+    dense2 = ref.model.layer("Dense_2")
+    diff = search_oips(ref.model, channel(dense2, 4) - channel(dense2, 9), [0, 0], x0, cfg)
+    logits = np.asarray(ref.model(diff.images, until="Dense_2", pre_activation=True))
+    np.testing.assert_allclose(diff.objective, logits[:, 4] - logits[:, 9], rtol=1e-4, atol=1e-4)
+    with pytest.raises(JaxoipError, match="an Objective holds its node"):
+        search_oips(ref.model, objective(layer), [1], x0[:1], cfg, node=(0, 0))
