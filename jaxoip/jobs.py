@@ -27,7 +27,8 @@ from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
 from jaxoip.models.checkpoint import model_checksum
 from jaxoip.models.cnn import TrainedModel
-from jaxoip.oip.scan import ScanPlan, scan_layer, write_scan_files
+from jaxoip.oip.plan import ScanPlan
+from jaxoip.oip.scan import scan_layer, write_scan_files
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.progress import Progress
 from jaxoip.site import write_microscope_site, write_scan_site
@@ -67,7 +68,7 @@ def run_scan(
     overwrite: bool = False,
     resume: bool = False,
 ) -> ScanRun:
-    """Runs the scan `plan` (`jaxoip.oip.scan.plan_scan`) with `data` (or None: no data columns, exemplars
+    """Runs the scan `plan` (`jaxoip.oip.plan.plan_scan`) with `data` (or None: no data columns, exemplars
     nor measures that need it) and writes it into `out`: gallery.png, maps.csv, maps.json, summary.json,
     oips.npz (`write_scan_files`), snapshot strips of `snapshot_maps`, and with `site` the browsable site
     (index.html and site/, with the exemplars' activation overlays when the scan found exemplars).

@@ -53,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = flags.config_from_args(ObjectiveConfig, args, only=("wake",))
     trained, _ = scans.start(args, join)
     from jaxoip import jobs
-    from jaxoip.oip import scan
+    from jaxoip.oip import plan as scan_plan
 
     layers = jobs.microscope_layers(trained) if args.layers is None else [s.strip() for s in args.layers.split(",")]
     if not layers or len(set(layers)) < len(layers) or not all(layers):
         raise JaxoipError(f"--layers must name distinct layers, got {args.layers!r}")
     # Every layer and size checked before the output folder is touched.
     plans = [
-        scan.plan_scan(
+        scan_plan.plan_scan(
             trained,
             name,
             restarts=args.restarts,

@@ -157,14 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, objective, weighted, recipes = _check_early(args)
     trained, cache = scans.start(args, join)
     from jaxoip import jobs
-    from jaxoip.oip import scan
+    from jaxoip.oip import plan as scan_plan
 
     if args.observer_model is not None:  # A bad observer fails before the search, in one line.
         from jaxoip.oip.two_choice import feature_observer
 
         feature_observer(quality_config(args), trained.standardization)
     # Every option that sizes an array, memory included, before the output folder is touched.
-    plan = scan.plan_scan(
+    plan = scan_plan.plan_scan(
         trained,
         args.layer,
         args.maps,

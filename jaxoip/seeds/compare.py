@@ -47,7 +47,7 @@ from jaxoip.models.cnn import (
 from jaxoip.models.memory import PlannedArray, check_arrays
 from jaxoip.models.multiseed import train_seeds
 from jaxoip.oip.noise import DEFAULT_RECIPES
-from jaxoip.oip.scan import scan_arrays
+from jaxoip.oip.plan import scan_arrays
 from jaxoip.oip.search import default_chunk_size
 from jaxoip.seeds.config import CONV_LAYERS, CompareConfig
 from jaxoip.seeds.features import kernel_vectors, layer_features, positions_per_image, sample_positions

@@ -127,7 +127,7 @@ def test_scan_options_default_as_scan_maps():
 
     args = scan_cmd._parser().parse_args([])
     library = {k: p.default for k, p in inspect.signature(scan_maps).parameters.items()}
-    # restarts: None in both, resolved once by `scan.default_restarts` (16, or 8 on a CPU).
+    # restarts: None in both, resolved once by `plan.default_restarts` (16, or 8 on a CPU).
     for option, name in {
         "layer": "layer_name",
         "maps": "map_indices",

@@ -54,7 +54,7 @@ def test_scan_library_checks_before_work(tiny_trained, eight_gib):
 
 def test_default_runs_pass_the_check(reference, eight_gib):
     from jaxoip.models.memory import check_arrays
-    from jaxoip.oip.scan import plan_scan
+    from jaxoip.oip.plan import plan_scan
     from jaxoip.seeds.compare import compare_arrays
     from jaxoip.seeds.config import CompareConfig
 

@@ -9,7 +9,8 @@ from jaxoip.oip import config as config_lib
 from jaxoip.oip import objectives as objectives_lib
 from jaxoip.oip.config import OIPConfig
 from jaxoip.oip.objectives import Objective, channel, from_config, objective
-from jaxoip.oip.scan import ScanPlan, plan_scan, scan_layer
+from jaxoip.oip.plan import ScanPlan, plan_scan
+from jaxoip.oip.scan import scan_layer
 from jaxoip.oip.search import search_oips
 from jaxoip.oip.targets import Target
 

@@ -15,7 +15,8 @@ from jaxoip.oip import param, targets
 from jaxoip.oip.config import ObjectiveConfig
 from jaxoip.oip.noise import initial_images, start_keys
 from jaxoip.oip.objectives import from_config
-from jaxoip.oip.scan import plan_scan, scan_maps
+from jaxoip.oip.plan import plan_scan
+from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.search import OIPConfig, search_oips
 
 SMALL = ModelConfig(conv=((5, 3, "relu"), (4, 3, "relu")), pool=(2,), dense=((10, "softmax"),))
