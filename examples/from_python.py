@@ -35,3 +35,12 @@ pre = jaxoip.precursor_scan(model.model, "Conv2D_3", starts=8 if QUICK else 64) 
 print(pre.table()[["map", "best_recipe", "silent_on_noise"]].head().to_string())
 acts = jaxoip.layer_output(*model.split(), model.standardization(data.test_images[:8]), "Conv2D_2")
 print("Conv2D_2 activations of 8 test images:", acts.shape)
+
+# Objectives are values, as in Lucent: a layer resolved once, targets composed with + - *, -obj minimizes.
+logits = model.model.layer("Dense_2")  # a Layer: name, kind, shape (10,), activation "softmax"
+four_not_nine = jaxoip.channel(logits, 4) - jaxoip.channel(logits, 9)  # the class logits' difference
+res = jaxoip.search_oips(model.model, four_not_nine, [0, 0], x0[:2], cfg)
+print("4 rather than 9, per start:", " ".join(f"{v:.2f}" for v in res.objective))
+plan = jaxoip.plan_scan(model, -jaxoip.objective(logits), maps=[4], restarts=RESTARTS, config=cfg)  # checked once
+least_four = jaxoip.scan_layer(plan, progress=False)  # the precursor scan, screened starts, then the search
+print("the input that says 4 least: its negated logit", f"{least_four.objective.max():.2f}")
