@@ -19,34 +19,35 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Shaped
 
 
 class Laid(NamedTuple):
     """The array `jnp.transpose(phys, perm)`, held as `phys`."""
 
-    phys: jax.Array
+    phys: Shaped[Array, "*dims"]
     perm: tuple[int, ...]
 
 
-def lay(phys, perm) -> jax.Array | Laid:
+def lay(phys, perm) -> Shaped[Array, "*dims"] | Laid:
     """`jnp.transpose(phys, perm)`, lazily (`phys` itself for the identity)."""
     perm = tuple(int(p) for p in perm)
     return phys if perm == tuple(range(len(perm))) else Laid(phys, perm)
 
 
-def transposed(value, perm) -> jax.Array | Laid:
+def transposed(value, perm) -> Shaped[Array, "*dims"] | Laid:
     """`jnp.transpose(value, perm)` of an array or a `Laid` value, lazily: permutations compose."""
     if isinstance(value, Laid):
         return lay(value.phys, tuple(value.perm[i] for i in perm))
     return lay(value, perm)
 
 
-def materialize(value) -> jax.Array:
+def materialize(value) -> Shaped[Array, "*dims"]:
     """The array a value stands for."""
     return jnp.transpose(value.phys, value.perm) if isinstance(value, Laid) else value
 
 
-def physical(value, perm) -> jax.Array:
+def physical(value, perm) -> Shaped[Array, "*dims"]:
     """The array X with `jnp.transpose(X, perm)` equal to `value` (no work when `value` is held so)."""
     return materialize(transposed(value, np.argsort(perm)))
 

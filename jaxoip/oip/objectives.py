@@ -20,6 +20,7 @@ import dataclasses
 import numbers
 
 import numpy as np
+from jaxtyping import Int
 
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.network import Layer
@@ -93,7 +94,7 @@ class Objective:
         """Whether target m is map m of a map layer (no node, no weighted sums): what exemplars are found for."""
         return self.layer.is_maps and self.node is None and not self.weighted
 
-    def check_targets(self, maps) -> np.ndarray:
+    def check_targets(self, maps) -> Int[np.ndarray, " m"]:
         """`maps` (target indices) as int32, each in range; one line otherwise."""
         maps = np.asarray(maps)
         if maps.size == 0:
@@ -159,7 +160,7 @@ class Objective:
         """The same targets on the units' pre-activations (no wake-up: a pre-activation is never asleep)."""
         return dataclasses.replace(self, quantity="pre", wake=False)
 
-    def minimizing(self, maps) -> tuple[Objective, np.ndarray]:
+    def minimizing(self, maps) -> tuple[Objective, Int[np.ndarray, " m"]]:
         """(objective, target indices) of the minimizing search of targets `maps`: each target's negated
         pre-activation (a negated ReLU has no gradient once the unit is off), one target per map."""
         maps = self.check_targets(maps)
