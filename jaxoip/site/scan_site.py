@@ -68,11 +68,28 @@ def overview_columns(columns) -> list[str]:
     return lead + [c for c in columns if c not in lead and c not in pre] + pre
 
 
-def _cells(table) -> tuple[list[str], list[list[dict]]]:
-    cols = overview_columns(table.columns)
+def interval_columns(columns) -> dict[str, tuple[str, str]]:
+    """The columns that have a 95% interval beside them (`x_lo`, `x_hi`: the two-choice arms), by name."""
+    columns = set(columns)
+    return {c: (f"{c}_lo", f"{c}_hi") for c in columns if {f"{c}_lo", f"{c}_hi"} <= columns}
+
+
+def overview_cells(table) -> tuple[list[str], list[list[dict]]]:
+    """The overview's columns and cells; a value with an interval shows it in its cell ("0.78 [0.69, 0.85]",
+    sorted by the value), in place of separate `_lo`/`_hi` columns (maps.csv keeps them)."""
+    intervals = interval_columns(table.columns)
+    bounds = {b for pair in intervals.values() for b in pair}
+    cols = [c for c in overview_columns(table.columns) if c not in bounds]
     rows = []
     for rec in table.to_dict("records"):
-        rows.append([{"text": fmt(plain(rec[c])), "key": sort_key(plain(rec[c]))} for c in cols])
+        row = []
+        for c in cols:
+            v, text = plain(rec[c]), fmt(plain(rec[c]))
+            if c in intervals and text:
+                lo, hi = (fmt(plain(rec[b])) for b in intervals[c])
+                text = f"{text} [{lo}, {hi}]"
+            row.append({"text": text, "key": sort_key(v)})
+        rows.append(row)
     return cols, rows
 
 
@@ -199,7 +216,7 @@ def write_scan_site(
     h, w = best.shape[1:3]
     similar, similarity = result.similar_maps(SIMILAR)
     facets = result.facets()
-    cols, rows = _cells(table)
+    cols, rows = overview_cells(table)
     thumbs = [f"img/{n}_best.png" for n in names]
     for p, thumb in enumerate(thumbs):
         im.write_png(im.pixels01(std.to_pixels(best[p])), site / thumb)

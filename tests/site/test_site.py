@@ -162,3 +162,18 @@ def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monke
     assert searched == [1]  # Only Dense_2 searched again.
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"
     assert 'href="Conv2D_1/index.html"' in (out / "index.html").read_text()
+
+
+def test_overview_shows_each_two_choice_value_with_its_interval():
+    import pandas as pd
+
+    from jaxoip.site.scan_site import overview_cells
+
+    table = pd.DataFrame(
+        {"map": [0, 1], "two_choice_oip": [0.78, float("nan")], "two_choice_oip_lo": [0.6893, float("nan")]}
+        | {"two_choice_oip_hi": [0.85, float("nan")], "stability": [0.5, 0.25]}
+    )
+    cols, rows = overview_cells(table)
+    assert cols == ["map", "two_choice_oip", "stability"]  # The bounds sit in the value's cell (maps.csv keeps them).
+    assert rows[0][1] == {"text": "0.78 [0.6893, 0.85]", "key": repr(0.78)}  # Sorted and filtered by the value.
+    assert rows[1][1]["text"] == ""  # No trials, no interval.
