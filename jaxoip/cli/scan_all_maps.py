@@ -138,9 +138,11 @@ def oip_config(args: argparse.Namespace) -> OIPConfig:
 
 def weighted_targets(args: argparse.Namespace) -> tuple:
     """The weighted sums of --target (target i is sum i), or () for plain units."""
+    if not args.target:
+        return ()
     from jaxoip.oip.targets import Target
 
-    return tuple(Target.parse(args.layer, t).terms for t in args.target or ())
+    return tuple(Target.parse(args.layer, t).terms for t in args.target)
 
 
 def quality_config(args: argparse.Namespace):
