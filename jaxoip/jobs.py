@@ -157,13 +157,20 @@ def run_microscope(
 
 
 def microscope_layers(trained: TrainedModel) -> list[str]:
-    """The microscope's default layers: every conv layer, then the last layer when it holds one value per
-    class (the logits)."""
-    from jaxoip.models.cnn import VECTOR_KINDS, layer_specs
-
-    specs = layer_specs(trained.config)
-    last = [specs[-1].name] if specs[-1].kind in VECTOR_KINDS else []
-    return [s.name for s in specs if s.kind == "conv"] + last
+    """The microscope's default layers: every convolution's block, then the last layer when it holds one value
+    per class (the logits). A block is the convolution with the batch normalizations and activation layers
+    right after it: in a Conv -> BN -> ReLU chain the unit a reader means is the ReLU's, not the linear
+    convolution's (the study's convolutions carry their ReLU: their block is themselves)."""
+    layers = trained.model.layers
+    blocks = []
+    for i, layer in enumerate(layers):
+        if layer.kind != "conv":
+            continue
+        end = i
+        while end + 1 < len(layers) and layers[end + 1].kind in ("batchnorm", "activation"):
+            end += 1
+        blocks.append(layers[end].name)
+    return blocks + ([layers[-1].name] if layers[-1].is_vector else [])
 
 
 def check_inputs(out: OutputDir | None, trained: TrainedModel, data: MNIST | None) -> str | None:

@@ -109,3 +109,26 @@ def test_microscope_over_two_processes_gives_the_bits_of_one(tiny_checkpoint, mn
         with np.load(out / layer / "oips.npz") as two, np.load(one / layer / "oips.npz") as single:
             for key in single.files:
                 assert np.array_equal(two[key], single[key]), (layer, key)
+
+
+def test_microscope_scans_a_conv_bn_relu_block_at_its_activation():
+    from jaxoip.data.mnist import Standardization
+    from jaxoip.jobs import microscope_layers
+    from jaxoip.models.cnn import LayerSpec, ModelConfig, TrainedModel, init_model
+
+    chain = ModelConfig(
+        layers=(
+            LayerSpec("conv1", "conv", 4, 3),  # Linear: its batch norm and ReLU follow as layers.
+            LayerSpec("bn1", "batchnorm"),
+            LayerSpec("relu1", "activation", activation="relu"),
+            LayerSpec("pool1", "pool", 2),
+            LayerSpec("conv2", "conv", 4, 3, "relu"),  # Carries its ReLU: the block is the conv itself.
+            LayerSpec("flat", "flatten"),
+            LayerSpec("logits", "dense", 10, activation="softmax"),
+        )
+    )
+    trained = TrainedModel(init_model(chain, 0), Standardization(0.0, 1.0))
+    assert microscope_layers(trained) == ["relu1", "conv2", "logits"]
+    from jaxoip.models.checkpoint import load_reference_model
+
+    assert microscope_layers(load_reference_model()) == ["Conv2D_1", "Conv2D_2", "Conv2D_3", "Dense_2"]

@@ -27,7 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     p = flags.parser("python -m jaxoip microscope", "Scan every conv layer of a model and its logits into one site.")
     p.add_argument("--model", default=None, help=cli.MODEL_HELP + " (default: the shipped reference model)")
     p.add_argument(
-        "--layers", default=None, help="comma-separated layers (default: every conv layer and the class logits)"
+        "--layers",
+        default=None,
+        help="comma-separated layers (default: every conv block, i.e. a conv with the batch norm and activation "
+        "layers right after it, and the class logits)",
     )
     flags.add_flags(p, OIPConfig, only=_OIP_FIELDS)
     flags.add_flags(p, ObjectiveConfig, only=("wake",))
