@@ -1,4 +1,4 @@
-"""`python -m jaxoip microscope`: every conv layer of a model (and its class logits) scanned into one site.
+"""`python -m jaxoip microscope`: every conv block of a model (and its class logits) scanned into one site.
 
 For each layer, the scan of `scan_all_maps` (all maps, the study's search with the wake-up) with its files
 and site in `<out>/<layer>/`; `<out>/index.html` is the landing page, one section per layer. A killed run
