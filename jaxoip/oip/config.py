@@ -297,22 +297,9 @@ def check_target(config, layer_name: str, map_indices, node=None, weighted=(), o
     the map, the selectivity only on single units."""
     spec = get_layer(config, layer_name, SEARCH_KINDS)
     shape = layer_shapes(config)[layer_name]
-    c = shape[-1]
     vector = spec.kind in VECTOR_KINDS
-    what = "dense node" if vector else "map index"
-    maps = np.asarray(map_indices)
-    if maps.size == 0:
-        raise LayerError("no map index given")
-    n = len(weighted) if weighted else c
-    if maps.min() < 0 or maps.max() >= n:
-        bad = int(maps[(maps < 0) | (maps >= n)][0])
-        if weighted:
-            raise LayerError(f"weighted target {bad} out of range: {n} given")
-        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if vector else 'maps'} 0..{c - 1}")
-    for terms in weighted:
-        for u, _ in terms:
-            if not 0 <= u < c:
-                raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{c - 1}")
+    check_indices(map_indices, layer_name, shape[-1], vector, len(weighted))
+    check_units(weighted, layer_name, shape[-1], vector)
     if node is not None:
         if vector:
             raise LayerError(f"--node applies to maps, not to the vector layer {layer_name}")
@@ -322,6 +309,36 @@ def check_target(config, layer_name: str, map_indices, node=None, weighted=(), o
             raise LayerError(f"node ({i}, {j}) outside the {h}x{w} maps of {layer_name}")
     if options is not None and options.selective > 0 and weighted:
         raise JaxoipError(SELECTIVE_WEIGHTED)
+
+
+def check_indices(maps, layer_name: str, channels: int, vector: bool, n_weighted: int = 0) -> Int[np.ndarray, " m"]:
+    """Target indices as int32: integers, at least one, each a unit of the layer (`channels` units) or, with
+    `n_weighted` sums, one of the sums; one line naming the first that is not."""
+    maps = np.asarray(maps)
+    if maps.size == 0:
+        raise LayerError("no map index given")
+    if not np.issubdtype(maps.dtype, np.integer):
+        number = np.issubdtype(maps.dtype, np.number)
+        if not (number and np.all(np.isfinite(maps)) and np.all(maps == np.round(maps))):
+            raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
+    maps = maps.astype(np.int64).reshape(-1)
+    n = n_weighted or channels
+    if maps.min() < 0 or maps.max() >= n:
+        bad = int(maps[(maps < 0) | (maps >= n)][0])
+        if n_weighted:
+            raise LayerError(f"weighted target {bad} out of range: {n} given")
+        what = "dense node" if vector else "map index"
+        raise LayerError(f"{what} {bad} out of range: {layer_name} has {'nodes' if vector else 'maps'} 0..{n - 1}")
+    return maps.astype(np.int32)
+
+
+def check_units(weighted: tuple[Terms, ...], layer_name: str, channels: int, vector: bool) -> None:
+    """Every unit of the weighted sums is one of the layer's `channels`; one line naming the first that is not."""
+    for terms in weighted:
+        for u, _ in terms:
+            if not 0 <= u < channels:
+                what = "dense node" if vector else "map index"
+                raise LayerError(f"{what} {u} out of range: {layer_name} has 0..{channels - 1}")
 
 
 SELECTIVE_WEIGHTED = (

@@ -22,9 +22,18 @@ import numbers
 import numpy as np
 from jaxtyping import Int
 
+from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError, LayerError
 from jaxoip.models.network import Layer
-from jaxoip.oip.config import QUANTITIES, SELECTIVE_WEIGHTED, ObjectiveConfig, Terms, check_terms, check_weighted
+from jaxoip.oip.config import (
+    QUANTITIES,
+    SELECTIVE_WEIGHTED,
+    ObjectiveConfig,
+    Terms,
+    check_indices,
+    check_units,
+    check_weighted,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +56,9 @@ class Objective:
         object.__setattr__(self, "node", self.layer.check_node(self.node))
         if self.quantity not in ("activation", "pre"):
             raise JaxoipError(f"an objective's quantity is 'activation' or 'pre', got {self.quantity!r}")
-        weighted = tuple(check_terms(t, f"weighted target {k}") for k, t in enumerate(self.weighted))
+        weighted = check_weighted(self.weighted)
         object.__setattr__(self, "weighted", weighted)
-        c = self.layer.channels
-        for terms in weighted:
-            for u, _ in terms:
-                if not 0 <= u < c:
-                    what = "dense node" if self.layer.is_vector else "map index"
-                    raise LayerError(f"{what} {u} out of range: {self.layer.name} has 0..{c - 1}")
+        check_units(weighted, self.layer.name, self.layer.channels, self.layer.is_vector)
         if self.selective and weighted:
             raise JaxoipError(SELECTIVE_WEIGHTED)
 
@@ -95,25 +99,8 @@ class Objective:
         return self.layer.is_maps and self.node is None and not self.weighted
 
     def check_targets(self, maps) -> Int[np.ndarray, " m"]:
-        """`maps` (target indices) as int32, each in range; one line otherwise."""
-        maps = np.asarray(maps)
-        if maps.size == 0:
-            raise LayerError("no map index given")
-        if not np.issubdtype(maps.dtype, np.integer):
-            number = np.issubdtype(maps.dtype, np.number)
-            whole = number and np.all(np.isfinite(maps)) and np.all(maps == np.round(maps))
-            if not whole:
-                raise LayerError(f"map indices must be integers, got {maps.reshape(-1)[:5].tolist()}")
-        maps = maps.astype(np.int64).reshape(-1)
-        n = self.n_targets
-        if maps.min() < 0 or maps.max() >= n:
-            bad = int(maps[(maps < 0) | (maps >= n)][0])
-            if self.weighted:
-                raise LayerError(f"weighted target {bad} out of range: {n} given")
-            kind = "nodes" if self.layer.is_vector else "maps"
-            what = "dense node" if self.layer.is_vector else "map index"
-            raise LayerError(f"{what} {bad} out of range: {self.layer.name} has {kind} 0..{n - 1}")
-        return maps.astype(np.int32)
+        """`maps` (target indices) as int32, each in range; one line otherwise (`config.check_indices`)."""
+        return check_indices(maps, self.layer.name, self.layer.channels, self.layer.is_vector, len(self.weighted))
 
     # --- Composition ---------------------------------------------------------------------------------------
 
@@ -200,6 +187,28 @@ def objective(
 def channel(layer: Layer, unit: int, node: tuple[int, int] | None = None, quantity: str = "auto") -> Objective:
     """One target: unit `unit` of `layer` (a map's mean, or its node; a dense unit), as a one-target family."""
     return Objective(layer, node, resolve_quantity(layer, quantity), (((int(unit), 1.0),),))
+
+
+def resolve_objective(
+    network,
+    target: str | Layer | Objective,
+    node=None,
+    options: ObjectiveConfig | None = None,
+    weighted: tuple[Terms, ...] = (),
+    default: ObjectiveConfig = ObjectiveConfig(),
+) -> Objective:
+    """The objective a public call names: an `Objective` as it is (a layer of `network`; its node, weighted sums
+    and options are its own, so none may be given beside it), or the units of the layer `target` (name or
+    `Layer`) as `options` (None: `default`) and `weighted` describe."""
+    if isinstance(target, Objective):
+        if node is not None or weighted or options is not None:
+            raise JaxoipError("an Objective holds its node, weighted sums and options: give them to it, not here")
+        network.layer(target.layer)  # One of this network's layers.
+        return target
+    check_type("a target", target, (str, Layer), " (a layer name, a Layer or an Objective)", error=LayerError)
+    if options is not None:
+        check_type("options", options, ObjectiveConfig)
+    return from_config(network.layer(target), node, default if options is None else options, weighted)
 
 
 def from_config(

@@ -27,7 +27,7 @@ from jaxoip.numerics import check_seed
 from jaxoip.oip.config import ObjectiveConfig, Terms, check_scan_args
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes
-from jaxoip.oip.objectives import Objective, from_config
+from jaxoip.oip.objectives import Objective, resolve_objective
 from jaxoip.oip.search import OIPConfig, SearchSetup, default_chunk_size
 from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.shapes import MapIndices
@@ -108,11 +108,12 @@ def plan_scan(
     quality: QualityConfig | None = QualityConfig(),
     facet_threshold: float = FACET_THRESHOLD,
     exemplars: int = 0,
-    options: ObjectiveConfig = ObjectiveConfig(),
+    options: ObjectiveConfig | None = None,
     weighted: tuple[Terms, ...] = (),
 ) -> ScanPlan:
     """The scan of `layer`'s maps (`maps`: target indices, default all), checked before any work: the layer
-    resolved once, the objective built from `options` (quantity, wake-up, selectivity) and the `weighted`
+    resolved once, the objective built from `options` (quantity, wake-up, selectivity; default
+    `ObjectiveConfig()`) and the `weighted`
     sums (or `layer` an `Objective` value itself), the targets, the recipes, the chunk layout and the memory
     the scan's arrays take. See `scan_maps`."""
     check_trained(trained)
@@ -123,14 +124,7 @@ def plan_scan(
     if quality is not None:
         check_type("quality", quality, QualityConfig)
     recipes = get_recipes(recipes)
-    check_type("options", options, ObjectiveConfig)
-    if isinstance(layer, Objective):
-        if node is not None or weighted or options != ObjectiveConfig():
-            raise JaxoipError("an Objective holds its node, weighted sums and options: give them to it, not here")
-        objective = layer
-        trained.model.layer(objective.layer)  # A layer of this network.
-    else:
-        objective = from_config(trained.model.layer(layer), node, options, weighted)
+    objective = resolve_objective(trained.model, layer, node, options, weighted)
     maps = objective.check_targets(np.arange(objective.n_targets) if maps is None else maps)
     restarts = default_restarts() if restarts is None else int(restarts)
     # Images per device, whatever the device count: a scan is the same bits on any number of devices.

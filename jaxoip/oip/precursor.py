@@ -24,7 +24,7 @@ from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
 from jaxoip.oip import targets
 from jaxoip.oip.config import ObjectiveConfig, Terms
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
-from jaxoip.oip.objectives import Objective, from_config, objective
+from jaxoip.oip.objectives import Objective, resolve_objective
 
 
 @dataclasses.dataclass
@@ -144,16 +144,13 @@ def run_precursor(
     )
 
 
+# A public call's targets without options: every unit's activation (map mean, or node, or dense unit).
+UNIT_ACTIVATIONS = ObjectiveConfig(quantity="activation", wake=False)
+
+
 def _objective(model, target, node, options: ObjectiveConfig | None, weighted) -> Objective:
-    """The objective of a public call: an `Objective` as it is, or a layer's targets as `options` and `weighted`
-    say (default: every map's mean, or node, or dense unit)."""
-    check_cnn(model)
-    if isinstance(target, Objective):
-        return target
-    layer = model.layer(target)
-    if options is None:
-        return objective(layer, node, quantity="activation", weighted=weighted, wake=False)
-    return from_config(layer, node, options, weighted)
+    """The objective of a public call (`resolve_objective`; default: every unit's activation)."""
+    return resolve_objective(check_cnn(model), target, node, options, weighted, default=UNIT_ACTIVATIONS)
 
 
 def data_activation(

@@ -57,7 +57,7 @@ def scan_maps(
     quality: QualityConfig | None = QualityConfig(),
     facet_threshold: float = FACET_THRESHOLD,
     exemplars: int = 0,
-    options: ObjectiveConfig = ObjectiveConfig(),
+    options: ObjectiveConfig | None = None,
     weighted: tuple[Terms, ...] = (),
 ) -> ScanResult:
     """Precursor scan of all maps of the layer, then the OIP search for the chosen maps from their best recipe:

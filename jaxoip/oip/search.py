@@ -23,14 +23,14 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import ArrayLike, Bool, Float, Int
 
 from jaxoip._check import check_finite_images, check_float, check_int, check_type
-from jaxoip.errors import DivergenceError, JaxoipError, LayerError
+from jaxoip.errors import DivergenceError, JaxoipError
 from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, nonfinite_parameters
 from jaxoip.models.network import Layer
 from jaxoip.numerics import check_seed, precision_scope, wait_ready
 from jaxoip.oip import facets, optim, param, targets, transforms
 from jaxoip.oip.config import ObjectiveConfig, OIPConfig, Terms
 from jaxoip.oip.noise import standardize_image
-from jaxoip.oip.objectives import Objective, from_config
+from jaxoip.oip.objectives import Objective, resolve_objective
 from jaxoip.progress import Progress
 
 
@@ -382,14 +382,15 @@ def search_oips(
     magnitude: Float[ArrayLike, "H Wr"] | None = None,
     fixed_chunk: bool = False,
     *,
-    options: ObjectiveConfig = ObjectiveConfig(),
+    options: ObjectiveConfig | None = None,
     weighted: tuple[Terms, ...] = (),
     setup: SearchSetup = SearchSetup(),
 ) -> OIPResult:
     """Runs the OIP search for standardized images `init_images`, image i driving target `map_indices[i]`.
 
     `target`: a layer (name or `Layer`), whose units (or `weighted` sums of them) are ascended as `options`
-    says (`node`: a map's node instead of its mean), or an `Objective` value (`jaxoip.oip.objectives`).
+    says (default `ObjectiveConfig()`; `node`: a map's node instead of its mean), or an `Objective` value
+    (`jaxoip.oip.objectives.resolve_objective`).
     `data_max` (a selective objective): every unit's largest value over the test images, as
     `jaxoip.oip.precursor.data_activation` gives it. `magnitude` (with `cfg.param` maco): the fixed
     amplitude spectrum, `jaxoip.oip.param.maco_magnitude` of the standardized training images. `setup`: the
@@ -405,13 +406,7 @@ def search_oips(
     model_config = check_cnn(model).config
     check_type("cfg", cfg, OIPConfig)
     check_type("setup", setup, SearchSetup)
-    if isinstance(target, Objective):
-        if node is not None or weighted or options != ObjectiveConfig():
-            raise JaxoipError("an Objective holds its node, weighted sums and options: give them to it, not here")
-        obj = target
-    else:
-        check_type("a target", target, (str, Layer), " (a layer name, a Layer or an Objective)", error=LayerError)
-        obj = from_config(model.layer(target), node, options, weighted)
+    obj = resolve_objective(model, target, node, options, weighted)
     maps = obj.check_targets(map_indices)
     if chunk_size is not None:
         check_int("chunk size", chunk_size, 1)
