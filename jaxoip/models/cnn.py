@@ -198,8 +198,7 @@ class CNN(Network):
         skip = activation_source(specs, target) if pre_activation else None
         x = images
         for i, s in enumerate(specs[: target + 1]):
-            # Dropout is inert at inference; the layer `skip` leaves out its activation.
-            x = self._apply(dataclasses.replace(s, activation="linear") if i == skip else s, x)
+            x = self._apply(s, x, activate=i != skip)  # Dropout is inert at inference.
         return x
 
     def activations(self, images, layers, pre_activation: bool = False) -> dict[str, jax.Array]:
@@ -214,8 +213,8 @@ class CNN(Network):
                 out[s.name] = x
         return out
 
-    def _apply(self, s: LayerSpec, x: jax.Array) -> jax.Array:
-        """One layer with its activation, as `__call__` computes it."""
+    def _apply(self, s: LayerSpec, x: jax.Array, activate: bool = True) -> jax.Array:
+        """One layer, with its activation unless `activate` is False (a pre-activation view)."""
         if s.kind in ("conv", "batchnorm"):
             x = getattr(self, s.name)(x)
         elif s.kind == "dense":
@@ -227,7 +226,7 @@ class CNN(Network):
             x = x.mean(axis=(1, 2))
         elif s.kind == "flatten":
             x = x.reshape(x.shape[0], -1)
-        return _ACTIVATIONS[s.activation](x) if s.has_activation else x
+        return _ACTIVATIONS[s.activation](x) if s.has_activation and activate else x
 
 
 _MODULE_ATTRIBUTES = frozenset(dir(CNN)) | {"config"}
