@@ -128,6 +128,9 @@ def run_microscope(
     names = [p.layer.name for p in plans]
     if not plans or len(set(names)) < len(names):
         raise JaxoipError(f"run_microscope needs plans of distinct layers, got {names}")
+    for name in names:  # Each layer's folder lies inside `out`, beside no file jaxoip keeps there (".jaxoip*").
+        if Path(name).name != name or name.startswith(".") or "\\" in name:
+            raise JaxoipError(f"layer {name!r} cannot name a folder inside {out}; choose the layers with --layers")
     record = {"layers": [_plan_record(p) for p in plans]}
     label = model or str((options or {}).get("model") or REFERENCE_MODEL)
     runs, entries = [], []

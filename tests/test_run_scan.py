@@ -132,3 +132,23 @@ def test_microscope_scans_a_conv_bn_relu_block_at_its_activation():
     from jaxoip.models.checkpoint import load_reference_model
 
     assert microscope_layers(load_reference_model()) == ["Conv2D_1", "Conv2D_2", "Conv2D_3", "Dense_2"]
+
+
+def test_microscope_refuses_a_layer_name_that_is_no_folder_name(tmp_path):
+    """A foreign model's layer names become folders: one that would leave `out` is refused before any work."""
+    import dataclasses
+
+    import pytest
+
+    from jaxoip.errors import JaxoipError
+    from jaxoip.jobs import run_microscope
+    from jaxoip.models.checkpoint import load_reference_model
+    from jaxoip.oip.plan import plan_scan
+
+    plan = plan_scan(load_reference_model(), "Conv2D_3", maps=[0], restarts=1, precursor_starts=1, screen=1)
+    for name in ("../outside", ".jaxoip-partial", ".."):
+        layer = dataclasses.replace(plan.layer, name=name)
+        odd = dataclasses.replace(plan, objective=dataclasses.replace(plan.objective, layer=layer))
+        with pytest.raises(JaxoipError, match="cannot name a folder"):
+            run_microscope([odd], None, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "outside").exists()
