@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from jaxoip.figures import (
     display_planes,
@@ -15,7 +16,6 @@ from jaxoip.figures import (
     new_figure,
     save_figure,
     show_image,
-    subplots,
     tile_mosaic,
 )
 
@@ -117,22 +117,39 @@ def oip_gallery(
 
 
 def snapshot_strip(result, map_index: int, path=None):
-    """The best start of one map at the log-spaced snapshot steps, with its objective trace."""
+    """The best start of one map at the log-spaced snapshot steps, with its objective trace.
+
+    Laid out by hand, the snapshots as one mosaic: one image axes and one plot, where an axes per snapshot and a
+    tight layout cost most of a scan's figure time.
+    """
     pos = int(np.flatnonzero(result.map_indices == map_index)[0])
     flat = pos * result.restarts + int(result.best_start[pos])
     snaps = display_planes(result.oip.snapshots[flat])
     steps = result.oip.snapshot_steps
     trace = result.oip.traces[flat]
-    fig, axes = subplots(1, len(steps) + 1, figsize=(1.6 * (len(steps) + 1) + 1.5, 2.0))
-    for ax, img, s in zip(axes, snaps, steps):
-        show_image(ax, enhance_contrast(img))
-        ax.set_title(f"step {s + 1}\n{trace[s]:.3g}", fontsize=7)
-        ax.axis("off")
-    axes[-1].plot(np.arange(1, len(trace) + 1), trace)
-    axes[-1].set(xscale="log", xlabel="step", title="objective")
-    axes[-1].title.set_fontsize(8)
-    fig.suptitle(f"{result.layer_name} {result.labels[pos]}: best of {result.restarts} starts", fontsize=9)
-    fig.tight_layout()
+    n, (h, w) = len(steps), snaps.shape[1:3]
+    gap = max(1, w // 7)
+    mosaic = tile_mosaic([enhance_contrast(img) for img in snaps], n, gap=gap)[:, : n * (w + gap) - gap]
+    cell, title_in, label_in, plot_in = 1.6, 0.3, 0.3, 2.0  # inches; a snapshot and its gap take `cell`
+    px = cell / (w + gap)  # inches per image pixel
+    width = cell * n + plot_in + 0.2
+    height = 0.15 + px * h + label_in + title_in
+    fig = new_figure((width, height))
+    ax = fig.add_axes((0.1 / width, 0.15 / height, px * mosaic.shape[1] / width, px * h / height))
+    show_image(ax, mosaic, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for i, s in enumerate(steps):
+        ax.text(i * (w + gap) + w / 2, -1, f"step {s + 1}\n{trace[s]:.3g}", ha="center", va="bottom", fontsize=7)
+    x0, y0 = cell * n + 0.55, 0.45
+    plot = fig.add_axes((x0 / width, y0 / height, (width - x0 - 0.1) / width, (height - y0 - title_in - 0.25) / height))
+    plot.plot(np.arange(1, len(trace) + 1), trace)
+    plot.set_xscale("log")
+    plot.set_xlabel("step", fontsize=7, labelpad=1)
+    plot.set_title("objective", fontsize=8)
+    plot.xaxis.set_minor_formatter(NullFormatter())  # a short trace would label its minor ticks, overlapping
+    plot.tick_params(which="both", labelsize=6)
+    fig.text(0.5, 1 - 0.5 * title_in / height, f"{result.layer_name} {result.labels[pos]}: best of {result.restarts} "
+             "starts", ha="center", va="center", fontsize=9)  # fmt: skip
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, tight=False)
     return fig
