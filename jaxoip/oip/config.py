@@ -142,22 +142,12 @@ class OIPConfig:
         default=DEFAULT_PRECISION,
         metadata={"help": f"matmul precision of every compiled pass: {PRECISION_HELP}"},
     )
-    remat: bool = dataclasses.field(
-        default=False,
-        metadata={
-            "help": "recompute the network's forward pass in segments during the backward pass "
-            "(jaxoip.models.remat): less memory per image, so larger chunks of a deep network fit, for more compute"
-        },
-    )
 
     def __post_init__(self):
         for s in tuple(self.snapshot_steps):
             check_int("snapshot step", s, 0)
         object.__setattr__(self, "snapshot_steps", tuple(int(v) for v in self.snapshot_steps))
         check_precision(self.precision)
-        if not isinstance(self.remat, (bool, np.bool_)):
-            raise JaxoipError(f"remat must be True or False, got {self.remat!r}")
-        object.__setattr__(self, "remat", bool(self.remat))
         check_int("steps", self.steps, 1, MAX_STEPS)
         check_float("epsilon", self.epsilon, 0, lo_open=True)
         check_float("convergence criterion", self.conv_criterion, 0)

@@ -28,7 +28,6 @@ from jaxoip.errors import DivergenceError, JaxoipError, OutOfMemoryError
 from jaxoip.models.cnn import CNN, ModelConfig, check_cnn, nonfinite_parameters
 from jaxoip.models.memory import ProgramMemory
 from jaxoip.models.network import Layer
-from jaxoip.models.remat import segmented_checkpoint
 from jaxoip.numerics import check_seed, precision_scope, wait_ready
 from jaxoip.oip import facets, optim, param, targets, transforms
 from jaxoip.oip.config import ObjectiveConfig, OIPConfig, Terms
@@ -145,8 +144,7 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig, se
     (`targets.make_selective_objectives`, normalized by `data_max` (C,)) ascended; with `cfg.param` maco
     the image's amplitude spectrum is `magnitude` (H, W//2+1). Traces hold the objective (the target's
     value) of the (transformed) image each step was taken on; the final objective is that of the
-    untransformed final image. With `cfg.remat` the objectives' forward pass is rematerialized in segments
-    (`jaxoip.models.remat`; the diversity term's features are not).
+    untransformed final image.
     """
     snaps = jnp.asarray(cfg.snapshots)
     plain_objectives = targets.plain_objectives(graphdef, objective)
@@ -182,9 +180,6 @@ def make_search(graphdef: nnx.GraphDef, objective: Objective, cfg: OIPConfig, se
                 return obj, obj, jnp.zeros((n,), bool)
             obj, wake_obj, asleep = target_objectives(params, x, maps)
             return obj, jnp.where(asleep, wake_obj, obj), asleep
-
-        if cfg.remat:  # The forward pass in rematerialized segments: less memory, the same values.
-            objectives = segmented_checkpoint(objectives)
 
         def total(p, t):
             x = jax.vmap(lambda q: param.to_image(cfg.param, q, shape, cfg.fourier_decay, magnitude))(p)
@@ -366,9 +361,9 @@ def size_search_chunk(
     per_image = memory.bytes_per_image(model.config)
     available = memory.available_bytes()
     helps = (
-        "--remat recomputes the forward pass and needs less"
-        if not cfg.remat
-        else "even with --remat; a smaller input or a device with more memory is needed"
+        "no option makes it smaller: it needs a smaller input or a device with more memory"
+        if group == 1
+        else "use fewer --restarts (a map's starts share a chunk for the diversity term) or no --diversity"
     )
     if distributed.process_count() > 1:
         memory.check_fits(model.config, chunk, "an OIP search chunk", "--chunk-size")
