@@ -212,6 +212,10 @@ def _scan_into(
     main = distributed.is_main()
     t0 = time.perf_counter()
     with count_compiles() as compiles:
+        # The plan compiled the search's program to size its chunk: that compilation is this run's.
+        compiles.programs += plan.sizing.compiles.programs
+        compiles.cache_hits += plan.sizing.compiles.cache_hits
+        compiles.seconds += plan.sizing.compiles.seconds
         partial = None if out is None else out.partial / "search"
         result = scan_layer(plan, data, bar, partial)
         if options is not None:
@@ -235,6 +239,7 @@ def _scan_into(
                     "data_checksum": data_checksum,
                     "processes": processes,
                     "scan_seconds": round(scan_seconds, 2),
+                    "search_memory": plan.sizing.to_dict(),
                 }
                 _write(plan, data, out, bar, result, extra, compiles, started, snapshot_maps, all_starts, site, model)
             except (JaxoipError, OSError) as e:

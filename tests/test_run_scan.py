@@ -52,6 +52,10 @@ def test_run_scan_writes_the_commands_folder(tiny_checkpoint, mnist, tmp_path):
             assert np.array_equal(za[key], zb[key]), key
     summary = json.loads((b / "summary.json").read_text())
     assert summary["compiled_programs"] == run.compiles.compiled and summary["processes"] == 1
+    # How the search's chunk was sized, from XLA's analysis of the program the search ran.
+    memory = summary["search_memory"]
+    assert memory["chunk"] == plan.chunk and memory["chunks_tried"] == [plan.chunk]
+    assert 0 < memory["needed_bytes"] <= memory["available_bytes"] and memory["program"]["temp"] > 0
     assert json.loads((b / ".jaxoip.json").read_text())["status"] == "complete"
     with pytest.raises(OutputError, match="--overwrite"):
         jaxoip.run_scan(plan, mnist, b, progress=False)

@@ -281,7 +281,7 @@ def test_compare_config_refuses(kwargs):
         (["--chunk-size", "0"], "chunk size must be at least 1"),
         (["--epsilon", "nan"], "epsilon must be a finite number"),
         (["--epsilon", "inf"], "epsilon must be a finite number"),
-        (["--chunk-size", "100000", "--restarts", "1000"], "use --chunk-size 9"),
+        (["--chunk-size", "100000", "--restarts", "1000"], "XLA's memory analysis"),
     ],
 )
 def test_scan_command_refuses_before_any_work(argv, message, capsys, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 
@@ -113,6 +113,71 @@ def check_fits(config: ModelConfig, images: int, what: str, flag: str, fixed_byt
             f"{what} of {images} images needs about {images * per / 2**30:.1f} GiB, more than the "
             f"{max(free, 0) / 2**30:.1f} GiB available on {jax.devices()[0].platform}; use {flag} {fits} or less"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramMemory:
+    """What XLA's memory analysis of a compiled program says it takes on one device, in bytes: its
+    temporaries, its arguments and its outputs; `inputs`: those of the arguments that a run brings (the
+    others, e.g. the weights, are in memory already)."""
+
+    temp: int
+    arguments: int
+    outputs: int
+    aliased: int = 0
+    inputs: int = 0
+
+    @classmethod
+    def of(cls, compiled, inputs: int = 0) -> ProgramMemory | None:
+        """The analysis of a `jax.stages.Compiled`; None where the backend gives none."""
+        try:
+            stats = compiled.memory_analysis()
+        except (NotImplementedError, AttributeError, RuntimeError):
+            return None
+        if stats is None:
+            return None
+        return cls(
+            int(stats.temp_size_in_bytes),
+            int(stats.argument_size_in_bytes),
+            int(stats.output_size_in_bytes),
+            int(stats.alias_size_in_bytes),
+            int(inputs),
+        )
+
+    @property
+    def needed(self) -> int:
+        """The memory a run of the program takes beyond what is already there."""
+        return max(0, self.temp + self.outputs + min(self.inputs, self.arguments) - self.aliased)
+
+    def describe(self) -> str:
+        return (
+            f"{format_bytes(self.temp)} temporaries + {format_bytes(self.outputs)} outputs + "
+            f"{format_bytes(min(self.inputs, self.arguments))} inputs"
+        )
+
+
+def fit_chunk(
+    chunk: int, group: int, measure: Callable[[int], tuple[int, str]], what: str, helps: str = ""
+) -> tuple[int, int]:
+    """(the chunk, its bytes): the largest of `chunk`, then halved (a multiple of `group`, at least `group`),
+    whose `measure(chunk)` -> (bytes needed, how they add up) fits in `available_bytes()`.
+
+    One line (`OutOfMemoryError`) when not even `group` images fit: what was needed, what is available,
+    and `helps`, the option that needs less.
+    """
+    free = available_bytes()
+    while True:
+        need, detail = measure(chunk)
+        if need <= free:
+            return chunk, need
+        if chunk <= group:
+            break
+        chunk = max(group, (chunk // 2) // group * group)
+    images = "one image" if group == 1 else f"{group} images (one map's starts)"
+    raise OutOfMemoryError(
+        f"{what} of {images} needs {format_bytes(need)} ({detail}), more than the {format_bytes(free)} available "
+        f"on {jax.devices()[0].platform}{'; ' + helps if helps else ''}"
+    )
 
 
 def is_out_of_memory(e: BaseException) -> bool:

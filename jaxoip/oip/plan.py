@@ -21,14 +21,14 @@ from jaxoip._check import check_float, check_int, check_type
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel, check_trained
-from jaxoip.models.memory import PlannedArray, check_arrays, check_fits
+from jaxoip.models.memory import PlannedArray, check_arrays
 from jaxoip.models.network import Layer
 from jaxoip.numerics import check_seed
 from jaxoip.oip.config import ObjectiveConfig, Terms, check_scan_args
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes
 from jaxoip.oip.objectives import Objective, resolve_objective
-from jaxoip.oip.search import OIPConfig, SearchSetup, default_chunk_size
+from jaxoip.oip.search import ChunkSizing, OIPConfig, SearchSetup, default_chunk_size, size_search_chunk
 from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.shapes import MapIndices
 
@@ -44,8 +44,9 @@ class ScanPlan:
 
     The precursor scan, the screened starts, the search, the minimizing search and the exemplars take the
     plan and check nothing again. `setup` holds what the search derives from the scan (the transformations'
-    seed, the diversity groups, the pixel standardization); `exemplars` is 0 where the objective has no
-    per-map exemplars.
+    seed, the diversity groups, the pixel standardization); `sizing` how the chunk was chosen, from XLA's memory
+    analysis of the compiled search (`jaxoip.oip.search.size_search_chunk`); `exemplars` is 0 where the
+    objective has no per-map exemplars.
     """
 
     trained: TrainedModel
@@ -59,6 +60,7 @@ class ScanPlan:
     screen: int
     seed: int
     chunk: int
+    sizing: ChunkSizing
     quality: QualityConfig | None
     facet_threshold: float
     exemplars: int
@@ -140,7 +142,6 @@ def plan_scan(
     # The pixel range [0, 255] in the model's standardized values; the transformations' keys from `seed`.
     std = trained.standardization
     setup = SearchSetup(seed, group, *((std.mean, std.std) if config.pixel_range != "none" else ((), ())))
-    check_fits(trained.config, chunk, "an OIP search chunk", "--chunk-size")
     check_arrays(
         scan_arrays(
             trained.config.input_shape,
@@ -154,6 +155,8 @@ def plan_scan(
             chunk,
         )
     )
+    # The search's own program, compiled for the chunk, says what it takes; it is the one the scan runs.
+    sizing = size_search_chunk(trained.model, objective, config, setup, chunk, group, explicit=chunk_size is not None)
     return ScanPlan(
         trained=trained,
         objective=objective,
@@ -165,7 +168,8 @@ def plan_scan(
         precursor_starts=int(precursor_starts),
         screen=int(screen),
         seed=seed,
-        chunk=chunk,
+        chunk=sizing.chunk,
+        sizing=sizing,
         quality=quality,
         facet_threshold=float(facet_threshold),
         exemplars=exemplars if objective.per_map else 0,
