@@ -512,6 +512,10 @@ def search_oips(
     check_type("setup", setup, SearchSetup)
     obj = resolve_objective(model, target, node, options, weighted)
     maps = obj.check_targets(map_indices)
+    # Bad inputs are refused before the sizing below compiles anything.
+    maps, init_images, data_max, magnitude = check_search_inputs(
+        model_config, obj, cfg, maps, init_images, data_max, magnitude
+    )
     if chunk_size is not None:
         check_int("chunk size", chunk_size, 1)
         chunk = chunk_size
@@ -520,6 +524,19 @@ def search_oips(
         chunk = chunk_layout(len(maps), default_chunk_size(model_config), 1, group, fixed_chunk)[0]
         chunk = size_search_chunk(model, obj, cfg, setup, chunk, group).chunk
     return run_search(model, obj, maps, init_images, cfg, chunk, progress, data_max, magnitude, fixed_chunk, setup)
+
+
+def check_search_inputs(model_config, objective, cfg, map_indices, init_images, data_max, magnitude):
+    """The search's inputs as it takes them (int32 targets, float32 finite start images of the model's input
+    shape, one per target; `data_max` and `magnitude` as `cfg` needs them), or one line."""
+    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
+    init_images = check_finite_images("the start images", init_images).astype(np.float32)
+    data_max, magnitude = check_search_data(objective, cfg, data_max, magnitude)
+    if init_images.shape[1:] != model_config.input_shape or init_images.shape[0] != map_indices.shape[0]:
+        raise JaxoipError(
+            f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
+        )
+    return map_indices, init_images, data_max, magnitude
 
 
 def run_search(
@@ -543,14 +560,10 @@ def run_search(
     model_config = model.config
     layer_name = objective.layer.name
     graphdef, params = nnx.split(model)
-    map_indices = np.asarray(map_indices, np.int32).reshape(-1)
-    init_images = check_finite_images("the start images", init_images).astype(np.float32)
-    data_max, magnitude = check_search_data(objective, cfg, data_max, magnitude)
+    map_indices, init_images, data_max, magnitude = check_search_inputs(
+        model_config, objective, cfg, map_indices, init_images, data_max, magnitude
+    )
     n = init_images.shape[0]
-    if init_images.shape[1:] != model_config.input_shape or n != map_indices.shape[0]:
-        raise JaxoipError(
-            f"expected {map_indices.shape[0]} start images of shape {model_config.input_shape}, got {init_images.shape}"
-        )
     n_dev = len(distributed.devices())
     group = setup.group if cfg.diversity > 0 else 1
     chunk, n_chunks = chunk_layout(n, chunk_size, n_dev, group, fixed_chunk)

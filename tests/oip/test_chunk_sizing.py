@@ -82,3 +82,13 @@ def test_one_image_too_large_is_refused_in_one_line_before_any_search(reference,
             8,
             group=4,
         )
+
+
+def test_bad_start_images_are_refused_before_the_sizing_compiles(reference):
+    from jaxoip.errors import JaxoipError
+    from jaxoip.oip.search import search_oips
+
+    bad = np.full((2, 28, 28, 1), np.nan, np.float32)
+    with count_compiles() as compiles, pytest.raises(JaxoipError, match="start images"):
+        search_oips(reference.model, "Conv2D_3", [0, 1], bad, OIPConfig(steps=3))
+    assert compiles.programs == 0
