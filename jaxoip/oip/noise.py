@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Key
 
 from jaxoip.errors import JaxoipError
-from jaxoip.numerics import as_key, check_seed
+from jaxoip.numerics import FAST_COMPILE, as_key, check_seed
 from jaxoip.oip.config import DEFAULT_GRIDS, DEFAULT_RECIPES, RECIPES, Recipe, get_recipes  # noqa: F401
 from jaxoip.shapes import MapIndices
 
@@ -82,11 +82,18 @@ def initial_image(
     return standardize_image(jnp.moveaxis(img, 0, -1))
 
 
-@functools.partial(jax.jit, static_argnames=("recipes", "shape"))
-def _initial_images(keys, recipe_index, *, recipes, shape=DEFAULT_SHAPE):
+def start_images(keys, recipe_index, recipes, shape=DEFAULT_SHAPE):
+    """The traced body of every start-image program: image i from `keys[i]` and `recipes[recipe_index[i]]`.
+    Not jitted itself: the programs that call it are compiled with `FAST_COMPILE`, which a nested jit cannot
+    carry."""
     table = jnp.asarray([r.factors for r in recipes], jnp.float32)
     grids, sigma = recipes[0].grids, recipes[0].smoothing_sigma
     return jax.vmap(lambda k, i: initial_image(k, table[i], grids, shape[:2], sigma, shape[2]))(keys, recipe_index)
+
+
+@functools.partial(jax.jit, static_argnames=("recipes", "shape"), compiler_options=FAST_COMPILE)
+def _initial_images(keys, recipe_index, *, recipes, shape=DEFAULT_SHAPE):
+    return start_images(keys, recipe_index, recipes, shape)
 
 
 def initial_images(
@@ -125,11 +132,11 @@ def start_keys(seed: int | Key[Array, ""], map_indices: MapIndices, restarts: in
     return _start_keys(as_key(seed), np.asarray(map_indices, np.uint32).reshape(-1), restarts=int(restarts))
 
 
-@functools.partial(jax.jit, static_argnames=("recipes", "restarts", "stream", "shape"))
+@functools.partial(jax.jit, static_argnames=("recipes", "restarts", "stream", "shape"), compiler_options=FAST_COMPILE)
 def _seeded_starts(seed, maps, recipe_index, *, recipes, restarts, stream, shape=DEFAULT_SHAPE):
     root = jax.random.fold_in(jax.random.key(seed), stream)
     keys = _start_keys(root, maps, restarts=restarts).reshape(-1)
-    return _initial_images(keys, recipe_index, recipes=recipes, shape=shape)
+    return start_images(keys, recipe_index, recipes, shape)
 
 
 def seeded_starts(

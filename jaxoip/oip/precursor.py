@@ -20,10 +20,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 from jaxoip.analysis.exemplars import max_node
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import CNN, batched_layer_map, check_cnn
-from jaxoip.numerics import DEFAULT_PRECISION, Precision, as_key, check_seed
+from jaxoip.numerics import DEFAULT_PRECISION, FAST_COMPILE, Precision, as_key, check_seed
 from jaxoip.oip import targets
 from jaxoip.oip.config import ObjectiveConfig, Terms
-from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, _initial_images, get_recipes
+from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, start_images
 from jaxoip.oip.objectives import Objective, resolve_objective
 
 
@@ -92,14 +92,14 @@ def _recipe_keys(root, n_recipes: int, starts: int):
     return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(root, r), starts))(jnp.arange(n_recipes)).reshape(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("recipes", "starts", "shape"))
+@functools.partial(jax.jit, static_argnames=("recipes", "starts", "shape"), compiler_options=FAST_COMPILE)
 def _precursor_images(seed_or_key, *, recipes, starts, shape):
     root = seed_or_key
     if not jnp.issubdtype(root.dtype, jax.dtypes.prng_key):
         root = jax.random.fold_in(jax.random.key(root), PRECURSOR_STREAM)
     keys = _recipe_keys(root, len(recipes), starts)
     idx = jnp.repeat(jnp.arange(len(recipes), dtype=jnp.int32), starts)
-    return _initial_images(keys, idx, recipes=recipes, shape=shape)
+    return start_images(keys, idx, recipes, shape)
 
 
 def precursor_scan(

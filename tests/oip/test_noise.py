@@ -55,3 +55,23 @@ def test_bad_recipes():
         Recipe("x", (1.0, 2.0))
     with pytest.raises(JaxoipError, match="all factors are zero"):
         Recipe("x", (0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_start_images_compiled_for_speed_of_compilation_are_the_same_bits(shape):
+    """The start-image programs use `numerics.FAST_COMPILE` (XLA's backend level 1); they must give exactly
+    what XLA's default level gives, for every built-in recipe, or a scan's starts would change."""
+    import functools
+
+    from jaxoip.oip import noise, precursor
+
+    recipes = get_recipes(tuple(RECIPES))
+    default = jax.jit(functools.partial(noise.start_images, recipes=recipes, shape=shape))
+    keys = start_keys(0, list(range(len(recipes))), 3).reshape(-1)
+    idx = np.repeat(np.arange(len(recipes), dtype=np.int32), 3)
+    np.testing.assert_array_equal(initial_images(keys, recipes, idx, shape), np.asarray(default(keys, idx)))
+    got = precursor._precursor_images(np.uint32(7), recipes=recipes, starts=4, shape=shape)
+    root = jax.random.fold_in(jax.random.key(np.uint32(7)), precursor.PRECURSOR_STREAM)
+    keys = precursor._recipe_keys(root, len(recipes), 4)
+    want = default(keys, np.repeat(np.arange(len(recipes), dtype=np.int32), 4))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
