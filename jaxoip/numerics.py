@@ -101,6 +101,9 @@ def as_key(seed) -> jax.Array:
     raise JaxoipError(f"a seed must be an integer or a PRNG key, got {type(seed).__name__}")
 
 
+POLL_SECONDS = 0.02  # How often a waiting main thread looks up: a Ctrl-C lands within this.
+
+
 def wait_ready(tree) -> None:
     """Waits for the arrays of `tree` in short sleeps, so that a Ctrl-C lands within a fraction of a second.
 
@@ -111,4 +114,12 @@ def wait_ready(tree) -> None:
 
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, jax.Array) and not leaf.is_ready():
-            time.sleep(0.02)
+            time.sleep(POLL_SECONDS)
+
+
+def fetch(tree):
+    """`tree`'s arrays as NumPy arrays, waited for as `wait_ready` does (not in one blocking C++ call)."""
+    import jax
+
+    wait_ready(tree)
+    return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -20,7 +20,7 @@ from jaxoip.data.inputs import ImageSource, InputImage, get_image
 from jaxoip.data.mnist import MNIST, check_data
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import TrainedModel, check_finite_outputs, check_trained, get_layer
-from jaxoip.numerics import DEFAULT_PRECISION, Precision, precision_scope
+from jaxoip.numerics import DEFAULT_PRECISION, Precision, fetch, precision_scope
 
 
 def standardize_maps(acts: Float[ArrayLike, "*layer"]) -> Float[np.ndarray, "*layer"]:
@@ -112,7 +112,7 @@ def image_grids(
     x = trained.standardization(jnp.asarray(np.stack([i.pixels for i in images]), jnp.float32))
     softmax = to_probabilities(trained) is not None
     acts, probs = _layer_and_output(graphdef, params, x, layer_name, softmax, precision)
-    acts, probs = np.asarray(acts), np.asarray(probs)
+    acts, probs = fetch((acts, probs))  # Waited for in polls: a Ctrl-C lands while a large model runs.
     check_finite_outputs(trained.model, (acts, probs), layer_name)
     out = []
     for img, a, p in zip(images, acts, probs):

@@ -34,6 +34,7 @@ from jaxoip.numerics import (
     Precision,
     check_precision,
     check_seed,
+    fetch,
     precision_scope,
     wait_ready,
 )
@@ -412,4 +413,5 @@ def evaluate_model(
         graphdef=graphdef,
         precision=check_precision(precision),
     )
+    loss, acc = fetch((loss, acc))  # Waited for in polls: a Ctrl-C lands during a pass over the test set.
     return {"loss": float(loss), "accuracy": float(acc)}

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from jaxoip.numerics import fetch
+
 _EPS = 1e-12
 
 
@@ -159,6 +161,7 @@ def shift_similarity(a, b, max_shift: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Paired version: (signed, unsigned) similarity of a[p] and b[p], images (P, H, W, 1)."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     out = [shift_similarity_matrix(a[p : p + 1], b[p : p + 1], max_shift) for p in range(a.shape[0])]
+    out = fetch(out)
     return np.asarray([o[0][0, 0] for o in out]), np.asarray([o[1][0, 0] for o in out])
 
 
@@ -172,7 +175,7 @@ def similar_maps(
     n = x.shape[0]
     if n < 2:
         return np.zeros((n, 0), int), np.zeros((n, 0))
-    sim = np.asarray(shift_similarity_matrix(x, x, min(7, x.shape[1] - 1))[0], np.float64)
+    sim = fetch(shift_similarity_matrix(x, x, min(7, x.shape[1] - 1))[0]).astype(np.float64)
     np.fill_diagonal(sim, -np.inf)
     order = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, n - 1)]
     return order, np.take_along_axis(sim, order, axis=1)
@@ -193,7 +196,7 @@ def oip_similarities(
         for k, (x, y) in {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()
     }
     sh = {
-        k: [np.asarray(v, np.float64).reshape(shape) for v in shift_similarity_matrix(x, y, max_shift)]
+        k: [v.astype(np.float64).reshape(shape) for v in fetch(shift_similarity_matrix(x, y, max_shift))]
         for k, (x, y) in {"ab": (flat_a, flat_b), "aa": (flat_a, flat_a), "bb": (flat_b, flat_b)}.items()
     }
     for name, mats in (

@@ -72,7 +72,7 @@ def layer_features(
     xs, _ = pad_batches(x, bs)
     graphdef, params = nnx.split(trained.model)
     out = _feature_pass(params, xs, positions, graphdef=graphdef, layer_name=layer_name, precision=precision)
-    return np.asarray(out).reshape(-1, *out.shape[2:])[:n]
+    return numerics.fetch(out).reshape(-1, *out.shape[2:])[:n]  # Waited for in polls: a Ctrl-C lands while it runs.
 
 
 def kernel_vectors(trained: TrainedModel, layer_name: str) -> np.ndarray:
