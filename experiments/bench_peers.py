@@ -8,9 +8,11 @@ Three suites, each one network, one layer, the same maps (one start per map) and
 - `resnet18`: torchvision's `resnet18(weights=None)` (seeded random weights), `layer4.1.conv1`, 128x128x3 with
   ImageNet's normalization: jaxoip through torchax (`from_torch`) against Lucent's `render_vis` and Horama's
   `fourier`;
-- `mobilenetv2`: `keras.applications.MobileNetV2(weights=None)` (seeded), the residual `Add` layer `block_12_add`,
-  128x128x3 in [-1, 1]: jaxoip through Keras's JAX backend (`from_keras`) against tf-keras-vis and Xplique on
-  TensorFlow.
+- `resnet50`: `keras.applications.ResNet50(weights=None)` (seeded), the residual `Add` layer `conv3_block4_add`,
+  128x128x3, its input the pixels minus 127.5 (a random network has no preprocessing of its own; one range for
+  all channels keeps every tool's box the same): jaxoip through Keras's JAX backend (`from_keras`) against
+  tf-keras-vis and Xplique on TensorFlow. (MobileNetV2 with random weights was tried first: its activations
+  shrink about 40x per block, to 1e-8 at `block_12_add`, so no tool's activation meant anything.)
 
 Every tool keeps its images inside the model's valid input range (the pixels 0-255 as the model sees them): jaxoip
 with `--pixel-range clip` (the study's network) or `sigmoid` (the others), Lucent, Horama and Xplique with their
@@ -60,8 +62,8 @@ SUITES = {
         layer="layer4.1.conv1", size=(128, 128, 3), maps=4, steps=64, framework="torch",
         peers=("lucent", "horama"),
     ),
-    "mobilenetv2": dict(
-        layer="block_12_add", size=(128, 128, 3), maps=16, steps=64, framework="keras",
+    "resnet50": dict(
+        layer="conv3_block4_add", size=(128, 128, 3), maps=8, steps=32, framework="keras",
         peers=("xplique", "tf-keras-vis"),
     ),
 }  # fmt: skip
@@ -80,7 +82,7 @@ def input_bounds(suite: str, mean: float = 0.0, std: float = 1.0) -> tuple[np.nd
         return np.array([(0 - mean) / std]), np.array([(255 - mean) / std])
     if suite == "resnet18":
         return (0 - IMAGENET_MEAN) / IMAGENET_STD, (1 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.array([-1.0] * 3), np.array([1.0] * 3)
+    return np.array([-127.5] * 3), np.array([127.5] * 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,13 +129,11 @@ def make_models(suite: str, work: Path, seed: int) -> dict:
         net = torchvision.models.resnet18(weights=None).eval()
         torch.save(net.state_dict(), work / "resnet18.pt")
         return {}
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # mobilenetv2, in the TensorFlow interpreter
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # resnet50, in the TensorFlow interpreter
     import keras
 
     keras.utils.set_random_seed(seed)
-    keras.applications.MobileNetV2(weights=None, input_shape=SUITES["mobilenetv2"]["size"]).save(
-        work / "mobilenetv2.keras"
-    )
+    keras.applications.ResNet50(weights=None, input_shape=SUITES["resnet50"]["size"]).save(work / "resnet50.keras")
     return {}
 
 
@@ -174,7 +174,7 @@ def jaxoip_worker(suite: str, work: Path, maps: list[int], steps: int, seed: int
         from jaxoip.data.mnist import Standardization
         from jaxoip.models.keras_net import from_keras
 
-        trained = from_keras(str(work / "mobilenetv2.keras"), Standardization.parse("-1..1"))
+        trained = from_keras(str(work / "resnet50.keras"), Standardization(mean=127.5, std=1.0))
         layer = spec["layer"]
         transforms = dict(jitter=8.0, scale=0.1, rotate=10.0)
     if transforms is None:
@@ -439,7 +439,7 @@ def run_suite(suite: str, args, pythons: dict, work: Path, quiet_env: dict) -> d
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suites", default="study,resnet18,mobilenetv2")
+    p.add_argument("--suites", default="study,resnet18,resnet50")
     p.add_argument("--tf-python", default=None, help="a Python with tensorflow, tf-keras-vis and xplique")
     p.add_argument("--torch-python", default=None, help="a Python with torch, torchvision, torch-lucent and horama")
     p.add_argument("--maps", type=int, default=None, help="maps (one start each; default: per suite)")

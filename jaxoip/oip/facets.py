@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
-from scipy.cluster import hierarchy
 
 from jaxoip.models.cnn import layer_specs
 from jaxoip.oip.config import FACET_THRESHOLD
@@ -100,6 +99,8 @@ def map_facets(
         dist = 1.0 - shift_similarity(images[use])
         dist = np.clip((dist + dist.T) / 2, 0, None)
         np.fill_diagonal(dist, 0)
+        from scipy.cluster import hierarchy  # Imported when first needed (a scan: in the background).
+
         z = hierarchy.linkage(dist[np.triu_indices(len(use), 1)], method="average")
         raw = hierarchy.fcluster(z, t=1.0 - threshold, criterion="distance") - 1
     # Renumber facets by their best objective.

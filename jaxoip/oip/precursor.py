@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key
 
 from jaxoip.analysis.exemplars import max_node
@@ -25,6 +25,9 @@ from jaxoip.oip import targets
 from jaxoip.oip.config import ObjectiveConfig, Terms
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes, start_images
 from jaxoip.oip.objectives import Objective, resolve_objective
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclasses.dataclass
@@ -55,6 +58,8 @@ class PrecursorResult:
             cols[f"pre_{name}_frac"] = self.frac_active[:, r]
             cols[f"pre_{name}_mean"] = self.mean[:, r]
             cols[f"pre_{name}_max"] = self.max[:, r]
+        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip.jobs).
+
         df = pd.DataFrame(cols)
         df.insert(0, "map", np.arange(len(df)))
         df["best_recipe"] = [self.recipes[i] for i in self.best_recipe]

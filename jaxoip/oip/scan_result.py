@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-import pandas as pd
 from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_type
@@ -23,6 +23,9 @@ from jaxoip.oip.quality import MapQuality
 from jaxoip.oip.search import OIPConfig, OIPResult
 from jaxoip.oip.similarity import similar_maps
 from jaxoip.oip.targets import Target
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclasses.dataclass
@@ -144,6 +147,8 @@ class ScanResult:
         conv = self._per_map(self.oip.converged_step)[np.arange(m), best]
         zero = self._per_map(self.oip.stayed_zero)
         pre = self.precursor.table().iloc[self.map_indices].reset_index(drop=True)
+        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip.jobs).
+
         df = pd.DataFrame({"map": self.map_indices})
         if self.weighted:
             df["target"] = self.labels

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from jaxoip.site import images as im
 from jaxoip.site.render import copy_static, environment
@@ -95,6 +94,8 @@ def overview_cells(table) -> tuple[list[str], list[list[dict]]]:
 
 def plain(v):
     """pandas' NA and NumPy scalars as plain Python values."""
+    import pandas as pd
+
     if v is pd.NA:
         return None
     return v.item() if isinstance(v, np.generic) else v

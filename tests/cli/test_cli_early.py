@@ -145,3 +145,22 @@ def test_early_and_late_checks_say_the_same(name):
     with pytest.raises(LayerError) as late:
         cnn.get_layer(cnn.ModelConfig(), name, cnn.SEARCH_KINDS)
     assert str(early.value) == str(late.value)
+
+
+def test_the_jobs_import_their_writers_on_a_thread_of_their_own():
+    """`jaxoip.jobs` imports no pandas, SciPy's clustering or matplotlib itself: `prefetch_imports` loads them on
+    a daemon thread while a job's search runs, and the job's tables and figures then find them."""
+    code = """
+import sys, threading
+import jaxoip.jobs as jobs
+first = sorted(m for m in jobs.WRITER_MODULES if m in sys.modules)
+jobs.prefetch_imports()
+jobs.prefetch_imports()  # once per process
+threads = [t for t in threading.enumerate() if t.name == "jaxoip-prefetch"]
+assert len(threads) == 1, threads
+threads[0].join(120)
+print(first, sorted(m for m in jobs.WRITER_MODULES if m not in sys.modules))
+"""
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "[]"]
