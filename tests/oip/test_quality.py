@@ -225,5 +225,38 @@ def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
     s = scan.summary().to_dict()["quality"]["two_choice"]
     assert s["observers"] == ["pixels", "features"] and "noise_features" in s["controls"]
     assert "oip_minus_exemplars_features" in s and "two_choice_oip_minmax" not in s
+    assert set(s["observer_agreement"]) == {"max", "arms_apart"}  # No minimizing references: no minmax variant.
     with pytest.raises(JaxoipError, match="no layer 'Dense_9'"):
         two_choice.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)
+
+
+def test_observer_agreement_marks_disagreement():
+    """The observers disagree where one finds OIPs better and the other exemplars, or the means' order flips;
+    arms whose CIs under the two observers do not overlap are named."""
+
+    def ci(mean, lo, hi):
+        return {"mean": mean, "ci95": [lo, hi], "maps": 10}
+
+    tc = {
+        "oip_minus_exemplars": ci(0.02, 0.01, 0.03),  # pixels: OIPs better
+        "oip_minus_exemplars_features": ci(-0.05, -0.08, -0.02),  # features: exemplars better
+        "oip_minus_exemplars_minmax": ci(0.01, -0.01, 0.02),  # both hold 0, but the means' order flips
+        "oip_minus_exemplars_minmax_features": ci(-0.01, -0.03, 0.01),
+        "two_choice_oip": ci(0.96, 0.95, 0.97),
+        "two_choice_oip_features": ci(0.90, 0.88, 0.92),
+        "two_choice_exemplars": ci(0.94, 0.93, 0.95),
+        "two_choice_exemplars_features": ci(0.95, 0.94, 0.96),
+    }
+    a = two_choice.observer_agreement(tc)
+    assert a["max"] == {"pixels": "oip", "features": "exemplars", "verdicts_differ": True, "ordering_flips": True}
+    assert a["minmax"] == {
+        "pixels": "neither",
+        "features": "neither",
+        "verdicts_differ": False,
+        "ordering_flips": True,
+    }
+    assert a["arms_apart"] == ["two_choice_oip"]
+    same = {k: v for k, v in tc.items() if not k.endswith("_features")}
+    same.update({f"{k}_features": v for k, v in same.items()})
+    agree = two_choice.observer_agreement(same)
+    assert not agree["max"]["verdicts_differ"] and not agree["minmax"]["ordering_flips"] and not agree["arms_apart"]
