@@ -157,8 +157,9 @@ def feature_observer(cfg: QualityConfig, standardization):
                 f"the scanned one {images.shape[1:]}"
             )
         x = observer.standardization(standardization.to_pixels(np.asarray(images, np.float32)))
-        # Every unit's activation (map mean, or dense node).
-        values = data_activation(observer.model, np.asarray(x, np.float32), layer)
+        # Every unit's activation (map mean, or dense node), in full batches: a reference's features do not
+        # depend on how many maps' references are evaluated with it.
+        values = data_activation(observer.model, np.asarray(x, np.float32), layer, pad=True)
         return values.astype(np.float64)
 
     return features

@@ -159,6 +159,23 @@ def test_map_alone_equals_map_in_scan(small_mnist):
         np.testing.assert_array_equal(alone.quality.trials[k][0], full.quality.trials[k][BAR])
 
 
+def test_map_alone_equals_map_in_scan_on_a_conv_layer(reference, small_mnist, tiny_checkpoint):
+    """On the reference model's Conv2D_3 at equal chunk size, a map's OIPs and every measure of it (the
+    superstimulus on the clipped OIP and the feature observer's arms included) are the same bits scanned
+    alone as beside 15 other maps: the network's values on a map's own images come from batches whose size
+    does not depend on the scan's map count."""
+    q = two_choice.QualityConfig(observer_model=tiny_checkpoint, references=4, min_starts=2)
+    kw = dict(restarts=4, precursor_starts=8, screen=2, seed=0, data=small_mnist, progress=False, chunk_size=4)
+    cfg = OIPConfig(steps=10)
+    full = jaxoip.scan_maps(reference, "Conv2D_3", range(16), config=cfg, quality=q, **kw)
+    alone = jaxoip.scan_maps(reference, "Conv2D_3", [3], config=cfg, quality=q, **kw)
+    np.testing.assert_array_equal(alone.best_images[0], full.best_images[3])
+    cols = list(alone.quality.columns())
+    assert {"superstimulus", "two_choice_oip_features", "two_choice_exemplars_minmax_features"} <= set(cols)
+    a, f = alone.table()[cols].iloc[0], full.table()[cols].iloc[3]
+    assert a.equals(f), (a, f)
+
+
 def test_wilson_interval_matches_scipy():
     scipy_stats = pytest.importorskip("scipy.stats")
     for k, n in ((0, 20), (7, 20), (20, 20), (63, 100), (99, 100)):
