@@ -15,8 +15,16 @@ image-steps per second. Styles:
 
 The chance-level controls of the two-choice task (another map's OIPs, noise, random digits) come with each row.
 
+With `--observer-model` (a checkpoint or Keras file of an independently trained network) every row also has
+the same trials judged by the second observer (cosine similarity of the images' features in that network,
+`jaxoip.oip.two_choice`; columns ending in `_features`), the paired differences OIP minus exemplars under
+each observer, and `observer_agreement`: each observer's verdict on OIPs against exemplars (the paired
+difference's CI above, below or around 0), whether the verdicts differ or the ordering of the means flips,
+and the arms whose CIs under the two observers do not overlap.
+
     python experiments/oip_quality.py --out oip_quality.json          # both layers, every style
     python experiments/oip_quality.py --maps 16 --restarts 2 --steps 50  # a smoke run
+    python experiments/oip_quality.py --observer-model /path/to/other_seed --out both_observers.json
 """
 
 from __future__ import annotations
@@ -24,17 +32,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import jax
 import numpy as np
 
 from jaxoip.data.mnist import load_mnist
+from jaxoip.errors import JaxoipError
 from jaxoip.models.checkpoint import resolve_model
 from jaxoip.oip.config import ObjectiveConfig, OIPConfig
 from jaxoip.oip.scan import scan_maps
 from jaxoip.oip.transforms import style_config
-from jaxoip.oip.two_choice import QualityConfig, bootstrap_mean, quality_rng
+from jaxoip.oip.two_choice import QualityConfig, bootstrap_mean, quality_rng, resolve_observer
 
 STYLES = (
     "study",
@@ -51,6 +61,8 @@ STYLES = (
 )
 MEASURES = ("out_of_range_frac", "superstimulus", "superstimulus_raw", "selectivity_ratio", "stability")
 TWO_CHOICE = ("two_choice_oip", "two_choice_exemplars", "two_choice_oip_minmax", "two_choice_exemplars_minmax")
+FEATURES = tuple(f"{name}_features" for name in TWO_CHOICE)  # The second observer's arms.
+DIFFERENCES = tuple(f"oip_minus_exemplars{s}" for s in ("", "_minmax", "_features", "_minmax_features"))
 
 
 def style(name: str, steps: int, selective: float) -> tuple[OIPConfig, ObjectiveConfig]:
@@ -74,14 +86,20 @@ def style(name: str, steps: int, selective: float) -> tuple[OIPConfig, Objective
 
 
 def row(result, bootstrap: int, seed: int) -> dict:
-    """Means over maps with bootstrap CIs of the measures, the share of maps ranked top, and the search's speed."""
+    """Means over maps with bootstrap CIs of the measures (both observers' two-choice arms), the paired
+    differences and where the observers disagree, the share of maps ranked top, and the search's speed."""
     table = result.table()
     rng = quality_rng(seed)
     out = {}
-    for name in MEASURES + TWO_CHOICE:
+    # The second observer's arms last, so the earlier columns draw the same resamples as before.
+    for name in MEASURES + TWO_CHOICE + FEATURES:
         v = np.asarray(table[name], float) if name in table else np.array([])
         v = v[np.isfinite(v)]
         out[name] = bootstrap_mean(v, bootstrap, rng) if v.size else None
+    summary = result.quality.summary.get("two_choice", {})
+    for name in DIFFERENCES:
+        out[name] = summary.get(name)
+    out["observer_agreement"] = summary.get("observer_agreement")
     rank = np.asarray(table["selectivity_rank"], float)
     rank = rank[np.isfinite(rank)]
     out["frac_selectivity_rank_0"] = round(float(np.mean(rank == 0)), 4) if rank.size else None
@@ -99,6 +117,25 @@ def fmt(ci: dict | None) -> str:
     return f"{ci['mean']:.3f} [{ci['ci95'][0]:.3f}, {ci['ci95'][1]:.3f}]"
 
 
+def disagreement(agreement: dict | None) -> str:
+    """The table's cell for where the observers disagree: per variant, the verdicts when they differ, a flip
+    of the means' ordering, and the arms whose CIs do not overlap; '—' without a second observer."""
+    if agreement is None:
+        return "—"
+    notes = []
+    for variant in ("max", "minmax"):
+        a = agreement.get(variant)
+        if a is None:
+            continue
+        if a["verdicts_differ"]:
+            notes.append(f"{variant}: pixels {a['pixels']}, features {a['features']}")
+        elif a["ordering_flips"]:
+            notes.append(f"{variant}: ordering flips")
+    if agreement["arms_apart"]:
+        notes.append("CIs apart: " + ", ".join(a.removeprefix("two_choice_") for a in agreement["arms_apart"]))
+    return "; ".join(notes) or "none"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped reference model)")
@@ -111,11 +148,29 @@ def main():
     p.add_argument("--selective", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument(
+        "--observer-model",
+        default=None,
+        help="a second two-choice observer: feature similarity in this independently trained model's "
+        "checkpoint or Keras file (default: the pixel observer only)",
+    )
+    p.add_argument(
+        "--observer-layer", default=None, help="the observer model's layer (default: its layer before the last)"
+    )
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args()
 
+    quality = QualityConfig(
+        bootstrap=args.bootstrap, observer_model=args.observer_model, observer_layer=args.observer_layer
+    )
+    observer_layer = None
+    if args.observer_model is not None:  # A bad observer fails before any search, in one line.
+        try:
+            observer_layer = resolve_observer(quality)[1]
+        except JaxoipError as e:
+            print(f"oip_quality: {e}", file=sys.stderr)
+            sys.exit(2)
     trained, data = resolve_model(args.model, args.data_dir), load_mnist(args.data_dir)
-    quality = QualityConfig(bootstrap=args.bootstrap)
     rows = []
     t0 = time.perf_counter()
     for layer in args.layers.split(","):
@@ -137,9 +192,15 @@ def main():
             )
             rows.append({"layer": layer, "style": name, **row(result, args.bootstrap, args.seed)})
             r = rows[-1]
+            features = ""
+            if args.observer_model is not None:
+                features = (
+                    f"  features: OIP {fmt(r['two_choice_oip_features'])}  exemplars "
+                    f"{fmt(r['two_choice_exemplars_features'])}  disagree: {disagreement(r['observer_agreement'])}"
+                )
             print(
                 f"{layer:9s} {name:10s} two-choice OIP {fmt(r['two_choice_oip'])}  exemplars "
-                f"{fmt(r['two_choice_exemplars'])}  selectivity top {r['frac_selectivity_rank_0']}  "
+                f"{fmt(r['two_choice_exemplars'])}{features}  selectivity top {r['frac_selectivity_rank_0']}  "
                 f"{r['image_steps_per_second']:.0f} image-steps/s",
                 flush=True,
             )
@@ -152,14 +213,19 @@ def main():
         "seed": args.seed,
         "selective": args.selective,
         "precision": "highest",
+        "observer_model": args.observer_model,
+        "observer_layer": observer_layer,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print(f"\n| layer | style | {' | '.join(MEASURES + TWO_CHOICE)} | top rank | image-steps/s |")
-    print("|" + "---|" * (len(MEASURES + TWO_CHOICE) + 4))
+    columns = MEASURES + TWO_CHOICE + (FEATURES if args.observer_model is not None else ())
+    extra = " observers disagree |" if args.observer_model is not None else ""
+    print(f"\n| layer | style | {' | '.join(columns)} | top rank | image-steps/s |{extra}")
+    print("|" + "---|" * (len(columns) + 4 + bool(extra)))
     for r in rows:
-        cells = " | ".join(fmt(r[m]) for m in MEASURES + TWO_CHOICE)
+        cells = " | ".join(fmt(r[m]) for m in columns)
         speed = f"{r['image_steps_per_second']:.0f}"
-        print(f"| {r['layer']} | {r['style']} | {cells} | {r['frac_selectivity_rank_0']} | {speed} |")
+        note = f" {disagreement(r['observer_agreement'])} |" if extra else ""
+        print(f"| {r['layer']} | {r['style']} | {cells} | {r['frac_selectivity_rank_0']} | {speed} |{note}")
     print(json.dumps(meta))
     if args.out:
         with open(args.out, "w") as f:

@@ -317,6 +317,7 @@ def batched_layer_map(
     fn: Callable[[Float[Array, " b *layer"]], PyTree[Shaped[Array, "b ..."]]] | None = None,
     batch_size: int = 500,
     precision: numerics.Precision = numerics.DEFAULT_PRECISION,
+    pad: bool = False,
 ) -> Float[np.ndarray, " n *layer"] | PyTree[Shaped[np.ndarray, "n ..."]]:
     """`fn(activations of layer_name)` for all standardized `images`, batch by batch in one jitted `lax.map`.
 
@@ -324,13 +325,17 @@ def batched_layer_map(
     large layers (e.g. to per-map statistics) before they are gathered. It is a static argument of the
     compiled program: pass a module-level function (the same object on every call), not a fresh
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
+
+    Fewer images than `batch_size` make one smaller batch, unless `pad`: then every batch has `batch_size`
+    images, so an image's values do not depend on how many images are evaluated with it (XLA's CPU
+    kernels block a batch by its size, and the last bits follow the blocking).
     """
     layer_name = find_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
     check_finite_weights(model, layer_name)
     graphdef, params = nnx.split(model)
     images = check_finite_images("the images", images).astype(np.float32)
-    batch_size = max(1, min(batch_size, images.shape[0]))
+    batch_size = max(1, batch_size if pad else min(batch_size, images.shape[0]))
     xs, n = pad_batches(images, batch_size)
     out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
     numerics.wait_ready(out)  # A Ctrl-C lands while it runs.

@@ -166,19 +166,21 @@ def data_activation(
     precision: Precision = DEFAULT_PRECISION,
     options: ObjectiveConfig | None = None,
     weighted: tuple[Terms, ...] = (),
+    pad: bool = False,
 ) -> Float[np.ndarray, "n c"]:
     """The objective (map mean, or node) of every map (or of the targets `options` and `weighted` describe, or
-    of an `Objective` given as `layer_name`) for every standardized image."""
+    of an `Objective` given as `layer_name`) for every standardized image; `pad`: see `objective_values`."""
     objective = _objective(model, layer_name, node, options, weighted)
-    return objective_values(model, images_std, objective, precision)
+    return objective_values(model, images_std, objective, precision, pad)
 
 
 def objective_values(
-    model, images_std: Float[ArrayLike, "n H W ch"], objective: Objective, precision: Precision
+    model, images_std: Float[ArrayLike, "n H W ch"], objective: Objective, precision: Precision, pad: bool = False
 ) -> Float[np.ndarray, "n c"]:
     """Every target's value of `objective` (every map's mean or node, dense unit, or weighted sum) for every
-    standardized image, forward only."""
+    standardized image, forward only. `pad`: full batches however few the images, so an image's values do
+    not depend on how many are evaluated with it (`jaxoip.models.cnn.batched_layer_map`)."""
     if objective.custom:
-        return targets.batched_target_values(model, images_std, objective, precision)
+        return targets.batched_target_values(model, images_std, objective, precision, pad=pad)
     reduce = MapObjectives(objective.node)
-    return np.asarray(batched_layer_map(model, images_std, objective.layer, reduce, precision=precision))
+    return np.asarray(batched_layer_map(model, images_std, objective.layer, reduce, precision=precision, pad=pad))

@@ -156,22 +156,26 @@ def scan_layer(
                 x = trained.standardization(data.test_images)
                 obj = res.objective.reshape(len(maps), restarts)
                 best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
-                # The best OIPs ride along with the test images: one compiled pass for both.
-                both = np.concatenate([x, best])
+                # The best OIPs, as searched and clipped to pixels [0, 255] (superstimulus is measured on
+                # the latter), ride along with the test images: one compiled pass, whose batches do not
+                # depend on how many maps the scan holds, so neither does a map's value on its OIP.
+                clipped = quality_lib.clip_to_pixels(best, trained.standardization)
+                both = np.concatenate([x, best, clipped])
                 if shared_pass:
                     acts, top, where = batched_layer_map(
-                        trained.model, both, objective.layer, MapMeansAndMaxima(), precision=precision
+                        trained.model, both, objective.layer, MapMeansAndMaxima(), precision=precision, pad=True
                     )
                     top, where = top[: len(x)], where[: len(x)]
                     found = exemplars_from_maxima(
                         trained, data.test_images, objective.layer, exemplars, "test", top, where
                     )
                 else:
-                    acts = objective_values(trained.model, both, objective, precision)
-                acts, on_best = acts[: len(x)], acts[len(x) :]
-                # superstimulus is measured on the best OIPs inside the pixel range: a second, small pass.
-                clipped = quality_lib.clip_to_pixels(best, trained.standardization)
-                on_clipped = objective_values(trained.model, clipped, objective, precision)
+                    acts = objective_values(trained.model, both, objective, precision, pad=True)
+                acts, on_best, on_clipped = (
+                    acts[: len(x)],
+                    acts[len(x) : len(x) + len(best)],
+                    acts[len(x) + len(best) :],
+                )
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
                 histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
             if exemplars > 0 and not shared_pass:
@@ -246,7 +250,7 @@ def screened_starts(
     if screen == 1:
         return cand_recipe, x
     # (M * n_cand, C), forward only
-    obj = objective_values(plan.trained.model, x, plan.objective, plan.config.precision)
+    obj = objective_values(plan.trained.model, x, plan.objective, plan.config.precision, pad=True)
     obj = obj[np.arange(len(obj)), np.repeat(maps, n_cand)].reshape(len(maps), restarts, screen)
     # Within each group, the most active candidate; the first one when none is active.
     pick = np.argmax(obj, axis=2)

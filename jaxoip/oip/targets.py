@@ -240,11 +240,14 @@ def _target_values(params, xs, *, graphdef, objective, precision):
     return out.reshape(-1, out.shape[-1])
 
 
-def batched_target_values(model, images, objective: Objective, precision, batch_size: int = 500) -> np.ndarray:
-    """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only."""
+def batched_target_values(
+    model, images, objective: Objective, precision, batch_size: int = 500, pad: bool = False
+) -> np.ndarray:
+    """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only;
+    `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.batched_layer_map`)."""
     graphdef, params = nnx.split(model)
     images = np.asarray(images, np.float32)
-    xs, n = pad_batches(images, max(1, min(batch_size, images.shape[0])))
+    xs, n = pad_batches(images, max(1, batch_size if pad else min(batch_size, images.shape[0])))
     out = _target_values(params, xs, graphdef=graphdef, objective=objective, precision=precision)
     wait_ready(out)  # A Ctrl-C lands while it runs.
     return np.asarray(out)[:n]

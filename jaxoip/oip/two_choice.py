@@ -126,21 +126,29 @@ def observer_similarity(queries, refs, max_shift: int):
     return jax.lax.map(lambda qr: shift_similarity_matrix(qr[0], qr[1], max_shift)[0], (queries, refs))
 
 
-def feature_observer(cfg: QualityConfig, standardization):
-    """A function from images standardized by `standardization` (the scanned model's) to the second
-    observer's features (n, f) (`cfg.observer_model` at `cfg.observer_layer`: map means of a conv layer,
-    nodes of a dense one), or None without one; the images are rescaled to the observer's standardization."""
-    if cfg.observer_model is None:
-        return None
+def resolve_observer(cfg: QualityConfig):
+    """(the second observer's `TrainedModel`, its layer name): `cfg.observer_model` loaded and
+    `cfg.observer_layer` checked (default: its layer before the last); one line when either is wrong."""
     from jaxoip.models.checkpoint import resolve_model
     from jaxoip.models.cnn import layer_shapes
-    from jaxoip.oip.precursor import data_activation
 
     observer = resolve_model(cfg.observer_model)
     layers = list(layer_shapes(observer.config))
     layer = cfg.observer_layer or layers[-2 if len(layers) > 1 else -1]
     if layer not in layers:
         raise JaxoipError(f"the observer model has no layer {layer!r}; its layers: {', '.join(layers)}")
+    return observer, layer
+
+
+def feature_observer(cfg: QualityConfig, standardization):
+    """A function from images standardized by `standardization` (the scanned model's) to the second
+    observer's features (n, f) (`cfg.observer_model` at `cfg.observer_layer`: map means of a conv layer,
+    nodes of a dense one), or None without one; the images are rescaled to the observer's standardization."""
+    if cfg.observer_model is None:
+        return None
+    from jaxoip.oip.precursor import data_activation
+
+    observer, layer = resolve_observer(cfg)
 
     def features(images):
         if images.shape[1:] != tuple(observer.config.input_shape):
@@ -149,8 +157,9 @@ def feature_observer(cfg: QualityConfig, standardization):
                 f"the scanned one {images.shape[1:]}"
             )
         x = observer.standardization(standardization.to_pixels(np.asarray(images, np.float32)))
-        # Every unit's activation (map mean, or dense node).
-        values = data_activation(observer.model, np.asarray(x, np.float32), layer)
+        # Every unit's activation (map mean, or dense node), in full batches: a reference's features do not
+        # depend on how many maps' references are evaluated with it.
+        values = data_activation(observer.model, np.asarray(x, np.float32), layer, pad=True)
         return values.astype(np.float64)
 
     return features
@@ -322,8 +331,10 @@ def summarize_two_choice(
         a, b = two_choice.get(f"two_choice_oip{suffix}"), two_choice.get(f"two_choice_exemplars{suffix}")
         if a is not None:
             tc[f"oip_minus_exemplars{suffix}"] = boot(f"oip_minus_exemplars{suffix}", a - b)
+    agreement = observer_agreement(tc) if cfg.observer_model is not None else None
     return {
         **tc,
+        **({"observer_agreement": agreement} if agreement is not None else {}),
         "chance": CHANCE,
         "controls": {k: boot(k, v) for k, v in controls.items()},
         "pairs_per_map": int(trials["strong"].shape[1]),
@@ -332,3 +343,41 @@ def summarize_two_choice(
         "observers": ["pixels", *(["features"] if cfg.observer_model is not None else [])],
         "config": dataclasses.asdict(cfg),
     }
+
+
+def verdict(difference: dict | None) -> str | None:
+    """'oip' or 'exemplars' when the 95% CI of the paired difference OIP minus exemplars lies above or below
+    0, 'neither' when it holds 0; None when undefined."""
+    if difference is None or difference["ci95"] is None:
+        return None
+    lo, hi = difference["ci95"]
+    return "oip" if lo > 0 else "exemplars" if hi < 0 else "neither"
+
+
+def observer_agreement(tc: dict) -> dict:
+    """Where the pixel and the feature observer disagree, from the summary's two-choice aggregates `tc`.
+
+    Per variant (`max`: maximizing references; `minmax`: with the minimizing ones): each observer's verdict
+    on OIP against exemplar references (`verdict`), whether the two verdicts differ, and whether the ordering
+    of the two arms' means flips between the observers (a flip inside the CIs is no finding on its own).
+    `arms_apart`: the arms whose 95% CIs under the two observers do not overlap."""
+    out = {}
+    for name, suffix in (("max", ""), ("minmax", "_minmax")):
+        pix, feat = tc.get(f"oip_minus_exemplars{suffix}"), tc.get(f"oip_minus_exemplars{suffix}_features")
+        if pix is None or feat is None or pix["mean"] is None or feat["mean"] is None:
+            continue
+        v_pix, v_feat = verdict(pix), verdict(feat)
+        out[name] = {
+            "pixels": v_pix,
+            "features": v_feat,
+            "verdicts_differ": v_pix != v_feat,
+            "ordering_flips": bool(np.sign(pix["mean"]) * np.sign(feat["mean"]) < 0),
+        }
+    apart = []
+    for arm in TWO_CHOICE:
+        a, b = tc.get(arm), tc.get(f"{arm}_features")
+        if a and b and a["ci95"] is not None and b["ci95"] is not None:
+            if a["ci95"][1] < b["ci95"][0] or b["ci95"][1] < a["ci95"][0]:
+                apart.append(arm)
+    out["arms_apart"] = apart
+    return out

@@ -159,6 +159,23 @@ def test_map_alone_equals_map_in_scan(small_mnist):
         np.testing.assert_array_equal(alone.quality.trials[k][0], full.quality.trials[k][BAR])
 
 
+def test_map_alone_equals_map_in_scan_on_a_conv_layer(reference, small_mnist, tiny_checkpoint):
+    """On the reference model's Conv2D_3 at equal chunk size, a map's OIPs and every measure of it (the
+    superstimulus on the clipped OIP and the feature observer's arms included) are the same bits scanned
+    alone as beside 15 other maps: the network's values on a map's own images come from batches whose size
+    does not depend on the scan's map count."""
+    q = two_choice.QualityConfig(observer_model=tiny_checkpoint, references=4, min_starts=2)
+    kw = dict(restarts=4, precursor_starts=8, screen=2, seed=0, data=small_mnist, progress=False, chunk_size=4)
+    cfg = OIPConfig(steps=10)
+    full = jaxoip.scan_maps(reference, "Conv2D_3", range(16), config=cfg, quality=q, **kw)
+    alone = jaxoip.scan_maps(reference, "Conv2D_3", [3], config=cfg, quality=q, **kw)
+    np.testing.assert_array_equal(alone.best_images[0], full.best_images[3])
+    cols = list(alone.quality.columns())
+    assert {"superstimulus", "two_choice_oip_features", "two_choice_exemplars_minmax_features"} <= set(cols)
+    a, f = alone.table()[cols].iloc[0], full.table()[cols].iloc[3]
+    assert a.equals(f), (a, f)
+
+
 def test_wilson_interval_matches_scipy():
     scipy_stats = pytest.importorskip("scipy.stats")
     for k, n in ((0, 20), (7, 20), (20, 20), (63, 100), (99, 100)):
@@ -225,5 +242,38 @@ def test_second_observer_in_feature_space(small_mnist, tiny_checkpoint):
     s = scan.summary().to_dict()["quality"]["two_choice"]
     assert s["observers"] == ["pixels", "features"] and "noise_features" in s["controls"]
     assert "oip_minus_exemplars_features" in s and "two_choice_oip_minmax" not in s
+    assert set(s["observer_agreement"]) == {"max", "arms_apart"}  # No minimizing references: no minmax variant.
     with pytest.raises(JaxoipError, match="no layer 'Dense_9'"):
         two_choice.feature_observer(dataclasses.replace(q, observer_layer="Dense_9"), STD)
+
+
+def test_observer_agreement_marks_disagreement():
+    """The observers disagree where one finds OIPs better and the other exemplars, or the means' order flips;
+    arms whose CIs under the two observers do not overlap are named."""
+
+    def ci(mean, lo, hi):
+        return {"mean": mean, "ci95": [lo, hi], "maps": 10}
+
+    tc = {
+        "oip_minus_exemplars": ci(0.02, 0.01, 0.03),  # pixels: OIPs better
+        "oip_minus_exemplars_features": ci(-0.05, -0.08, -0.02),  # features: exemplars better
+        "oip_minus_exemplars_minmax": ci(0.01, -0.01, 0.02),  # both hold 0, but the means' order flips
+        "oip_minus_exemplars_minmax_features": ci(-0.01, -0.03, 0.01),
+        "two_choice_oip": ci(0.96, 0.95, 0.97),
+        "two_choice_oip_features": ci(0.90, 0.88, 0.92),
+        "two_choice_exemplars": ci(0.94, 0.93, 0.95),
+        "two_choice_exemplars_features": ci(0.95, 0.94, 0.96),
+    }
+    a = two_choice.observer_agreement(tc)
+    assert a["max"] == {"pixels": "oip", "features": "exemplars", "verdicts_differ": True, "ordering_flips": True}
+    assert a["minmax"] == {
+        "pixels": "neither",
+        "features": "neither",
+        "verdicts_differ": False,
+        "ordering_flips": True,
+    }
+    assert a["arms_apart"] == ["two_choice_oip"]
+    same = {k: v for k, v in tc.items() if not k.endswith("_features")}
+    same.update({f"{k}_features": v for k, v in same.items()})
+    agree = two_choice.observer_agreement(same)
+    assert not agree["max"]["verdicts_differ"] and not agree["minmax"]["ordering_flips"] and not agree["arms_apart"]
