@@ -20,6 +20,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The module and factory around `heavy`: built once (BUILT), so the factory's probe of the model stays quick.
+MODULE = """
+
+class Slow(nnx.Module):
+    def __init__(self):
+        self.stem = nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(4, 10, rngs=nnx.Rngs(1))
+
+    def __call__(self, x):
+        return self.head(nnx.relu(self.stem(heavy(x))).mean(axis=(1, 2)))
+
+
+def factory():
+    global BUILT
+    model = jaxoip.from_nnx(Slow(), (28, 28, 1))
+    BUILT = True
+    return model
+"""
+
 # Slow to compile once the model is built (its probe traces it quickly) and, where $SLOW_ONCE_KEPT names a file,
 # once that exists: the scan's program that follows kept work then compiles for tens of seconds, like a large
 # model's remainder chunk.
@@ -47,28 +66,13 @@ def heavy(x):
     v = jax.lax.scan(body, jnp.tanh(x.reshape(-1)[:256].reshape(16, 16)), None, length=3000, unroll=3000)[0]
     return jnp.where(jnp.isfinite(v.sum()), x, 0.0)  # x itself, through code XLA cannot drop.
 
-
-class SlowToCompile(nnx.Module):
-    def __init__(self):
-        self.stem = nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0))
-        self.head = nnx.Linear(4, 10, rngs=nnx.Rngs(1))
-
-    def __call__(self, x):
-        return self.head(nnx.relu(self.stem(heavy(x))).mean(axis=(1, 2)))
-
-
-def factory():
-    global BUILT
-    model = jaxoip.from_nnx(SlowToCompile(), (28, 28, 1))
-    BUILT = True
-    return model
 """
 
 
 def _interrupted_scan(tmp_path, env_extra: dict) -> tuple[int, str, float, Path]:
     """Runs a cold scan of the slow factory, sends SIGINT 1.5 s after the slow compile began; (status, stderr,
     seconds from the interrupt to the exit, --out)."""
-    (tmp_path / "slow.py").write_text(SLOW_FACTORY)
+    (tmp_path / "slow.py").write_text(SLOW_FACTORY + MODULE)
     x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
     out = tmp_path / "scan"
@@ -133,27 +137,12 @@ def heavy(x):
     v = jax.lax.fori_loop(0, 100_000, lambda i, v: jnp.tanh(v @ v.T), v)
     return jnp.where(jnp.isfinite(v.sum()), x, 0.0)
 
-
-class SlowToRun(nnx.Module):
-    def __init__(self):
-        self.stem = nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0))
-        self.head = nnx.Linear(4, 10, rngs=nnx.Rngs(1))
-
-    def __call__(self, x):
-        return self.head(nnx.relu(self.stem(heavy(x))).mean(axis=(1, 2)))
-
-
-def factory():
-    global BUILT
-    model = jaxoip.from_nnx(SlowToRun(), (28, 28, 1))
-    BUILT = True
-    return model
 """
 
 
 def test_ctrl_c_while_activations_runs_a_large_model_ends_it(tmp_path):
     """An activation grid waited for its pass in one blocking call (`np.asarray`), which no Ctrl-C ends."""
-    (tmp_path / "slow.py").write_text(SLOW_TO_RUN)
+    (tmp_path / "slow.py").write_text(SLOW_TO_RUN + MODULE)
     x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
     argv = [
