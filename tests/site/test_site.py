@@ -135,7 +135,7 @@ def test_the_site_links_each_map_to_its_most_similar_maps(small_scan, tmp_path):
         assert f"map{small_scan.map_indices[q]:03d}.html" in page and fmt(v) in page
 
 
-def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch):
+def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch, capsys):
     from jaxoip.cli import microscope
     from jaxoip.oip import groups
 
@@ -153,6 +153,10 @@ def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monke
     with monkeypatch.context() as m:
         m.setattr(groups, "run_search", stop_in_the_second_layer)
         assert cli.run(microscope.main, argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted; the work done is kept in {out}: the finished search of Conv2D_1 (the files and sites are "
+        "written once every layer is done); run the command again with --resume"
+    )
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "running"
     assert not (out / "index.html").exists()
     with monkeypatch.context() as m:
