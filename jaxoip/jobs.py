@@ -29,6 +29,7 @@ from jaxoip.data.mnist import MNIST
 from jaxoip.errors import JaxoipError
 from jaxoip.models.checkpoint import model_checksum
 from jaxoip.models.cnn import TrainedModel
+from jaxoip.oip.groups import saved_groups
 from jaxoip.oip.plan import ScanPlan
 from jaxoip.oip.scan import scan_layer, write_scan_files
 from jaxoip.oip.scan_result import ScanResult
@@ -163,7 +164,7 @@ def run_microscope(
     record = {"layers": [_plan_record(p) for p in plans]}
     label = model or str((options or {}).get("model") or REFERENCE_MODEL)
     runs, entries = [], []
-    with _opened(out, "run_microscope", record, overwrite, resume) as o:
+    with _opened(out, "run_microscope", record, overwrite, resume) as o, _kept_on_interrupt(plans, o):
         checksum = check_inputs(o, plans[0].trained, data)
         for i, plan in enumerate(plans):
             name = plan.layer.name
@@ -186,6 +187,37 @@ def run_microscope(
         if o is not None:
             write_microscope_site(o.staging, entries, model=label)
     return runs
+
+
+@contextlib.contextmanager
+def _kept_on_interrupt(plans: Sequence[ScanPlan], out: OutputDir | None) -> Iterator[None]:
+    """A bare Ctrl-C of a microscope that kept work becomes one that says what it kept and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        kept = None if out is None or str(e) else microscope_kept(plans, out.partial)
+        if kept is None:
+            raise
+        raise KeyboardInterrupt(
+            f"the work done is kept in {out.path}: {kept} (the files and sites are written once every layer is "
+            "done); run the command again with --resume"
+        ) from None
+
+
+def microscope_kept(plans: Sequence[ScanPlan], partial: str | os.PathLike) -> str | None:
+    """What the microscope's layers have saved in `partial` (its kept-work folder), in words: the layers whose
+    search is finished, and the saved groups of one that is not; None when nothing is saved."""
+    finished, started = [], []
+    for plan in plans:
+        name = plan.layer.name
+        kept, total = saved_groups(Path(partial) / name / "search", len(plan.maps) * plan.restarts, plan.chunk)
+        if kept == total:
+            finished.append(name)
+        elif kept:
+            started.append(f"{kept} of {total} search groups of {name}")
+    words = [f"the finished search{'es' if len(finished) > 1 else ''} of {', '.join(finished)}"] if finished else []
+    words += started
+    return "; ".join(words) or None
 
 
 def microscope_layers(trained: TrainedModel) -> list[str]:

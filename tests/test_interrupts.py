@@ -168,3 +168,53 @@ def test_ctrl_c_while_activations_runs_a_large_model_ends_it(tmp_path):
     assert p.returncode == 130 and err.strip() == "interrupted", err
     assert seconds < 5
     assert not (tmp_path / "a").exists()
+
+
+# Slow to compile only while $SLOW_AFTER names a file that exists: the first layer's search runs quickly, and
+# the program after it (that layer's data pass) compiles for tens of seconds, like a large model's.
+SLOW_AFTER_FACTORY = SLOW_FACTORY.replace(
+    'kept = os.environ.get("SLOW_ONCE_KEPT")\n    if not BUILT or (kept and not os.path.exists(kept)):',
+    'kept = os.environ.get("SLOW_AFTER")\n    if not BUILT or not kept or not os.path.exists(kept):',
+)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_microscope_says_what_it_kept_and_resume_goes_on(tmp_path):
+    """An interrupted microscope said only "interrupted"; it names the layers whose search it kept, and --resume."""
+    assert SLOW_AFTER_FACTORY != SLOW_FACTORY
+    (tmp_path / "slow.py").write_text(SLOW_AFTER_FACTORY)
+    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    out = tmp_path / "micro"
+    argv = [
+        sys.executable, "-m", "jaxoip", "microscope", "--model", f"{tmp_path / 'slow.py'}:factory",
+        "--layers", "stem,head", "--steps", "5", "--restarts", "2", "--precursor-starts", "2", "--exemplars", "0",
+        "--data", str(tmp_path / "d.npz"), "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXOIP_CACHE_DIR": str(tmp_path / "cache")}
+    kept = out / ".jaxoip-partial" / "stem" / "search" / "group_00000.npz"
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "SLOW_AFTER": str(kept)}
+    )
+    try:
+        while (line := p.stdout.readline()) != "compiling slowly\n":
+            assert line, p.communicate()
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 130 and seconds < 5, (p.returncode, err)
+    assert err.strip() == (
+        f"interrupted; the work done is kept in {out}: the finished search of stem (the files and sites are "
+        "written once every layer is done); run the command again with --resume"
+    ), err
+    assert json.loads((out / ".jaxoip.json").read_text())["status"] == "running" and kept.is_file()
+    # The same command with --resume goes on from there (and no longer compiles slowly) to a complete site.
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / ".jaxoip.json").read_text())["status"] == "complete"
+    assert (out / "index.html").is_file() and (out / "stem" / "site").is_dir() and (out / "head" / "site").is_dir()

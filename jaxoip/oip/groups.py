@@ -53,6 +53,19 @@ def _group_key(
     return h.hexdigest()
 
 
+def group_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """The [lo, hi) image ranges of a search of `n` images in groups of `GROUP_CHUNKS` chunks of `chunk`."""
+    size = chunk * GROUP_CHUNKS
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def saved_groups(partial_dir: str | os.PathLike, n: int, chunk: int) -> tuple[int, int]:
+    """How many of the groups of a search of `n` images (`group_bounds`) lie saved in `partial_dir`, and of how
+    many."""
+    bounds = group_bounds(n, chunk)
+    return sum((Path(partial_dir) / f"group_{g:05d}.npz").is_file() for g in range(len(bounds))), len(bounds)
+
+
 _RESULT_ARRAYS = ("images", "objective", "traces", "snapshots", "converged_step", "stayed_zero", "woken")
 
 
@@ -106,12 +119,11 @@ def search_in_groups(
     seconds that earlier (killed) processes spent on the groups reused from `partial_dir`.
     """
     n = len(maps)
-    size = chunk * GROUP_CHUNKS
     partial = Path(partial_dir) if partial_dir is not None else None
     if partial is not None:
         partial.mkdir(parents=True, exist_ok=True)
     parts, earlier = [], 0.0
-    bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    bounds = group_bounds(n, chunk)
     keys = [
         _group_key(model, objective, maps[lo:hi], x0[lo:hi], config, chunk, data_max, magnitude, setup)
         if partial

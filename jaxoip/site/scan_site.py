@@ -27,6 +27,7 @@ PRESETS = (
     ("no OIP found", {"found": "=0"}),
 )
 TILE = 3  # Screen pixels per image pixel on the pages (images are stored at their own size).
+SHOWN_FACETS = 6  # Facets laid out on a map page; the rest are folded under one "+k more facets" line.
 # The overview's first columns, what a reader wants first; the precursor's per-recipe columns (pre_*) come
 # last, folded away until asked for.
 LEAD = ("map", "target", "best_objective", "method", "facets", "superstimulus", "two_choice_oip")
@@ -287,7 +288,7 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
     std = result.standardization
     name = names[p]
     imgs = result.images[p]
-    groups = []
+    facets = []
     for f, rep in enumerate(facet.representatives.tolist()):
         starts = [int(s) for s in np.flatnonzero(facet.labels == facet.labels[rep])]
         starts.sort(key=lambda s: -objective[s])
@@ -298,7 +299,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
         files = (f"img/{name}_facet{f}.png", f"img/{name}_facet{f}_enhanced.png")
         im.write_png(plain, site / files[0])
         im.write_png(enh, site / files[1])
-        groups.append(
+        shown = [{"start": s, "objective": fmt(objective[s]), "woken": bool(result.woken[p, s])} for s in starts]
+        facets.append(
             {
                 "index": f,
                 "plain": files[0],
@@ -306,9 +308,8 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
                 "n": len(starts),
                 "clipped": f"{outside:.1%}" if outside > 0 else None,
                 "width": plain.shape[1] * TILE,
-                "starts": [
-                    {"start": s, "objective": fmt(objective[s]), "woken": bool(result.woken[p, s])} for s in starts
-                ],
+                "starts": shown,
+                "alt": f"facet {f}: " + ", ".join(f"start {s['start']} (objective {s['objective']})" for s in shown),
             }
         )
     flat = p * result.restarts + int(result.best_start[p])
@@ -376,7 +377,9 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
         edges, counts = result.data_histogram
         hist = _histogram(edges[m], counts[m], float(objective.max()))
     return {
-        "facets": groups,
+        "facets": facets[:SHOWN_FACETS],
+        "more": _folded(facets[SHOWN_FACETS:]),
+        "unfaceted": int(np.sum(facet.labels < 0)),
         "snapshots": snapshots,
         "trace": _polyline(trace),
         "precursor": precursor,
@@ -385,6 +388,14 @@ def _map_page(result, p, m, names, facet, objective, snap_steps, exemplars, view
         "histogram": hist,
         "restarts": result.restarts,
     }
+
+
+def _folded(facets: list[dict]) -> dict | None:
+    """The facets beyond the first `SHOWN_FACETS`, folded: how many, their starts and objectives, and the facets."""
+    if not facets:
+        return None
+    best = [f["starts"][0]["objective"] for f in facets]  # Each facet's best start leads its list.
+    return {"facets": facets, "n": len(facets), "starts": sum(f["n"] for f in facets), "hi": best[0], "lo": best[-1]}
 
 
 def _settings(summary: dict) -> list[dict]:

@@ -135,7 +135,7 @@ def test_the_site_links_each_map_to_its_most_similar_maps(small_scan, tmp_path):
         assert f"map{small_scan.map_indices[q]:03d}.html" in page and fmt(v) in page
 
 
-def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch):
+def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monkeypatch, capsys):
     from jaxoip.cli import microscope
     from jaxoip.oip import groups
 
@@ -153,6 +153,10 @@ def test_microscope_resumes_a_killed_run(tiny_checkpoint, mnist, tmp_path, monke
     with monkeypatch.context() as m:
         m.setattr(groups, "run_search", stop_in_the_second_layer)
         assert cli.run(microscope.main, argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted; the work done is kept in {out}: the finished search of Conv2D_1 (the files and sites are "
+        "written once every layer is done); run the command again with --resume"
+    )
     assert json.loads((out / ".jaxoip.json").read_text())["status"] == "running"
     assert not (out / "index.html").exists()
     with monkeypatch.context() as m:
@@ -177,3 +181,30 @@ def test_overview_shows_each_two_choice_value_with_its_interval():
     assert cols == ["map", "two_choice_oip", "stability"]  # The bounds sit in the value's cell (maps.csv keeps them).
     assert rows[0][1] == {"text": "0.78 [0.6893, 0.85]", "key": repr(0.78)}  # Sorted and filtered by the value.
     assert rows[1][1]["text"] == ""  # No trials, no interval.
+
+
+def test_a_map_page_lays_its_facets_out_side_by_side_and_folds_the_rest(colour_scan, tmp_path):
+    """A colour map of 8 one-start facets ran long, one block per facet; now a row of small figures, the facets
+    beyond SHOWN_FACETS folded under one "+k more" line, every start still on the page with its objective."""
+    import re
+
+    from jaxoip.site.scan_site import SHOWN_FACETS
+
+    facets = colour_scan.facets()[0]
+    n = len(facets.representatives)
+    assert n > SHOWN_FACETS and colour_scan.best_images.shape[-1] == 3  # A colour map with facets to fold.
+    write_scan_site(colour_scan, tmp_path)
+    page = (tmp_path / "site" / "map000.html").read_text()
+    shown, folded = page.split('<details class="more">')
+    assert shown.count('<figure class="facet">') == SHOWN_FACETS
+    assert folded.count('<figure class="facet">') == n - SHOWN_FACETS
+    more = re.search(r"<summary>\+(\d+) more facets? \((\d+) starts?, best objectives ([^<]*)\)</summary>", folded)
+    assert more and int(more[1]) == n - SHOWN_FACETS and int(more[2]) == facets.sizes[SHOWN_FACETS:].sum(), more
+    # Every faceted start once, with its objective, in caption and alt text (plain and enhanced).
+    objective = colour_scan.objective[0]
+    for s in np.flatnonzero(facets.labels >= 0):
+        value = fmt(objective[s])
+        assert page.count(f">#{s} {value}</span>") == 1, s
+        assert len(re.findall(rf'alt="facet \d+: [^"]*start {s} \(objective {re.escape(value)}\)', page)) == 2, s
+    assert all(a.strip() for a in re.findall(r'<img [^>]*alt="([^"]*)"', page))
+    assert len(re.findall(r"<img ", page)) == len(re.findall(r'<img [^>]*alt="', page))

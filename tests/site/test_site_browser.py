@@ -232,3 +232,32 @@ def test_microscope_site_in_the_browser(browser, microscope_site, tmp_path):
     imgs = _images(page)
     assert len(imgs) == 10 and all(ok and w > 0 for _, ok, w in imgs), imgs
     assert errors == []
+
+
+def test_a_colour_map_page_of_many_facets_stays_short(browser, colour_scan, tmp_path):
+    """8 one-start colour facets took one tall block each (about 8 image heights); now they share a row, the
+    facets beyond the first few folded under a line that opens to show them."""
+    from jaxoip.site.scan_site import TILE
+
+    write_scan_site(colour_scan, tmp_path)
+    page, errors = _open(browser, (tmp_path / "site" / "map000.html").as_uri())
+    tile = colour_scan.best_images.shape[1] * TILE
+    section = page.evaluate(
+        """() => {
+          const heads = Array.from(document.querySelectorAll('h2'));
+          const top = h => h.getBoundingClientRect().top;
+          const i = heads.findIndex(h => h.textContent.startsWith('Starts, grouped by facet'));
+          return top(heads[i + 1]) - top(heads[i]);
+        }"""
+    )
+    assert section < 5 * tile, section  # Two image rows (plain, enhanced), captions, the note and the fold.
+    folded = page.locator("details.more figure.facet")
+    n = len(colour_scan.facets()[0].representatives)
+    assert page.locator("figure.facet").count() == n and 0 < folded.count() < n  # Every facet on the page.
+    assert not folded.first.is_visible()
+    page.click("details.more summary")
+    assert folded.first.is_visible() and folded.last.is_visible()
+    imgs = _images(page)
+    assert all(ok and w > 0 for _, ok, w in imgs), imgs
+    _not_blank(page, tmp_path / "colour_map.png")
+    assert errors == []
