@@ -182,7 +182,7 @@ SLOW_AFTER_FACTORY = SLOW_FACTORY.replace(
 def test_ctrl_c_of_microscope_says_what_it_kept_and_resume_goes_on(tmp_path):
     """An interrupted microscope said only "interrupted"; it names the layers whose search it kept, and --resume."""
     assert SLOW_AFTER_FACTORY != SLOW_FACTORY
-    (tmp_path / "slow.py").write_text(SLOW_AFTER_FACTORY)
+    (tmp_path / "slow.py").write_text(SLOW_AFTER_FACTORY + MODULE)
     x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
     out = tmp_path / "micro"
