@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import jaxtyping
 import numpy as np
+import pandas
 import pytest
 from jaxtyping import Array, Bool, Float, Int, Key
 
@@ -23,8 +24,9 @@ from jaxoip.oip.search import OIPConfig, OIPResult, search_oips
 from jaxoip.seeds import similarity
 
 PUBLIC = {name: getattr(jaxoip, name) for name in jaxoip.__all__}
-# Names an annotation may use without importing them at run time (`if TYPE_CHECKING:` against a cycle).
-HINT_NAMES = {**PUBLIC}
+# Names an annotation may use without importing them at run time (`if TYPE_CHECKING:` against a cycle, or to
+# import pandas only where a table is built).
+HINT_NAMES = {**PUBLIC, "pd": pandas}
 
 # Public functions of `jaxoip` that take and return no arrays (models, configs, folders, tables).
 NO_ARRAYS = {
