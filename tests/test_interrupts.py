@@ -39,6 +39,14 @@ def factory():
     return model
 """
 
+
+def _slow_inputs(tmp_path: Path, factory: str) -> None:
+    """slow.py (`factory`'s heavy pass around MODULE) and d.npz (20 random 28x28 images) in `tmp_path`."""
+    (tmp_path / "slow.py").write_text(factory + MODULE)
+    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+
+
 # Slow to compile once the model is built (its probe traces it quickly) and, where $SLOW_ONCE_KEPT names a file,
 # once that exists: the scan's program that follows kept work then compiles for tens of seconds, like a large
 # model's remainder chunk.
@@ -72,9 +80,7 @@ def heavy(x):
 def _interrupted_scan(tmp_path, env_extra: dict) -> tuple[int, str, float, Path]:
     """Runs a cold scan of the slow factory, sends SIGINT 1.5 s after the slow compile began; (status, stderr,
     seconds from the interrupt to the exit, --out)."""
-    (tmp_path / "slow.py").write_text(SLOW_FACTORY + MODULE)
-    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    _slow_inputs(tmp_path, SLOW_FACTORY)
     out = tmp_path / "scan"
     argv = [
         sys.executable, "-m", "jaxoip", "scan_all_maps", "--model", f"{tmp_path / 'slow.py'}:factory",
@@ -142,9 +148,7 @@ def heavy(x):
 
 def test_ctrl_c_while_activations_runs_a_large_model_ends_it(tmp_path):
     """An activation grid waited for its pass in one blocking call (`np.asarray`), which no Ctrl-C ends."""
-    (tmp_path / "slow.py").write_text(SLOW_TO_RUN + MODULE)
-    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    _slow_inputs(tmp_path, SLOW_TO_RUN)
     argv = [
         sys.executable, "-m", "jaxoip", "activations", "--model", f"{tmp_path / 'slow.py'}:factory", "--layer", "stem",
         "--per-row", "4", "--image", "test:0", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "a"),
@@ -182,9 +186,7 @@ SLOW_AFTER_FACTORY = SLOW_FACTORY.replace(
 def test_ctrl_c_of_microscope_says_what_it_kept_and_resume_goes_on(tmp_path):
     """An interrupted microscope said only "interrupted"; it names the layers whose search it kept, and --resume."""
     assert SLOW_AFTER_FACTORY != SLOW_FACTORY
-    (tmp_path / "slow.py").write_text(SLOW_AFTER_FACTORY + MODULE)
-    x = np.random.default_rng(0).integers(0, 256, (20, 28, 28), np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 10, x_test=x, y_test=np.arange(20) % 10)
+    _slow_inputs(tmp_path, SLOW_AFTER_FACTORY)
     out = tmp_path / "micro"
     argv = [
         sys.executable, "-m", "jaxoip", "microscope", "--model", f"{tmp_path / 'slow.py'}:factory",
