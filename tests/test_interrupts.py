@@ -90,6 +90,12 @@ def _interrupted_scan(tmp_path, env_extra: dict) -> tuple[int, str, float, Path]
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXOIP_CACHE_DIR": str(tmp_path / "cache"), **env_extra}
     env = {k: v.format(out=out) for k, v in env.items()}
+    return (*_interrupted_in_slow_compile(argv, env), out)
+
+
+def _interrupted_in_slow_compile(argv: list[str], env: dict) -> tuple[int, str, float]:
+    """Starts the command, sends SIGINT 1.5 s after the slow compile began; (status, stderr, seconds from the
+    interrupt to the exit)."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         while (line := p.stdout.readline()) != "compiling slowly\n":
@@ -102,7 +108,7 @@ def _interrupted_scan(tmp_path, env_extra: dict) -> tuple[int, str, float, Path]
     finally:
         p.kill()
         p.wait()
-    return p.returncode, err, seconds, out
+    return p.returncode, err, seconds
 
 
 @pytest.mark.slow
@@ -195,21 +201,8 @@ def test_ctrl_c_of_microscope_says_what_it_kept_and_resume_goes_on(tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXOIP_CACHE_DIR": str(tmp_path / "cache")}
     kept = out / ".jaxoip-partial" / "stem" / "search" / "group_00000.npz"
-    p = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "SLOW_AFTER": str(kept)}
-    )
-    try:
-        while (line := p.stdout.readline()) != "compiling slowly\n":
-            assert line, p.communicate()
-        time.sleep(1.5)
-        p.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = p.communicate(timeout=120)
-        seconds = time.monotonic() - t0
-    finally:
-        p.kill()
-        p.wait()
-    assert p.returncode == 130 and seconds < 5, (p.returncode, err)
+    code, err, seconds = _interrupted_in_slow_compile(argv, {**env, "SLOW_AFTER": str(kept)})
+    assert code == 130 and seconds < 5, (code, err)
     assert err.strip() == (
         f"interrupted; the work done is kept in {out}: the finished search of stem (the files and sites are "
         "written once every layer is done); run the command again with --resume"
