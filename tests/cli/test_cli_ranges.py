@@ -108,7 +108,7 @@ def test_wait_ready_lets_an_interrupt_land_before_the_result():
         return jax.lax.fori_loop(0, 4000, lambda i, v: jnp.tanh(v @ v.T), x)
 
     x = jnp.ones((384, 384)) / 384
-    slow.lower(x).compile()  # Not timed: compiling is not interruptible.
+    slow.lower(x).compile()  # Compiled first, so the alarm lands while the program runs.
 
     def interrupt(*_):
         raise KeyboardInterrupt
