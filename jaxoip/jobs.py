@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from jaxoip import distributed
 from jaxoip._io import OutputDir
+from jaxoip._prefetch import WRITER_MODULES, prefetch_imports  # noqa: F401 - the jobs' writers, re-exported
 from jaxoip.analysis.data_views import data_views
 from jaxoip.compiles import CompileCount, count_compiles
 from jaxoip.data.mnist import MNIST
@@ -35,31 +34,6 @@ from jaxoip.oip.scan import scan_layer, write_scan_files
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.progress import Progress
 from jaxoip.site import write_microscope_site, write_scan_site
-
-# What a job imports only to write its files (tables, clusters, figures): imported on another thread while the
-# search runs, where the main thread mostly waits for XLA (`prefetch_imports`).
-WRITER_MODULES = ("pandas", "scipy.cluster.hierarchy", "matplotlib.backends.backend_agg", "jaxoip.oip.figures")
-_prefetched = threading.Event()
-
-
-def prefetch_imports(modules: Sequence[str] = WRITER_MODULES) -> None:
-    """Imports `modules` on a daemon thread, once per process: a job's figures and tables then find them
-    imported, their import time spent while the search held the CPU's other core. A module the main thread
-    needs sooner waits for the thread's import of it (Python's per-module import lock); a failure here is
-    left for the main thread's own import to report."""
-    if _prefetched.is_set():
-        return
-    _prefetched.set()
-
-    def run():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the main thread's import reports it, in its own words
-                return
-
-    threading.Thread(target=run, name="jaxoip-prefetch", daemon=True).start()
-
 
 # Room the files of a scan take, asked of the disk before any work (`jaxoip._io.prepare_output`).
 EXPECTED_BYTES = 64 * 2**20
@@ -114,7 +88,6 @@ def run_scan(
     (their `ScanRun` has the result and no path) while process 0 writes.
     """
     started = time.perf_counter() if started is None else started
-    prefetch_imports()
     snapshot_maps = None if snapshot_maps is None else [int(m) for m in snapshot_maps]
     record = {**_plan_record(plan), "all_starts": all_starts, "site": site, "snapshot_maps": snapshot_maps}
     bar = _progress(progress, f"scan {plan.layer.name}")
@@ -154,7 +127,6 @@ def run_microscope(
     search groups. On every process of a multi-process run: the layers' searches are shared, and between
     two layers the others wait for process 0's files."""
     started = time.perf_counter() if started is None else started
-    prefetch_imports()
     names = [p.layer.name for p in plans]
     if not plans or len(set(names)) < len(names):
         raise JaxoipError(f"run_microscope needs plans of distinct layers, got {names}")

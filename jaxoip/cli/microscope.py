@@ -58,7 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip import jobs
     from jaxoip.oip import plan as scan_plan
 
-    jobs.prefetch_imports()  # The writers' imports, while the plans compile and the searches run.
     layers = jobs.microscope_layers(trained) if args.layers is None else [s.strip() for s in args.layers.split(",")]
     if not layers or len(set(layers)) < len(layers) or not all(layers):
         raise JaxoipError(f"--layers must name distinct layers, got {args.layers!r}")

@@ -161,7 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxoip import jobs
     from jaxoip.oip import plan as scan_plan
 
-    jobs.prefetch_imports()  # The writers' imports, while the plan compiles and the search runs.
     if args.observer_model is not None:  # A bad observer fails before the search, in one line.
         from jaxoip.oip.two_choice import feature_observer
 

@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 
 from jaxoip._check import check_type
 from jaxoip._io import prepare_output
+from jaxoip._prefetch import prefetch_imports
 from jaxoip.analysis.exemplars import Exemplars, exemplars_from_maxima, find_exemplars
 from jaxoip.data.mnist import MNIST
 from jaxoip.models.cnn import TrainedModel, batched_layer_map
@@ -153,6 +154,7 @@ def scan_layer(
         data_mean = data_max = acts = on_best = on_clipped = minimizing = histogram = found = None
         if data is not None:
             with bar.phase("data pass"):
+                prefetch_imports()  # The writers' imports, while this thread waits for the pass over the images.
                 x = trained.standardization(data.test_images)
                 obj = res.objective.reshape(len(maps), restarts)
                 best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
