@@ -310,6 +310,14 @@ def pad_batches(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
     return padded.reshape(steps, batch_size, *images.shape[1:]), n
 
 
+def image_batches(images: np.ndarray, batch_size: int, pad: bool = False) -> tuple[np.ndarray, int]:
+    """`pad_batches` of `images` in batches of `batch_size`, or in one smaller batch when there are fewer
+    images, unless `pad`: then every batch has `batch_size` images, so an image's values do not depend on how
+    many images are evaluated with it (XLA's CPU kernels block a batch by its size, and the last bits follow
+    the blocking)."""
+    return pad_batches(images, max(1, batch_size if pad else min(batch_size, images.shape[0])))
+
+
 def batched_layer_map(
     model: Network,
     images: Float[ArrayLike, "n H W ch"],
@@ -326,20 +334,16 @@ def batched_layer_map(
     compiled program: pass a module-level function (the same object on every call), not a fresh
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
 
-    Fewer images than `batch_size` make one smaller batch, unless `pad`: then every batch has `batch_size`
-    images, so an image's values do not depend on how many images are evaluated with it (XLA's CPU
-    kernels block a batch by its size, and the last bits follow the blocking).
+    Fewer images than `batch_size` make one smaller batch, unless `pad` (`image_batches`).
     """
     layer_name = find_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
     check_finite_weights(model, layer_name)
     graphdef, params = nnx.split(model)
     images = check_finite_images("the images", images).astype(np.float32)
-    batch_size = max(1, batch_size if pad else min(batch_size, images.shape[0]))
-    xs, n = pad_batches(images, batch_size)
+    xs, n = image_batches(images, batch_size, pad)
     out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
-    numerics.wait_ready(out)  # A Ctrl-C lands while it runs.
-    out = jax.tree.map(lambda a: np.asarray(a)[:n], jax.device_get(out))
+    out = jax.tree.map(lambda a: a[:n], numerics.fetch(out))  # A Ctrl-C lands while it runs.
     check_finite_outputs(model, out, layer_name)
     return out
 

@@ -39,9 +39,9 @@ from jaxtyping import Int
 
 from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import _ACTIVATIONS, map_activation, pad_batches
+from jaxoip.models.cnn import _ACTIVATIONS, image_batches, map_activation
 from jaxoip.models.network import Layer
-from jaxoip.numerics import precision_scope, wait_ready
+from jaxoip.numerics import fetch, precision_scope
 from jaxoip.oip.config import Terms, check_terms
 from jaxoip.oip.objectives import Objective
 
@@ -244,10 +244,9 @@ def batched_target_values(
     model, images, objective: Objective, precision, batch_size: int = 500, pad: bool = False
 ) -> np.ndarray:
     """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only;
-    `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.batched_layer_map`)."""
+    `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.image_batches`)."""
     graphdef, params = nnx.split(model)
     images = np.asarray(images, np.float32)
-    xs, n = pad_batches(images, max(1, batch_size if pad else min(batch_size, images.shape[0])))
+    xs, n = image_batches(images, batch_size, pad)
     out = _target_values(params, xs, graphdef=graphdef, objective=objective, precision=precision)
-    wait_ready(out)  # A Ctrl-C lands while it runs.
-    return np.asarray(out)[:n]
+    return fetch(out)[:n]  # A Ctrl-C lands while it runs.
