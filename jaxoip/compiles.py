@@ -22,6 +22,12 @@ class CompileCount:
     def compiled(self) -> int:
         return self.programs - self.cache_hits
 
+    def add(self, other: CompileCount) -> None:
+        """Counts `other`'s programs in this count too (work done before the block, e.g. a plan's)."""
+        self.programs += other.programs
+        self.cache_hits += other.cache_hits
+        self.seconds += other.seconds
+
 
 @contextlib.contextmanager
 def count_compiles():

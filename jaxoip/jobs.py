@@ -21,7 +21,6 @@ from pathlib import Path
 
 from jaxoip import distributed
 from jaxoip._io import OutputDir
-from jaxoip._prefetch import WRITER_MODULES, prefetch_imports  # noqa: F401 - the jobs' writers, re-exported
 from jaxoip.analysis.data_views import data_views
 from jaxoip.compiles import CompileCount, count_compiles
 from jaxoip.data.mnist import MNIST
@@ -246,9 +245,7 @@ def _scan_into(
     t0 = time.perf_counter()
     with count_compiles() as compiles:
         # The plan compiled the search's program to size its chunk: that compilation is this run's.
-        compiles.programs += plan.sizing.compiles.programs
-        compiles.cache_hits += plan.sizing.compiles.cache_hits
-        compiles.seconds += plan.sizing.compiles.seconds
+        compiles.add(plan.sizing.compiles)
         partial = None if out is None else out.partial / "search"
         result = scan_layer(plan, data, bar, partial)
         if options is not None:

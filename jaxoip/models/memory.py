@@ -157,15 +157,14 @@ class ProgramMemory:
 
 
 def fit_chunk(
-    chunk: int, group: int, measure: Callable[[int], tuple[int, str]], what: str, helps: str = ""
+    chunk: int, group: int, measure: Callable[[int], tuple[int, str]], what: str, free: int, helps: str = ""
 ) -> tuple[int, int]:
     """(the chunk, its bytes): the largest of `chunk`, then halved (a multiple of `group`, at least `group`),
-    whose `measure(chunk)` -> (bytes needed, how they add up) fits in `available_bytes()`.
+    whose `measure(chunk)` -> (bytes needed, how they add up) fits in `free` bytes (`available_bytes()`).
 
     One line (`OutOfMemoryError`) when not even `group` images fit: what was needed, what is available,
     and `helps`, the option that needs less.
     """
-    free = available_bytes()
     while True:
         need, detail = measure(chunk)
         if need <= free:

@@ -58,7 +58,7 @@ class PrecursorResult:
             cols[f"pre_{name}_frac"] = self.frac_active[:, r]
             cols[f"pre_{name}_mean"] = self.mean[:, r]
             cols[f"pre_{name}_max"] = self.max[:, r]
-        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip.jobs).
+        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip._prefetch).
 
         df = pd.DataFrame(cols)
         df.insert(0, "map", np.arange(len(df)))

@@ -147,7 +147,7 @@ class ScanResult:
         conv = self._per_map(self.oip.converged_step)[np.arange(m), best]
         zero = self._per_map(self.oip.stayed_zero)
         pre = self.precursor.table().iloc[self.map_indices].reset_index(drop=True)
-        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip.jobs).
+        import pandas as pd  # Only for tables: a scan imports it in the background (jaxoip._prefetch).
 
         df = pd.DataFrame({"map": self.map_indices})
         if self.weighted:

@@ -389,7 +389,7 @@ def size_search_chunk(
         return needs[c]
 
     with count_compiles() as compiles:
-        fits, _ = memory.fit_chunk(chunk, group, measure, "the OIP search", helps)
+        fits, _ = memory.fit_chunk(chunk, group, measure, "the OIP search", available, helps)
     if explicit and fits < chunk:
         need, detail = needs[chunk]
         raise OutOfMemoryError(

@@ -149,17 +149,18 @@ def test_early_and_late_checks_say_the_same(name):
 
 def test_the_jobs_import_their_writers_on_a_thread_of_their_own():
     """`jaxoip.jobs` imports no pandas, SciPy's clustering or matplotlib itself: `prefetch_imports` loads them on
-    a daemon thread while a job's search runs, and the job's tables and figures then find them."""
+    a daemon thread while a scan's data pass runs, and the job's tables and figures then find them."""
     code = """
 import sys, threading
-import jaxoip.jobs as jobs
-first = sorted(m for m in jobs.WRITER_MODULES if m in sys.modules)
-jobs.prefetch_imports()
-jobs.prefetch_imports()  # once per process
+import jaxoip.jobs
+from jaxoip._prefetch import WRITER_MODULES, prefetch_imports
+first = sorted(m for m in WRITER_MODULES if m in sys.modules)
+prefetch_imports()
+prefetch_imports()  # once per process
 threads = [t for t in threading.enumerate() if t.name == "jaxoip-prefetch"]
 assert len(threads) == 1, threads
 threads[0].join(120)
-print(first, sorted(m for m in jobs.WRITER_MODULES if m not in sys.modules))
+print(first, sorted(m for m in WRITER_MODULES if m not in sys.modules))
 """
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
