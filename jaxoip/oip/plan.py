@@ -28,7 +28,8 @@ from jaxoip.oip.config import ObjectiveConfig, Terms, check_scan_args
 from jaxoip.oip.facets import FACET_THRESHOLD
 from jaxoip.oip.noise import DEFAULT_RECIPES, Recipe, get_recipes
 from jaxoip.oip.objectives import Objective, resolve_objective
-from jaxoip.oip.search import ChunkSizing, OIPConfig, SearchSetup, default_chunk_size, size_search_chunk
+from jaxoip.oip.search import OIPConfig, SearchSetup, default_chunk_size
+from jaxoip.oip.sizing import ChunkSizing, size_search_chunk
 from jaxoip.oip.two_choice import QualityConfig
 from jaxoip.shapes import MapIndices
 
@@ -45,7 +46,7 @@ class ScanPlan:
     The precursor scan, the screened starts, the search, the minimizing search and the exemplars take the
     plan and check nothing again. `setup` holds what the search derives from the scan (the transformations'
     seed, the diversity groups, the pixel standardization); `sizing` how the chunk was chosen, from XLA's memory
-    analysis of the compiled search (`jaxoip.oip.search.size_search_chunk`); `exemplars` is 0 where the
+    analysis of the compiled search (`jaxoip.oip.sizing.size_search_chunk`); `exemplars` is 0 where the
     objective has no per-map exemplars.
     """
 

@@ -9,7 +9,8 @@ from jaxoip.errors import OutOfMemoryError
 from jaxoip.models.memory import ProgramMemory
 from jaxoip.oip.objectives import resolve_objective
 from jaxoip.oip.plan import plan_scan
-from jaxoip.oip.search import OIPConfig, SearchSetup, compile_search, run_search, size_search_chunk
+from jaxoip.oip.search import OIPConfig, SearchSetup, run_search
+from jaxoip.oip.sizing import compile_search, size_search_chunk
 
 CFG = OIPConfig(steps=3)
 SMALL = dict(config=CFG, precursor_starts=2, screen=1, quality=None)
