@@ -165,3 +165,23 @@ print(first, sorted(m for m in WRITER_MODULES if m not in sys.modules))
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "[]"]
+
+
+def test_a_command_process_collects_rarely_and_leaves_without_the_cyclic_walk():
+    """`cli.execute` (a command's process) makes full collections rarer while the command runs and freezes the heap
+    before the exit, where Python would otherwise walk every module's objects once more."""
+    code = """
+import atexit, gc, sys
+from jaxoip import cli
+seen = {}
+def main(argv):
+    seen["threshold"] = gc.get_threshold()
+    return 0
+atexit.register(lambda: print(seen["threshold"][2], gc.get_freeze_count() > 0))
+cli.execute(main, [])
+"""
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    from jaxoip.cli import COMMAND_GC_THRESHOLD
+
+    assert proc.stdout.split() == [str(COMMAND_GC_THRESHOLD), "True"]
