@@ -140,10 +140,10 @@ def make_models(suite: str, work: Path, seed: int) -> dict:
 def jaxoip_worker(suite: str, work: Path, maps: list[int], steps: int, seed: int, cache: str | None) -> dict:
     t0 = time.perf_counter()
     if cache:
-        from jaxoip.cli import enable_compilation_cache
+        from jaxoip.cli import enable_caches
 
         os.environ["JAXOIP_CACHE_DIR"] = cache
-        enable_compilation_cache()
+        enable_caches()
     import jax
 
     from jaxoip.oip.config import ObjectiveConfig

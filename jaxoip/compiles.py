@@ -7,16 +7,19 @@ import dataclasses
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+PASS_CACHE_HIT_EVENT = "/jaxoip/pass_cache/hits"  # jaxoip.pass_cache: a pass read back, not run.
 
 
 @dataclasses.dataclass
 class CompileCount:
     """Programs built (`programs`), of which `cache_hits` came from the persistent cache and `compiled`
-    were compiled by XLA; `seconds` is the time spent building them."""
+    were compiled by XLA; `seconds` is the time spent building them; `passes_read`: passes over images read
+    from `jaxoip.pass_cache` instead of run (their programs neither built nor loaded)."""
 
     programs: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
+    passes_read: int = 0
 
     @property
     def compiled(self) -> int:
@@ -27,6 +30,7 @@ class CompileCount:
         self.programs += other.programs
         self.cache_hits += other.cache_hits
         self.seconds += other.seconds
+        self.passes_read += other.passes_read
 
 
 @contextlib.contextmanager
@@ -44,6 +48,8 @@ def count_compiles():
     def on_event(event: str, **_):
         if event == CACHE_HIT_EVENT:
             count.cache_hits += 1
+        elif event == PASS_CACHE_HIT_EVENT:
+            count.passes_read += 1
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)

@@ -263,6 +263,7 @@ def _scan_into(
                     **(extra_summary or {}),
                     "compiled_programs": 0,
                     "cached_programs": 0,
+                    "cached_passes": compiles.passes_read,  # Passes over the data read back (jaxoip.pass_cache).
                     "command_seconds": 0.0,
                     "phase_seconds": bar.seconds,
                     "data_source": data.source if data else None,
@@ -293,6 +294,7 @@ def _write(plan, data, out, bar, result, extra, compiles, started, snapshot_maps
         extra.update(
             compiled_programs=compiles.compiled,
             cached_programs=compiles.cache_hits,
+            cached_passes=compiles.passes_read,
             command_seconds=round(time.perf_counter() - started, 2),
         )
         write_scan_files(result, folder, snapshot_maps, all_starts, exemplars, extra)
@@ -300,7 +302,9 @@ def _write(plan, data, out, bar, result, extra, compiles, started, snapshot_maps
         with bar.phase("site"):
             _site(plan, data, result, folder, model)
         # The site compiles too: summary.json counts what the command's console line counts.
-        extra.update(compiled_programs=compiles.compiled, cached_programs=compiles.cache_hits)
+        extra.update(
+            compiled_programs=compiles.compiled, cached_programs=compiles.cache_hits, cached_passes=compiles.passes_read
+        )
         summary = folder / "summary.json"
         summary.write_text(json.dumps({**json.loads(summary.read_text()), **extra}, indent=1))
 

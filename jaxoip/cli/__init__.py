@@ -37,19 +37,24 @@ _deterministic_xla()
 
 
 def cache_dir() -> Path:
-    """The persistent compilation cache: $JAXOIP_CACHE_DIR, else the user's cache folder."""
+    """The commands' caches: $JAXOIP_CACHE_DIR, else the user's cache folder. It holds JAX's persistent
+    compilation cache, and in `passes/` the passes over data sets (`jaxoip.pass_cache`)."""
     if os.environ.get("JAXOIP_CACHE_DIR"):
         return Path(os.environ["JAXOIP_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "jaxoip" / "xla"
 
 
-def enable_compilation_cache(enabled: bool = True) -> Path | None:
-    """Turns on JAX's persistent compilation cache for this process, so a second run skips compiling.
+def enable_caches(enabled: bool = True) -> Path | None:
+    """Turns on JAX's persistent compilation cache for this process, so a second run skips compiling, and the
+    pass cache, so a second run reads its passes over a data set back (`jaxoip.pass_cache`).
 
     Every program is cached, however fast it compiled. Returns the folder, or None when disabled or
     when the folder cannot be created (then the command runs uncached).
     """
+    from jaxoip.pass_cache import use_pass_cache
+
+    use_pass_cache(None)
     if not enabled:
         return None
     import jax
@@ -58,11 +63,12 @@ def enable_compilation_cache(enabled: bool = True) -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"warning: compilation cache disabled ({path}: {e.strerror})", file=sys.stderr)
+        print(f"warning: caches disabled ({path}: {e.strerror})", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    use_pass_cache(path / "passes")
     return path
 
 
@@ -85,7 +91,7 @@ def add_engine_flags(parser: argparse.ArgumentParser, precision: bool = True):
     parser.add_argument(
         "--no-cache",
         action="store_true",
-        help="do not use the persistent compilation cache ($JAXOIP_CACHE_DIR, else ~/.cache/jaxoip/xla)",
+        help="do not use the caches of compiled programs and data passes ($JAXOIP_CACHE_DIR, else ~/.cache/jaxoip/xla)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
 

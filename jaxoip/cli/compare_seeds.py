@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     if args.models is None and args.seed + args.seeds - 1 > SEED_MAX:
         raise JaxoipError(f"the training seeds {args.seed}..{args.seed + args.seeds - 1} go beyond {SEED_MAX}")
-    cli.enable_compilation_cache(not args.no_cache)
+    cli.enable_caches(not args.no_cache)
 
     from jaxoip.data.images import load_data
     from jaxoip.data.mnist import check_data_shape

@@ -215,10 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s.restarts} starts per map{cpu_default}, {s.steps} steps; {s.seconds:.1f} s scan, "
         f"search {s.search_seconds:.1f} s{earlier}, {s.image_steps_per_second:.0f} image-steps/s on "
         f"{s.devices} {s.backend} device(s), precision {s.precision}; "
-        f"{compiles.compiled} programs compiled, {compiles.cache_hits} from the cache\n"
+        f"{compiles.compiled} programs compiled, {compiles.cache_hits} from the cache{_passes_read(compiles)}\n"
         f"wrote {run.path}{' (resumed)' if run.resumed else ''}"
     )
     return 0
+
+
+def _passes_read(compiles) -> str:
+    n = compiles.passes_read
+    return f", {n} pass{'es' if n > 1 else ''} over the data read back" if n else ""
 
 
 def _check_early(args: argparse.Namespace) -> tuple[OIPConfig, ObjectiveConfig, tuple, tuple]:

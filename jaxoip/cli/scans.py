@@ -28,7 +28,7 @@ def start(args: argparse.Namespace, join: distributed.DistributedConfig):
 
     model_path = checkpoint.reference_model_path() if args.model in (None, "reference") else args.model
     check_apart(args.out, [("--model", model_path), *cli.data_paths(args)])
-    cache = cli.enable_compilation_cache(not args.no_cache)
+    cache = cli.enable_caches(not args.no_cache)
     return checkpoint.resolve_model(args.model, args.data_dir, args.data, args.input_scale), cache
 
 

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_data(args.data, args.data_dir)
     model_config = model_config_for_data(data, **layers)
     check_fits(model_config, min(cfg.batch_size, cfg.train_subset or 60_000), "a training batch", "--batch-size")
-    cli.enable_compilation_cache(not args.no_cache)
+    cli.enable_caches(not args.no_cache)
     recorded = {**dataclasses.asdict(cfg), "model_config": model_config.to_dict()}
     with prepare_output(args.out, "train", recorded, args.overwrite, args.resume, expected_bytes=16 * 2**20) as out:
         out.check_inputs(data=data.checksum())  # A resume goes on with the data it started with.

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
-from jaxoip import numerics
+from jaxoip import numerics, pass_cache
 from jaxoip._check import check_finite_images, check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import DivergenceError, LayerError
@@ -326,6 +326,7 @@ def batched_layer_map(
     batch_size: int = 500,
     precision: numerics.Precision = numerics.DEFAULT_PRECISION,
     pad: bool = False,
+    cache: bool = False,
 ) -> Float[np.ndarray, " n *layer"] | PyTree[Shaped[np.ndarray, "n ..."]]:
     """`fn(activations of layer_name)` for all standardized `images`, batch by batch in one jitted `lax.map`.
 
@@ -334,7 +335,8 @@ def batched_layer_map(
     compiled program: pass a module-level function (the same object on every call), not a fresh
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
 
-    Fewer images than `batch_size` make one smaller batch, unless `pad` (`image_batches`).
+    Fewer images than `batch_size` make one smaller batch, unless `pad` (`image_batches`). `cache`: the result
+    read from, or kept in, `jaxoip.pass_cache` when it has a folder (for a pass over a data set, which recurs).
     """
     layer_name = find_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
@@ -342,8 +344,8 @@ def batched_layer_map(
     graphdef, params = nnx.split(model)
     images = check_finite_images("the images", images).astype(np.float32)
     xs, n = image_batches(images, batch_size, pad)
-    out = _layer_map(params, xs, graphdef=graphdef, layer_name=layer_name, fn=fn or identity, precision=precision)
-    out = jax.tree.map(lambda a: a[:n], numerics.fetch(out))  # A Ctrl-C lands while it runs.
+    static = {"graphdef": graphdef, "layer_name": layer_name, "fn": fn or identity, "precision": precision}
+    out = jax.tree.map(lambda a: a[:n], pass_cache.fetch_pass(_layer_map, (params, xs), static, cache))
     check_finite_outputs(model, out, layer_name)
     return out
 

@@ -175,12 +175,20 @@ def data_activation(
 
 
 def objective_values(
-    model, images_std: Float[ArrayLike, "n H W ch"], objective: Objective, precision: Precision, pad: bool = False
+    model,
+    images_std: Float[ArrayLike, "n H W ch"],
+    objective: Objective,
+    precision: Precision,
+    pad: bool = False,
+    cache: bool = False,
 ) -> Float[np.ndarray, "n c"]:
     """Every target's value of `objective` (every map's mean or node, dense unit, or weighted sum) for every
     standardized image, forward only. `pad`: full batches however few the images, so an image's values do
-    not depend on how many are evaluated with it (`jaxoip.models.cnn.batched_layer_map`)."""
+    not depend on how many are evaluated with it; `cache`: a pass over a data set, kept in `jaxoip.pass_cache`
+    (`jaxoip.models.cnn.batched_layer_map`)."""
     if objective.custom:
-        return targets.batched_target_values(model, images_std, objective, precision, pad=pad)
+        return targets.batched_target_values(model, images_std, objective, precision, pad=pad, cache=cache)
     reduce = MapObjectives(objective.node)
-    return np.asarray(batched_layer_map(model, images_std, objective.layer, reduce, precision=precision, pad=pad))
+    return np.asarray(
+        batched_layer_map(model, images_std, objective.layer, reduce, precision=precision, pad=pad, cache=cache)
+    )

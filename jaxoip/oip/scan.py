@@ -132,7 +132,7 @@ def scan_layer(
         if objective.selective > 0:  # The selective objective normalizes by the maps' maxima over the test images.
             with bar.phase("data maxima"):
                 x = trained.standardization(data.test_images)
-                selective_max = objective_values(trained.model, x, objective, precision).max(axis=0)
+                selective_max = objective_values(trained.model, x, objective, precision, cache=True).max(axis=0)
         if config.param == "maco":
             with bar.phase("maco spectrum"):
                 magnitude = maco_magnitude(trained.standardization(data.train_images))
@@ -159,25 +159,19 @@ def scan_layer(
                 obj = res.objective.reshape(len(maps), restarts)
                 best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
                 # The best OIPs, as searched and clipped to pixels [0, 255] (superstimulus is measured on
-                # the latter), ride along with the test images: one compiled pass, whose batches do not
-                # depend on how many maps the scan holds, so neither does a map's value on its OIP.
-                clipped = quality_lib.clip_to_pixels(best, trained.standardization)
-                both = np.concatenate([x, best, clipped])
+                # the latter), in full batches of their own: a map's value on its OIP depends neither on how
+                # many maps the scan holds nor on whether the test images' pass was run or read back from
+                # the pass cache (it does not depend on the search: a second scan of the layer reads it).
+                oips = np.concatenate([best, quality_lib.clip_to_pixels(best, trained.standardization)])
                 if shared_pass:
-                    acts, top, where = batched_layer_map(
-                        trained.model, both, objective.layer, MapMeansAndMaxima(), precision=precision, pad=True
-                    )
-                    top, where = top[: len(x)], where[: len(x)]
-                    found = exemplars_from_maxima(
-                        trained, data.test_images, objective.layer, exemplars, "test", top, where
-                    )
+                    layer, means = objective.layer, {"fn": MapMeansAndMaxima(), "precision": precision, "pad": True}
+                    acts, top, where = batched_layer_map(trained.model, x, layer, **means, cache=True)
+                    found = exemplars_from_maxima(trained, data.test_images, layer, exemplars, "test", top, where)
+                    on_oips = batched_layer_map(trained.model, oips, layer, **means)[0]
                 else:
-                    acts = objective_values(trained.model, both, objective, precision, pad=True)
-                acts, on_best, on_clipped = (
-                    acts[: len(x)],
-                    acts[len(x) : len(x) + len(best)],
-                    acts[len(x) + len(best) :],
-                )
+                    acts = objective_values(trained.model, x, objective, precision, pad=True, cache=True)
+                    on_oips = objective_values(trained.model, oips, objective, precision, pad=True)
+                on_best, on_clipped = on_oips[: len(best)], on_oips[len(best) :]
                 data_mean, data_max = acts.mean(axis=0), acts.max(axis=0)
                 histogram = objective_histograms(acts)  # For the site's map pages: no second pass.
             if exemplars > 0 and not shared_pass:

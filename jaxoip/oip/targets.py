@@ -41,9 +41,10 @@ from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError
 from jaxoip.models.cnn import _ACTIVATIONS, image_batches, map_activation
 from jaxoip.models.network import Layer
-from jaxoip.numerics import fetch, precision_scope
+from jaxoip.numerics import precision_scope
 from jaxoip.oip.config import Terms, check_terms
 from jaxoip.oip.objectives import Objective
+from jaxoip.pass_cache import fetch_pass
 
 
 def parse_terms(text: str) -> Terms:
@@ -241,12 +242,13 @@ def _target_values(params, xs, *, graphdef, objective, precision):
 
 
 def batched_target_values(
-    model, images, objective: Objective, precision, batch_size: int = 500, pad: bool = False
+    model, images, objective: Objective, precision, batch_size: int = 500, pad: bool = False, cache: bool = False
 ) -> np.ndarray:
     """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only;
-    `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.image_batches`)."""
+    `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.image_batches`); `cache`: see
+    `jaxoip.pass_cache.fetch_pass`."""
     graphdef, params = nnx.split(model)
     images = np.asarray(images, np.float32)
     xs, n = image_batches(images, batch_size, pad)
-    out = _target_values(params, xs, graphdef=graphdef, objective=objective, precision=precision)
-    return fetch(out)[:n]  # A Ctrl-C lands while it runs.
+    static = {"graphdef": graphdef, "objective": objective, "precision": precision}
+    return fetch_pass(_target_values, (params, xs), static, cache)[:n]
