@@ -7,14 +7,14 @@ import dataclasses
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-PASS_CACHE_HIT_EVENT = "/jaxoip/pass_cache/hits"  # jaxoip.pass_cache: a pass read back, not run.
+PASS_CACHE_HIT_EVENT = "/jaxoip/pass_cache/hits"  # jaxoip.passes: a pass read back, not run.
 
 
 @dataclasses.dataclass
 class CompileCount:
     """Programs built (`programs`), of which `cache_hits` came from the persistent cache and `compiled`
     were compiled by XLA; `seconds` is the time spent building them; `passes_read`: passes over images read
-    from `jaxoip.pass_cache` instead of run (their programs neither built nor loaded)."""
+    from `jaxoip.passes` instead of run (their programs neither built nor loaded)."""
 
     programs: int = 0
     cache_hits: int = 0

@@ -263,7 +263,7 @@ def _scan_into(
                     **(extra_summary or {}),
                     "compiled_programs": 0,
                     "cached_programs": 0,
-                    "cached_passes": compiles.passes_read,  # Passes over the data read back (jaxoip.pass_cache).
+                    "cached_passes": compiles.passes_read,  # Passes over the data read back (jaxoip.passes).
                     "command_seconds": 0.0,
                     "phase_seconds": bar.seconds,
                     "data_source": data.source if data else None,

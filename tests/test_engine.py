@@ -165,7 +165,7 @@ def test_second_run_loads_its_programs_from_the_cache(tmp_path, mnist):
     second = _scan_cmd(tmp_path / "b", tmp_path / "cache")
     assert first["precision"] == "highest" and first["compilation_cache"] == str(tmp_path / "cache")
     assert first["compiled_programs"] >= 1
-    # The second run reads the test images' pass back (jaxoip.pass_cache): that program is neither built nor loaded.
+    # The second run reads the test images' pass back (jaxoip.passes): that program is neither built nor loaded.
     assert first["cached_passes"] == 0 and second["cached_passes"] == 1
     assert second["compiled_programs"] == 0 and second["cached_programs"] + 1 >= first["compiled_programs"]
     a, b = np.load(tmp_path / "a" / "oips.npz"), np.load(tmp_path / "b" / "oips.npz")

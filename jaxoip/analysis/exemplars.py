@@ -71,6 +71,18 @@ def find_exemplars(
     return exemplars_from_maxima(trained, images, spec.name, k, split, best, where)
 
 
+def top_k(values: Float[np.ndarray, "c n"], k: int) -> Int[np.ndarray, "c k"]:
+    """Per row, the indices of its `k` largest values, largest first, ties to the lower index: the first `k` of
+    a stable descending sort, found without sorting the whole row (a partition, then a sort of the few above
+    the k-th value and its ties)."""
+    n = values.shape[1]
+    out = np.empty((values.shape[0], k), np.int64)
+    for c, row in enumerate(values):
+        candidates = np.flatnonzero(row >= np.partition(row, n - k)[n - k])  # In index order, ties included.
+        out[c] = candidates[np.argsort(-row[candidates], kind="stable")[:k]]
+    return out
+
+
 def exemplars_from_maxima(
     trained: TrainedModel,
     images: Float[np.ndarray, "n H W ch"],
@@ -84,8 +96,7 @@ def exemplars_from_maxima(
     position (`where`), as a pass over `images` that also computes other statistics gives them."""
     spec = find_layer(trained.config, layer_name, MAP_KINDS)
     k = max(1, min(k, images.shape[0]))
-    # Top k over images per map, on the host (stable: ties keep the lower image index).
-    idx = np.argsort(-best.T, axis=1, kind="stable")[:, :k]  # (C, k)
+    idx = top_k(best.T, k)  # (C, k)
     values = np.take_along_axis(best.T, idx, axis=1)
     flat_node = np.take_along_axis(where.T, idx, axis=1)
     width = layer_shapes(trained.config)[spec.name][1]
@@ -93,11 +104,14 @@ def exemplars_from_maxima(
     # An image that leaves the map at or below zero is no exemplar (ties at zero would pick arbitrary images).
     inactive = ~(values > 0)
     idx, nodes = np.where(inactive, -1, idx), np.where(inactive[..., None], -1, nodes)
-    patches = []
+    patches, fields = [], {}  # A node's field, computed once: the maps share their nodes.
     for m in range(idx.shape[0]):
         crops = []
         for n in np.flatnonzero(~inactive[m]):
-            r0, r1, c0, c1 = receptive_field(trained.config, spec.name, *nodes[m, n])
+            node = tuple(int(v) for v in nodes[m, n])
+            if node not in fields:
+                fields[node] = receptive_field(trained.config, spec.name, *node)
+            r0, r1, c0, c1 = fields[node]
             crop = images[idx[m, n], r0:r1, c0:c1]
             crops.append(crop[..., 0] if crop.shape[-1] == 1 else crop)  # Grayscale patches (fh, fw) as before.
         if not crops:

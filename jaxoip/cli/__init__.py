@@ -38,7 +38,7 @@ _deterministic_xla()
 
 def cache_dir() -> Path:
     """The commands' caches: $JAXOIP_CACHE_DIR, else the user's cache folder. It holds JAX's persistent
-    compilation cache, and in `passes/` the passes over data sets (`jaxoip.pass_cache`)."""
+    compilation cache, and in `passes/` the passes over data sets (`jaxoip.passes`)."""
     if os.environ.get("JAXOIP_CACHE_DIR"):
         return Path(os.environ["JAXOIP_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -47,12 +47,12 @@ def cache_dir() -> Path:
 
 def enable_caches(enabled: bool = True) -> Path | None:
     """Turns on JAX's persistent compilation cache for this process, so a second run skips compiling, and the
-    pass cache, so a second run reads its passes over a data set back (`jaxoip.pass_cache`).
+    pass cache, so a second run reads its passes over a data set back (`jaxoip.passes`).
 
     Every program is cached, however fast it compiled. Returns the folder, or None when disabled or
     when the folder cannot be created (then the command runs uncached).
     """
-    from jaxoip.pass_cache import use_pass_cache
+    from jaxoip.passes import use_pass_cache
 
     use_pass_cache(None)
     if not enabled:

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Key, PyTree, Shaped
 
-from jaxoip import numerics, pass_cache
+from jaxoip import numerics, passes
 from jaxoip._check import check_finite_images, check_type
 from jaxoip.data.mnist import Standardization
 from jaxoip.errors import DivergenceError, LayerError
@@ -293,12 +293,11 @@ def identity(acts):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer_name", "fn", "precision"))
-def _layer_map(params, xs, *, graphdef, layer_name, fn, precision):
-    """(params, image batches (steps, B, ...)) -> fn(activations), flattened over steps; one program per
-    architecture, layer, `fn`, precision and shape."""
+def _layer_map(params, x, *, graphdef, layer_name, fn, precision):
+    """(params, one batch of images (B, ...)) -> fn(activations); one program per architecture, layer, `fn`,
+    precision and batch shape (`jaxoip.passes.run_pass` runs it batch by batch)."""
     with numerics.precision_scope(precision):
-        out = jax.lax.map(lambda x: fn(layer_output(graphdef, params, x, layer_name)), xs)
-    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
+        return fn(layer_output(graphdef, params, x, layer_name))
 
 
 def pad_batches(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
@@ -336,7 +335,7 @@ def batched_layer_map(
     closure, or every call compiles anew. Returns NumPy arrays (or a tuple of them).
 
     Fewer images than `batch_size` make one smaller batch, unless `pad` (`image_batches`). `cache`: the result
-    read from, or kept in, `jaxoip.pass_cache` when it has a folder (for a pass over a data set, which recurs).
+    read from, or kept in, `jaxoip.passes` when it has a folder (for a pass over a data set, which recurs).
     """
     layer_name = find_layer(check_cnn(model).config, layer_name).name
     numerics.check_precision(precision)
@@ -345,7 +344,7 @@ def batched_layer_map(
     images = check_finite_images("the images", images).astype(np.float32)
     xs, n = image_batches(images, batch_size, pad)
     static = {"graphdef": graphdef, "layer_name": layer_name, "fn": fn or identity, "precision": precision}
-    out = jax.tree.map(lambda a: a[:n], pass_cache.fetch_pass(_layer_map, (params, xs), static, cache))
+    out = jax.tree.map(lambda a: a[:n], passes.run_pass(_layer_map, params, xs, static, cache))
     check_finite_outputs(model, out, layer_name)
     return out
 

@@ -184,7 +184,7 @@ def objective_values(
 ) -> Float[np.ndarray, "n c"]:
     """Every target's value of `objective` (every map's mean or node, dense unit, or weighted sum) for every
     standardized image, forward only. `pad`: full batches however few the images, so an image's values do
-    not depend on how many are evaluated with it; `cache`: a pass over a data set, kept in `jaxoip.pass_cache`
+    not depend on how many are evaluated with it; `cache`: a pass over a data set, kept in `jaxoip.passes`
     (`jaxoip.models.cnn.batched_layer_map`)."""
     if objective.custom:
         return targets.batched_target_values(model, images_std, objective, precision, pad=pad, cache=cache)

@@ -44,7 +44,7 @@ from jaxoip.models.network import Layer
 from jaxoip.numerics import precision_scope
 from jaxoip.oip.config import Terms, check_terms
 from jaxoip.oip.objectives import Objective
-from jaxoip.pass_cache import fetch_pass
+from jaxoip.passes import run_pass
 
 
 def parse_terms(text: str) -> Terms:
@@ -226,19 +226,14 @@ def make_selective_objectives(graphdef: nnx.GraphDef, objective: Objective):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "objective", "precision"))
-def _target_values(params, xs, *, graphdef, objective, precision):
-    """(params, image batches (steps, B, ...)) -> every target's value, flattened over steps."""
-
-    def one(x):
-        model = nnx.merge(graphdef, params)
-        v = unit_values(model, x, objective.layer, objective.node, objective.quantity == "pre")
+def _target_values(params, x, *, graphdef, objective, precision):
+    """(params, one batch of images (B, ...)) -> every target's value (B, K) (`jaxoip.passes.run_pass` runs it
+    batch by batch)."""
+    with precision_scope(precision):
+        v = unit_values(nnx.merge(graphdef, params), x, objective.layer, objective.node, objective.quantity == "pre")
         if objective.weighted:
             v = v @ jnp.asarray(weight_matrix(objective.weighted, v.shape[-1])).T
         return v
-
-    with precision_scope(precision):
-        out = jax.lax.map(one, xs)
-    return out.reshape(-1, out.shape[-1])
 
 
 def batched_target_values(
@@ -246,9 +241,9 @@ def batched_target_values(
 ) -> np.ndarray:
     """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only;
     `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.image_batches`); `cache`: see
-    `jaxoip.pass_cache.fetch_pass`."""
+    `jaxoip.passes.run_pass`."""
     graphdef, params = nnx.split(model)
     images = np.asarray(images, np.float32)
     xs, n = image_batches(images, batch_size, pad)
     static = {"graphdef": graphdef, "objective": objective, "precision": precision}
-    return fetch_pass(_target_values, (params, xs), static, cache)[:n]
+    return run_pass(_target_values, params, xs, static, cache)[:n]

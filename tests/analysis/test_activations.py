@@ -380,3 +380,14 @@ def test_module_runs_and_fails_cleanly(tiny_checkpoint, tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "out of range" in proc.stderr
+
+
+def test_top_k_is_the_head_of_a_stable_descending_sort():
+    """The exemplars' choice: the k largest per map, ties to the lower image index, as a full stable sort gives."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, c = int(rng.integers(1, 50)), int(rng.integers(1, 4))
+        k = int(rng.integers(1, n + 1))
+        v = rng.integers(-2, 3, size=(c, n)).astype(np.float32) if trial % 2 else rng.normal(size=(c, n))
+        expected = np.argsort(-v, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(exemplars.top_k(v, k), expected)

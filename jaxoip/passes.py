@@ -1,9 +1,15 @@
-"""Results of compiled passes over image sets, kept on disk between processes (`fetch_pass`).
+"""Passes of a compiled per-batch program over image batches (`run_pass`), and the results of passes over
+data sets kept on disk between processes (the pass cache).
+
+A pass runs its program on one batch at a time: one program per batch shape, however many batches, so an
+image's values never depend on how many images pass with it, and a pass over 10,000 test images shares its
+program with a pass over a few OIPs (one XLA compilation fewer; a `lax.map` over 20 batches compiled twice
+as long as the one-batch program and gives the same bits).
 
 A scan's data pass runs the network over the 10,000 test images to find each map's mean, maxima and exemplars,
 and its result does not depend on the search's settings: a second scan of the same layer (another seed, more
 steps, other maps) reads it back instead of running it again. An entry is keyed by the pass itself: the
-program as JAX lowers it (the network, layer, reduction, precision and batch shapes), every input array's
+program as JAX lowers it (the network, layer, reduction, precision and batch shape), every input array's
 bytes (weights and images), and the JAX version and device that computed it, so it is the very result the
 pass would give here, bit for bit. A damaged or foreign entry is recomputed and replaced.
 
@@ -42,24 +48,38 @@ def pass_cache_folder() -> Path | None:
     return _folder
 
 
-def fetch_pass(program: Callable, args: tuple, static: dict, cache: bool = True):
-    """`program(*args, **static)` (a jitted pass) as NumPy arrays, waited for by `numerics.fetch` (a Ctrl-C
-    lands while it runs). With `cache` and a folder set: read from the cache when this program ran on these
-    very inputs before, else computed and kept."""
-    folder = _folder
-    if not cache or folder is None:
-        return numerics.fetch(program(*args, **static))
+def run_pass(program: Callable, params, batches: np.ndarray, static: dict, cache: bool = False):
+    """`program(params, batch, **static)` for every batch (B, ...) of `batches` (steps, B, ...), the results
+    (B, ...) concatenated into (steps * B, ...) NumPy arrays; all batches are dispatched before
+    `numerics.fetch` waits (a Ctrl-C lands while they run). With `cache` and a folder set: read back when this
+    program ran on these very inputs before, else computed and kept."""
     import jax
 
-    lowered = program.lower(*args, **static)
-    path = folder / f"{_key(lowered.as_text(), args)}.npz"
-    found = _read(path, jax.tree.structure(lowered.out_info), jax.tree.leaves(lowered.out_info))
+    folder = _folder
+    if not cache or folder is None or not len(batches):
+        return _run(program, params, batches, static)
+    lowered = program.lower(params, batches[0], **static)
+    out_info = jax.tree.leaves(lowered.out_info)
+    expected = [jax.ShapeDtypeStruct((len(batches) * e.shape[0], *e.shape[1:]), e.dtype) for e in out_info]
+    path = folder / f"{_key(lowered.as_text(), (params, batches))}.npz"
+    found = _read(path, jax.tree.structure(lowered.out_info), expected)
     if found is not None:
         jax.monitoring.record_event(PASS_CACHE_HIT_EVENT)
         return found
-    out = numerics.fetch(program(*args, **static))
+    out = _run(program, params, batches, static)
     _write(path, jax.tree.leaves(out))
     return out
+
+
+def _run(program: Callable, params, batches: np.ndarray, static: dict):
+    import jax
+
+    if not len(batches):  # No images: the empty results, shaped as the program's.
+        one = jax.ShapeDtypeStruct(batches.shape[1:], batches.dtype)
+        out = jax.eval_shape(lambda b: program(params, b, **static), one)
+        return jax.tree.map(lambda e: np.zeros((0, *e.shape[1:]), e.dtype), out)
+    outs = numerics.fetch([program(params, batch, **static) for batch in batches])
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
 def _key(program_text: str, args) -> str:

@@ -1,4 +1,4 @@
-"""The pass cache (`jaxoip.pass_cache`): a pass over a data set read back is the pass's very result, and only
+"""The pass cache (`jaxoip.passes`): a pass over a data set read back is the pass's very result, and only
 that pass's: other weights, images, layers or reductions miss; a damaged entry is recomputed."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxoip import pass_cache
+from jaxoip import passes
 from jaxoip.compiles import count_compiles
 from jaxoip.models.cnn import batched_layer_map, init_model
 from jaxoip.oip.precursor import MapMeansAndMaxima, MapObjectives
@@ -14,9 +14,9 @@ from jaxoip.oip.precursor import MapMeansAndMaxima, MapObjectives
 
 @pytest.fixture
 def cache(tmp_path):
-    pass_cache.use_pass_cache(tmp_path / "passes")
+    passes.use_pass_cache(tmp_path / "passes")
     yield tmp_path / "passes"
-    pass_cache.use_pass_cache(None)
+    passes.use_pass_cache(None)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,13 @@ def test_a_damaged_entry_is_recomputed_and_replaced(cache, images, damage):
 def test_a_folder_that_cannot_be_written_leaves_the_pass_uncached(tmp_path, images):
     blocked = tmp_path / "a file"  # The cache's folder cannot be made there (even by root).
     blocked.write_text("the user's")
-    pass_cache.use_pass_cache(blocked / "passes")
+    passes.use_pass_cache(blocked / "passes")
     try:
         model = init_model(seed=0)
         first, _ = _pass(model, images)
         second, c = _pass(model, images)
     finally:
-        pass_cache.use_pass_cache(None)
+        passes.use_pass_cache(None)
     assert c.passes_read == 0 and _same(first, second) and blocked.read_text() == "the user's"
 
 
@@ -107,9 +107,20 @@ def test_a_scan_reads_its_data_pass_back_and_writes_the_same_files(tmp_path, mni
             assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
             summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     finally:
-        pass_cache.use_pass_cache(None)
+        passes.use_pass_cache(None)
     assert [summaries[n]["cached_passes"] for n in "abc"] == [0, 1, 0]
     for name in "bc":
         assert (tmp_path / name / "maps.csv").read_bytes() == (tmp_path / "a" / "maps.csv").read_bytes()
         a, b = np.load(tmp_path / "a" / "oips.npz"), np.load(tmp_path / name / "oips.npz")
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_passes_of_any_length_share_one_program_and_its_bits(images):
+    """One program per batch shape: 120 images (8 batches) and 5 (one padded batch) build one program, and the 5
+    images' values are the same bits in both passes."""
+    model = init_model(seed=2)
+    with count_compiles() as c:
+        long = batched_layer_map(model, np.tile(images, (3, 1, 1, 1)), "Conv2D_3", MapMeansAndMaxima(), batch_size=15)
+        short = batched_layer_map(model, images[:5], "Conv2D_3", MapMeansAndMaxima(), batch_size=15, pad=True)
+    assert c.programs == 1
+    assert all(np.array_equal(a[:5], b) for a, b in zip(long, short, strict=True))
