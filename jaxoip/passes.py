@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from jaxtyping import Shaped
 
 from jaxoip import numerics
 from jaxoip.compiles import PASS_CACHE_HIT_EVENT
@@ -48,7 +49,7 @@ def pass_cache_folder() -> Path | None:
     return _folder
 
 
-def run_pass(program: Callable, params, batches: np.ndarray, static: dict, cache: bool = False):
+def run_pass(program: Callable, params, batches: Shaped[np.ndarray, "steps b ..."], static: dict, cache: bool = False):
     """`program(params, batch, **static)` for every batch (B, ...) of `batches` (steps, B, ...), the results
     (B, ...) concatenated into (steps * B, ...) NumPy arrays; all batches are dispatched before
     `numerics.fetch` waits (a Ctrl-C lands while they run). With `cache` and a folder set: read back when this
@@ -71,7 +72,7 @@ def run_pass(program: Callable, params, batches: np.ndarray, static: dict, cache
     return out
 
 
-def _run(program: Callable, params, batches: np.ndarray, static: dict):
+def _run(program: Callable, params, batches: Shaped[np.ndarray, "steps b ..."], static: dict):
     import jax
 
     if not len(batches):  # No images: the empty results, shaped as the program's.
