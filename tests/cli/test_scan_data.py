@@ -4,7 +4,9 @@ reported where the scan takes it (issue 28)."""
 import argparse
 import gzip
 import hashlib
+import signal
 import threading
+import time
 import types
 
 import numpy as np
@@ -82,6 +84,19 @@ def test_the_checksum_is_hashed_once_with_the_data(tmp_path, monkeypatch):
     data = load()
     assert data.checksum() == data.checksum() == data_lib.load_idx_dir(tmp_path / "data").checksum()
     assert len(threads) == 2 and threads[0] is not threading.main_thread()  # The second: the fresh load's.
+
+
+def test_ctrl_c_while_the_scan_waits_for_its_data(tmp_path, monkeypatch):
+    """A Ctrl-C lands at once in the main thread waiting for the load, as it did in its own read."""
+    release = threading.Event()
+    monkeypatch.setattr(images, "load_data", lambda *args, **kwargs: release.wait(60))
+    load = scans.start_data(argparse.Namespace(data=str(tmp_path), data_dir=None))
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        load()
+    release.set()
+    assert time.monotonic() - started < 10
 
 
 def test_no_data_named_loads_on_the_main_thread(monkeypatch):
