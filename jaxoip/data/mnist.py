@@ -73,7 +73,7 @@ class MNIST:
     def _checksum(self) -> str:
         h = hashlib.sha256()
         for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
-            h.update(np.ascontiguousarray(a))  # The bytes of `tobytes()`, hashed without a copy.
+            h.update(np.ascontiguousarray(a).data)  # The bytes of `tobytes()`, hashed without a copy.
         return h.hexdigest()
 
 
