@@ -271,14 +271,16 @@ def _input_scale(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...]):
+def optional_data(args: argparse.Namespace, input_shape: tuple[int, ...], load: Callable | None = None):
     """(the images a scan may use, or None; a note to print when there are none). Data named by --data or
     --data-dir must fit the model's `input_shape`; MNIST found only through the environment is skipped, with
-    the note saying why, when its shape differs: it does not stop the scan of another model."""
+    the note saying why, when its shape differs: it does not stop the scan of another model.
+
+    `load`: returns the images, already loading (`jaxoip.cli.scans.start_data`); default: loaded now."""
     from jaxoip.data.images import load_data
     from jaxoip.data.mnist import HOW_TO_ADD, check_data_shape
 
-    data = load_data(args.data, args.data_dir, optional=True)
+    data = load() if load is not None else load_data(args.data, args.data_dir, optional=True)
     if data is None:
         return None, f"note: no MNIST: data columns and exemplars skipped; add them with {HOW_TO_ADD}"
     if args.data is None and args.data_dir is None:

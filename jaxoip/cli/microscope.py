@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise JaxoipError(f"--exemplars must be 0 or more, got {args.exemplars}")
     cfg = flags.config_from_args(OIPConfig, args, only=_OIP_FIELDS)
     options = flags.config_from_args(ObjectiveConfig, args, only=("wake",))
+    load_data = scans.start_data(args)
     trained, _ = scans.start(args, join)
     from jaxoip import jobs
     from jaxoip.oip import plan as scan_plan
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     # Only process 0 writes (out is None on the others).
     with scans.output(args, "microscope") as out:
-        data = scans.data(args, trained, plans)
+        data = scans.data(args, trained, plans, load_data)
         runs = jobs.run_microscope(
             plans,
             data,

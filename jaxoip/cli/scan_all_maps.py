@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     join = flags.config_from_args(distributed.DistributedConfig, args)
     cfg, objective, weighted, recipes = _check_early(args)
+    load_data = scans.start_data(args)
     trained, cache = scans.start(args, join)
     from jaxoip import jobs
     from jaxoip.oip import plan as scan_plan
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Only process 0 writes (out is None on the others).
     with scans.output(args, "scan_all_maps") as out:
-        data = scans.data(args, trained, [plan])
+        data = scans.data(args, trained, [plan], load_data)
         run = jobs.run_scan(
             plan,
             data,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 
 from jaxoip import cli, distributed
 from jaxoip._io import check_apart
@@ -14,6 +17,37 @@ from jaxoip._io import check_apart
 # Not in the output folder's record: how the processes joined (a run resumes on another process count) and
 # what does not change the results.
 _UNRECORDED = ("overwrite", "resume", "no_progress", "no_cache", "out", *distributed.JOIN_OPTIONS)
+
+
+def start_data(args: argparse.Namespace) -> Callable | None:
+    """Starts loading what `data` will use (`load_data(args.data, args.data_dir, optional=True)`) and its checksum
+    on a daemon thread, so that reading the files overlaps the backend's start, the model's load and the plan.
+    Returns the function `data` calls: it waits for the images and raises what loading raised, where a scan
+    has always loaded its data. None when no file is named: tensorflow-datasets, if anything, loads then, as
+    before (TensorFlow started ahead of JAX's backend would take the accelerator's memory).
+
+    Called after the checks that need no data, before `start`.
+    """
+    # Imported here (JAX with it, through jaxtyping), not in the thread: two threads importing one package can
+    # deadlock.
+    from jaxoip.data.images import load_data
+    from jaxoip.data.mnist import DATA_DIR_ENV
+
+    if args.data is None and args.data_dir is None and not os.environ.get(DATA_DIR_ENV):
+        return None
+    loaded = Future()
+
+    def load():
+        try:
+            images = load_data(args.data, args.data_dir, optional=True)
+            if images is not None:
+                images.checksum()  # Kept by the object, for `jobs.check_inputs`.
+            loaded.set_result(images)
+        except BaseException as e:  # noqa: BLE001 - raised again by `loaded.result()`, in the main thread.
+            loaded.set_exception(e)
+
+    threading.Thread(target=load, name="jaxoip-data", daemon=True).start()
+    return loaded.result
 
 
 def start(args: argparse.Namespace, join: distributed.DistributedConfig):
@@ -40,10 +74,10 @@ def output(args: argparse.Namespace, command: str) -> Iterator:
         yield out
 
 
-def data(args: argparse.Namespace, trained, plans: Sequence):
+def data(args: argparse.Namespace, trained, plans: Sequence, load: Callable | None = None):
     """The images the scans may use (or None, with a note on process 0), after the cheap checks and the output
-    folder's: each plan's need of data checked (`ScanPlan.check_data`)."""
-    images, note = cli.optional_data(args, trained.config.input_shape)
+    folder's: each plan's need of data checked (`ScanPlan.check_data`). `load`: from `start_data`."""
+    images, note = cli.optional_data(args, trained.config.input_shape, load)
     for plan in plans:
         plan.check_data(images)
     if note and distributed.is_main():

@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import re
 import shutil
 import sys
@@ -112,6 +113,16 @@ def test_real_files_uncompressed_match(mnist, tmp_path):
     plain = load_idx_dir(tmp_path)
     np.testing.assert_array_equal(plain.test_images, mnist.test_images)
     assert plain.checksum() == mnist.checksum()
+
+
+def test_checksum_is_hashed_once_per_object(tmp_path, monkeypatch):
+    """Training, a resume check and a summary each ask for it: SHA-256 over the pixels and labels, hashed once."""
+    d = load_idx_dir(_fake_dir(tmp_path))
+    arrays = (d.train_images, d.train_labels, d.test_images, d.test_labels)
+    expected = hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+    calls = []
+    monkeypatch.setattr(data_lib, "hashlib", types.SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
+    assert d.checksum() == d.checksum() == expected and calls == [1]
 
 
 class _FakeTfds(types.ModuleType):
