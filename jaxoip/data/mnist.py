@@ -66,11 +66,17 @@ class MNIST:
 
     def checksum(self) -> str:
         """SHA-256 over all pixels and labels: identifies the data a model was trained on. Computed once per
-        object: the loaders make its arrays read-only."""
+        object whose arrays are read-only, as the loaders make them (arrays that can change are hashed anew)."""
+        arrays = (self.train_images, self.train_labels, self.test_images, self.test_labels)
+        if any(np.asarray(a).flags.writeable for a in arrays):
+            return self._checksum_now()
         return self._checksum
 
     @functools.cached_property
     def _checksum(self) -> str:
+        return self._checksum_now()
+
+    def _checksum_now(self) -> str:
         h = hashlib.sha256()
         for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             h.update(np.ascontiguousarray(a).data)  # The bytes of `tobytes()`, hashed without a copy.

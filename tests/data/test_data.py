@@ -185,3 +185,13 @@ def test_optional_mnist_raises_for_a_named_folder(no_data_dir, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         data_lib.optional_mnist(tmp_path / "nope")
     assert data_lib.optional_mnist(_fake_dir(tmp_path)).train_images.shape[0] == 20
+
+
+def test_the_checksum_of_arrays_that_can_change_follows_them():
+    from jaxoip.data.mnist import MNIST
+
+    x, y = np.zeros((3, 28, 28, 1), np.float32), np.zeros(3, np.int32)
+    data = MNIST(x, y, x.copy(), y.copy(), source="arrays")
+    before = data.checksum()
+    data.test_images[0, 0, 0, 0] = 1.0
+    assert data.checksum() != before
