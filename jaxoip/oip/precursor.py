@@ -137,7 +137,8 @@ def run_precursor(
     """`precursor_scan` for a resolved objective, checked recipes and a checked root (seed or key)."""
     shape = tuple(model.config.input_shape)  # Starts of the model's input size and channels.
     images = _precursor_images(root, recipes=recipes, starts=starts, shape=shape)
-    obj = objective_values(model, np.asarray(images), objective, precision)  # (R*K, C)
+    # In the screening's full batches: one program for both passes (and values independent of the start count).
+    obj = objective_values(model, np.asarray(images), objective, precision, pad=True)  # (R*K, C)
     obj = obj.reshape(len(recipes), starts, -1)
     return PrecursorResult(
         layer_name=objective.layer.name,
