@@ -102,8 +102,8 @@ def test_similar_batch_sizes_share_one_program(reference):
 def test_scan_compiles_few_programs_and_a_repeat_none(reference, mnist):
     """Issue 8: a scan of 8 maps x 2 starts x 50 steps with data, then its exemplars, builds 7 programs: the
     precursor's and the screened start images, one pass for the precursor, the screening, the test images and the
-    best OIPs (issue 28: one program per batch shape), the search, the minimizing search, the two-choice observer,
-    and `find_exemplars`' pass."""
+    best OIPs (issue 28: one program per batch shape and reduction), the search, the minimizing search, the
+    two-choice observer, and `find_exemplars`' pass of the maxima alone."""
     jax.clear_caches()
     kw = dict(map_indices=range(8), restarts=2, config=OIPConfig(steps=50), data=mnist, progress=False)
     with count_compiles() as first:

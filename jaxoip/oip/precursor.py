@@ -189,7 +189,8 @@ def objective_values(
     (`jaxoip.models.cnn.batched_layer_map`)."""
     if objective.custom:
         return targets.batched_target_values(model, images_std, objective, precision, pad=pad, cache=cache)
-    reduce = MapObjectives(objective.node)
-    return np.asarray(
-        batched_layer_map(model, images_std, objective.layer, reduce, precision=precision, pad=pad, cache=cache)
-    )
+    # The maps' means by the data pass's program, which gives their maxima too: the precursor's, the screening's
+    # and the data's passes are one program (the same bits as a pass of the means alone).
+    reduce = MapObjectives(objective.node) if objective.node is not None else MapMeansAndMaxima()
+    out = batched_layer_map(model, images_std, objective.layer, reduce, precision=precision, pad=pad, cache=cache)
+    return np.asarray(out if objective.node is not None else out[0])
