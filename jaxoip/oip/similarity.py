@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from jaxoip.numerics import fetch
+from jaxoip.numerics import FAST_COMPILE, fetch
 
 _EPS = 1e-12
 
@@ -100,7 +100,7 @@ def _side_sums(x: jax.Array, ones_f: jax.Array, size: int, left: bool):
     return spec, jnp.fft.irfft2(s1, s=(size, size)), jnp.fft.irfft2(s2, s=(size, size))
 
 
-@functools.partial(jax.jit, static_argnames=("max_shift",))
+@functools.partial(jax.jit, static_argnames=("max_shift",), compiler_options=FAST_COMPILE)
 def shift_similarity_matrix(
     a: Float[ArrayLike, "n_a H W ch"], b: Float[ArrayLike, "n_b H W ch"], max_shift: int = 7
 ) -> tuple[Float[Array, "n_a n_b"], Float[Array, "n_a n_b"]]:
@@ -112,6 +112,12 @@ def shift_similarity_matrix(
     (signed, unsigned): the maximum of r, and the maximum of |r| (sign change allowed). Zero-padded
     FFTs of size H + max_shift give every shift without wrap-around.
     """
+    return traced_shift_similarity(a, b, max_shift)
+
+
+def traced_shift_similarity(a, b, max_shift: int):
+    """`shift_similarity_matrix`'s computation, not jitted itself: traced inside the programs that call it
+    (`jaxoip.oip.two_choice.observer_similarity`; a nested jit could not take `FAST_COMPILE`)."""
     h, w = a.shape[1], a.shape[2]
     if not 0 <= max_shift < min(h, w):
         raise ValueError(f"max_shift must be in 0..{min(h, w) - 1}, got {max_shift}")

@@ -57,7 +57,8 @@ from jaxtyping import Bool, Float, Int, Shaped
 
 from jaxoip._check import check_float, check_int
 from jaxoip.errors import JaxoipError
-from jaxoip.oip.similarity import shift_similarity_matrix
+from jaxoip.numerics import FAST_COMPILE
+from jaxoip.oip.similarity import traced_shift_similarity
 
 CHANCE = 0.5
 # Host-side draws: the split from [seed, stream], a CI from [seed, stream, crc32(name)], a map from `map_rng`.
@@ -120,10 +121,10 @@ def wilson_interval(
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("max_shift",))
+@functools.partial(jax.jit, static_argnames=("max_shift",), compiler_options=FAST_COMPILE)
 def observer_similarity(queries, refs, max_shift: int):
     """(m, q, s): per map, each query's shift-invariant similarity to each reference (one program per shape)."""
-    return jax.lax.map(lambda qr: shift_similarity_matrix(qr[0], qr[1], max_shift)[0], (queries, refs))
+    return jax.lax.map(lambda qr: traced_shift_similarity(qr[0], qr[1], max_shift)[0], (queries, refs))
 
 
 def resolve_observer(cfg: QualityConfig):

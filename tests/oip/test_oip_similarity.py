@@ -153,3 +153,21 @@ def test_bad_oip_settings_are_refused():
     with pytest.raises(JaxoipError, match="oip_max_shift"):
         CompareConfig(oip_max_shift=20)
     assert CompareConfig(oip_scan_options={"screen": 2}).oip_scan_options == (("screen", 2),)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_similarities_compiled_for_speed_of_compilation_are_the_same_bits(channels):
+    """`shift_similarity_matrix` and the two-choice observer use `numerics.FAST_COMPILE`: they must give exactly
+    what XLA's default level gives, or the facets, neighbours and two-choice measures would change."""
+    import jax
+
+    from jaxoip.oip import similarity, two_choice
+
+    rng = np.random.default_rng(channels)
+    a, b = (rng.normal(size=(n, 28, 28, channels)).astype(np.float32) for n in (6, 5))
+    default = jax.jit(similarity.shift_similarity_matrix.__wrapped__, static_argnames=("max_shift",))
+    for got, want in zip(similarity.shift_similarity_matrix(a, b, 7), default(a, b, 7), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    q, r = a.reshape(2, 3, 28, 28, channels), np.concatenate([b, b[:1]]).reshape(2, 3, 28, 28, channels)
+    default = jax.jit(two_choice.observer_similarity.__wrapped__, static_argnames=("max_shift",))
+    np.testing.assert_array_equal(np.asarray(two_choice.observer_similarity(q, r, 5)), np.asarray(default(q, r, 5)))
