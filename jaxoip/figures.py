@@ -69,12 +69,19 @@ def display_planes(images) -> np.ndarray:
     return images.mean(axis=-1)
 
 
+def image_data(img) -> np.ndarray:
+    """What `show_image` hands `imshow` (and an image redrawn in place, `AxesImage.set_data`): grey levels as
+    they are, RGB with NaN white and values clipped to 0..1."""
+    img = np.asarray(img)
+    return np.clip(np.nan_to_num(img, nan=1.0), 0.0, 1.0) if img.ndim == 3 else img
+
+
 def show_image(ax, img, **kwargs):
     """Draws a mosaic or image from `display_planes`: grey levels 0..1 with the "gray" colormap (NaN white), or
     RGB 0..1 (NaN white, values clipped)."""
-    img = np.asarray(img)
+    img = image_data(img)
     if img.ndim == 3:
-        return ax.imshow(np.clip(np.nan_to_num(img, nan=1.0), 0.0, 1.0), **kwargs)
+        return ax.imshow(img, **kwargs)
     return ax.imshow(img, cmap=check_colormap("gray"), vmin=0, vmax=1, **kwargs)
 
 

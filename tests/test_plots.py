@@ -15,7 +15,7 @@ from jaxoip.data.mnist import Standardization
 from jaxoip.models.cnn import ModelConfig
 from jaxoip.models.figures import plot_history
 from jaxoip.models.network import find_layer
-from jaxoip.oip.figures import oip_gallery, snapshot_strip
+from jaxoip.oip.figures import oip_gallery, snapshot_strip, write_snapshot_strips
 from jaxoip.oip.objectives import objective
 from jaxoip.oip.scan_result import ScanResult
 from jaxoip.oip.search import OIPConfig, OIPResult
@@ -157,3 +157,23 @@ def test_targets_are_labelled_by_their_description(weighted, labels):
     for label in labels:
         assert any(t.startswith(f"{label}: ") for t in texts)
     assert f"Dense_2 {labels[0]}: best of 2 starts" in _texts(snapshot_strip(result, 0))
+
+
+def test_snapshot_strips_drawn_on_one_figure_have_each_maps_own_pixels(tmp_path):
+    """`write_snapshot_strips` redraws one figure for every map: each PNG has the pixels of that map's own
+    `snapshot_strip`, however far apart the maps' traces (the plot's limits) are."""
+    import matplotlib.image
+
+    result = _result(maps=(3, 0, 5), restarts=2)
+    result.oip.traces[:] *= np.repeat([1.0, 40.0, 0.01], 2)[:, None]  # Each map's trace on its own scale.
+    paths = write_snapshot_strips(result, [5, 3, 0], tmp_path / "one")
+    assert [p.name for p in paths] == ["snapshots_map005.png", "snapshots_map003.png", "snapshots_map000.png"]
+    for path in paths:
+        m = int(path.stem[-3:])
+        alone = tmp_path / "alone" / path.name
+        fig = snapshot_strip(result, m, alone)
+        np.testing.assert_array_equal(matplotlib.image.imread(path), matplotlib.image.imread(alone))
+        trace = result.traces[list(result.map_indices).index(m)].max(axis=0)  # The best start's: all alike here.
+        lo, hi = fig.axes[1].get_ylim()
+        assert lo < trace.min() and trace.max() < hi and hi - lo < 2 * (trace.max() - trace.min())
+    assert write_snapshot_strips(result, [], tmp_path / "none") == []

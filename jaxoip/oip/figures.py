@@ -4,8 +4,10 @@ best OIP (with its facets and the test images' most active patches) and one map'
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -13,6 +15,7 @@ from jaxoip.figures import (
     display_planes,
     enhance_contrast,
     exemplar_shades,
+    image_data,
     new_figure,
     save_figure,
     show_image,
@@ -116,40 +119,80 @@ def oip_gallery(
     return fig
 
 
-def snapshot_strip(result, map_index: int, path=None):
+def snapshot_strip(result, map_index: int, path=None) -> Figure:
     """The best start of one map at the log-spaced snapshot steps, with its objective trace.
 
     Laid out by hand, the snapshots as one mosaic: one image axes and one plot, where an axes per snapshot and a
     tight layout cost most of a scan's figure time.
     """
-    pos = int(np.flatnonzero(result.map_indices == map_index)[0])
-    flat = pos * result.restarts + int(result.best_start[pos])
-    snaps = display_planes(result.oip.snapshots[flat])
-    steps = result.oip.snapshot_steps
-    trace = result.oip.traces[flat]
-    n, (h, w) = len(steps), snaps.shape[1:3]
-    gap = max(1, w // 7)
-    mosaic = tile_mosaic([enhance_contrast(img) for img in snaps], n, gap=gap)[:, : n * (w + gap) - gap]
-    cell, title_in, label_in, plot_in = 1.6, 0.3, 0.3, 2.0  # inches; a snapshot and its gap take `cell`
-    px = cell / (w + gap)  # inches per image pixel
-    width = cell * n + plot_in + 0.2
-    height = 0.15 + px * h + label_in + title_in
-    fig = new_figure((width, height))
-    ax = fig.add_axes((0.1 / width, 0.15 / height, px * mosaic.shape[1] / width, px * h / height))
-    show_image(ax, mosaic, interpolation="nearest", aspect="auto")
-    ax.set_axis_off()
-    for i, s in enumerate(steps):
-        ax.text(i * (w + gap) + w / 2, -1, f"step {s + 1}\n{trace[s]:.3g}", ha="center", va="bottom", fontsize=7)
-    x0, y0 = cell * n + 0.55, 0.45
-    plot = fig.add_axes((x0 / width, y0 / height, (width - x0 - 0.1) / width, (height - y0 - title_in - 0.25) / height))
-    plot.plot(np.arange(1, len(trace) + 1), trace)
-    plot.set_xscale("log")
-    plot.set_xlabel("step", fontsize=7, labelpad=1)
-    plot.set_title("objective", fontsize=8)
-    plot.xaxis.set_minor_formatter(NullFormatter())  # a short trace would label its minor ticks, overlapping
-    plot.tick_params(which="both", labelsize=6)
-    fig.text(0.5, 1 - 0.5 * title_in / height, f"{result.layer_name} {result.labels[pos]}: best of {result.restarts} "
-             "starts", ha="center", va="center", fontsize=9)  # fmt: skip
+    strip = _Strip(result)
+    strip.show(map_index)
     if path is not None:
-        save_figure(fig, path, tight=False)
-    return fig
+        save_figure(strip.fig, path, tight=False)
+    return strip.fig
+
+
+def write_snapshot_strips(result, map_indices, folder) -> list[Path]:
+    """`snapshot_strip` of each map in `map_indices`, written as `folder`/snapshots_map005.png, ...
+
+    One figure redrawn for every map, the same pixels as a figure each: its axes, tick marks, text layouts and
+    renderer are made once, where a new figure per map spent most of its time making them again.
+    """
+    strip = _Strip(result) if len(map_indices) else None
+    if strip is not None:
+        FigureCanvasAgg(strip.fig)  # Its own canvas: savefig would make a new one, and a new renderer, each time.
+    paths = []
+    for m in map_indices:
+        strip.show(int(m))
+        paths.append(save_figure(strip.fig, Path(folder) / f"snapshots_map{int(m):03d}.png", tight=False))
+    return paths
+
+
+class _Strip:
+    """The snapshot strip's figure for `result` laid out once (every map's strip has the same snapshot steps and
+    image size); `show(map_index)` puts one map's snapshots, their values, its trace and its title into it."""
+
+    def __init__(self, result):
+        self.result = result
+        n, (h, w) = len(result.oip.snapshot_steps), result.oip.snapshots.shape[2:4]
+        self.gap = gap = max(1, w // 7)
+        cell, title_in, label_in, plot_in = 1.6, 0.3, 0.3, 2.0  # inches; a snapshot and its gap take `cell`
+        px = cell / (w + gap)  # inches per image pixel
+        width = cell * n + plot_in + 0.2
+        height = 0.15 + px * h + label_in + title_in
+        self.fig = fig = new_figure((width, height))
+        ax = fig.add_axes((0.1 / width, 0.15 / height, px * (n * (w + gap) - gap) / width, px * h / height))
+        self.image = show_image(ax, self._mosaic(0), interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        self.labels = [ax.text(i * (w + gap) + w / 2, -1, "", ha="center", va="bottom", fontsize=7) for i in range(n)]
+        x0, y0 = cell * n + 0.55, 0.45
+        top = height - title_in - 0.25
+        self.plot = plot = fig.add_axes((x0 / width, y0 / height, (width - x0 - 0.1) / width, (top - y0) / height))
+        (self.line,) = plot.plot(np.arange(1, result.oip.traces.shape[1] + 1), result.oip.traces[0])
+        plot.set_xscale("log")
+        plot.set_xlabel("step", fontsize=7, labelpad=1)
+        plot.set_title("objective", fontsize=8)
+        plot.xaxis.set_minor_formatter(NullFormatter())  # a short trace would label its minor ticks, overlapping
+        plot.tick_params(which="both", labelsize=6)
+        self.title = fig.text(0.5, 1 - 0.5 * title_in / height, "", ha="center", va="center", fontsize=9)
+
+    def _mosaic(self, flat: int) -> np.ndarray:
+        """Start `flat`'s snapshots contrast-enhanced, side by side."""
+        snaps = display_planes(self.result.oip.snapshots[flat])
+        n, w, gap = len(snaps), snaps.shape[2], self.gap
+        return tile_mosaic([enhance_contrast(img) for img in snaps], n, gap=gap)[:, : n * (w + gap) - gap]
+
+    def show(self, map_index: int) -> None:
+        """Puts the best start of map `map_index` into the figure: its snapshots with their steps and values, its
+        trace and the title."""
+        r = self.result
+        pos = int(np.flatnonzero(r.map_indices == map_index)[0])
+        flat = pos * r.restarts + int(r.best_start[pos])
+        trace = r.oip.traces[flat]
+        self.image.set_data(image_data(self._mosaic(flat)))
+        for label, s in zip(self.labels, r.oip.snapshot_steps):
+            label.set_text(f"step {s + 1}\n{trace[s]:.3g}")
+        self.line.set_ydata(trace)
+        self.plot.relim()  # The plot's limits follow this map's trace, as a new plot's would.
+        self.plot.autoscale_view()
+        self.title.set_text(f"{r.layer_name} {r.labels[pos]}: best of {r.restarts} starts")

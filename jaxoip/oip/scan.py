@@ -314,5 +314,4 @@ def write_scan_files(
         np.savez_compressed(tmp / "two_choice.npz", **q.trials)
     facets = [f["images"] for f in facet_images(result, result.facet_threshold)] if result.restarts > 1 else None
     figures.oip_gallery(result, tmp / "gallery.png", exemplars=exemplars, facets=facets)
-    for m in snapshot_maps if snapshot_maps is not None else []:
-        figures.snapshot_strip(result, int(m), tmp / f"snapshots_map{int(m):03d}.png")
+    figures.write_snapshot_strips(result, [] if snapshot_maps is None else list(snapshot_maps), tmp)
