@@ -310,11 +310,13 @@ def _write(plan, data, out, bar, result, extra, compiles, started, snapshot_maps
 
 
 def _site(plan: ScanPlan, data: MNIST | None, result: ScanResult, folder: Path, model: str | None) -> None:
-    """The browsable site: with exemplars, also their activation overlays (the maps' histograms come with
-    the result)."""
+    """The browsable site: with exemplars, also the scanned maps' activation overlays (the maps' histograms come
+    with the result)."""
     exemplars, views = result.exemplars, None
     if exemplars is not None:
-        views = data_views(plan.trained, data, plan.layer.name, exemplars, precision=plan.config.precision)
+        views = data_views(
+            plan.trained, data, plan.layer.name, exemplars, plan.config.precision, maps=result.map_indices
+        )
     write_scan_site(result, folder, exemplars=exemplars, views=views, model=model)
 
 

@@ -6,6 +6,7 @@ exemplars, whole, and where on them the map fires (its activation spread over it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -25,7 +26,7 @@ class DataViews:
 
     split: str
     # Per map: its k exemplar images in pixel units clipped to 0..255, (k, H, W, C); (0, H, W, C) for a map that
-    # no image activates.
+    # no image activates or that `data_views` was not asked for.
     images: tuple[Float[np.ndarray, "k H W C"], ...]
     # Per map and exemplar: the map's activation spread over the receptive fields of its nodes (the largest value
     # where fields overlap), divided by that image's peak: 1 where the map fires most, 0 where it is silent.
@@ -54,19 +55,28 @@ def data_views(
     layer_name: str,
     exemplars: Exemplars,
     precision: Precision = DEFAULT_PRECISION,
+    maps: Sequence[int] | None = None,
 ) -> DataViews:
     """`exemplars` (of `exemplars.split`) whole, each with its map's activation spread over the receptive fields
-    of the map's nodes: where in the image the map fires. One forward pass of the few images."""
+    of the map's nodes: where in the image the map fires. One forward pass of the few images.
+
+    `maps`: the maps whose views are made (default: every map of the layer); the others get none, as a map that
+    no image activates: a scan of a few maps pays for their exemplars' pass only, not for the whole layer's.
+    """
     spec = get_layer(trained.config, layer_name, MAP_KINDS)
     images, labels = check_data(data).split(exemplars.split)
-    used = np.unique(exemplars.image_indices[exemplars.image_indices >= 0])
+    n_maps = exemplars.image_indices.shape[0]
+    shown = np.zeros(n_maps, bool)
+    shown[np.arange(n_maps) if maps is None else np.asarray(maps, int)] = True
+    rows_of = np.where(shown[:, None], exemplars.image_indices, -1)  # (c, k) image indices, -1 for none
+    used = np.unique(rows_of[rows_of >= 0])
     std = trained.standardization
     acts = batched_layer_map(trained.model, std(images[used]), spec.name, precision=precision) if used.size else None
     pos = {int(n): p for p, n in enumerate(used)}
     boxes = field_boxes(trained.config, spec.name)
-    shown, heats = [], []
-    for m in range(exemplars.image_indices.shape[0]):
-        rows = [int(n) for n in exemplars.image_indices[m] if n >= 0]
+    pictures, heats = [], []
+    for m in range(n_maps):
+        rows = [int(n) for n in rows_of[m] if n >= 0]
         heat = np.zeros((len(rows), *images.shape[1:3]), np.float32)
         for e, n in enumerate(rows):
             a = acts[pos[n], :, :, m]
@@ -75,9 +85,9 @@ def data_views(
             peak = float(a.max())
             heat[e] = heat[e] / peak if peak > 0 else heat[e] * 0
         heats.append(heat)
-        shown.append(np.clip(np.asarray(images[rows], np.float32), 0, 255))
+        pictures.append(np.clip(np.asarray(images[rows], np.float32), 0, 255))
     names = tuple(
         tuple(data.class_name(labels[n]) if n >= 0 and data.class_names else "" for n in row)
         for row in exemplars.image_indices
     )
-    return DataViews(exemplars.split, tuple(shown), tuple(heats), exemplars.values, exemplars.image_indices, names)
+    return DataViews(exemplars.split, tuple(pictures), tuple(heats), exemplars.values, exemplars.image_indices, names)
