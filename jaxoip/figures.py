@@ -46,6 +46,16 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None, tight: bo
     return path
 
 
+def warm_up_text() -> None:
+    """Builds matplotlib's mathtext grammar, once per process, by laying out a log axis' tick label (10^0, as
+    the snapshot strips' trace plot shows): the first such label otherwise spends tens of milliseconds on it
+    (`jaxoip._prefetch` does it ahead)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.mathtext import MathTextParser
+
+    MathTextParser("agg").parse(r"$\mathdefault{10^{0}}$", DPI, FontProperties(size=6))
+
+
 def enhance_contrast(img, low: float = 2.0, high: float = 98.0):
     """Stretches the [low, high] percentiles of an image to [0, 1] (the study's contrast-enhanced view).
 

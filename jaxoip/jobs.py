@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jaxoip import distributed
 from jaxoip._io import OutputDir
+from jaxoip._prefetch import wait_prefetched
 from jaxoip.analysis.data_views import data_views
 from jaxoip.compiles import CompileCount, count_compiles
 from jaxoip.data.mnist import MNIST
@@ -291,6 +292,7 @@ def _write(plan, data, out, bar, result, extra, compiles, started, snapshot_maps
     folder.mkdir(parents=True, exist_ok=True)
     exemplars = result.exemplars
     with bar.phase("figures and tables"):
+        wait_prefetched()
         extra.update(
             compiled_programs=compiles.compiled,
             cached_programs=compiles.cache_hits,

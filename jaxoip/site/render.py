@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 
 STATIC = ("site.css", "site.js")
+SCAN_TEMPLATES = ("scan_index.html", "scan_map.html")
 
 
 @functools.cache
@@ -23,6 +24,12 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def compile_scan_templates() -> None:
+    """Compiles a scan site's templates into `environment()`'s cache (`jaxoip._prefetch` does it ahead)."""
+    for name in SCAN_TEMPLATES:
+        environment().get_template(name)
 
 
 def copy_static(folder: Path) -> None:
