@@ -293,7 +293,8 @@ def write_scan_files(
     table = result.table()
     table.to_csv(tmp / "maps.csv", index=False)
     (tmp / "maps.json").write_text(table.to_json(orient="records", indent=1))
-    (tmp / "summary.json").write_text(json.dumps({**result.summary().to_dict(), **(extra_summary or {})}, indent=1))
+    summary = result.summary(table).to_dict()
+    (tmp / "summary.json").write_text(json.dumps({**summary, **(extra_summary or {})}, indent=1))
     std = result.standardization
     arrays = {
         "map_indices": result.map_indices,

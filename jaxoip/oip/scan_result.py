@@ -185,9 +185,10 @@ class ScanResult:
         compact table with each map's best OIP as a thumbnail (`jaxoip.site.notebook`)."""
         return html(self)
 
-    def summary(self) -> ScanSummary:
-        """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json)."""
-        t = self.table()
+    def summary(self, table: pd.DataFrame | None = None) -> ScanSummary:
+        """The scan's counts, settings and timings (`ScanSummary.to_dict()` is summary.json); `table`: this scan's
+        `table()` where the caller has it already (a writer writes both)."""
+        t = self.table() if table is None else table
         dead = t["dead_on_data"] if "dead_on_data" in t else None
         return ScanSummary(
             layer=self.layer_name,

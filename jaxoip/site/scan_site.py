@@ -206,7 +206,7 @@ def write_scan_site(
     copy_static(site)
     env = environment()
     table = result.table()
-    summary = result.summary().to_dict()
+    summary = result.summary(table).to_dict()
     options = summary.get("options") or {}
     model = model or str(options.get("model") or "the shipped reference model")
     maps = [int(m) for m in result.map_indices]

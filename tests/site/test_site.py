@@ -208,3 +208,18 @@ def test_a_map_page_lays_its_facets_out_side_by_side_and_folds_the_rest(colour_s
         assert len(re.findall(rf'alt="facet \d+: [^"]*start {s} \(objective {re.escape(value)}\)', page)) == 2, s
     assert all(a.strip() for a in re.findall(r'<img [^>]*alt="([^"]*)"', page))
     assert len(re.findall(r"<img ", page)) == len(re.findall(r'<img [^>]*alt="', page))
+
+
+def test_the_files_and_the_site_each_build_the_scans_table_once(colour_scan, tmp_path, monkeypatch):
+    """`summary(table)` is `summary()` from a table at hand: the files and the site each build the table once."""
+    from jaxoip.oip.scan import write_scan_files
+    from jaxoip.oip.scan_result import ScanResult
+
+    assert colour_scan.summary(colour_scan.table()) == colour_scan.summary()
+    built = []
+    table = ScanResult.table
+    monkeypatch.setattr(ScanResult, "table", lambda self: built.append(self) or table(self))
+    write_scan_files(colour_scan, tmp_path)
+    assert len(built) == 1
+    write_scan_site(colour_scan, tmp_path)
+    assert len(built) == 2
