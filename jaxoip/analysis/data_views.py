@@ -49,6 +49,15 @@ def field_boxes(config, layer_name: str) -> list[tuple[int, int, int, int, int, 
     return [(i, j, *receptive_field(config, layer_name, i, j)) for i in range(h) for j in range(w)]
 
 
+def _padded(images: np.ndarray) -> np.ndarray:
+    """Up to 256 `images` followed by blank ones, a power of two (at least 8) in all: scans of a few maps, with
+    other numbers of exemplars, share a few compiled passes. More images (a whole layer's) are left as they are."""
+    if len(images) > 256:
+        return images
+    n = 1 << max(3, (len(images) - 1).bit_length())
+    return np.concatenate([images, np.zeros((n - len(images), *images.shape[1:]), images.dtype)])
+
+
 def data_views(
     trained: TrainedModel,
     data: MNIST,
@@ -71,7 +80,9 @@ def data_views(
     rows_of = np.where(shown[:, None], exemplars.image_indices, -1)  # (c, k) image indices, -1 for none
     used = np.unique(rows_of[rows_of >= 0])
     std = trained.standardization
-    acts = batched_layer_map(trained.model, std(images[used]), spec.name, precision=precision) if used.size else None
+    acts = None
+    if used.size:
+        acts = batched_layer_map(trained.model, std(_padded(images[used])), spec.name, precision=precision)
     pos = {int(n): p for p, n in enumerate(used)}
     boxes = field_boxes(trained.config, spec.name)
     pictures, heats = [], []
