@@ -13,6 +13,7 @@ from concurrent.futures import Future
 
 from jaxoip import cli, distributed
 from jaxoip._io import check_apart
+from jaxoip.data.idx import DATA_DIR_ENV
 
 # Not in the output folder's record: how the processes joined (a run resumes on another process count) and
 # what does not change the results.
@@ -28,10 +29,15 @@ def start_data(args: argparse.Namespace) -> Callable | None:
 
     Called after the checks that need no data, before `start`.
     """
+    from jaxoip.data import idx  # The standard library only: its files are read while JAX is imported.
+
+    folder = (args.data_dir or os.environ.get(DATA_DIR_ENV)) if args.data is None else None
+    if folder:
+        with contextlib.suppress(OSError, RuntimeError):  # A bad folder is reported by the loader, in its words.
+            idx.prefetch(folder)
     # Imported here (JAX with it, through jaxtyping), not in the thread: two threads importing one package can
     # deadlock.
     from jaxoip.data.images import load_data
-    from jaxoip.data.mnist import DATA_DIR_ENV
 
     if args.data is None and args.data_dir is None and not os.environ.get(DATA_DIR_ENV):
         return None

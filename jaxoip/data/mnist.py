@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import importlib.util
 import os
@@ -14,9 +13,9 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
+from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, READ_ERRORS, file_bytes, idx_path
 from jaxoip.errors import CheckpointError, DataError, JaxoipError
 
-DATA_DIR_ENV = "JAXOIP_DATA_DIR"
 # The study's standardization: mean and std of MNIST's training pixels (the reference model's).
 MNIST_MEAN, MNIST_STD = 33.318421449829934, 78.56748998339798
 # Bounds of a usable standardization of image data (pixels 0..255, or 0..1): a std below 1e-3 blows inputs
@@ -31,12 +30,6 @@ INPUT_SCALES = {
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
 
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 # Magic numbers of the IDX format: 0x0000 0x08 (uint8) then the number of dimensions.
 _MAGIC = {3: 2051, 1: 2049}
 
@@ -170,11 +163,9 @@ class Standardization:
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+        raw = file_bytes(path)  # Read ahead by the command, when it could.
+    except READ_ERRORS as e:
         raise DataError(f"cannot read {path}: {e}") from None
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -192,10 +183,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def _find_idx(data_dir: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (data_dir / name).is_file():
-            return data_dir / name
-    raise DataError(f"missing MNIST file {stem}[.gz] in {data_dir}")
+    path = idx_path(data_dir, stem)
+    if path is None:
+        raise DataError(f"missing MNIST file {stem}[.gz] in {data_dir}")
+    return path
 
 
 def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:

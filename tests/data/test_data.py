@@ -195,3 +195,34 @@ def test_the_checksum_of_arrays_that_can_change_follows_them():
     before = data.checksum()
     data.test_images[0, 0, 0, 0] = 1.0
     assert data.checksum() != before
+
+
+def test_files_read_ahead_are_used_only_while_unchanged(tmp_path, monkeypatch):
+    """`idx.prefetch` reads the files on a thread; the loader takes those bytes (no second read) unless the file
+    changed since, and a damaged file read ahead is reported by the loader in its usual words."""
+    import os
+
+    from jaxoip.data import idx
+
+    _fake_dir(tmp_path)
+    reads = []
+    real = idx.read_idx_bytes
+    monkeypatch.setattr(idx, "read_idx_bytes", lambda p: reads.append(p.name) or real(p))
+    idx.prefetch(tmp_path)
+    first = load_idx_dir(tmp_path)
+    assert sorted(reads) == sorted(f"{s}.gz" for s in data_lib.IDX_FILES.values())  # Each file read once.
+
+    reads.clear()
+    idx.prefetch(tmp_path)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    idx.file_bytes(tmp_path / "t10k-images-idx3-ubyte.gz")  # Waits for the thread's reads.
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(20, 7), 2049)  # Changed after it was read ahead.
+    os.utime(labels, ns=(1, 1))
+    again = load_idx_dir(tmp_path)
+    assert reads.count("train-labels-idx1-ubyte.gz") == 2 and (again.train_labels == 7).all()
+    assert (first.train_labels != 7).any()
+
+    labels.write_bytes(labels.read_bytes()[:15])
+    idx.prefetch(tmp_path)
+    with pytest.raises(DataError, match="cannot read .*train-labels"):
+        load_idx_dir(tmp_path)
