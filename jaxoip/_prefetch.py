@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 
 # What a job imports only to write its files (tables, clusters, figures): imported on another thread while the
-# data pass runs, where the main thread only waits for XLA (`prefetch_imports`).
+# search and the passes run, where the main thread mostly waits for XLA (`prefetch_imports`).
 WRITER_MODULES = ("pandas", "scipy.cluster.hierarchy", "matplotlib.backends.backend_agg", "jaxoip.oip.figures")
 # What they first do once per process, done on the same thread after the imports: "module:function" called once.
 WRITER_WARMUPS = ("jaxoip.site.render:compile_scan_templates", "jaxoip.figures:warm_up_text")
