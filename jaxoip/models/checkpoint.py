@@ -246,7 +246,8 @@ def _restore(path: Path, meta: dict) -> TrainedModel:
         raise CheckpointError(f"{path}: parameters do not match the checksum in metadata.json (corrupt checkpoint)")
 
     graphdef, state = nnx.split(model)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
+    # device_put, not jnp.asarray: the latter compiles a program per parameter shape (jax.lax.stage).
+    nnx.replace_by_pure_dict(state, jax.device_put(params))
     return TrainedModel(
         model=nnx.merge(graphdef, state),
         standardization=std,

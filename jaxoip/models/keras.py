@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -453,7 +452,7 @@ def load_keras_model(
     else:
         std, source = keras_standardization(data_dir, path, data)
     graphdef, state = nnx.split(model)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, keras_model.params))
+    nnx.replace_by_pure_dict(state, jax.device_put(keras_model.params))  # Not jnp.asarray: no program per shape.
     names = {s.name: s.name for s in layer_specs(keras_model.config)}
     return TrainedModel(
         model=nnx.merge(graphdef, state),
