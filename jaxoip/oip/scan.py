@@ -8,6 +8,7 @@ arrays of a result (`jaxoip.jobs.run_scan` adds the site).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -120,6 +121,7 @@ def scan_layer(
     exemplars = plan.exemplars if data is not None else 0
     # The plain map objective: the exemplars' maxima come from the data pass (one pass over the test images).
     shared_pass = exemplars > 0 and not objective.custom
+    test_x = functools.cache(lambda: trained.standardization(data.test_images))  # Standardized once (31 MB).
 
     own = not isinstance(progress, Progress)
     bar = Progress(bool(progress), f"scan {layer_name}", unit="image-step") if own else progress
@@ -131,8 +133,7 @@ def scan_layer(
         selective_max = magnitude = None
         if objective.selective > 0:  # The selective objective normalizes by the maps' maxima over the test images.
             with bar.phase("data maxima"):
-                x = trained.standardization(data.test_images)
-                selective_max = objective_values(trained.model, x, objective, precision, cache=True).max(axis=0)
+                selective_max = objective_values(trained.model, test_x(), objective, precision, cache=True).max(axis=0)
         if config.param == "maco":
             with bar.phase("maco spectrum"):
                 magnitude = maco_magnitude(trained.standardization(data.train_images))
@@ -157,7 +158,7 @@ def scan_layer(
         data_mean = data_max = acts = on_best = on_clipped = minimizing = histogram = found = None
         if data is not None:
             with bar.phase("data pass"):
-                x = trained.standardization(data.test_images)
+                x = test_x()
                 obj = res.objective.reshape(len(maps), restarts)
                 best = res.images.reshape(len(maps), restarts, *x.shape[1:])[np.arange(len(maps)), obj.argmax(1)]
                 # The best OIPs, as searched and clipped to pixels [0, 255] (superstimulus is measured on
@@ -222,7 +223,7 @@ def scan_layer(
         exemplars=found,
     )
     if plan.quality is not None:
-        x = None if data is None else trained.standardization(data.test_images)
+        x = None if data is None else test_x()
         min_images, min_objective = minimizing if minimizing is not None else (None, None)
         result.quality = quality_lib.measure(result, plan.quality, x, acts, on_best, min_images, on_clipped)
         result.quality.min_images, result.quality.min_objective = min_images, min_objective
