@@ -4,7 +4,8 @@ Each round runs, each in a fresh process: the yardstick (`import jax; jnp.ones(3
 checkout and (with `--old`) another checkout: the tiny scan warm (its own compilation cache, filled by an earlier
 run), the tiny scan cold (`--no-cache`), and a mistyped `--layer`. Medians over rounds; the ratios to the
 yardstick are taken round by round, so a machine that slows down between rounds does not bias them. The scans'
-`summary.json` phase times are kept as well (medians).
+`summary.json` phase times are kept as well (medians). The processes run with Python's bytecode written and
+reused (PYTHONDONTWRITEBYTECODE removed from their environment), as an installed jaxoip runs.
 
     git worktree add ../old <commit>
     python experiments/bench_fixed_cost.py --old ../old --rounds 5 --json fixed_cost.json
@@ -60,13 +61,17 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="fixed_cost_") as tmp:
         tmp = Path(tmp)
+        # As installed: Python writes and reuses the bytecode of jaxoip's modules, as `pip install` (which compiles
+        # it) and any environment without PYTHONDONTWRITEBYTECODE do; with it set, every process compiles jaxoip's
+        # ~60 modules from source again (about 0.1 s). The yardstick runs in the same environment.
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         envs = {}
         for name, root in checkouts.items():
-            envs[name] = {**os.environ, "PYTHONPATH": str(root), "JAXOIP_DATA_DIR": args.data_dir,
+            envs[name] = {**base, "PYTHONPATH": str(root), "JAXOIP_DATA_DIR": args.data_dir,
                           "JAXOIP_CACHE_DIR": str(tmp / f"cache-{name}")}  # fmt: skip
             timed(["-m", "jaxoip", *SCAN, "--out", str(tmp / f"warmup-{name}")], root, envs[name])  # fills its cache
         for r in range(args.rounds):
-            yard = timed(["-c", YARDSTICK], tmp, dict(os.environ))
+            yard = timed(["-c", YARDSTICK], tmp, base)
             add("yardstick", yard)
             for name, root in checkouts.items():
                 env = envs[name]
