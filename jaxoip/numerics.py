@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -105,16 +104,30 @@ POLL_SECONDS = 0.02  # How often a waiting main thread looks up: a Ctrl-C lands 
 
 
 def wait_ready(tree) -> None:
-    """Waits for the arrays of `tree` in short sleeps, so that a Ctrl-C lands within a fraction of a second.
+    """Waits for the arrays of `tree` so that a Ctrl-C lands within a fraction of a second: a helper thread
+    blocks on them (releasing the interpreter's lock) while this one waits on an event in slices of
+    `POLL_SECONDS`, and wakes as soon as they are ready (polling `is_ready` overshot each wait by half a slice).
 
-    A compiled program runs asynchronously; blocking on its result (`np.asarray`, `jax.device_get`) would
-    hold the interrupt until it ends, minutes for a large chunk on a CPU.
+    A compiled program runs asynchronously; blocking on its result (`np.asarray`, `jax.device_get`) in this
+    thread would hold the interrupt until it ends, minutes for a large chunk on a CPU.
     """
     import jax
 
-    for leaf in jax.tree.leaves(tree):
-        while isinstance(leaf, jax.Array) and not leaf.is_ready():
-            time.sleep(POLL_SECONDS)
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if isinstance(leaf, jax.Array) and not leaf.is_ready()]
+    if not leaves:
+        return
+    done = threading.Event()
+
+    def block():
+        try:
+            jax.block_until_ready(leaves)
+        except Exception:  # noqa: BLE001 - the caller's own read of the arrays raises it, in this thread.
+            pass
+        done.set()
+
+    threading.Thread(target=block, name="jaxoip-wait", daemon=True).start()
+    while not done.wait(POLL_SECONDS):
+        pass
 
 
 def fetch(tree):

@@ -202,3 +202,21 @@ def test_compare_seeds_stops_at_ctrl_c_and_resumes(tmp_path):
     assert "training 1 seeds x 1 epochs" in r.stderr and "(1 already in" in r.stderr
     assert (out / "report.md").is_file()
     assert sorted(p.name for p in (out / "models").iterdir()) == ["seed_0", "seed_1"]
+
+
+def test_wait_ready_wakes_as_soon_as_the_result_is_ready():
+    """No slice of sleep after the result: 40 waits for short programs take far less than 40 polling slices."""
+    import time
+
+    from jaxoip.numerics import POLL_SECONDS
+
+    @jax.jit
+    def short(x):
+        return jax.lax.fori_loop(0, 20, lambda i, v: jnp.tanh(v @ v.T), x)
+
+    x = jnp.ones((64, 64)) / 64
+    short(x).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(40):
+        wait_ready(short(x))
+    assert time.perf_counter() - t < 40 * POLL_SECONDS / 2
