@@ -1,9 +1,10 @@
-"""MNIST's IDX files as bytes, with the Python standard library only: a command starts reading them on a thread
-(`prefetch`) before it imports JAX, and the loader (`jaxoip.data.mnist`) takes what was read (`file_bytes`).
+"""MNIST's IDX files read into arrays with NumPy and the standard library only (no JAX): a command starts reading
+them on a thread (`prefetch`) before it imports JAX, and the loader (`jaxoip.data.mnist`) takes what was read
+(`load_idx`).
 
-A gzipped file is decompressed in one call, which releases the interpreter's lock for its whole length, so the
-read overlaps the main thread's imports; bytes read ahead are used only if the file's size and modification
-time are still those it had when it was read.
+A gzipped file is decompressed in one call and converted by NumPy, both of which release the interpreter's lock,
+so the read overlaps the main thread's imports; what was read ahead is used only if the file's size and
+modification time are still those it had when it was read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import zlib
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
+from jaxtyping import Shaped  # Not ArrayLike, whose import starts JAX's.
+
+from jaxoip.errors import DataError
+
 DATA_DIR_ENV = "JAXOIP_DATA_DIR"
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -24,6 +30,8 @@ IDX_FILES = {
 }
 # What reading a damaged file raises: truncated gzip (EOFError), bad header or CRC (OSError), bad deflate data.
 READ_ERRORS = (OSError, EOFError, zlib.error)
+# Magic numbers of the IDX format: 0x0000 0x08 (uint8) then the number of dimensions.
+MAGIC = {3: 2051, 1: 2049}
 
 _ahead: dict[Path, Future] = {}
 _lock = threading.Lock()
@@ -43,32 +51,59 @@ def read_idx_bytes(path: Path) -> bytes:
     return gzip.decompress(raw) if path.suffix == ".gz" else raw
 
 
-def prefetch(data_dir: str | os.PathLike) -> None:
-    """Starts reading the four IDX files of `data_dir` (those present) on a daemon thread; `file_bytes` takes them."""
-    folder = Path(data_dir).expanduser()
-    paths = [p.resolve() for p in (idx_path(folder, s) for s in IDX_FILES.values()) if p is not None]
-    with _lock:
-        todo = [(p, _ahead.setdefault(p, Future())) for p in paths if p not in _ahead]
-
-    def run():
-        for path, future in todo:
-            try:
-                stat = path.stat()
-                future.set_result(((stat.st_size, stat.st_mtime_ns), read_idx_bytes(path)))
-            except BaseException:  # noqa: BLE001 - `file_bytes` reads the file again and reports the error itself.
-                future.set_result(None)
-
-    if todo:
-        threading.Thread(target=run, name="jaxoip-idx", daemon=True).start()
-
-
-def file_bytes(path: Path) -> bytes:
-    """`read_idx_bytes(path)`: what `prefetch` read, when it read this very file, else read now."""
+def load_idx(path: Path, ndim: int) -> Shaped[np.ndarray, "n ..."]:
+    """The array of the IDX file `path` of `ndim` dimensions, as the loader keeps it: images float32, labels
+    int32; read ahead by `prefetch` when it read this very file, else read now. One line for a damaged file."""
     with _lock:
         future = _ahead.pop(path.resolve(), None) if _ahead else None
     ahead = future.result() if future is not None else None
     if ahead is not None:
         stat = path.stat()
-        if ahead[0] == (stat.st_size, stat.st_mtime_ns):
+        if ahead[0] == (stat.st_size, stat.st_mtime_ns, ndim):
             return ahead[1]
-    return read_idx_bytes(path)
+    return _converted(_parse(path, ndim), ndim)
+
+
+def _parse(path: Path, ndim: int) -> Shaped[np.ndarray, "n ..."]:
+    try:
+        raw = read_idx_bytes(path)
+    except READ_ERRORS as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than the IDX header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != MAGIC[ndim]:
+        raise DataError(
+            f"{path} has magic number {magic}, expected {MAGIC[ndim]} (an IDX file of uint8 with {ndim} dimension(s))"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(f"{path} is truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _converted(a: Shaped[np.ndarray, "n ..."], ndim: int) -> Shaped[np.ndarray, "n ..."]:
+    return a.astype(np.float32 if ndim == 3 else np.int32)
+
+
+def prefetch(data_dir: str | os.PathLike) -> None:
+    """Starts reading the four IDX files of `data_dir` (those present) on a daemon thread; `load_idx` takes them."""
+    folder = Path(data_dir).expanduser()
+    stems = {s: 3 if key.endswith("images") else 1 for key, s in IDX_FILES.items()}
+    found = [(p.resolve(), n) for p, n in ((idx_path(folder, s), n) for s, n in stems.items()) if p is not None]
+    with _lock:
+        todo = [(p, n, _ahead.setdefault(p, Future())) for p, n in found if p not in _ahead]
+
+    def run():
+        for path, ndim, future in todo:
+            try:
+                stat = path.stat()
+                array = _converted(_parse(path, ndim), ndim)
+                future.set_result(((stat.st_size, stat.st_mtime_ns, ndim), array))
+            except BaseException:  # noqa: BLE001 - `load_idx` reads the file again and reports the error itself.
+                future.set_result(None)
+
+    if todo:
+        threading.Thread(target=run, name="jaxoip-idx", daemon=True).start()

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
-from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, READ_ERRORS, file_bytes, idx_path
+from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, idx_path, load_idx
 from jaxoip.errors import CheckpointError, DataError, JaxoipError
 
 # The study's standardization: mean and std of MNIST's training pixels (the reference model's).
@@ -29,9 +29,6 @@ INPUT_SCALES = {
     "-1..1": (127.5, 127.5),
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
-
-# Magic numbers of the IDX format: 0x0000 0x08 (uint8) then the number of dimensions.
-_MAGIC = {3: 2051, 1: 2049}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,26 +159,6 @@ class Standardization:
         }
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    try:
-        raw = file_bytes(path)  # Read ahead by the command, when it could.
-    except READ_ERRORS as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than the IDX header")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != _MAGIC[ndim]:
-        raise DataError(
-            f"{path} has magic number {magic}, expected {_MAGIC[ndim]} (an IDX file of uint8 with {ndim} dimension(s))"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise DataError(f"{path} is truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
 def _find_idx(data_dir: Path, stem: str) -> Path:
     path = idx_path(data_dir, stem)
     if path is None:
@@ -196,7 +173,7 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
         raise DataError(f"MNIST data directory {data_dir} does not exist")
     arrays = {}
     for key, stem in IDX_FILES.items():
-        arrays[key] = _read_idx(_find_idx(data_dir, stem), 3 if key.endswith("images") else 1)
+        arrays[key] = load_idx(_find_idx(data_dir, stem), 3 if key.endswith("images") else 1)  # Read ahead, maybe.
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.shape[0] != labels.shape[0]:
@@ -210,7 +187,7 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
 
 def _to_mnist(arrays: dict, source: str) -> MNIST:
     def frozen(a, dtype, shape):
-        a = np.asarray(a).astype(dtype).reshape(shape)
+        a = np.asarray(a).astype(dtype, copy=False).reshape(shape)  # Read as float32/int32: no copy.
         a.setflags(write=False)  # Cached and shared between callers.
         return a
 

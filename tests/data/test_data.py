@@ -198,7 +198,7 @@ def test_the_checksum_of_arrays_that_can_change_follows_them():
 
 
 def test_files_read_ahead_are_used_only_while_unchanged(tmp_path, monkeypatch):
-    """`idx.prefetch` reads the files on a thread; the loader takes those bytes (no second read) unless the file
+    """`idx.prefetch` reads the files on a thread; the loader takes those arrays (no second read) unless the file
     changed since, and a damaged file read ahead is reported by the loader in its usual words."""
     import os
 
@@ -215,7 +215,7 @@ def test_files_read_ahead_are_used_only_while_unchanged(tmp_path, monkeypatch):
     reads.clear()
     idx.prefetch(tmp_path)
     labels = tmp_path / "train-labels-idx1-ubyte.gz"
-    idx.file_bytes(tmp_path / "t10k-images-idx3-ubyte.gz")  # Waits for the thread's reads.
+    idx.load_idx(tmp_path / "t10k-images-idx3-ubyte.gz", 3)  # Waits for the thread's reads.
     _write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(20, 7), 2049)  # Changed after it was read ahead.
     os.utime(labels, ns=(1, 1))
     again = load_idx_dir(tmp_path)
