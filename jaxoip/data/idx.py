@@ -10,6 +10,7 @@ modification time are still those it had when it was read.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import threading
 import zlib
@@ -34,6 +35,7 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 MAGIC = {3: 2051, 1: 2049}
 
 _ahead: dict[Path, Future] = {}
+_checksums: dict[int, tuple[np.ndarray, str | None]] = {}  # id(last array read ahead) -> (it, the four's SHA-256)
 _lock = threading.Lock()
 
 
@@ -97,13 +99,28 @@ def prefetch(data_dir: str | os.PathLike) -> None:
         todo = [(p, n, _ahead.setdefault(p, Future())) for p, n in found if p not in _ahead]
 
     def run():
+        digest = hashlib.sha256() if len(todo) == len(IDX_FILES) else None
         for path, ndim, future in todo:
             try:
                 stat = path.stat()
                 array = _converted(_parse(path, ndim), ndim)
+                if digest is not None:  # MNIST.checksum's bytes, in its order (IDX_FILES').
+                    digest.update(array.data)
+                    _checksums[id(array)] = (array, digest.hexdigest() if future is todo[-1][2] else None)
                 future.set_result(((stat.st_size, stat.st_mtime_ns, ndim), array))
             except BaseException:  # noqa: BLE001 - `load_idx` reads the file again and reports the error itself.
+                digest = None
                 future.set_result(None)
 
     if todo:
         threading.Thread(target=run, name="jaxoip-idx", daemon=True).start()
+
+
+def checksum_ahead(arrays: list[np.ndarray]) -> str | None:
+    """`MNIST.checksum` of the four `arrays` (in IDX_FILES' order), when `prefetch` read them all and computed it
+    on its thread (the very arrays: what was read again has none); else None."""
+    with _lock:
+        entries = [_checksums.pop(id(a), None) for a in arrays]
+    if any(e is None or e[0] is not a for e, a in zip(entries, arrays)):
+        return None
+    return entries[-1][1]

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
-from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, idx_path, load_idx
+from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, checksum_ahead, idx_path, load_idx
 from jaxoip.errors import CheckpointError, DataError, JaxoipError
 
 # The study's standardization: mean and std of MNIST's training pixels (the reference model's).
@@ -182,7 +182,11 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
             raise DataError(f"{split} images in {data_dir} are {images.shape[1:]}, expected (28, 28)")
         if labels.size and labels.max() > 9:
             raise DataError(f"{split} labels in {data_dir} contain {labels.max()}, expected 0..9")
-    return _to_mnist(arrays, source=f"idx:{data_dir.resolve()}")
+    data = _to_mnist(arrays, source=f"idx:{data_dir.resolve()}")
+    digest = checksum_ahead([arrays[k] for k in IDX_FILES])
+    if digest is not None:  # Computed while the files were read ahead (`jaxoip.data.idx.prefetch`).
+        data.__dict__["_checksum"] = digest
+    return data
 
 
 def _to_mnist(arrays: dict, source: str) -> MNIST:

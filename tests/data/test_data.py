@@ -211,6 +211,11 @@ def test_files_read_ahead_are_used_only_while_unchanged(tmp_path, monkeypatch):
     idx.prefetch(tmp_path)
     first = load_idx_dir(tmp_path)
     assert sorted(reads) == sorted(f"{s}.gz" for s in data_lib.IDX_FILES.values())  # Each file read once.
+    # The checksum was computed on the thread too, and is MNIST.checksum's.
+    direct = hashlib.sha256()
+    for a in (first.train_images, first.train_labels, first.test_images, first.test_labels):
+        direct.update(np.ascontiguousarray(a).tobytes())
+    assert first.__dict__.get("_checksum") == direct.hexdigest() == first.checksum()
 
     reads.clear()
     idx.prefetch(tmp_path)
@@ -220,6 +225,7 @@ def test_files_read_ahead_are_used_only_while_unchanged(tmp_path, monkeypatch):
     os.utime(labels, ns=(1, 1))
     again = load_idx_dir(tmp_path)
     assert reads.count("train-labels-idx1-ubyte.gz") == 2 and (again.train_labels == 7).all()
+    assert "_checksum" not in again.__dict__ and again.checksum() != first.checksum()  # Not the stale one.
     assert (first.train_labels != 7).any()
 
     labels.write_bytes(labels.read_bytes()[:15])
