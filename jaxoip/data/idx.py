@@ -35,7 +35,8 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 MAGIC = {3: 2051, 1: 2049}
 
 _ahead: dict[Path, Future] = {}
-_checksums: dict[int, tuple[np.ndarray, str | None]] = {}  # id(last array read ahead) -> (it, the four's SHA-256)
+# id(array read ahead) -> (the array, MNIST's SHA-256 of the four when it is the last of them, else None).
+_checksums: dict[int, tuple[Shaped[np.ndarray, "n ..."], str | None]] = {}
 _lock = threading.Lock()
 
 
@@ -116,7 +117,7 @@ def prefetch(data_dir: str | os.PathLike) -> None:
         threading.Thread(target=run, name="jaxoip-idx", daemon=True).start()
 
 
-def checksum_ahead(arrays: list[np.ndarray]) -> str | None:
+def checksum_ahead(arrays: list[Shaped[np.ndarray, "n ..."]]) -> str | None:
     """`MNIST.checksum` of the four `arrays` (in IDX_FILES' order), when `prefetch` read them all and computed it
     on its thread (the very arrays: what was read again has none); else None."""
     with _lock:
