@@ -309,6 +309,11 @@ def pad_batches(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
     return padded.reshape(steps, batch_size, *images.shape[1:]), n
 
 
+# The images of one batch of a pass (`batched_layer_map`): full batches of the few images a scan passes (its
+# start images, its best OIPs) are mostly padding, and a pass over a data set costs the same in any batch size.
+PASS_BATCH = 128
+
+
 def image_batches(images: np.ndarray, batch_size: int, pad: bool = False) -> tuple[np.ndarray, int]:
     """`pad_batches` of `images` in batches of `batch_size`, or in one smaller batch when there are fewer
     images, unless `pad`: then every batch has `batch_size` images, so an image's values do not depend on how
@@ -322,7 +327,7 @@ def batched_layer_map(
     images: Float[ArrayLike, "n H W ch"],
     layer_name: str,
     fn: Callable[[Float[Array, " b *layer"]], PyTree[Shaped[Array, "b ..."]]] | None = None,
-    batch_size: int = 500,
+    batch_size: int = PASS_BATCH,
     precision: numerics.Precision = numerics.DEFAULT_PRECISION,
     pad: bool = False,
     cache: bool = False,

@@ -39,7 +39,7 @@ from jaxtyping import Int
 
 from jaxoip._check import check_type
 from jaxoip.errors import JaxoipError
-from jaxoip.models.cnn import _ACTIVATIONS, image_batches, map_activation
+from jaxoip.models.cnn import _ACTIVATIONS, PASS_BATCH, image_batches, map_activation
 from jaxoip.models.network import Layer
 from jaxoip.numerics import precision_scope
 from jaxoip.oip.config import Terms, check_terms
@@ -237,7 +237,7 @@ def _target_values(params, x, *, graphdef, objective, precision):
 
 
 def batched_target_values(
-    model, images, objective: Objective, precision, batch_size: int = 500, pad: bool = False, cache: bool = False
+    model, images, objective: Objective, precision, batch_size: int = PASS_BATCH, pad: bool = False, cache: bool = False
 ) -> np.ndarray:
     """Every target's value (N, K) for standardized images: K units, or K weighted sums. Forward only;
     `pad`: batches of `batch_size` however few the images (`jaxoip.models.cnn.image_batches`); `cache`: see
