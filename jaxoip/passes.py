@@ -44,11 +44,6 @@ def use_pass_cache(folder: str | os.PathLike | None) -> None:
     _folder = None if folder is None else Path(folder)
 
 
-def pass_cache_folder() -> Path | None:
-    """The folder passes are kept in, or None."""
-    return _folder
-
-
 def run_pass(program: Callable, params, batches: Shaped[np.ndarray, "steps b ..."], static: dict, cache: bool = False):
     """`program(params, batch, **static)` for every batch (B, ...) of `batches` (steps, B, ...), the results
     (B, ...) concatenated into (steps * B, ...) NumPy arrays; all batches are dispatched before
