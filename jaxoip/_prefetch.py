@@ -17,7 +17,7 @@ _thread: list[threading.Thread] = []
 
 def prefetch_imports(modules: Sequence[str] = WRITER_MODULES, warmups: Sequence[str] = WRITER_WARMUPS) -> None:
     """Imports `modules` and then runs `warmups` on a daemon thread, once per process: a job's figures and tables
-    then find them imported, their import time spent while the main thread waits for XLA's pass. A module the
+    then find them imported, their import time spent while the main thread waits for XLA. A module the
     main thread needs sooner waits for the thread's import of it (Python's per-module import lock); a failure
     here is left for the main thread's own import or call to report. `wait_prefetched` before drawing."""
     if _prefetched.is_set():
@@ -40,6 +40,6 @@ def prefetch_imports(modules: Sequence[str] = WRITER_MODULES, warmups: Sequence[
 
 def wait_prefetched() -> None:
     """Waits for `prefetch_imports`' thread, if one runs: matplotlib is not thread-safe, so its warm-up ends
-    before the main thread draws (it has mostly ended long before: a data pass takes longer)."""
+    before the main thread draws (it has mostly ended long before: it starts with the search)."""
     for thread in _thread:
         thread.join()

@@ -20,6 +20,7 @@ both off); a library user turns it on with `use_pass_cache(folder)`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -92,8 +93,9 @@ def _key(program_text: str, args) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def _cpu_flags() -> str:
-    """The host CPU's features (XLA compiles for them, and the last bits of a result may follow them)."""
+    """The host CPU's features (XLA compiles for them, and the last bits of a result may follow them); read once."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line for line in f if line.startswith("flags")), platform.processor())

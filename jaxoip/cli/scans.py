@@ -39,7 +39,7 @@ def start_data(args: argparse.Namespace) -> Callable | None:
     # deadlock.
     from jaxoip.data.images import load_data
 
-    if args.data is None and args.data_dir is None and not os.environ.get(DATA_DIR_ENV):
+    if args.data is None and not folder:
         return None
     loaded = Future()
 

@@ -31,12 +31,13 @@ IDX_FILES = {
 }
 # What reading a damaged file raises: truncated gzip (EOFError), bad header or CRC (OSError), bad deflate data.
 READ_ERRORS = (OSError, EOFError, zlib.error)
+IDX_NDIM = {key: 3 if key.endswith("images") else 1 for key in IDX_FILES}  # Images (n, h, w), labels (n,).
 # Magic numbers of the IDX format: 0x0000 0x08 (uint8) then the number of dimensions.
 MAGIC = {3: 2051, 1: 2049}
 
 _ahead: dict[Path, Future] = {}
-# id(array read ahead) -> (the array, MNIST's SHA-256 of the four when it is the last of them, else None).
-_checksums: dict[int, tuple[Shaped[np.ndarray, "n ..."], str | None]] = {}
+# The ids of four arrays read ahead together -> (those arrays, MNIST's SHA-256 of them).
+_checksums: dict[tuple[int, ...], tuple[list[Shaped[np.ndarray, "n ..."]], str]] = {}
 _lock = threading.Lock()
 
 
@@ -92,36 +93,39 @@ def _converted(a: Shaped[np.ndarray, "n ..."], ndim: int) -> Shaped[np.ndarray, 
 
 
 def prefetch(data_dir: str | os.PathLike) -> None:
-    """Starts reading the four IDX files of `data_dir` (those present) on a daemon thread; `load_idx` takes them."""
+    """Starts reading the four IDX files of `data_dir` (those present) on a daemon thread; `load_idx` takes them,
+    and when all four were read, `checksum_ahead` their checksum."""
     folder = Path(data_dir).expanduser()
-    stems = {s: 3 if key.endswith("images") else 1 for key, s in IDX_FILES.items()}
-    found = [(p.resolve(), n) for p, n in ((idx_path(folder, s), n) for s, n in stems.items()) if p is not None]
+    found = [(p.resolve(), IDX_NDIM[key]) for key, p in ((k, idx_path(folder, s)) for k, s in IDX_FILES.items()) if p]
     with _lock:
         todo = [(p, n, _ahead.setdefault(p, Future())) for p, n in found if p not in _ahead]
 
     def run():
-        digest = hashlib.sha256() if len(todo) == len(IDX_FILES) else None
-        for path, ndim, future in todo:
+        results, digest = [], hashlib.sha256()
+        for path, ndim, _ in todo:
             try:
                 stat = path.stat()
                 array = _converted(_parse(path, ndim), ndim)
-                if digest is not None:  # MNIST.checksum's bytes, in its order (IDX_FILES').
-                    digest.update(array.data)
-                    _checksums[id(array)] = (array, digest.hexdigest() if future is todo[-1][2] else None)
-                future.set_result(((stat.st_size, stat.st_mtime_ns, ndim), array))
+                digest.update(array.data)  # MNIST.checksum's bytes, in its order (IDX_FILES').
+                results.append(((stat.st_size, stat.st_mtime_ns, ndim), array))
             except BaseException:  # noqa: BLE001 - `load_idx` reads the file again and reports the error itself.
-                digest = None
-                future.set_result(None)
+                results.append(None)
+        arrays = [r[1] for r in results if r is not None]
+        if len(arrays) == len(IDX_FILES):  # Kept before the arrays are handed out, so the loader finds it.
+            with _lock:
+                _checksums[tuple(map(id, arrays))] = (arrays, digest.hexdigest())
+        for (_, _, future), result in zip(todo, results):
+            future.set_result(result)
 
     if todo:
         threading.Thread(target=run, name="jaxoip-idx", daemon=True).start()
 
 
 def checksum_ahead(arrays: list[Shaped[np.ndarray, "n ..."]]) -> str | None:
-    """`MNIST.checksum` of the four `arrays` (in IDX_FILES' order), when `prefetch` read them all and computed it
-    on its thread (the very arrays: what was read again has none); else None."""
+    """`MNIST.checksum` of the four `arrays` (in IDX_FILES' order), when `prefetch` read these very arrays together
+    and computed it on its thread; else None."""
     with _lock:
-        entries = [_checksums.pop(id(a), None) for a in arrays]
-    if any(e is None or e[0] is not a for e, a in zip(entries, arrays)):
+        entry = _checksums.pop(tuple(map(id, arrays)), None)
+    if entry is None or any(a is not b for a, b in zip(entry[0], arrays)):
         return None
-    return entries[-1][1]
+    return entry[1]

@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxoip._check import check_type
-from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, checksum_ahead, idx_path, load_idx
+from jaxoip.data.idx import DATA_DIR_ENV, IDX_FILES, IDX_NDIM, checksum_ahead, idx_path, load_idx
 from jaxoip.errors import CheckpointError, DataError, JaxoipError
 
 # The study's standardization: mean and std of MNIST's training pixels (the reference model's).
@@ -173,7 +173,7 @@ def load_idx_dir(data_dir: str | os.PathLike) -> MNIST:
         raise DataError(f"MNIST data directory {data_dir} does not exist")
     arrays = {}
     for key, stem in IDX_FILES.items():
-        arrays[key] = load_idx(_find_idx(data_dir, stem), 3 if key.endswith("images") else 1)  # Read ahead, maybe.
+        arrays[key] = load_idx(_find_idx(data_dir, stem), IDX_NDIM[key])  # Read ahead, maybe.
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.shape[0] != labels.shape[0]:

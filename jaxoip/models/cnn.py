@@ -332,7 +332,7 @@ def batched_layer_map(
     pad: bool = False,
     cache: bool = False,
 ) -> Float[np.ndarray, " n *layer"] | PyTree[Shaped[np.ndarray, "n ..."]]:
-    """`fn(activations of layer_name)` for all standardized `images`, batch by batch in one jitted `lax.map`.
+    """`fn(activations of layer_name)` for all standardized `images`, batch by batch (`jaxoip.passes.run_pass`).
 
     `fn` maps a batch of activations (B, ...) to per-image results (B, ...); it lets callers reduce
     large layers (e.g. to per-map statistics) before they are gathered. It is a static argument of the
